@@ -1,0 +1,1 @@
+"""illada-jax: masked-diffusion language models (LLaDA / iLLaDA) in JAX."""

@@ -1,0 +1,215 @@
+"""The configuration schema: frozen dataclasses, validated when they are built.
+
+Every experiment is one `Experiment` made of a few section dataclasses. Fiddle builds them
+(`illada_jax.config.flags`), so any field can be overridden from the command line with
+`--config=set:model.n_layers=8`. Validation runs in `__post_init__`, i.e. before anything is
+traced or compiled; a bad value raises `ConfigError` naming the field, the value and what is
+allowed.
+
+Sections owned by later parts of the system (data, mesh, checkpoints) are added by the issues that
+build those parts; this module only holds what the code in the package consumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+ATTENTION_IMPLS = ("xla", "cudnn", "splash")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
+DTYPES = ("float32", "bfloat16")
+TIME_SAMPLINGS = ("uniform", "antithetic")
+RANDOM_LENGTH_MODES = ("none", "llada_truncate", "illada_split")
+OBJECTIVES = ("pretrain", "sft_llada", "sft_illada")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message names the field and the allowed values."""
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
+
+
+def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(field, value, f"allowed values are {', '.join(choices)}")
+
+
+def _check_int(field: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(field, value, f"must be an integer >= {minimum}")
+    if value < minimum:
+        _fail(field, value, f"must be an integer >= {minimum}")
+
+
+def _check_prob(field: str, value: Any, *, open_low: bool = False, open_high: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(field, value, "must be a number in [0, 1]")
+    low_ok = value > 0 if open_low else value >= 0
+    high_ok = value < 1 if open_high else value <= 1
+    if not (low_ok and high_ok):
+        lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+        _fail(field, value, f"must lie in {lo}0, 1{hi}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The bidirectional transformer (SPEC §2). Special ids are model properties (SPEC §9.9)."""
+
+    name: str = "custom"
+    vocab_size: int = 8192
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    head_dim: int = 64
+    mlp_dim: int = 768
+    max_seq_len: int = 256
+    rope_theta: float = 500_000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    use_bias: bool = False
+    # Initialisation (SPEC §2.2, iLLaDA `_init_weights`): N(0, init_std) for linears,
+    # init_std / sqrt(2 n_layers) for the residual output projections, N(0, sqrt(1/(2 d)))
+    # for the embedding.
+    init_std: float = 0.02
+    attention_impl: str = "xla"
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    mask_token_id: int = 4
+    pad_token_id: int = 0
+    bos_token_id: int = 2
+    eos_token_id: int = 3
+    eot_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                      "mlp_dim", "max_seq_len"):
+            _check_int(field, getattr(self, field), 1)
+        if self.n_heads % self.n_kv_heads:
+            divisors = [d for d in range(1, self.n_heads + 1) if self.n_heads % d == 0]
+            _fail("n_kv_heads", self.n_kv_heads,
+                  f"must divide n_heads={self.n_heads}; allowed values are {divisors}")
+        if self.head_dim % 2:
+            _fail("head_dim", self.head_dim, "must be even (rotate-half RoPE pairs the two halves)")
+        if not self.rope_theta > 0:
+            _fail("rope_theta", self.rope_theta, "must be > 0")
+        if not 0 < self.norm_eps < 1:
+            _fail("norm_eps", self.norm_eps, "must lie in (0, 1)")
+        if not self.init_std > 0:
+            _fail("init_std", self.init_std, "must be > 0")
+        _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
+        _check_choice("param_dtype", self.param_dtype, DTYPES)
+        _check_choice("compute_dtype", self.compute_dtype, DTYPES)
+        for field in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id",
+                      "eot_token_id"):
+            value = getattr(self, field)
+            if value is None and field == "eot_token_id":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not (
+                0 <= value < self.vocab_size
+            ):
+                _fail(field, value, f"must be a token id in [0, vocab_size={self.vocab_size})")
+        # SPEC §4.3 / §9.9: masked positions are found by `noisy == mask_id`, so the mask id must
+        # never be a real token the data or padding can produce.
+        for field in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            if getattr(self, field) == self.mask_token_id:
+                _fail("mask_token_id", self.mask_token_id,
+                      f"must differ from {field}={getattr(self, field)}")
+
+    @property
+    def q_per_kv(self) -> int:
+        """Query heads sharing one key/value head (1 = plain multi-head attention)."""
+        return self.n_heads // self.n_kv_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process and the training objective (SPEC §1.2, §3, §4, §9.1–9.2)."""
+
+    objective: str = "pretrain"
+    # p_mask = (1 - mask_eps) * t + mask_eps keeps 1/p_mask bounded.
+    mask_eps: float = 1e-3
+    time_sampling: str = "uniform"
+    # "llada_truncate": with probability `random_length_prob` per *step* the whole batch is cut to
+    # a random length (static shapes: the tail becomes padding). "illada_split": each *sequence*
+    # is split in two independent segments with probability `two_segment_prob`.
+    random_length_mode: str = "illada_split"
+    random_length_prob: float = 0.01
+    two_segment_prob: float = 0.3
+    # Sequence positions per cross-entropy chunk: [batch, chunk, vocab] fp32 logits at most.
+    loss_chunk_size: int = 512
+
+    def __post_init__(self) -> None:
+        _check_choice("objective", self.objective, OBJECTIVES)
+        _check_prob("mask_eps", self.mask_eps, open_high=True)
+        _check_choice("time_sampling", self.time_sampling, TIME_SAMPLINGS)
+        _check_choice("random_length_mode", self.random_length_mode, RANDOM_LENGTH_MODES)
+        _check_prob("random_length_prob", self.random_length_prob)
+        _check_prob("two_segment_prob", self.two_segment_prob)
+        _check_int("loss_chunk_size", self.loss_chunk_size, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then constant LR (the full schedule family comes with the trainer)."""
+
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0:
+            _fail("learning_rate", self.learning_rate, "must be > 0")
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        _check_prob("b1", self.b1, open_high=True)
+        _check_prob("b2", self.b2, open_high=True)
+        if not self.eps > 0:
+            _fail("eps", self.eps, "must be > 0")
+        if self.weight_decay < 0:
+            _fail("weight_decay", self.weight_decay, "must be >= 0")
+        if not self.grad_clip_norm > 0:
+            _fail("grad_clip_norm", self.grad_clip_norm, "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How long and on what shapes to train."""
+
+    steps: int = 100
+    batch_size: int = 8
+    seq_len: int = 128
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for field in ("steps", "batch_size", "seq_len", "log_every"):
+            _check_int(field, getattr(self, field), 1)
+        _check_int("seed", self.seed, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One run: everything `illada train` needs. Serialises to JSON (`config.json`)."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.seq_len > self.model.max_seq_len:
+            _fail("train.seq_len", self.train.seq_len,
+                  f"must be <= model.max_seq_len={self.model.max_seq_len}")
+        if self.diffusion.objective == "sft_llada" and self.diffusion.random_length_mode != "none":
+            _fail("diffusion.random_length_mode", self.diffusion.random_length_mode,
+                  "must be 'none' with objective=sft_llada (SFT batches are padded with EOS, "
+                  "SPEC §4.1)")

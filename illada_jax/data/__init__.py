@@ -1,0 +1,1 @@
+"""Data: tokenizers, corpora, preparation and the input pipeline."""

@@ -1,0 +1,1 @@
+"""The masked-diffusion math only: forward process, time sampling and losses (no sharding)."""

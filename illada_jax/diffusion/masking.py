@@ -1,0 +1,81 @@
+"""The forward (masking) process and its randomness (SPEC §1.1–1.2, §3.1–3.2, §7.2, §9.2).
+
+One time `t` per sequence; every token is masked independently with probability
+`p_mask = (1 - eps) * t + eps`. Random-length training keeps static shapes: LLaDA's truncation marks
+the tail as padding, iLLaDA's two-segment split assigns segment ids (block-diagonal attention) and
+restarts positions in the second segment, as a variable-length kernel would.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def mask_probability(t: jax.Array, eps: float) -> jax.Array:
+    """t: [batch] in [0, 1) -> p_mask: [batch] in [eps, 1)."""
+    return (1.0 - eps) * t + eps
+
+
+def sample_times(key: jax.Array, batch_size: int, method: str) -> jax.Array:
+    """Diffusion times, one per sequence of the *global* batch: [batch] in [0, 1).
+
+    `uniform`: i.i.d. U[0, 1). `antithetic`: stratified (MDLM's low-discrepancy sampler) — row r
+    gets one uniform draw inside its own stratum [r/B, (r+1)/B), so every batch covers the whole
+    time range evenly and the loss variance drops.
+    """
+    u = jax.random.uniform(key, (batch_size,), jnp.float32)
+    if method == "uniform":
+        return u
+    if method == "antithetic":
+        # Clamp: (r + u) / B can round up to exactly 1.0 in fp32 for the last stratum.
+        t = (jnp.arange(batch_size, dtype=jnp.float32) + u) / batch_size
+        return jnp.minimum(t, jnp.nextafter(jnp.float32(1.0), jnp.float32(0.0)))
+    raise ValueError(f"time sampling method {method!r} is not one of uniform, antithetic")
+
+
+def apply_mask(key: jax.Array, tokens: jax.Array, mask_prob: jax.Array, mask_id: int,
+               maskable: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Independent Bernoulli masking.
+
+    tokens: [batch, length] int; mask_prob: [batch]; maskable: [batch, length] bool or None (all).
+    Returns (noisy tokens [batch, length], is_masked [batch, length] bool).
+    """
+    draws = jax.random.uniform(key, tokens.shape, jnp.float32)
+    is_masked = draws < mask_prob[:, None]
+    if maskable is not None:
+        is_masked = is_masked & maskable
+    return jnp.where(is_masked, jnp.asarray(mask_id, tokens.dtype), tokens), is_masked
+
+
+def random_length_valid(key: jax.Array, batch_size: int, length: int, prob: float) -> jax.Array:
+    """LLaDA's random-length trick with static shapes (SPEC §1.2, §9.2).
+
+    With probability `prob` *per step* the whole batch is cut to a length l ~ U{1..length}:
+    positions >= l become padding (invisible to attention, outside the loss and its normaliser).
+    Returns valid: [batch, length] bool.
+    """
+    apply_key, length_key = jax.random.split(key)
+    truncate = jax.random.uniform(apply_key, ()) < prob
+    cut = jax.random.randint(length_key, (), 1, length + 1)
+    kept = jnp.where(truncate, cut, length)
+    return jnp.broadcast_to(jnp.arange(length) < kept, (batch_size, length))
+
+
+def two_segment_split(key: jax.Array, batch_size: int, length: int,
+                      prob: float) -> tuple[jax.Array, jax.Array]:
+    """iLLaDA's random-length training (SPEC §3.2): each sequence, with probability `prob`, is
+    split at a uniform point c ~ U{1..length-1} into two segments that do not attend to each other.
+
+    Returns (segment_ids [batch, length] int32 in {0, 1}, positions [batch, length] int32), where
+    positions restart at 0 in the second segment.
+    """
+    split_key, cut_key = jax.random.split(key)
+    split = jax.random.uniform(split_key, (batch_size,)) < prob
+    if length < 2:
+        split = jnp.zeros_like(split)
+    cut = jax.random.randint(cut_key, (batch_size,), 1, max(length, 2))
+    position = jnp.arange(length, dtype=jnp.int32)[None, :]
+    second = split[:, None] & (position >= cut[:, None])
+    positions = jnp.where(second, position - cut[:, None], position).astype(jnp.int32)
+    return second.astype(jnp.int32), positions

@@ -1,0 +1,195 @@
+"""Bidirectional grouped-query attention with three kernels (SPEC §2.2, §9.3).
+
+No causal mask anywhere. Two optional restrictions, both with static shapes:
+- `key_mask [batch, length]` (True = a real token): padded keys are invisible to every query;
+- `segment_ids [batch, length]`: a query attends only to keys of its own segment (packed
+  documents, iLLaDA's two-segment split).
+
+Kernels (`ModelConfig.attention_impl`):
+- `xla`: einsum + fp32 softmax, the CPU default and the numerical reference;
+- `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on NVIDIA GPUs);
+- `splash`: the Pallas TPU splash kernel with a full (bidirectional) mask; padding and segments are
+  expressed as segment ids. Under a mesh it runs inside `shard_map`, the batch split over the data
+  axes (`dcn_data`, `data`, `fsdp`) and the heads over `tensor` (DESIGN §6 mesh axis names).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from illada_jax.model.layers import apply_rope, param, zeros_param
+
+# Finite, so a row whose keys are all hidden (a padded query) gives a uniform softmax, not NaN.
+_MASKED_SCORE = -1e30
+_DATA_MESH_AXES = ("dcn_data", "data", "fsdp")
+_HEAD_MESH_AXIS = "tensor"
+
+
+def attention_mask(key_mask: jax.Array | None, segment_ids: jax.Array | None) -> jax.Array | None:
+    """Combine padding and segments into one boolean mask [batch, 1, q_len, kv_len] (True = attend).
+
+    Returns None when there is nothing to mask (plain full attention).
+    """
+    mask = None
+    if segment_ids is not None:
+        mask = segment_ids[:, :, None] == segment_ids[:, None, :]
+    if key_mask is not None:
+        keys = key_mask.astype(bool)[:, None, :]
+        mask = keys if mask is None else mask & keys
+    return None if mask is None else mask[:, None, :, :]
+
+
+def xla_attention(q, k, v, mask):
+    """Reference kernel. q: [B, L, H, D]; k, v: [B, S, KV, D]; mask: [B, 1, L, S] | None.
+
+    Returns [B, L, H, D] in q.dtype. Scores and softmax in fp32.
+    """
+    batch, length, n_heads, head_dim = q.shape
+    n_kv = k.shape[2]
+    group = n_heads // n_kv
+    # Query head h uses kv head h // group (HF repeat_kv order).
+    q = q.reshape(batch, length, n_kv, group, head_dim)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (head_dim**-0.5)
+    if mask is not None:
+        scores = jnp.where(mask[:, :, None], scores, _MASKED_SCORE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(batch, length, n_heads, head_dim).astype(q.dtype)
+
+
+def cudnn_attention(q, k, v, mask):
+    """cuDNN flash attention (GPU only). Same contract as `xla_attention`."""
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
+def _splash_segment_ids(key_mask, segment_ids, batch, length):
+    """Padding as its own segment (-1): real queries never see padded keys, and padded queries
+    still have a non-empty row (splash requires one)."""
+    seg = jnp.zeros((batch, length), jnp.int32) if segment_ids is None else segment_ids
+    seg = seg.astype(jnp.int32)
+    if key_mask is not None:
+        seg = jnp.where(key_mask.astype(bool), seg, -1)
+    return seg
+
+
+def _splash_block(length: int) -> int:
+    """Tile size: the whole sequence when short, else the largest of 512/256/128 dividing it."""
+    if length <= 512:
+        return length
+    for block in (512, 256, 128):
+        if length % block == 0:
+            return block
+    raise ValueError(
+        f"attention_impl='splash' needs a sequence length <= 512 or a multiple of 128, got "
+        f"{length}; pad the batch to a multiple of 128 or use attention_impl='xla'"
+    )
+
+
+@functools.cache
+def _splash_kernel(n_heads: int, length: int, block: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as splash,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as splash_mask,
+    )
+
+    mask = splash_mask.MultiHeadMask([splash_mask.FullMask((length, length))] * n_heads)
+    sizes = splash.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block,
+        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+        use_fused_bwd_kernel=True,
+    )
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                  interpret=interpret)
+
+
+def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False):
+    """Pallas splash attention (TPU). q: [B, L, H, D]; k, v: [B, L, KV, D] -> [B, L, H, D]."""
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (
+        SegmentIds,
+    )
+
+    batch, length, n_heads, head_dim = q.shape
+    block = _splash_block(length)
+    seg = _splash_segment_ids(key_mask, segment_ids, batch, length)
+    # splash has no softmax scale: pre-scale q. Layout [B, heads, L, D].
+    qt = (q * (head_dim**-0.5)).astype(q.dtype).transpose(0, 2, 1, 3)
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+    def local(qt, kt, vt, seg):
+        kernel = _splash_kernel(qt.shape[1], length, block, interpret)
+        per_example = lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=SegmentIds(s1, s1))
+        return jax.vmap(per_example)(qt, kt, vt, seg)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        out = local(qt, kt, vt, seg)
+    else:
+        P = jax.sharding.PartitionSpec
+        data_axes = tuple(a for a in _DATA_MESH_AXES if a in mesh.axis_names) or None
+        head_axis = _HEAD_MESH_AXIS if _HEAD_MESH_AXIS in mesh.axis_names else None
+        heads_spec = P(data_axes, head_axis, None, None)
+        out = jax.shard_map(
+            local, mesh=mesh,
+            in_specs=(heads_spec, heads_spec, heads_spec, P(data_axes, None)),
+            out_specs=heads_spec, check_vma=False,
+        )(qt, kt, vt, seg)
+    return out.transpose(0, 2, 1, 3)
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with RoPE on q and k; q/k/v/o projections without bias."""
+
+    def __init__(self, cfg, *, std: float, out_std: float, param_dtype, compute_dtype,
+                 rngs: nnx.Rngs):
+        d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.impl = cfg.attention_impl
+        self.compute_dtype = compute_dtype
+        self.use_bias = cfg.use_bias
+        self.q_proj = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), std, param_dtype)
+        self.k_proj = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, param_dtype)
+        self.v_proj = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, param_dtype)
+        self.o_proj = param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), out_std, param_dtype)
+        if cfg.use_bias:
+            self.q_bias = zeros_param((h, hd), ("heads", "head_dim"), param_dtype)
+            self.k_bias = zeros_param((kv, hd), ("kv_heads", "head_dim"), param_dtype)
+            self.v_bias = zeros_param((kv, hd), ("kv_heads", "head_dim"), param_dtype)
+            self.o_bias = zeros_param((d,), ("embed",), param_dtype)
+
+    def project_qkv(self, x, cos, sin):
+        """x: [B, L, d_model] -> q [B, L, H, D], k, v [B, L, KV, D] (RoPE applied to q, k)."""
+        cd = self.compute_dtype
+        x = x.astype(cd)
+        q = jnp.einsum("bld,dhk->blhk", x, self.q_proj[...].astype(cd))
+        k = jnp.einsum("bld,dhk->blhk", x, self.k_proj[...].astype(cd))
+        v = jnp.einsum("bld,dhk->blhk", x, self.v_proj[...].astype(cd))
+        if self.use_bias:
+            q = q + self.q_bias[...].astype(cd)
+            k = k + self.k_bias[...].astype(cd)
+            v = v + self.v_bias[...].astype(cd)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def project_out(self, attn):
+        """attn: [B, L, H, D] -> [B, L, d_model]."""
+        cd = self.compute_dtype
+        out = jnp.einsum("blhk,hkd->bld", attn.astype(cd), self.o_proj[...].astype(cd))
+        if self.use_bias:
+            out = out + self.o_bias[...].astype(cd)
+        return out
+
+    def __call__(self, x, cos, sin, key_mask=None, segment_ids=None):
+        q, k, v = self.project_qkv(x, cos, sin)
+        if self.impl == "splash":
+            attn = splash_attention(q, k, v, key_mask, segment_ids)
+        else:
+            mask = attention_mask(key_mask, segment_ids)
+            kernel = cudnn_attention if self.impl == "cudnn" else xla_attention
+            attn = kernel(q, k, v, mask)
+        return self.project_out(attn)
+

@@ -1,0 +1,110 @@
+"""Building blocks of the transformer: parameters with logical axes, RMSNorm, RoPE, SwiGLU.
+
+Every parameter carries logical axis names (`embed`, `heads`, `kv_heads`, `head_dim`, `mlp`,
+`vocab`; the layer stack adds `layers`) as NNX sharding metadata. The mapping from logical axes to
+mesh axes lives in `illada_jax.parallel` (rules), never here: this module never shards eagerly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPE_BY_NAME = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float | None,
+          dtype) -> nnx.Param:
+    """A parameter drawn from N(0, std) (or ones when std is None), tagged with logical axes."""
+    if len(shape) != len(axes):
+        raise ValueError(f"shape {shape} and logical axes {axes} differ in rank")
+    if std is None:
+        value = jnp.ones(shape, dtype)
+    else:
+        value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, sharding_names=axes, eager_sharding=False)
+
+
+def zeros_param(shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
+    return nnx.Param(jnp.zeros(shape, dtype), sharding_names=axes, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm as both reference codebases compute it (SPEC §2.2).
+
+    Upcast to fp32, `x * rsqrt(mean(x^2) + eps)`, cast back to the input dtype, *then* multiply by
+    the learned scale. No bias.
+    """
+
+    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+        del rngs  # ones-initialised
+        self.eps = eps
+        self.scale = param(None, (dim,), ("embed",), None, param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., dim] -> [..., dim] in x.dtype."""
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables for rotate-half RoPE (SPEC §2.2, §9.4), in fp32.
+
+    positions: [batch, length] int -> cos, sin: [batch, length, 1, head_dim]
+    (inv_freq_j = theta^(-2j/head_dim); angles duplicated as cat(freqs, freqs)).
+    """
+    exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    inv_freq = 1.0 / (theta**exponent)
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, head_dim/2]
+    angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE applied in fp32 (LLaDA's rope_full_precision) and cast back.
+
+    x: [batch, length, heads, head_dim]; cos, sin: [batch, length, 1, head_dim].
+    """
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class SwiGLU(nnx.Module):
+    """`down( silu(gate x) * up x )` (LLaDA: ff_proj=gate, up_proj=up, ff_out=down)."""
+
+    def __init__(self, d_model: int, mlp_dim: int, *, use_bias: bool, std: float, out_std: float,
+                 param_dtype, compute_dtype, rngs: nnx.Rngs):
+        self.compute_dtype = compute_dtype
+        self.gate = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), std, param_dtype)
+        self.up = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), std, param_dtype)
+        self.down = param(rngs, (mlp_dim, d_model), ("mlp", "embed"), out_std, param_dtype)
+        if use_bias:
+            self.gate_bias = zeros_param((mlp_dim,), ("mlp",), param_dtype)
+            self.up_bias = zeros_param((mlp_dim,), ("mlp",), param_dtype)
+            self.down_bias = zeros_param((d_model,), ("embed",), param_dtype)
+        self.use_bias = use_bias
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [batch, length, d_model] -> same shape, compute dtype."""
+        cd = self.compute_dtype
+        x = x.astype(cd)
+        gate = x @ self.gate[...].astype(cd)
+        up = x @ self.up[...].astype(cd)
+        if self.use_bias:
+            gate = gate + self.gate_bias[...].astype(cd)
+            up = up + self.up_bias[...].astype(cd)
+        out = (jax.nn.silu(gate) * up) @ self.down[...].astype(cd)
+        if self.use_bias:
+            out = out + self.down_bias[...].astype(cd)
+        return out
+
+
+def residual_out_std(init_std: float, n_layers: int) -> float:
+    """iLLaDA scales the init of o_proj/down_proj by 1/sqrt(2 n_layers) (SPEC §2.2)."""
+    return init_std / math.sqrt(2 * n_layers)

@@ -1,0 +1,147 @@
+"""The LLaDA / iLLaDA network: a plain pre-norm transformer without a causal mask (SPEC §2.2).
+
+    h = x + Attn(RMSNorm(x));  y = h + SwiGLU(RMSNorm(h));  logits = Head(RMSNorm(y_L))
+
+No time input, no logit or embedding scaling. The network knows nothing of diffusion: it maps
+token ids to logits. For the loss, `hidden_states` and `project` are exposed separately so the
+caller can compute cross-entropy chunk by chunk without materialising [batch, length, vocab] logits.
+
+The layers are created stacked (every block parameter has a leading `layers` axis) and run with
+`jax.lax.scan`, so compile time does not grow with depth; `scan_layers=False` runs the same
+stacked parameters in an unrolled Python loop (same numbers, for debugging and tests). Each layer is
+wrapped in `jax.checkpoint` with the configured remat policy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from illada_jax.config.schema import ModelConfig
+from illada_jax.model.attention import Attention
+from illada_jax.model.layers import (
+    DTYPE_BY_NAME,
+    RMSNorm,
+    SwiGLU,
+    param,
+    residual_out_std,
+    rope_angles,
+)
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.checkpoint_dots,
+    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Block(nnx.Module):
+    """One pre-norm transformer layer."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pd, cd = DTYPE_BY_NAME[cfg.param_dtype], DTYPE_BY_NAME[cfg.compute_dtype]
+        out_std = residual_out_std(cfg.init_std, cfg.n_layers)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+        self.attn = Attention(cfg, std=cfg.init_std, out_std=out_std, param_dtype=pd,
+                              compute_dtype=cd, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, use_bias=cfg.use_bias, std=cfg.init_std,
+                          out_std=out_std, param_dtype=pd, compute_dtype=cd, rngs=rngs)
+
+    def __call__(self, x, cos, sin, key_mask=None, segment_ids=None):
+        """x: [batch, length, d_model] (compute dtype) -> same."""
+        h = x + self.attn(self.attn_norm(x), cos, sin, key_mask, segment_ids).astype(x.dtype)
+        return h + self.mlp(self.mlp_norm(h)).astype(x.dtype)
+
+
+class Transformer(nnx.Module):
+    """Token ids -> logits. Parameters: `embed [vocab, d]`, `blocks.*` stacked over layers,
+    `final_norm`, and `lm_head [d, vocab]` when embeddings are untied."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pd = DTYPE_BY_NAME[cfg.param_dtype]
+        self.compute_dtype = DTYPE_BY_NAME[cfg.compute_dtype]
+        self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                           math.sqrt(1.0 / (2 * cfg.d_model)), pd)
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_blocks(rngs):
+            return Block(cfg, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                                 cfg.init_std, pd)
+
+    def hidden_states(self, tokens, positions=None, key_mask=None, segment_ids=None):
+        """Final-normed hidden states.
+
+        tokens: [batch, length] int; positions: [batch, length] int (default 0..length-1);
+        key_mask: [batch, length] bool (True = real token); segment_ids: [batch, length] int.
+        Returns [batch, length, d_model] in the compute dtype.
+        """
+        cfg = self.cfg
+        batch, length = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        cos, sin = rope_angles(positions, cfg.head_dim, cfg.rope_theta)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.compute_dtype)
+
+        graphdef, stacked = nnx.split(self.blocks)
+
+        def layer(x, layer_params):
+            return nnx.merge(graphdef, layer_params)(x, cos, sin, key_mask, segment_ids)
+
+        policy = REMAT_POLICIES[cfg.remat_policy]
+        if cfg.remat_policy != "none":
+            layer = jax.checkpoint(layer, policy=policy, prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            x, _ = jax.lax.scan(lambda carry, p: (layer(carry, p), None), x, stacked)
+        else:
+            for i in range(cfg.n_layers):
+                x = layer(x, jax.tree.map(lambda a, i=i: a[i], stacked))
+        return self.final_norm(x)
+
+    def project(self, hidden):
+        """Output head: hidden [..., d_model] -> logits [..., vocab] in fp32 (fp32 accumulation)."""
+        cd = self.compute_dtype
+        hidden = hidden.astype(cd)
+        if self.cfg.tie_embeddings:
+            return jnp.einsum("...d,vd->...v", hidden, self.embed[...].astype(cd),
+                              preferred_element_type=jnp.float32)
+        return jnp.einsum("...d,dv->...v", hidden, self.lm_head[...].astype(cd),
+                          preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens, positions=None, key_mask=None, segment_ids=None):
+        """tokens: [batch, length] -> logits [batch, length, vocab] fp32 (inference helper;
+        training uses `hidden_states` + chunked cross-entropy)."""
+        return self.project(self.hidden_states(tokens, positions, key_mask, segment_ids))
+
+
+def abstract_model(cfg: ModelConfig) -> Transformer:
+    """The model with `jax.ShapeDtypeStruct` leaves: shapes and dtypes, no allocation."""
+    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def count_params(cfg: ModelConfig) -> tuple[int, int]:
+    """(total, non-embedding) parameter counts from the real parameter tree (no allocation).
+
+    Non-embedding excludes the token embedding and an untied output head, as the LLaDA/iLLaDA
+    papers count them (SPEC §2.1).
+    """
+    state = nnx.state(abstract_model(cfg), nnx.Param)
+    total = embedding = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        size = math.prod(leaf.shape)
+        total += size
+        keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        if keys[0] in ("embed", "lm_head"):
+            embedding += size
+    return total, total - embedding

@@ -1,0 +1,1 @@
+"""Training: the objective wiring, the optimiser and the runner."""
