@@ -81,5 +81,7 @@ def remat_full(cfg: fdl.Config) -> None:
     cfg.model.remat_policy = "full"
 
 
-FIDDLERS = {f.__name__: f for f in (antithetic_time, no_random_length, llada_truncate,
-                                    illada_split, bf16, remat_full)}
+FIDDLERS = {
+    f.__name__: f
+    for f in (antithetic_time, no_random_length, llada_truncate, illada_split, bf16, remat_full)
+}

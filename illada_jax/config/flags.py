@@ -38,8 +38,10 @@ def _load_callable(spec: str, registry: dict[str, Any], kind: str):
     if spec in registry:
         return registry[spec]
     if ":" not in spec:
-        raise ConfigError(f"unknown {kind} {spec!r}; named ones are {', '.join(sorted(registry))}, "
-                          f"or give module.path:function or path/to/file.py:function")
+        raise ConfigError(
+            f"unknown {kind} {spec!r}; named ones are {', '.join(sorted(registry))}, "
+            f"or give module.path:function or path/to/file.py:function"
+        )
     module_name, _, attr = spec.rpartition(":")
     if module_name.endswith(".py"):
         path = pathlib.Path(module_name)
@@ -95,8 +97,9 @@ def config_from_dict(cls: type, data: dict, path: str = "") -> fdl.Config:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{path or 'config'}: unknown field(s) {unknown}; fields are "
-                          f"{sorted(names)}")
+        raise ConfigError(
+            f"{path or 'config'}: unknown field(s) {unknown}; fields are {sorted(names)}"
+        )
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -120,8 +123,9 @@ def to_json(experiment: Experiment) -> str:
 def load_file(path: str | pathlib.Path) -> fdl.Config:
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ConfigError(f"file:{path}: no such file (a run writes its config to "
-                          "WORKDIR/config.json)")
+        raise ConfigError(
+            f"file:{path}: no such file (a run writes its config to WORKDIR/config.json)"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -138,8 +142,10 @@ def resolve(directives: Sequence[str] | None) -> fdl.Config:
     for directive in directives:
         kind, sep, arg = directive.partition(":")
         if not sep or kind not in ("config", "fiddler", "set", "file"):
-            raise ConfigError(f"--config={directive!r}: expected config:NAME, fiddler:NAME, "
-                              "set:path.to.field=VALUE or file:PATH")
+            raise ConfigError(
+                f"--config={directive!r}: expected config:NAME, fiddler:NAME, "
+                "set:path.to.field=VALUE or file:PATH"
+            )
         if kind == "config":
             cfg = _load_callable(arg, experiments.EXPERIMENTS, "config")()
             if not isinstance(cfg, fdl.Config) or fdl.get_callable(cfg) is not Experiment:
@@ -164,7 +170,9 @@ def build(cfg: fdl.Config) -> Experiment:
     for field in dataclasses.fields(Experiment):
         section = getattr(cfg, field.name)
         try:
-            sections[field.name] = fdl.build(section) if isinstance(section, fdl.Config) else section
+            sections[field.name] = (
+                fdl.build(section) if isinstance(section, fdl.Config) else section
+            )
         except ConfigError as err:
             # err.args[0]: the message without the context Fiddle appends
             raise ConfigError(f"{field.name}.{err.args[0]}") from None

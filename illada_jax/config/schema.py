@@ -86,13 +86,24 @@ class ModelConfig:
     eot_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                      "mlp_dim", "max_seq_len"):
+        for field in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "mlp_dim",
+            "max_seq_len",
+        ):
             _check_int(field, getattr(self, field), 1)
         if self.n_heads % self.n_kv_heads:
             divisors = [d for d in range(1, self.n_heads + 1) if self.n_heads % d == 0]
-            _fail("n_kv_heads", self.n_kv_heads,
-                  f"must divide n_heads={self.n_heads}; allowed values are {divisors}")
+            _fail(
+                "n_kv_heads",
+                self.n_kv_heads,
+                f"must divide n_heads={self.n_heads}; allowed values are {divisors}",
+            )
         if self.head_dim % 2:
             _fail("head_dim", self.head_dim, "must be even (rotate-half RoPE pairs the two halves)")
         if not self.rope_theta > 0:
@@ -105,21 +116,31 @@ class ModelConfig:
         _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
         _check_choice("param_dtype", self.param_dtype, DTYPES)
         _check_choice("compute_dtype", self.compute_dtype, DTYPES)
-        for field in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id",
-                      "eot_token_id"):
+        for field in (
+            "mask_token_id",
+            "pad_token_id",
+            "bos_token_id",
+            "eos_token_id",
+            "eot_token_id",
+        ):
             value = getattr(self, field)
             if value is None and field == "eot_token_id":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or not (
-                0 <= value < self.vocab_size
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not (0 <= value < self.vocab_size)
             ):
                 _fail(field, value, f"must be a token id in [0, vocab_size={self.vocab_size})")
         # SPEC §4.3 / §9.9: masked positions are found by `noisy == mask_id`, so the mask id must
         # never be a real token the data or padding can produce.
         for field in ("pad_token_id", "eos_token_id", "bos_token_id"):
             if getattr(self, field) == self.mask_token_id:
-                _fail("mask_token_id", self.mask_token_id,
-                      f"must differ from {field}={getattr(self, field)}")
+                _fail(
+                    "mask_token_id",
+                    self.mask_token_id,
+                    f"must differ from {field}={getattr(self, field)}",
+                )
 
     @property
     def q_per_kv(self) -> int:
@@ -207,9 +228,15 @@ class Experiment:
 
     def __post_init__(self) -> None:
         if self.train.seq_len > self.model.max_seq_len:
-            _fail("train.seq_len", self.train.seq_len,
-                  f"must be <= model.max_seq_len={self.model.max_seq_len}")
+            _fail(
+                "train.seq_len",
+                self.train.seq_len,
+                f"must be <= model.max_seq_len={self.model.max_seq_len}",
+            )
         if self.diffusion.objective == "sft_llada" and self.diffusion.random_length_mode != "none":
-            _fail("diffusion.random_length_mode", self.diffusion.random_length_mode,
-                  "must be 'none' with objective=sft_llada (SFT batches are padded with EOS, "
-                  "SPEC §4.1)")
+            _fail(
+                "diffusion.random_length_mode",
+                self.diffusion.random_length_mode,
+                "must be 'none' with objective=sft_llada (SFT batches are padded with EOS, "
+                "SPEC §4.1)",
+            )

@@ -13,14 +13,22 @@ from collections.abc import Iterator
 import numpy as np
 
 
-def markov_batches(seed: int, batch_size: int, seq_len: int, vocab_size: int, *,
-                   first_id: int = 5, n_states: int = 64,
-                   branching: int = 2) -> Iterator[dict[str, np.ndarray]]:
+def markov_batches(
+    seed: int,
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    *,
+    first_id: int = 5,
+    n_states: int = 64,
+    branching: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
     """Yields `{"tokens": int32 [batch_size, seq_len]}` forever, deterministically from `seed`."""
     n_states = min(n_states, vocab_size - first_id)
     if n_states < 1:
-        raise ValueError(f"vocab_size={vocab_size} leaves no ids above the special ids "
-                         f"(< {first_id})")
+        raise ValueError(
+            f"vocab_size={vocab_size} leaves no ids above the special ids (< {first_id})"
+        )
     rng = np.random.default_rng(seed)
     successors = rng.integers(0, n_states, size=(n_states, branching))
     while True:

@@ -28,8 +28,12 @@ class LossOutput(NamedTuple):
     num_masked: jax.Array  # scalar int32
 
 
-def token_cross_entropy(hidden: jax.Array, targets: jax.Array,
-                        project: Callable[[jax.Array], jax.Array], chunk_size: int) -> jax.Array:
+def token_cross_entropy(
+    hidden: jax.Array,
+    targets: jax.Array,
+    project: Callable[[jax.Array], jax.Array],
+    chunk_size: int,
+) -> jax.Array:
     """Cross-entropy of every position, evaluated in sequence chunks.
 
     hidden: [batch, length, d_model]; targets: [batch, length] int;
@@ -63,8 +67,9 @@ def _masked_stats(ce: jax.Array, is_masked: jax.Array) -> tuple[jax.Array, jax.A
     return masked_ce, num_masked
 
 
-def pretrain_loss(ce: jax.Array, is_masked: jax.Array, mask_prob: jax.Array,
-                  valid: jax.Array | None = None) -> LossOutput:
+def pretrain_loss(
+    ce: jax.Array, is_masked: jax.Array, mask_prob: jax.Array, valid: jax.Array | None = None
+) -> LossOutput:
     """SPEC §1.2. ce, is_masked, valid: [batch, length]; mask_prob: [batch].
 
     valid marks real tokens (None = all); it sets the normaliser (B·L, or B·l when truncated).
@@ -74,8 +79,9 @@ def pretrain_loss(ce: jax.Array, is_masked: jax.Array, mask_prob: jax.Array,
     return LossOutput(jnp.sum(weighted) / normaliser, *_masked_stats(ce, is_masked))
 
 
-def sft_llada_loss(ce: jax.Array, is_masked: jax.Array, mask_prob: jax.Array,
-                   prompt_lengths: jax.Array) -> LossOutput:
+def sft_llada_loss(
+    ce: jax.Array, is_masked: jax.Array, mask_prob: jax.Array, prompt_lengths: jax.Array
+) -> LossOutput:
     """SPEC §4.1. ce, is_masked: [batch, length]; mask_prob, prompt_lengths: [batch].
 
     The caller never masks prompt positions; answer_len_b = length - prompt_len_b counts the EOS

@@ -34,8 +34,13 @@ def sample_times(key: jax.Array, batch_size: int, method: str) -> jax.Array:
     raise ValueError(f"time sampling method {method!r} is not one of uniform, antithetic")
 
 
-def apply_mask(key: jax.Array, tokens: jax.Array, mask_prob: jax.Array, mask_id: int,
-               maskable: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def apply_mask(
+    key: jax.Array,
+    tokens: jax.Array,
+    mask_prob: jax.Array,
+    mask_id: int,
+    maskable: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Independent Bernoulli masking.
 
     tokens: [batch, length] int; mask_prob: [batch]; maskable: [batch, length] bool or None (all).
@@ -62,8 +67,9 @@ def random_length_valid(key: jax.Array, batch_size: int, length: int, prob: floa
     return jnp.broadcast_to(jnp.arange(length) < kept, (batch_size, length))
 
 
-def two_segment_split(key: jax.Array, batch_size: int, length: int,
-                      prob: float) -> tuple[jax.Array, jax.Array]:
+def two_segment_split(
+    key: jax.Array, batch_size: int, length: int, prob: float
+) -> tuple[jax.Array, jax.Array]:
     """iLLaDA's random-length training (SPEC §3.2): each sequence, with probability `prob`, is
     split at a uniform point c ~ U{1..length-1} into two segments that do not attend to each other.
 

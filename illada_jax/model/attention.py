@@ -101,12 +101,17 @@ def _splash_kernel(n_heads: int, length: int, block: int, interpret: bool):
 
     mask = splash_mask.MultiHeadMask([splash_mask.FullMask((length, length))] * n_heads)
     sizes = splash.BlockSizes(
-        block_q=block, block_kv=block, block_kv_compute=block,
-        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
         use_fused_bwd_kernel=True,
     )
-    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                  interpret=interpret)
+    return splash.make_splash_mha(
+        mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+    )
 
 
 def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False):
@@ -124,7 +129,10 @@ def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False)
 
     def local(qt, kt, vt, seg):
         kernel = _splash_kernel(qt.shape[1], length, block, interpret)
-        per_example = lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=SegmentIds(s1, s1))
+
+        def per_example(q1, k1, v1, s1):
+            return kernel(q1, k1, v1, segment_ids=SegmentIds(s1, s1))
+
         return jax.vmap(per_example)(qt, kt, vt, seg)
 
     mesh = jax.sharding.get_abstract_mesh()
@@ -136,9 +144,11 @@ def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False)
         head_axis = _HEAD_MESH_AXIS if _HEAD_MESH_AXIS in mesh.axis_names else None
         heads_spec = P(data_axes, head_axis, None, None)
         out = jax.shard_map(
-            local, mesh=mesh,
+            local,
+            mesh=mesh,
             in_specs=(heads_spec, heads_spec, heads_spec, P(data_axes, None)),
-            out_specs=heads_spec, check_vma=False,
+            out_specs=heads_spec,
+            check_vma=False,
         )(qt, kt, vt, seg)
     return out.transpose(0, 2, 1, 3)
 
@@ -146,8 +156,9 @@ def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False)
 class Attention(nnx.Module):
     """Grouped-query self-attention with RoPE on q and k; q/k/v/o projections without bias."""
 
-    def __init__(self, cfg, *, std: float, out_std: float, param_dtype, compute_dtype,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, cfg, *, std: float, out_std: float, param_dtype, compute_dtype, rngs: nnx.Rngs
+    ):
         d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.impl = cfg.attention_impl
         self.compute_dtype = compute_dtype
@@ -192,4 +203,3 @@ class Attention(nnx.Module):
             kernel = cudnn_attention if self.impl == "cudnn" else xla_attention
             attn = kernel(q, k, v, mask)
         return self.project_out(attn)
-

@@ -16,8 +16,9 @@ from flax import nnx
 DTYPE_BY_NAME = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float | None,
-          dtype) -> nnx.Param:
+def param(
+    rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float | None, dtype
+) -> nnx.Param:
     """A parameter drawn from N(0, std) (or ones when std is None), tagged with logical axes."""
     if len(shape) != len(axes):
         raise ValueError(f"shape {shape} and logical axes {axes} differ in rank")
@@ -78,8 +79,18 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 class SwiGLU(nnx.Module):
     """`down( silu(gate x) * up x )` (LLaDA: ff_proj=gate, up_proj=up, ff_out=down)."""
 
-    def __init__(self, d_model: int, mlp_dim: int, *, use_bias: bool, std: float, out_std: float,
-                 param_dtype, compute_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        mlp_dim: int,
+        *,
+        use_bias: bool,
+        std: float,
+        out_std: float,
+        param_dtype,
+        compute_dtype,
+        rngs: nnx.Rngs,
+    ):
         self.compute_dtype = compute_dtype
         self.gate = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), std, param_dtype)
         self.up = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), std, param_dtype)

@@ -46,11 +46,20 @@ class Block(nnx.Module):
         pd, cd = DTYPE_BY_NAME[cfg.param_dtype], DTYPE_BY_NAME[cfg.compute_dtype]
         out_std = residual_out_std(cfg.init_std, cfg.n_layers)
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs)
-        self.attn = Attention(cfg, std=cfg.init_std, out_std=out_std, param_dtype=pd,
-                              compute_dtype=cd, rngs=rngs)
+        self.attn = Attention(
+            cfg, std=cfg.init_std, out_std=out_std, param_dtype=pd, compute_dtype=cd, rngs=rngs
+        )
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs)
-        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, use_bias=cfg.use_bias, std=cfg.init_std,
-                          out_std=out_std, param_dtype=pd, compute_dtype=cd, rngs=rngs)
+        self.mlp = SwiGLU(
+            cfg.d_model,
+            cfg.mlp_dim,
+            use_bias=cfg.use_bias,
+            std=cfg.init_std,
+            out_std=out_std,
+            param_dtype=pd,
+            compute_dtype=cd,
+            rngs=rngs,
+        )
 
     def __call__(self, x, cos, sin, key_mask=None, segment_ids=None):
         """x: [batch, length, d_model] (compute dtype) -> same."""
@@ -66,8 +75,13 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         pd = DTYPE_BY_NAME[cfg.param_dtype]
         self.compute_dtype = DTYPE_BY_NAME[cfg.compute_dtype]
-        self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
-                           math.sqrt(1.0 / (2 * cfg.d_model)), pd)
+        self.embed = param(
+            rngs,
+            (cfg.vocab_size, cfg.d_model),
+            ("vocab", "embed"),
+            math.sqrt(1.0 / (2 * cfg.d_model)),
+            pd,
+        )
 
         @nnx.split_rngs(splits=cfg.n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -77,8 +91,9 @@ class Transformer(nnx.Module):
         self.blocks = make_blocks(rngs)
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs)
         if not cfg.tie_embeddings:
-            self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                                 cfg.init_std, pd)
+            self.lm_head = param(
+                rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std, pd
+            )
 
     def hidden_states(self, tokens, positions=None, key_mask=None, segment_ids=None):
         """Final-normed hidden states.
@@ -114,10 +129,18 @@ class Transformer(nnx.Module):
         cd = self.compute_dtype
         hidden = hidden.astype(cd)
         if self.cfg.tie_embeddings:
-            return jnp.einsum("...d,vd->...v", hidden, self.embed[...].astype(cd),
-                              preferred_element_type=jnp.float32)
-        return jnp.einsum("...d,dv->...v", hidden, self.lm_head[...].astype(cd),
-                          preferred_element_type=jnp.float32)
+            return jnp.einsum(
+                "...d,vd->...v",
+                hidden,
+                self.embed[...].astype(cd),
+                preferred_element_type=jnp.float32,
+            )
+        return jnp.einsum(
+            "...d,dv->...v",
+            hidden,
+            self.lm_head[...].astype(cd),
+            preferred_element_type=jnp.float32,
+        )
 
     def __call__(self, tokens, positions=None, key_mask=None, segment_ids=None):
         """tokens: [batch, length] -> logits [batch, length, vocab] fp32 (inference helper;

@@ -23,13 +23,16 @@ from illada_jax.train.optim import learning_rate_schedule, make_optimizer
 from illada_jax.train.step import make_train_step
 
 
-def train(experiment: Experiment, workdir: str | pathlib.Path | None = None,
-          print_fn=print) -> list[dict]:
+def train(
+    experiment: Experiment, workdir: str | pathlib.Path | None = None, print_fn=print
+) -> list[dict]:
     """Run `experiment.train.steps` steps; returns the logged metrics (one dict per log line)."""
     tcfg = experiment.train
     if experiment.diffusion.objective == "sft_llada":
-        raise ValueError("objective=sft_llada needs prompt/answer batches, which arrive with the "
-                         "SFT data pipeline; use objective=pretrain or sft_illada for now")
+        raise ValueError(
+            "objective=sft_llada needs prompt/answer batches, which arrive with the "
+            "SFT data pipeline; use objective=pretrain or sft_illada for now"
+        )
     out_dir = None
     if workdir is not None:
         out_dir = pathlib.Path(workdir)
@@ -53,21 +56,28 @@ def train(experiment: Experiment, workdir: str | pathlib.Path | None = None,
     try:
         for step in range(1, tcfg.steps + 1):
             batch = next(batches)
-            params, opt_state, metrics = step_fn(params, opt_state, batch,
-                                                 jax.random.fold_in(base_key, step))
+            params, opt_state, metrics = step_fn(
+                params, opt_state, batch, jax.random.fold_in(base_key, step)
+            )
             window_steps += 1
             if step % tcfg.log_every and step != tcfg.steps:
                 continue
             metrics = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
             elapsed = time.perf_counter() - window_start
-            record = {"step": step, **metrics, "lr": float(schedule(step - 1)),
-                      "tokens_per_s": window_steps * tokens_per_step / elapsed}
+            record = {
+                "step": step,
+                **metrics,
+                "lr": float(schedule(step - 1)),
+                "tokens_per_s": window_steps * tokens_per_step / elapsed,
+            }
             if not np.isfinite(record["loss"]):
                 raise FloatingPointError(f"loss is {record['loss']} at step {step}")
             history.append(record)
-            print_fn(f"step {step:>5}/{tcfg.steps}  loss {record['loss']:.4f}  "
-                     f"masked_ce {record['masked_ce']:.4f}  lr {record['lr']:.2e}  "
-                     f"grad_norm {record['grad_norm']:.3f}  tok/s {record['tokens_per_s']:.0f}")
+            print_fn(
+                f"step {step:>5}/{tcfg.steps}  loss {record['loss']:.4f}  "
+                f"masked_ce {record['masked_ce']:.4f}  lr {record['lr']:.2e}  "
+                f"grad_norm {record['grad_norm']:.3f}  tok/s {record['tokens_per_s']:.0f}"
+            )
             if metrics_file:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()

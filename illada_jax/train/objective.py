@@ -18,23 +18,25 @@ from illada_jax.config.schema import DiffusionConfig
 from illada_jax.diffusion import losses, masking
 
 
-def diffusion_loss(model, batch: dict, key: jax.Array,
-                   cfg: DiffusionConfig) -> tuple[jax.Array, dict]:
+def diffusion_loss(
+    model, batch: dict, key: jax.Array, cfg: DiffusionConfig
+) -> tuple[jax.Array, dict]:
     """Sample t, mask, run the network, return (loss, metrics). `model` is a `Transformer`."""
     tokens = batch["tokens"]
     batch_size, length = tokens.shape
     time_key, mask_key, length_key = jax.random.split(key, 3)
     mask_prob = masking.mask_probability(
-        masking.sample_times(time_key, batch_size, cfg.time_sampling), cfg.mask_eps)
+        masking.sample_times(time_key, batch_size, cfg.time_sampling), cfg.mask_eps
+    )
 
     segment_ids, positions = batch.get("segment_ids"), batch.get("positions")
     valid = None
     if cfg.random_length_mode == "llada_truncate":
-        valid = masking.random_length_valid(length_key, batch_size, length,
-                                            cfg.random_length_prob)
+        valid = masking.random_length_valid(length_key, batch_size, length, cfg.random_length_prob)
     elif cfg.random_length_mode == "illada_split" and segment_ids is None:
-        segment_ids, positions = masking.two_segment_split(length_key, batch_size, length,
-                                                           cfg.two_segment_prob)
+        segment_ids, positions = masking.two_segment_split(
+            length_key, batch_size, length, cfg.two_segment_prob
+        )
 
     maskable = valid
     if cfg.objective == "sft_llada":
@@ -43,14 +45,19 @@ def diffusion_loss(model, batch: dict, key: jax.Array,
         is_answer = jnp.arange(length)[None, :] >= batch["prompt_lengths"][:, None]
         maskable = is_answer if maskable is None else maskable & is_answer
 
-    noisy, is_masked = masking.apply_mask(mask_key, tokens, mask_prob, model.cfg.mask_token_id,
-                                          maskable)
+    noisy, is_masked = masking.apply_mask(
+        mask_key, tokens, mask_prob, model.cfg.mask_token_id, maskable
+    )
     hidden = model.hidden_states(noisy, positions, key_mask=valid, segment_ids=segment_ids)
     ce = losses.token_cross_entropy(hidden, tokens, model.project, cfg.loss_chunk_size)
     if cfg.objective == "sft_llada":
         out = losses.sft_llada_loss(ce, is_masked, mask_prob, batch["prompt_lengths"])
     else:  # pretrain and sft_illada share the pre-training loss (SPEC §4.2)
         out = losses.pretrain_loss(ce, is_masked, mask_prob, valid)
-    metrics = {"loss": out.loss, "masked_ce": out.masked_ce, "num_masked": out.num_masked,
-               "mask_prob": jnp.mean(mask_prob)}
+    metrics = {
+        "loss": out.loss,
+        "masked_ce": out.masked_ce,
+        "num_masked": out.num_masked,
+        "mask_prob": jnp.mean(mask_prob),
+    }
     return out.loss, metrics

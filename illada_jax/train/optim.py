@@ -16,8 +16,10 @@ def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
     if cfg.warmup_steps == 0:
         return optax.constant_schedule(cfg.learning_rate)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
-         optax.constant_schedule(cfg.learning_rate)],
+        [
+            optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
+            optax.constant_schedule(cfg.learning_rate),
+        ],
         boundaries=[cfg.warmup_steps],
     )
 
@@ -25,6 +27,11 @@ def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip_norm),
-        optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                    weight_decay=cfg.weight_decay),
+        optax.adamw(
+            learning_rate_schedule(cfg),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+        ),
     )

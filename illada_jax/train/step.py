@@ -10,8 +10,9 @@ from illada_jax.config.schema import DiffusionConfig
 from illada_jax.train.objective import diffusion_loss
 
 
-def make_train_step(graphdef: nnx.GraphDef, diffusion: DiffusionConfig,
-                    optimizer: optax.GradientTransformation):
+def make_train_step(
+    graphdef: nnx.GraphDef, diffusion: DiffusionConfig, optimizer: optax.GradientTransformation
+):
     """Returns jitted `step(params, opt_state, batch, key) -> (params, opt_state, metrics)`."""
 
     def train_step(params, opt_state, batch, key):

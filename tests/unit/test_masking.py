@@ -254,7 +254,9 @@ def test_two_segment_split_rate():
     split = seg.max(axis=1) == 1
     assert abs(split.mean() - prob) < 5 * np.sqrt(prob * (1 - prob) / batch)
     # Unsplit rows keep plain positions.
-    np.testing.assert_array_equal(pos[~split], np.broadcast_to(np.arange(length), pos[~split].shape))
+    np.testing.assert_array_equal(
+        pos[~split], np.broadcast_to(np.arange(length), pos[~split].shape)
+    )
     # Split rows: segment ids are non-decreasing and in {0, 1}.
     assert np.all(np.diff(seg, axis=1) >= 0) and set(np.unique(seg)) <= {0, 1}
 
@@ -263,9 +265,8 @@ def test_two_segment_split_length_two_and_one():
     seg, pos = masking.two_segment_split(jax.random.key(3), 64, 2, 1.0)
     np.testing.assert_array_equal(np.asarray(seg), np.broadcast_to([0, 1], (64, 2)))
     np.testing.assert_array_equal(np.asarray(pos), np.zeros((64, 2)))
-    for seed in range(5):
-        seg, pos = masking.two_segment_split(jax.random.key(seed), 32, 1, 1.0)
-        assert np.all(np.asarray(seg) == 0) and np.all(np.asarray(pos) == 0)
+    seg, pos = masking.two_segment_split(jax.random.key(4), 256, 1, 1.0)
+    assert np.all(np.asarray(seg) == 0) and np.all(np.asarray(pos) == 0)
 
 
 # ---------------------------------------------------------------------------------------------
