@@ -26,11 +26,11 @@ def param(
         value = jnp.ones(shape, dtype)
     else:
         value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
-    return nnx.Param(value, sharding_names=axes, eager_sharding=False)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
 def zeros_param(shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
-    return nnx.Param(jnp.zeros(shape, dtype), sharding_names=axes, eager_sharding=False)
+    return nnx.Param(jnp.zeros(shape, dtype), out_sharding=axes, eager_sharding=False)
 
 
 class RMSNorm(nnx.Module):
