@@ -77,17 +77,12 @@ def _splash_segment_ids(key_mask, segment_ids, batch, length):
     return seg
 
 
-def _splash_block(length: int) -> int:
-    """Tile size: the whole sequence when short, else the largest of 512/256/128 dividing it."""
-    if length <= 512:
-        return length
-    for block in (512, 256, 128):
-        if length % block == 0:
-            return block
-    raise ValueError(
-        f"attention_impl='splash' needs a sequence length <= 512 or a multiple of 128, got "
-        f"{length}; pad the batch to a multiple of 128 or use attention_impl='xla'"
-    )
+_SPLASH_TILE = 128  # the kernel's kv compute blocks must be multiples of 128
+
+
+def _splash_block(padded_length: int) -> int:
+    """Tile size: the largest of 512/256/128 dividing the (padded) sequence length."""
+    return next(b for b in (512, 256, _SPLASH_TILE) if padded_length % b == 0)
 
 
 @functools.cache
@@ -121,14 +116,21 @@ def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False)
     )
 
     batch, length, n_heads, head_dim = q.shape
-    block = _splash_block(length)
     seg = _splash_segment_ids(key_mask, segment_ids, batch, length)
+    # Pad the sequence to whole 128-tiles; the pad is a segment of its own (-1, like padding),
+    # so real tokens never see it, and it is cut off the output.
+    pad = -length % _SPLASH_TILE
+    if pad:
+        q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+        seg = jnp.pad(seg, ((0, 0), (0, pad)), constant_values=-1)
+    padded_length = length + pad
+    block = _splash_block(padded_length)
     # splash has no softmax scale: pre-scale q. Layout [B, heads, L, D].
     qt = (q * (head_dim**-0.5)).astype(q.dtype).transpose(0, 2, 1, 3)
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
     def local(qt, kt, vt, seg):
-        kernel = _splash_kernel(qt.shape[1], length, block, interpret)
+        kernel = _splash_kernel(qt.shape[1], padded_length, block, interpret)
 
         def per_example(q1, k1, v1, s1):
             return kernel(q1, k1, v1, segment_ids=SegmentIds(s1, s1))
@@ -150,7 +152,7 @@ def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False)
             out_specs=heads_spec,
             check_vma=False,
         )(qt, kt, vt, seg)
-    return out.transpose(0, 2, 1, 3)
+    return out.transpose(0, 2, 1, 3)[:, :length]
 
 
 class Attention(nnx.Module):

@@ -20,8 +20,16 @@ FULL_LOGITS_BYTES = BATCH * LENGTH * VOCAB * 4  # 512 MiB
 
 
 def _temp_bytes(chunk: int) -> int:
-    cfg = ModelConfig(vocab_size=VOCAB, d_model=64, n_layers=1, n_heads=2, n_kv_heads=1,
-                      head_dim=32, mlp_dim=128, max_seq_len=LENGTH)
+    cfg = ModelConfig(
+        vocab_size=VOCAB,
+        d_model=64,
+        n_layers=1,
+        n_heads=2,
+        n_kv_heads=1,
+        head_dim=32,
+        mlp_dim=128,
+        max_seq_len=LENGTH,
+    )
     graphdef, params = nnx.split(abstract_model(cfg))
     diffusion = DiffusionConfig(random_length_mode="none", loss_chunk_size=chunk)
 

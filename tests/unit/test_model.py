@@ -411,8 +411,7 @@ def _splash_inputs(length: int, lengths, seg_splits):
 
 
 def test_splash_interpret_matches_xla():
-    # The TPU splash kernel needs kv compute blocks that are multiples of 128 lanes, so 128 is the
-    # shortest sequence it accepts (see the xfail test below for L=16).
+    # One whole 128-tile: no internal padding.
     q, k, v, key_mask, seg = _splash_inputs(128, lengths=[128, 100], seg_splits=[70, 40])
     out = splash_attention(q, k, v, key_mask, seg, interpret=True)
     ref = xla_attention(q, k, v, attention_mask(key_mask, seg))
@@ -420,13 +419,8 @@ def test_splash_interpret_matches_xla():
     np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], rtol=0, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="model bug: _splash_block returns the whole length when length <= 512, but splash "
-    "requires block_kv_compute % 128 == 0 ('bkv_compute=16 must be a multiple of 128')",
-)
 def test_splash_interpret_matches_xla_short_sequence():
+    # L=16 is padded internally to one 128-tile; the pad must stay invisible.
     q, k, v, key_mask, seg = _splash_inputs(16, lengths=[16, 12], seg_splits=[7, 5])
     out = splash_attention(q, k, v, key_mask, seg, interpret=True)
     ref = xla_attention(q, k, v, attention_mask(key_mask, seg))
