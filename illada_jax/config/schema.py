@@ -116,6 +116,12 @@ class ModelConfig:
         _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
         _check_choice("param_dtype", self.param_dtype, DTYPES)
         _check_choice("compute_dtype", self.compute_dtype, DTYPES)
+        if self.attention_impl == "cudnn" and self.compute_dtype != "bfloat16":
+            _fail(
+                "attention_impl",
+                self.attention_impl,
+                "cuDNN flash attention runs in bf16: set compute_dtype=bfloat16 (or use xla)",
+            )
         for field in (
             "mask_token_id",
             "pad_token_id",

@@ -72,8 +72,11 @@ def pretrain_loss(
 ) -> LossOutput:
     """SPEC §1.2. ce, is_masked, valid: [batch, length]; mask_prob: [batch].
 
-    valid marks real tokens (None = all); it sets the normaliser (B·L, or B·l when truncated).
+    valid marks real tokens (None = all); it sets the normaliser (B·L, or B·l when truncated),
+    and a masked position outside it is ignored.
     """
+    if valid is not None:
+        is_masked = is_masked & valid
     weighted = jnp.where(is_masked, ce / mask_prob[:, None], 0.0)
     normaliser = ce.size if valid is None else jnp.maximum(jnp.sum(valid), 1)
     return LossOutput(jnp.sum(weighted) / normaliser, *_masked_stats(ce, is_masked))

@@ -28,9 +28,10 @@ def sample_times(key: jax.Array, batch_size: int, method: str) -> jax.Array:
     if method == "uniform":
         return u
     if method == "antithetic":
-        # Clamp: (r + u) / B can round up to exactly 1.0 in fp32 for the last stratum.
-        t = (jnp.arange(batch_size, dtype=jnp.float32) + u) / batch_size
-        return jnp.minimum(t, jnp.nextafter(jnp.float32(1.0), jnp.float32(0.0)))
+        stratum = jnp.arange(batch_size, dtype=jnp.float32)
+        # Clamp: (r + u) / B can round up to (r + 1) / B in fp32, the next stratum's start.
+        upper = jnp.nextafter((stratum + 1) / batch_size, jnp.float32(0.0))
+        return jnp.minimum((stratum + u) / batch_size, upper)
     raise ValueError(f"time sampling method {method!r} is not one of uniform, antithetic")
 
 

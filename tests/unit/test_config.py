@@ -23,6 +23,7 @@ def test_set_and_fiddler_apply_in_order():
             "fiddler:antithetic_time",
             "set:model.n_layers=3",
             "set:diffusion.mask_eps=0.01",
+            "fiddler:bf16",
             "set:model.attention_impl=cudnn",
             "set:model.eot_token_id=None",
         ]
@@ -75,6 +76,7 @@ def test_illada_8b_preset_matches_spec_table():
     ("directives", "expected"),
     [
         (["set:model.n_kv_heads=3"], r"model\.n_kv_heads=3 .*must divide n_heads=4.*\[1, 2, 4\]"),
+        (["set:model.attention_impl=cudnn"], r"model\.attention_impl='cudnn'.*bfloat16"),
         (["set:model.attention_impl=flash"], r"model\.attention_impl='flash'.*xla, cudnn, splash"),
         (["set:model.remat_policy=some"], r"model\.remat_policy.*none, full, save_dots"),
         (["set:model.compute_dtype=float16"], r"model\.compute_dtype.*float32, bfloat16"),

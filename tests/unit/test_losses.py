@@ -163,12 +163,12 @@ def test_pretrain_loss_truncated_batch(ell):
     batch, length = 3, 16
     ce, is_masked, p = _loss_inputs(batch, length, seed=ell)
     valid = np.broadcast_to(np.arange(length) < ell, (batch, length)).copy()
-    is_masked &= valid  # the caller never masks padding
-    ce[~valid] = 1e3  # padding CE must not leak into the loss
+    ce[~valid] = 1e3  # padding CE must not leak into the loss, even where marked masked
     is_masked[1] = False  # a row with nothing masked still counts in B*l
     out = losses.pretrain_loss(
         jnp.asarray(ce), jnp.asarray(is_masked), jnp.asarray(p), jnp.asarray(valid)
     )
+    is_masked &= valid  # the reference: only real tokens are in the loss
     want = np_pretrain(ce, is_masked, p, batch * ell)
     np.testing.assert_allclose(float(out.loss), want, rtol=1e-5, atol=1e-7)
     _check_stats(out, ce, is_masked)
