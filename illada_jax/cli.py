@@ -6,6 +6,12 @@ import argparse
 import sys
 
 from illada_jax.config.schema import ConfigError
+from illada_jax.data.packing import DataError
+from illada_jax.data.prepare import PrepareError
+from illada_jax.data.sources import SourceError
+
+# Mistakes in what the user gave us (data, paths, options): a message, exit code 2, no traceback.
+USER_ERRORS = (DataError, PrepareError, SourceError)
 
 CONFIG_HELP = (
     "configuration directive, repeatable, applied in order: config:NAME, "
@@ -46,6 +52,31 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from illada_jax.data.prepare import prepare
+
+    manifest = prepare(
+        args.input,
+        args.format,
+        args.output,
+        tokenizer_path=args.tokenizer,
+        field=args.field,
+        text_unit=args.text_unit,
+        seqio_module=args.seqio_module,
+        shard_chars=args.shard_chars,
+        max_doc_tokens=args.max_doc_tokens,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    bad = {k: v for k, v in manifest["bad_records"].items() if v}
+    print(
+        f"prepared {manifest['documents']} documents, {manifest['tokens']} tokens in "
+        f"{len(manifest['shards'])} shards -> {args.output}"
+    )
+    print(f"bad records: {bad or 'none'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="illada", description="Masked-diffusion language models (LLaDA / iLLaDA) in JAX."
@@ -66,6 +97,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
+    prep = sub.add_parser(
+        "prepare",
+        help="raw text / jsonl / parquet / tfds / seqio / embedded -> token shards",
+        description="Tokenise documents into ArrayRecord shards and a manifest. Example: illada "
+        "prepare --format embedded --input train --output data/embedded",
+    )
+    prep.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="files or directories (text, jsonl, parquet), DIR[:SPLIT] (tfds), "
+        "TASK[:SPLIT] (seqio), or a split name (embedded)",
+    )
+    prep.add_argument(
+        "--format", required=True, choices=["text", "jsonl", "parquet", "tfds", "seqio", "embedded"]
+    )
+    prep.add_argument("--field", default="text", help="jsonl field / parquet column / feature")
+    prep.add_argument(
+        "--tokenizer",
+        default=None,
+        help="SentencePiece .model or HF tokenizer.json (default: the shipped one)",
+    )
+    prep.add_argument("--output", required=True, help="output directory")
+    prep.add_argument(
+        "--text-unit",
+        default="file",
+        choices=["file", "block"],
+        help="text format: a document per file or per blank-line block",
+    )
+    prep.add_argument(
+        "--max-doc-tokens",
+        type=int,
+        default=1 << 20,
+        help="longer documents are split into records of this many tokens",
+    )
+    prep.add_argument(
+        "--shard-chars",
+        type=int,
+        default=None,
+        help="characters of text per shard (default 16M; 1M for embedded)",
+    )
+    prep.add_argument("--workers", type=int, default=2, help="tokeniser processes")
+    prep.add_argument("--seqio-module", default=None, help="module that registers the task")
+    prep.add_argument("--quiet", action="store_true", help="no progress bar")
+    prep.set_defaults(func=cmd_prepare)
+
     params = sub.add_parser(
         "params",
         help="parameter counts (total, non-embedding) of a config",
@@ -83,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as err:
         print(f"illada {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as err:
+        print(f"illada {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

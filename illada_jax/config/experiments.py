@@ -10,6 +10,7 @@ from __future__ import annotations
 import fiddle as fdl
 
 from illada_jax.config.schema import (
+    DataConfig,
     DiffusionConfig,
     Experiment,
     ModelConfig,
@@ -29,6 +30,7 @@ def experiment_for_preset(name: str) -> fdl.Config:
         Experiment,
         model=fdl.Config(ModelConfig, **MODEL_PRESETS[name]),
         diffusion=fdl.Config(DiffusionConfig, random_length_mode=mode),
+        data=fdl.Config(DataConfig),
         optim=fdl.Config(OptimConfig),
         train=fdl.Config(TrainConfig),
     )

@@ -182,6 +182,47 @@ class DiffusionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training data (`illada_jax.data.pipeline`): prepared datasets mixed with weights.
+
+    A dataset is a directory written by `illada prepare`, or `embedded` / `embedded:heldout`:
+    the embedded corpus, prepared with the default tokenizer on first use into `cache_dir`
+    (default `$ILLADA_CACHE` or `~/.cache/illada_jax`).
+    """
+
+    datasets: tuple[str, ...] = ("embedded",)
+    # One weight per dataset (empty = equal); each global batch holds exactly the rounded shares.
+    weights: tuple[float, ...] = ()
+    # Windows with one segment per document (no attention across documents) instead of plain
+    # windows over the concatenated stream.
+    document_aware: bool = False
+    shuffle: bool = True
+    read_threads: int = 4
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.datasets, str)
+            or not self.datasets
+            or not all(isinstance(d, str) and d for d in self.datasets)
+        ):
+            _fail("datasets", self.datasets, "must be a non-empty tuple of dataset paths")
+        if self.weights:
+            if len(self.weights) != len(self.datasets):
+                _fail(
+                    "weights",
+                    self.weights,
+                    f"needs one weight per dataset ({len(self.datasets)}) or none",
+                )
+            if (
+                any(not isinstance(w, int | float) or w < 0 for w in self.weights)
+                or not sum(self.weights) > 0
+            ):
+                _fail("weights", self.weights, "must be non-negative numbers with a positive sum")
+        _check_int("read_threads", self.read_threads, 1)
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warmup then constant LR (the full schedule family comes with the trainer)."""
 
@@ -229,6 +270,7 @@ class Experiment:
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 

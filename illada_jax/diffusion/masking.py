@@ -68,21 +68,27 @@ def random_length_valid(key: jax.Array, batch_size: int, length: int, prob: floa
     return jnp.broadcast_to(jnp.arange(length) < kept, (batch_size, length))
 
 
-def two_segment_split(
-    key: jax.Array, batch_size: int, length: int, prob: float
-) -> tuple[jax.Array, jax.Array]:
+def two_segment_split(key: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                      prob: float) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """iLLaDA's random-length training (SPEC §3.2): each sequence, with probability `prob`, is
-    split at a uniform point c ~ U{1..length-1} into two segments that do not attend to each other.
+    cut at a uniform point c ~ U{1..length-1}; the segment containing c is split in two that do not
+    attend to each other, and its part from c on restarts its positions at 0.
 
-    Returns (segment_ids [batch, length] int32 in {0, 1}, positions [batch, length] int32), where
-    positions restart at 0 in the second segment.
+    segment_ids, positions: [batch, length] int32, segment id 0 = padding (kept as is). Plain
+    windows pass ones and 0..L-1. Segment k becomes 2k-1 before the cut and 2k after it, so ids
+    stay distinct and non-zero. Returns the new (segment_ids, positions).
     """
+    batch_size, length = segment_ids.shape
     split_key, cut_key = jax.random.split(key)
     split = jax.random.uniform(split_key, (batch_size,)) < prob
     if length < 2:
         split = jnp.zeros_like(split)
-    cut = jax.random.randint(cut_key, (batch_size,), 1, max(length, 2))
-    position = jnp.arange(length, dtype=jnp.int32)[None, :]
-    second = split[:, None] & (position >= cut[:, None])
-    positions = jnp.where(second, position - cut[:, None], position).astype(jnp.int32)
-    return second.astype(jnp.int32), positions
+    cut = jax.random.randint(cut_key, (batch_size, 1), 1, max(length, 2))
+    index = jnp.arange(length, dtype=jnp.int32)[None, :]
+    after = split[:, None] & (index >= cut)
+    new_segments = jnp.where(segment_ids == 0, 0, 2 * segment_ids - 1 + after)
+    segment_at_cut = jnp.take_along_axis(segment_ids, cut, axis=1)
+    position_at_cut = jnp.take_along_axis(positions, cut, axis=1)
+    restart = after & (segment_ids == segment_at_cut) & (segment_ids != 0)
+    new_positions = jnp.where(restart, positions - position_at_cut, positions)
+    return new_segments.astype(jnp.int32), new_positions.astype(jnp.int32)

@@ -1,8 +1,8 @@
 """The runner: builds the model and optimiser, loops over batches, logs.
 
-Until the data pipeline and the full trainer (sharding, checkpoints, recovery) land, it trains on
-the synthetic Markov stream of `illada_jax.data.synthetic` on the local devices, and writes
-`config.json` and `metrics.jsonl` into the work directory.
+Reads global batches from the data pipeline (by default the embedded corpus, prepared on first
+use), trains on the local devices and writes `config.json` and `metrics.jsonl` into the work
+directory. Sharding, checkpoints and recovery arrive with the trainer issue.
 """
 
 from __future__ import annotations
@@ -17,10 +17,28 @@ from flax import nnx
 
 from illada_jax.config import flags
 from illada_jax.config.schema import Experiment
-from illada_jax.data.synthetic import markov_batches
+from illada_jax.data.pipeline import Pipeline, PipelineSpec
 from illada_jax.model.transformer import Transformer
 from illada_jax.train.optim import learning_rate_schedule, make_optimizer
 from illada_jax.train.step import make_train_step
+
+
+def make_pipeline(experiment: Experiment) -> Pipeline:
+    """The pipeline of `experiment.data`, checked against the model's vocabulary and ids."""
+    data, tcfg = experiment.data, experiment.train
+    spec = PipelineSpec(
+        datasets=data.datasets,
+        weights=data.weights,
+        seq_len=tcfg.seq_len,
+        global_batch=tcfg.batch_size,
+        seed=tcfg.seed,
+        document_aware=data.document_aware,
+        shuffle=data.shuffle,
+        read_threads=data.read_threads,
+    )
+    pipeline = Pipeline(spec, cache_dir=data.cache_dir or None)
+    pipeline.check_compatible(experiment.model)
+    return pipeline
 
 
 def train(
@@ -46,7 +64,7 @@ def train(
     opt_state = optimizer.init(params)
     schedule = learning_rate_schedule(experiment.optim)
     step_fn = make_train_step(graphdef, experiment.diffusion, optimizer)
-    batches = markov_batches(tcfg.seed, tcfg.batch_size, tcfg.seq_len, experiment.model.vocab_size)
+    batches = make_pipeline(experiment).iterator(start_step=0)
     base_key = jax.random.key(tcfg.seed)
 
     history = []

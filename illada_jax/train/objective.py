@@ -2,11 +2,12 @@
 
 This is the only place where diffusion meets the model. A batch is a dict of arrays:
 - `tokens [batch, length] int32` (always);
-- `segment_ids`, `positions [batch, length] int32` (document-aware packing, optional);
+- `segment_ids`, `positions [batch, length] int32` (optional; segment id 0 = padding, other ids
+  separate documents, see `illada_jax.data.packing`);
 - `prompt_lengths [batch] int32` (objective `sft_llada` only).
 
-iLLaDA's two-segment split applies to plain windows; a batch that already carries document
-segment ids keeps them (packed documents are already variable-length sequences).
+iLLaDA's two-segment split cuts every chosen row once, splitting whichever segment (document) holds
+the cut point; other segments are untouched.
 """
 
 from __future__ import annotations
@@ -30,12 +31,20 @@ def diffusion_loss(
     )
 
     segment_ids, positions = batch.get("segment_ids"), batch.get("positions")
-    valid = None
+    # Segment id 0 marks padding: outside attention, masking and the loss normaliser.
+    valid = None if segment_ids is None else segment_ids != 0
     if cfg.random_length_mode == "llada_truncate":
-        valid = masking.random_length_valid(length_key, batch_size, length, cfg.random_length_prob)
-    elif cfg.random_length_mode == "illada_split" and segment_ids is None:
+        truncated = masking.random_length_valid(
+            length_key, batch_size, length, cfg.random_length_prob
+        )
+        valid = truncated if valid is None else valid & truncated
+    elif cfg.random_length_mode == "illada_split":
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch_size, length), jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch_size, length))
         segment_ids, positions = masking.two_segment_split(
-            length_key, batch_size, length, cfg.two_segment_prob
+            length_key, segment_ids, positions, cfg.two_segment_prob
         )
 
     maskable = valid

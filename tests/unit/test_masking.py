@@ -221,23 +221,33 @@ def test_random_length_valid_truncation_rate():
 # ---------------------------------------------------------------------------------------------
 
 
+def _plain(batch, length):
+    """Plain windows: one real segment (id 1), positions 0..L-1."""
+    seg = jnp.ones((batch, length), jnp.int32)
+    pos = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    return seg, pos
+
+
+def _split(key, batch, length, prob):
+    seg, pos = masking.two_segment_split(key, *_plain(batch, length), prob)
+    return np.asarray(seg), np.asarray(pos)
+
+
 def test_two_segment_split_prob_zero():
-    seg, pos = masking.two_segment_split(jax.random.key(0), 5, 12, 0.0)
-    seg, pos = np.asarray(seg), np.asarray(pos)
+    seg, pos = _split(jax.random.key(0), 5, 12, 0.0)
     assert seg.shape == (5, 12) and pos.shape == (5, 12)
     assert seg.dtype == np.int32 and pos.dtype == np.int32
-    assert np.all(seg == 0)
+    assert np.all(seg == 1)  # segment k -> 2k-1 before any cut
     np.testing.assert_array_equal(pos, np.broadcast_to(np.arange(12), (5, 12)))
 
 
 def test_two_segment_split_prob_one_structure_and_cut_distribution():
     batch, length = 20000, 8
-    seg, pos = masking.two_segment_split(jax.random.key(1), batch, length, 1.0)
-    seg, pos = np.asarray(seg), np.asarray(pos)
-    cut = (seg == 0).sum(axis=1)
+    seg, pos = _split(jax.random.key(1), batch, length, 1.0)
+    cut = (seg == 1).sum(axis=1)
     assert cut.min() >= 1 and cut.max() <= length - 1
     idx = np.arange(length)[None, :]
-    want_seg = (idx >= cut[:, None]).astype(np.int32)
+    want_seg = np.where(idx >= cut[:, None], 2, 1)
     np.testing.assert_array_equal(seg, want_seg)
     want_pos = np.where(idx >= cut[:, None], idx - cut[:, None], idx)
     np.testing.assert_array_equal(pos, want_pos)
@@ -249,24 +259,48 @@ def test_two_segment_split_prob_one_structure_and_cut_distribution():
 
 def test_two_segment_split_rate():
     batch, length, prob = 20000, 16, 0.3
-    seg, pos = masking.two_segment_split(jax.random.key(2), batch, length, prob)
-    seg, pos = np.asarray(seg), np.asarray(pos)
-    split = seg.max(axis=1) == 1
+    seg, pos = _split(jax.random.key(2), batch, length, prob)
+    split = seg.max(axis=1) == 2
     assert abs(split.mean() - prob) < 5 * np.sqrt(prob * (1 - prob) / batch)
     # Unsplit rows keep plain positions.
     np.testing.assert_array_equal(
         pos[~split], np.broadcast_to(np.arange(length), pos[~split].shape)
     )
-    # Split rows: segment ids are non-decreasing and in {0, 1}.
-    assert np.all(np.diff(seg, axis=1) >= 0) and set(np.unique(seg)) <= {0, 1}
+    # Split rows: segment ids are non-decreasing and in {1, 2}.
+    assert np.all(np.diff(seg, axis=1) >= 0) and set(np.unique(seg)) <= {1, 2}
 
 
 def test_two_segment_split_length_two_and_one():
-    seg, pos = masking.two_segment_split(jax.random.key(3), 64, 2, 1.0)
-    np.testing.assert_array_equal(np.asarray(seg), np.broadcast_to([0, 1], (64, 2)))
-    np.testing.assert_array_equal(np.asarray(pos), np.zeros((64, 2)))
-    seg, pos = masking.two_segment_split(jax.random.key(4), 256, 1, 1.0)
-    assert np.all(np.asarray(seg) == 0) and np.all(np.asarray(pos) == 0)
+    seg, pos = _split(jax.random.key(3), 64, 2, 1.0)
+    np.testing.assert_array_equal(seg, np.broadcast_to([1, 2], (64, 2)))
+    np.testing.assert_array_equal(pos, np.zeros((64, 2)))
+    seg, pos = _split(jax.random.key(4), 256, 1, 1.0)
+    assert np.all(seg == 1) and np.all(pos == 0)
+
+
+def test_two_segment_split_of_packed_documents():
+    """Only the document holding the cut splits; padding (0) and other documents are untouched."""
+    seg = np.array([[1, 1, 1, 2, 2, 2, 2, 3, 3, 0, 0, 0]] * 400, np.int32)
+    pos = np.array([[5, 6, 7, 0, 1, 2, 3, 0, 1, 9, 10, 11]] * 400, np.int32)
+    new_seg, new_pos = masking.two_segment_split(
+        jax.random.key(5), jnp.asarray(seg), jnp.asarray(pos), 1.0
+    )
+    new_seg, new_pos = np.asarray(new_seg), np.asarray(new_pos)
+    for row in range(400):
+        # Reference: recover the cut c as the first index whose id is "after" (even, non-zero).
+        evens = np.flatnonzero((new_seg[row] % 2 == 0) & (new_seg[row] > 0))
+        c = int(evens[0]) if len(evens) else 9  # no even id: the cut fell in the padding
+        after = np.arange(12) >= c
+        want_seg = np.where(seg[row] == 0, 0, 2 * seg[row] - 1 + after)
+        restart = after & (seg[row] == seg[row, c]) & (seg[row] != 0)
+        want_pos = np.where(restart, pos[row] - pos[row, c], pos[row])
+        np.testing.assert_array_equal(new_seg[row], want_seg)
+        np.testing.assert_array_equal(new_pos[row], want_pos)
+        # Tokens of one original document never share a segment with another document.
+        for a in range(12):
+            for b in range(12):
+                if new_seg[row, a] == new_seg[row, b] and new_seg[row, a]:
+                    assert seg[row, a] == seg[row, b]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,198 @@
+"""Fixed-length windows over a prepared dataset's token stream, read by random access.
+
+A prepared dataset (`prepare.py`) is a list of shards; each shard's records (documents, EOS-ended)
+concatenated form that shard's token stream. Window `w` of a shard covers stream tokens
+`[w·L, (w+1)·L)`; a shard of T tokens has ceil(T/L) windows, the last one padded. Windows never
+cross shards, so locating a window needs only per-shard token counts (from the manifest) and that
+shard's record lengths (memory-mapped `.lengths.npy`) — nothing global grows with the corpus.
+
+Every window is returned as
+- `tokens [L] int32` (padding = pad id),
+- `segment_ids [L] int32`: 0 marks padding; real tokens are 1 in plain windows, or 1, 2, … one id
+  per document piece in document-aware windows (documents never share a segment),
+- `positions [L] int32`: 0..L-1 in plain windows; restarting at 0 in every segment when
+  document-aware.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+
+import numpy as np
+
+from illada_jax.data.prepare import FORMAT_VERSION, MANIFEST
+
+
+class DataError(ValueError):
+    """Prepared data is missing, damaged or does not fit the model; the message says what to do."""
+
+
+class PreparedDataset:
+    """A directory written by `illada prepare`: manifest, shards (opened lazily), record lengths."""
+
+    def __init__(self, directory: str | pathlib.Path):
+        self.directory = pathlib.Path(directory)
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.is_file():
+            raise DataError(
+                f"{self.directory} has no {MANIFEST}; prepare it first with "
+                f"`illada prepare --input ... --output {self.directory}`"
+            )
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{manifest_path} is damaged ({err}); re-run illada prepare") from err
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"{manifest_path} has format_version "
+                f"{self.manifest.get('format_version')}, this code reads "
+                f"{FORMAT_VERSION}; re-run illada prepare"
+            )
+        self.shards = self.manifest["shards"]
+        for shard in self.shards:
+            for key in ("file", "lengths_file"):
+                if not (self.directory / shard[key]).is_file():
+                    raise DataError(
+                        f"shard file {self.directory / shard[key]} listed in the "
+                        "manifest is missing; restore it or re-run illada prepare"
+                    )
+        if not self.shards:
+            raise DataError(
+                f"{self.directory} holds no documents (all inputs empty or skipped: "
+                f"{self.manifest.get('bad_records')})"
+            )
+        self.shard_tokens = np.asarray([s["tokens"] for s in self.shards], np.int64)
+        self.special_ids = self.manifest["tokenizer"]["special_ids"]
+        self.vocab_size = self.manifest["tokenizer"]["vocab_size"]
+        self._offsets: dict[int, np.ndarray] = {}
+        self._local = threading.local()  # one reader per thread and shard
+
+    @property
+    def tokens(self) -> int:
+        return int(self.shard_tokens.sum())
+
+    def check_compatible(self, model_cfg) -> None:
+        """Refuse data tokenised for another vocabulary or with other special ids."""
+        problems = []
+        if self.vocab_size != model_cfg.vocab_size:
+            problems.append(
+                f"vocab_size {self.vocab_size} != model.vocab_size {model_cfg.vocab_size}"
+            )
+        for name in ("mask", "pad", "bos", "eos"):
+            data_id = self.special_ids.get(name)
+            model_id = getattr(model_cfg, f"{name}_token_id")
+            if data_id != model_id:
+                problems.append(f"{name} id {data_id} != model.{name}_token_id {model_id}")
+        if problems:
+            raise DataError(
+                f"{self.directory} was prepared with tokenizer "
+                f"{self.manifest['tokenizer']['identity']} that does not match the "
+                f"model: {'; '.join(problems)}. Prepare the data with the model's "
+                "tokenizer or change the model config."
+            )
+
+    def offsets(self, shard: int) -> np.ndarray:
+        """int64 [records + 1]: stream offset of each record's first token in the shard."""
+        if shard not in self._offsets:
+            lengths = np.load(self.directory / self.shards[shard]["lengths_file"], mmap_mode="r")
+            if (
+                len(lengths) != self.shards[shard]["records"]
+                or lengths.sum() != self.shard_tokens[shard]
+            ):
+                raise DataError(
+                    f"{self.shards[shard]['lengths_file']} disagrees with the manifest; "
+                    "the shard is damaged, re-run illada prepare"
+                )
+            self._offsets[shard] = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        return self._offsets[shard]
+
+    def _reader(self, shard: int):
+        from array_record.python import array_record_module
+
+        readers = self._local.__dict__.setdefault("readers", {})
+        if shard not in readers:
+            path = self.directory / self.shards[shard]["file"]
+            try:
+                reader = array_record_module.ArrayRecordReader(str(path))
+            except Exception as err:  # array_record raises plain RuntimeError/ValueError
+                raise DataError(f"cannot open shard {path}: {err}; re-run illada prepare") from err
+            if reader.num_records() != self.shards[shard]["records"]:
+                raise DataError(
+                    f"shard {path} has {reader.num_records()} records, the manifest "
+                    f"says {self.shards[shard]['records']}; it is truncated or "
+                    "damaged, re-run illada prepare"
+                )
+            readers[shard] = reader
+        return readers[shard]
+
+    def read(self, shard: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stream tokens [start, stop) of a shard and the record index of each token."""
+        offsets = self.offsets(shard)
+        first = int(np.searchsorted(offsets, start, side="right")) - 1
+        last = int(np.searchsorted(offsets, stop, side="left"))  # exclusive
+        path = self.directory / self.shards[shard]["file"]
+        try:
+            raw = self._reader(shard).read(list(range(first, last)))
+        except DataError:
+            raise
+        except Exception as err:
+            raise DataError(f"shard {path} is damaged ({err}); re-run illada prepare") from err
+        pieces = [np.frombuffer(r, "<i4") for r in raw]
+        if [len(p) for p in pieces] != list(np.diff(offsets[first : last + 1])):
+            raise DataError(
+                f"shard {path}: record lengths disagree with its lengths file; "
+                "re-run illada prepare"
+            )
+        lo = start - offsets[first]
+        tokens = np.concatenate(pieces)[lo : lo + stop - start]
+        record = np.repeat(np.arange(first, last), [len(p) for p in pieces])[lo : lo + stop - start]
+        return tokens, record
+
+
+class TokenWindows:
+    """Random access to the fixed-length windows of one prepared dataset (see module doc)."""
+
+    def __init__(self, dataset: PreparedDataset, seq_len: int, *, document_aware: bool):
+        self.dataset = dataset
+        self.seq_len = seq_len
+        self.document_aware = document_aware
+        self.mask_id = dataset.special_ids["mask"]
+        self.pad_id = dataset.special_ids["pad"]
+        per_shard = -(-dataset.shard_tokens // seq_len)
+        self._first_window = np.concatenate([[0], np.cumsum(per_shard)])
+
+    def __len__(self) -> int:
+        return int(self._first_window[-1])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} out of range [0, {len(self)})")
+        shard = int(np.searchsorted(self._first_window, index, side="right")) - 1
+        start = (index - int(self._first_window[shard])) * self.seq_len
+        stop = min(start + self.seq_len, int(self.dataset.shard_tokens[shard]))
+        tokens, record = self.dataset.read(shard, start, stop)
+        if np.any(tokens == self.mask_id):
+            raise DataError(
+                f"{self.dataset.directory}: shard {shard} contains the mask id "
+                f"{self.mask_id}; the data was prepared with a broken tokenizer, "
+                "re-run illada prepare"
+            )
+        return self._window(tokens, record)
+
+    def _window(self, tokens: np.ndarray, record: np.ndarray) -> dict[str, np.ndarray]:
+        n, length = len(tokens), self.seq_len
+        out_tokens = np.full(length, self.pad_id, np.int32)
+        out_tokens[:n] = tokens
+        segment_ids = np.zeros(length, np.int32)
+        if self.document_aware:
+            new_segment = np.concatenate([[True], record[1:] != record[:-1]])
+            segment_ids[:n] = np.cumsum(new_segment)
+            starts = np.flatnonzero(new_segment)
+            positions = np.zeros(length, np.int32)
+            positions[:n] = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
+        else:
+            segment_ids[:n] = 1
+            positions = np.arange(length, dtype=np.int32)
+        return {"tokens": out_tokens, "segment_ids": segment_ids, "positions": positions}

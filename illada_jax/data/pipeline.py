@@ -1,0 +1,137 @@
+"""The training input pipeline: deterministic global batches, each process reading its slice.
+
+The global batch of step `s` is a pure function of (seed, s): `Mixture.locate` names the window of
+every row, `TokenWindows` reads it. Process p of P owns rows [p·G/P, (p+1)·G/P) of every global
+batch, so resuming at step s — with the same or any other number of processes — yields exactly the
+batches an uninterrupted run would have seen; the only state to checkpoint is the step.
+
+Reading runs in a grain pipeline over this process's rows (`MapDataset` → `batch` →
+`to_iter_dataset` with reader threads and prefetch), so batches are assembled while the
+accelerator computes. Output per process: numpy `tokens`, `segment_ids`, `positions`, each
+`[per_process_batch, seq_len] int32` (segment id 0 = padding; see `packing.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from illada_jax.data.mixture import Mixture
+from illada_jax.data.packing import DataError, PreparedDataset, TokenWindows
+
+EMBEDDED = "embedded"  # dataset name: the embedded corpus, prepared on first use into a cache
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSpec:
+    """What the pipeline needs (the runner builds it from `DataConfig` and `TrainConfig`)."""
+
+    datasets: tuple[str, ...]
+    weights: tuple[float, ...]
+    seq_len: int
+    global_batch: int
+    seed: int
+    document_aware: bool = False
+    shuffle: bool = True
+    read_threads: int = 4
+
+
+def default_cache_dir() -> pathlib.Path:
+    import os
+
+    root = os.environ.get("ILLADA_CACHE") or pathlib.Path.home() / ".cache" / "illada_jax"
+    return pathlib.Path(root)
+
+
+def embedded_dataset_dir(
+    split: str = "train", cache_dir: str | pathlib.Path | None = None, progress: bool = False
+) -> pathlib.Path:
+    """The embedded corpus prepared with the default tokenizer (prepared once, then reused)."""
+    from illada_jax.data.prepare import MANIFEST, prepare
+    from illada_jax.data.tokenizer import Tokenizer
+
+    identity = Tokenizer.default().identity.split(":")[-1][:12]
+    directory = pathlib.Path(cache_dir or default_cache_dir()) / f"embedded-{identity}" / split
+    if not (directory / MANIFEST).is_file():
+        prepare([split], "embedded", directory, progress=progress)
+    return directory
+
+
+def resolve_dataset(name: str, cache_dir=None) -> PreparedDataset:
+    if name in (EMBEDDED, f"{EMBEDDED}:train"):
+        return PreparedDataset(embedded_dataset_dir("train", cache_dir))
+    if name == f"{EMBEDDED}:heldout":
+        return PreparedDataset(embedded_dataset_dir("heldout", cache_dir))
+    return PreparedDataset(name)
+
+
+class Pipeline:
+    """Global batches for a process; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        datasets: Sequence[PreparedDataset] | None = None,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+        cache_dir=None,
+    ):
+        if spec.global_batch % process_count:
+            raise DataError(
+                f"global batch {spec.global_batch} does not divide over "
+                f"{process_count} processes; choose a multiple of {process_count}"
+            )
+        if not 0 <= process_index < process_count:
+            raise DataError(f"process_index {process_index} not in [0, {process_count})")
+        weights = spec.weights or (1.0,) * len(spec.datasets)
+        if len(weights) != len(spec.datasets):
+            raise DataError(f"{len(spec.datasets)} datasets but {len(weights)} weights")
+        self.spec = spec
+        self.datasets = list(datasets or [resolve_dataset(n, cache_dir) for n in spec.datasets])
+        self.windows = [
+            TokenWindows(d, spec.seq_len, document_aware=spec.document_aware) for d in self.datasets
+        ]
+        self.mixture = Mixture(
+            [len(w) for w in self.windows], weights, spec.global_batch, spec.seed, spec.shuffle
+        )
+        self.process_index, self.process_count = process_index, process_count
+        self.per_process_batch = spec.global_batch // process_count
+
+    def check_compatible(self, model_cfg) -> None:
+        for dataset in self.datasets:
+            dataset.check_compatible(model_cfg)
+
+    def window(self, step: int, row: int) -> dict[str, np.ndarray]:
+        """Row `row` of global batch `step`."""
+        dataset, window = self.mixture.locate(step, row)
+        return self.windows[dataset][window]
+
+    def global_batch(self, step: int) -> dict[str, np.ndarray]:
+        """The whole global batch of `step` (for tests and single-process tools)."""
+        rows = [self.window(step, r) for r in range(self.spec.global_batch)]
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def process_batch(self, step: int) -> dict[str, np.ndarray]:
+        first = self.process_index * self.per_process_batch
+        rows = [self.window(step, first + j) for j in range(self.per_process_batch)]
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def _process_row(self, k: int) -> dict[str, np.ndarray]:
+        step, j = divmod(k, self.per_process_batch)
+        return self.window(step, self.process_index * self.per_process_batch + j)
+
+    def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """This process's batches for steps start_step, start_step + 1, … (prefetched)."""
+        bp = self.per_process_batch
+        rows = grain.MapDataset.range(start_step * bp, np.iinfo(np.int64).max // 2)
+        batches = rows.map(self._process_row).batch(bp, drop_remainder=True)
+        options = grain.ReadOptions(num_threads=self.spec.read_threads, prefetch_buffer_size=4 * bp)
+        return iter(batches.to_iter_dataset(options))
+
+    def epochs(self, step: int) -> list[float]:
+        return self.mixture.epochs(step)

@@ -1,0 +1,624 @@
+"""Tokenizers: one interface over SentencePiece `.model` files and HF `tokenizer.json` files.
+
+`Tokenizer.load(path)` reads either kind (the `tokenizers` library, no transformers);
+`Tokenizer.default()` is the shipped SentencePiece BPE model with 8192 pieces, trained on the
+train split of the embedded corpus (`illada_jax.data.corpus`). It is rebuilt (same piece list;
+the `.model` bytes are not reproducible, so the file is committed) with
+
+    illada tokenizer train --embedded --vocab-size 8192 --type sentencepiece \
+        --output illada_jax/data/assets/default_sp8k
+
+Special ids (SPEC §9.9: they are properties of a model, never constants). Resolution order, per
+role: the explicit argument to `load`; for SentencePiece the model's pad/unk/bos/eos ids and the
+first mask piece found; for HF `tokenizer_config.json` (then `special_tokens_map.json`) next to
+`tokenizer.json`, then well-known token names. A missing pad or bos falls back to eos (LLaDA's
+pad is its eos); eos and mask are required.
+
+The mask token can never come out of `encode` (SPEC §4.3, DESIGN §7), checked at load:
+- SentencePiece: the mask piece must be a control (or unused) symbol, which the encoder never emits.
+- HF: `encode_special_tokens = True`, so special-token strings inside text are split as plain text;
+  encoding the mask string and strings around it must not yield the mask id.
+
+`encode` never adds BOS/EOS; formatting (BOS, chat turns, EOS) belongs to the callers
+(`illada_jax.data.sft`, the data preparation). Training: `train_tokenizer`; command line:
+`add_train_arguments(parser)` + `run_train(args)` (`illada tokenizer train`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.resources
+import itertools
+import json
+import pathlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+DEFAULT_MODEL = "default_sp8k.model"
+# Ids 0..7 of every tokenizer we train: pad, unk, bos, eos, then the control symbols.
+DEFAULT_SPECIAL_TOKENS = (
+    "<pad>",
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<mask>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+)
+ROLES = ("pad", "unk", "bos", "eos", "mask", "eot")
+# Well-known token names per role, tried in this order (HF tokenizers; SP for mask and eot).
+TOKEN_NAMES: dict[str, tuple[str, ...]] = {
+    "pad": ("<pad>", "<|pad|>", "[PAD]", "<|padding|>"),
+    "unk": ("<unk>", "[UNK]", "<|unk|>"),
+    "bos": ("<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>"),
+    "eos": ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>"),
+    "mask": ("<mask>", "<|mdm_mask|>", "<[MASK]>", "[MASK]", "<|mask|>"),
+    "eot": ("<|eot_id|>", "<|im_end|>"),
+}
+TRAIN_TYPES = ("sentencepiece", "bpe")
+_CHUNK_CHARS = 1 << 16  # training texts are cut at line boundaries into pieces of at most this
+
+
+class _SentencePieceBackend:
+    kind = "sentencepiece"
+
+    def __init__(self, path: pathlib.Path):
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        self.vocab_size = self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, out_type=int)
+
+    def decode(self, ids: list[int], skip_special: bool) -> str:
+        # SentencePiece renders control symbols as "": decode runs of ordinary ids and, unless
+        # skipped, spell the control pieces out so a formatted sequence stays readable.
+        parts, run = [], []
+        for token in ids:
+            if self.sp.IsControl(token):
+                parts.append(self.sp.decode(run))
+                parts.append("" if skip_special else self.sp.id_to_piece(token))
+                run = []
+            else:
+                run.append(token)
+        parts.append(self.sp.decode(run))
+        return "".join(parts)
+
+    def token_id(self, piece: str) -> int | None:
+        token = self.sp.piece_to_id(piece)
+        return token if self.sp.id_to_piece(token) == piece else None
+
+    def piece(self, token: int) -> str:
+        return self.sp.id_to_piece(token)
+
+    def native_ids(self, path: pathlib.Path) -> dict[str, int | None]:
+        def known(token: int) -> int | None:
+            return token if token >= 0 else None
+
+        ids = {
+            "pad": known(self.sp.pad_id()),
+            "unk": known(self.sp.unk_id()),
+            "bos": known(self.sp.bos_id()),
+            "eos": known(self.sp.eos_id()),
+        }
+        ids["mask"] = _first_known(self.token_id, TOKEN_NAMES["mask"])
+        ids["eot"] = _first_known(self.token_id, TOKEN_NAMES["eot"])
+        return ids
+
+    def check_never_encoded(self, token: int, role: str) -> None:
+        if not (self.sp.IsControl(token) or self.sp.IsUnused(token)):
+            raise ValueError(
+                f"the {role} id {token} (piece {self.piece(token)!r}) is an ordinary piece that "
+                "text can encode to; it must be a control symbol. Fix: retrain with "
+                f"control_symbols=[{self.piece(token)!r}, ...] (`illada tokenizer train` does), "
+                f"or pass {role}_id= an id of a control symbol"
+            )
+
+
+class _HFBackend:
+    kind = "hf"
+
+    def __init__(self, path: pathlib.Path):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.tok = HFTokenizer.from_file(str(path))
+        # Special-token strings inside text are tokenised as plain text, so no text can produce
+        # the mask (or any other special) id.
+        self.tok.encode_special_tokens = True
+        self.tok.no_padding()
+        self.tok.no_truncation()
+        self.vocab_size = max(self.tok.get_vocab(with_added_tokens=True).values()) + 1
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int], skip_special: bool) -> str:
+        return self.tok.decode(ids, skip_special_tokens=skip_special)
+
+    def token_id(self, piece: str) -> int | None:
+        return self.tok.token_to_id(piece)
+
+    def piece(self, token: int) -> str:
+        return self.tok.id_to_token(token)
+
+    def native_ids(self, path: pathlib.Path) -> dict[str, int | None]:
+        configured = _hf_configured_tokens(path)
+        ids: dict[str, int | None] = {}
+        for role in ROLES:
+            name = configured.get(role)
+            if name is not None:
+                ids[role] = self.token_id(name)
+                if ids[role] is None:
+                    raise ValueError(
+                        f"{path.parent}: tokenizer_config sets {role}_token={name!r}, which is "
+                        f"not in {path.name}; fix the config or pass {role}_id= to load()"
+                    )
+            else:
+                ids[role] = _first_known(self.token_id, TOKEN_NAMES[role])
+        if ids["unk"] is None and getattr(self.tok.model, "unk_token", None):
+            ids["unk"] = self.token_id(self.tok.model.unk_token)
+        return ids
+
+    def check_never_encoded(self, token: int, role: str) -> None:
+        pass  # special added tokens are never matched in text; the probe below verifies it
+
+
+def _first_known(lookup, names: Iterable[str]) -> int | None:
+    for name in names:
+        token = lookup(name)
+        if token is not None:
+            return token
+    return None
+
+
+def _hf_configured_tokens(path: pathlib.Path) -> dict[str, str]:
+    """Token strings per role from tokenizer_config.json / special_tokens_map.json beside
+    a file named tokenizer.json (the first file wins per role)."""
+    if path.name != "tokenizer.json":
+        return {}
+    found: dict[str, str] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        config_path = path.with_name(name)
+        if not config_path.is_file():
+            continue
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        for role in ("pad", "unk", "bos", "eos", "mask"):
+            value = config.get(f"{role}_token")
+            if isinstance(value, dict):  # {"content": "<s>", ...} (AddedToken serialisation)
+                value = value.get("content")
+            if isinstance(value, str) and role not in found:
+                found[role] = value
+    return found
+
+
+def _resolve_path(path: str | pathlib.Path) -> tuple[pathlib.Path, type]:
+    path = pathlib.Path(path)
+    if path.is_dir():
+        for name, backend in (("tokenizer.json", _HFBackend), ("tokenizer.model", None)):
+            if (path / name).is_file():
+                return path / name, backend or _SentencePieceBackend
+        raise FileNotFoundError(
+            f"{path} holds neither tokenizer.json (HF) nor tokenizer.model (SentencePiece)"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer file at {path}")
+    if path.suffix == ".model":
+        return path, _SentencePieceBackend
+    if path.suffix == ".json":
+        return path, _HFBackend
+    raise ValueError(
+        f"{path}: unknown tokenizer file type; expected a SentencePiece .model, an HF "
+        "tokenizer.json, or a directory holding one"
+    )
+
+
+def _mask_probes(mask_piece: str, mask_text: str) -> list[str]:
+    names = " ".join(TOKEN_NAMES["mask"] + TOKEN_NAMES["eot"])
+    probes = [names, "a<mask>b", "x [MASK] y <[MASK]>"]
+    for piece in {mask_piece, mask_text} - {""}:
+        probes += [piece, f"a{piece}b", f" {piece} ", piece * 3, f"\n{piece}\n"]
+    return probes
+
+
+class Tokenizer:
+    """A loaded tokenizer with its special ids. See the module docstring for the rules."""
+
+    kind: str
+    path: pathlib.Path
+    vocab_size: int
+    pad_id: int
+    unk_id: int | None
+    bos_id: int
+    eos_id: int
+    mask_id: int
+    eot_id: int | None
+    identity: str
+
+    def __init__(self, backend, path: pathlib.Path, ids: dict[str, int | None], overrides: dict):
+        self._backend = backend
+        self._overrides = overrides
+        self.kind = backend.kind
+        self.path = path
+        self.vocab_size = backend.vocab_size
+        self.pad_id, self.unk_id, self.bos_id = ids["pad"], ids["unk"], ids["bos"]
+        self.eos_id, self.mask_id, self.eot_id = ids["eos"], ids["mask"], ids["eot"]
+        self.identity = f"{self.kind}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+
+    @classmethod
+    def load(
+        cls,
+        path: str | pathlib.Path,
+        *,
+        pad_id: int | None = None,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        mask_id: int | None = None,
+        eot_id: int | None = None,
+    ) -> Tokenizer:
+        """A `.model` file (SentencePiece), a `*.json` file or a directory with `tokenizer.json`
+        (HF). Explicit ids override what the tokenizer declares. Raises ValueError on an unusable
+        mask id (missing, out of range, equal to pad/bos/eos, or reachable from text)."""
+        file, backend_cls = _resolve_path(path)
+        backend = backend_cls(file)
+        overrides = dict(pad=pad_id, bos=bos_id, eos=eos_id, mask=mask_id, eot=eot_id)
+        overrides = {role: value for role, value in overrides.items() if value is not None}
+        ids = {**backend.native_ids(file), **overrides}
+        if ids["eos"] is None:
+            raise ValueError(f"{file}: no end-of-sequence token found; pass eos_id= to load()")
+        for role in ("pad", "bos"):
+            if ids[role] is None:
+                ids[role] = ids["eos"]
+        _validate_ids(file, backend, ids)
+        return cls(backend, file, ids, overrides)
+
+    @classmethod
+    def default(cls) -> Tokenizer:
+        """The shipped SentencePiece BPE tokenizer: 8192 pieces, pad 0, unk 1, bos 2, eos 3,
+        mask 4, <|start_header_id|> 5, <|end_header_id|> 6, <|eot_id|> 7."""
+        return cls.load(default_model_path())
+
+    def special_ids(self) -> dict[str, int | None]:
+        return {role: getattr(self, f"{role}_id") for role in ROLES}
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; no BOS/EOS added."""
+        return self._backend.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._backend.encode_batch(list(texts))
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
+        """Text of `ids` ([length] ints or an array). Special tokens are spelled out (e.g.
+        "<|eot_id|>") unless `skip_special`."""
+        return self._backend.decode([int(token) for token in ids], skip_special)
+
+    def decode_batch(self, batch: Iterable[Iterable[int]], *, skip_special: bool = False):
+        """[batch, length] ids -> list of texts."""
+        return [self.decode(ids, skip_special=skip_special) for ids in batch]
+
+    def token_id(self, piece: str) -> int | None:
+        """Id of a piece such as "<|eot_id|>", or None when the tokenizer has no such piece."""
+        return self._backend.token_id(piece)
+
+    def piece(self, token: int) -> str:
+        return self._backend.piece(int(token))
+
+    def check_model_config(self, model_cfg: Any, *, allow_larger_model_vocab: bool = False):
+        """Raise ValueError naming every mismatch between this tokenizer and a `ModelConfig`.
+
+        vocab_size must be equal (or, with `allow_larger_model_vocab`, the model's embedding may
+        have extra rows, as LLaDA's 126,464); mask/pad/bos/eos ids must be equal; the eot id is
+        compared when the model sets one (None there means the model does not use it).
+        """
+        problems = []
+        vocab = model_cfg.vocab_size
+        if vocab != self.vocab_size and not (allow_larger_model_vocab and vocab > self.vocab_size):
+            problems.append(f"vocab_size: tokenizer {self.vocab_size}, model {vocab}")
+        for role in ("mask", "pad", "bos", "eos", "eot"):
+            model_id = getattr(model_cfg, f"{role}_token_id")
+            if role == "eot" and model_id is None:
+                continue
+            if model_id != getattr(self, f"{role}_id"):
+                problems.append(
+                    f"{role}_token_id: tokenizer {getattr(self, f'{role}_id')}, model {model_id}"
+                )
+        if problems:
+            raise ValueError(
+                f"tokenizer {self.path} does not match model config "
+                f"{getattr(model_cfg, 'name', '')!r}: " + "; ".join(problems) + ". Fix: set "
+                "these model fields to the tokenizer's values (e.g. --config=set:model."
+                "vocab_size=...) or use the tokenizer the model was trained with"
+            )
+
+    def __repr__(self) -> str:
+        ids = ", ".join(f"{role}={token}" for role, token in self.special_ids().items())
+        return f"Tokenizer({self.kind}, {self.path.name}, vocab_size={self.vocab_size}, {ids})"
+
+    def __reduce__(self):  # picklable for data-loader worker processes: reload from the file
+        return (_load_with_overrides, (str(self.path), self._overrides))
+
+
+def _load_with_overrides(path: str, overrides: dict) -> Tokenizer:
+    return Tokenizer.load(path, **{f"{role}_id": token for role, token in overrides.items()})
+
+
+def _validate_ids(file: pathlib.Path, backend, ids: dict[str, int | None]) -> None:
+    vocab = backend.vocab_size
+    for role, token in ids.items():
+        if token is not None and not 0 <= token < vocab:
+            raise ValueError(
+                f"{file}: {role} id {token} is outside the vocabulary [0, {vocab}); "
+                f"pass {role}_id= an existing id to load()"
+            )
+    mask = ids["mask"]
+    if mask is None:
+        raise ValueError(
+            f"{file}: no mask token found (looked for {', '.join(TOKEN_NAMES['mask'])}). "
+            "Fix: pass mask_id= the id of an unused special token to load(), or train a "
+            "tokenizer with one (`illada tokenizer train` adds <mask> as id 4)"
+        )
+    for role in ("pad", "bos", "eos"):
+        if ids[role] == mask:
+            raise ValueError(
+                f"{file}: the mask id {mask} equals the {role} id; masked positions are found "
+                f"by `noisy == mask_id`, so pass a different mask_id= or {role}_id= to load()"
+            )
+    backend.check_never_encoded(mask, "mask")
+    probes = _mask_probes(backend.piece(mask), backend.decode([mask], False))
+    for text in probes:
+        if mask in backend.encode(text):
+            raise ValueError(
+                f"{file}: the text {text!r} encodes to the mask id {mask}; the mask token must "
+                "be a special (HF) or control (SentencePiece) token that text cannot produce"
+            )
+
+
+def default_model_path() -> pathlib.Path:
+    """Path of the shipped default SentencePiece model (package data)."""
+    resource = importlib.resources.files("illada_jax.data").joinpath("assets", DEFAULT_MODEL)
+    path = pathlib.Path(str(resource))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the default tokenizer {path} is missing from the installation; reinstall "
+            "illada-jax (the file is package data)"
+        )
+    return path
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _chunks(text: str, max_chars: int = _CHUNK_CHARS) -> Iterator[str]:
+    """`text` cut at line boundaries into pieces of at most ~max_chars (newlines kept)."""
+    if len(text) <= max_chars:
+        if text:
+            yield text
+        return
+    lines, size = [], 0
+    pieces = text.splitlines(keepends=True)
+    for line in (p[i : i + max_chars] for p in pieces for i in range(0, len(p), max_chars)):
+        if size + len(line) > max_chars and lines:
+            yield "".join(lines)
+            lines, size = [], 0
+        lines.append(line)
+        size += len(line)
+    if lines:
+        yield "".join(lines)
+
+
+def read_training_texts(files: Iterable[str | pathlib.Path]) -> Iterator[str]:
+    """Texts of plain-text files (whole files, cut into chunks) and of `.jsonl` files (the
+    "text" field of each line)."""
+    for file in files:
+        path = pathlib.Path(file)
+        if path.suffix == ".jsonl":
+            with path.open(encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if line.strip():
+                        record = json.loads(line)
+                        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                            raise ValueError(f"{path}:{number}: expected {{'text': str}}")
+                        yield record["text"]
+        else:
+            yield path.read_text(encoding="utf-8")
+
+
+def _check_special_tokens(special_tokens: Sequence[str]) -> None:
+    if len(special_tokens) < 5 or len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(
+            "special_tokens must be distinct: pad, unk, bos, eos, then at least a mask token "
+            f"(got {list(special_tokens)})"
+        )
+    masks = [t for t in special_tokens[4:] if t in TOKEN_NAMES["mask"]]
+    if len(masks) != 1:
+        raise ValueError(
+            f"special_tokens[4:] must hold exactly one mask token named one of "
+            f"{', '.join(TOKEN_NAMES['mask'])} (got {list(special_tokens[4:])})"
+        )
+
+
+def train_tokenizer(
+    files: Iterable[str | pathlib.Path],
+    output: str | pathlib.Path,
+    vocab_size: int,
+    kind: str = "sentencepiece",
+    special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
+    *,
+    texts: Iterable[str] = (),
+    num_threads: int = 2,
+) -> pathlib.Path:
+    """Train a tokenizer on `files` (see `read_training_texts`) followed by `texts`.
+
+    special_tokens: pad, unk, bos, eos, then further specials (one mask token) at ids 0, 1, ...
+    kind "sentencepiece": BPE with byte fallback, lossless (identity normalisation, whitespace
+    kept, no dummy prefix), digits split; specials after eos are control symbols. Writes
+    `<output>.model` and `<output>.vocab`. kind "bpe": HF byte-level BPE; writes
+    `<output>/tokenizer.json` + `tokenizer_config.json`, or just `output` if it ends in `.json`.
+    Returns the path to load with `Tokenizer.load`.
+    """
+    if kind not in TRAIN_TYPES:
+        raise ValueError(f"kind={kind!r}: allowed values are {', '.join(TRAIN_TYPES)}")
+    _check_special_tokens(special_tokens)
+    all_texts = itertools.chain(read_training_texts(files), texts)
+    stream = (chunk for text in all_texts for chunk in _chunks(text))
+    if kind == "sentencepiece":
+        return _train_sentencepiece(
+            stream, pathlib.Path(output), vocab_size, special_tokens, num_threads
+        )
+    return _train_hf_bpe(stream, pathlib.Path(output), vocab_size, special_tokens)
+
+
+def _train_sentencepiece(
+    texts: Iterator[str],
+    output: pathlib.Path,
+    vocab_size: int,
+    special_tokens: Sequence[str],
+    num_threads: int,
+) -> pathlib.Path:
+    import sentencepiece as spm
+
+    prefix = output.with_suffix("") if output.suffix == ".model" else output
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    pad, unk, bos, eos, *control = special_tokens
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=texts,
+            model_prefix=str(prefix),
+            model_type="bpe",
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            character_coverage=1.0,
+            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_piece=pad, unk_piece=unk, bos_piece=bos, eos_piece=eos,
+            control_symbols=control,
+            # Lossless: decode(encode(text)) == text, and encode(a) + encode(b) decodes to a + b.
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            # Deterministic piece list: every sentence, in order.
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            max_sentence_length=4 * _CHUNK_CHARS + 16,
+            num_threads=num_threads,
+            minloglevel=2,
+        )  # fmt: skip
+    except RuntimeError as error:
+        raise ValueError(
+            f"SentencePiece training failed: {error}. Fix: adjust --vocab-size to the range the "
+            "message gives, or train on more text"
+        ) from error
+    return prefix.with_name(prefix.name + ".model")
+
+
+def _train_hf_bpe(
+    texts: Iterator[str], output: pathlib.Path, vocab_size: int, special_tokens: Sequence[str]
+) -> pathlib.Path:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    file = output if output.suffix == ".json" else output / "tokenizer.json"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(file))
+    if file.name == "tokenizer.json":
+        file.with_name("tokenizer_config.json").write_text(
+            json.dumps(_hf_tokenizer_config(special_tokens), indent=2) + "\n", encoding="utf-8"
+        )
+    return file
+
+
+def _hf_tokenizer_config(special_tokens: Sequence[str]) -> dict[str, Any]:
+    pad, unk, bos, eos, *rest = special_tokens
+    mask = next(t for t in rest if t in TOKEN_NAMES["mask"])
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "pad_token": pad,
+        "unk_token": unk,
+        "bos_token": bos,
+        "eos_token": eos,
+        "mask_token": mask,
+        "additional_special_tokens": [t for t in rest if t != mask],
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def chars_per_token(tokenizer: Tokenizer, texts: Sequence[str]) -> float:
+    """Compression of `tokenizer` on `texts`: characters per token."""
+    tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
+    return sum(len(text) for text in texts) / max(tokens, 1)
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `illada tokenizer train`."""
+    parser.add_argument("--input", nargs="+", default=[], metavar="FILE",
+                        help="text files (whole file) or .jsonl files ({'text': ...} per line)")  # fmt: skip
+    parser.add_argument("--embedded", action="store_true",
+                        help="also train on the embedded corpus (train split)")  # fmt: skip
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--type", choices=TRAIN_TYPES, default="sentencepiece", dest="type")
+    parser.add_argument("--output", required=True,
+                        help="sentencepiece: writes OUTPUT.model; bpe: directory OUTPUT/ with "
+                        "tokenizer.json (or OUTPUT itself if it ends in .json)")  # fmt: skip
+    parser.add_argument("--num-threads", type=int, default=2)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, load the result (which validates it) and print a summary. Returns an exit code."""
+    if not args.input and not args.embedded:
+        raise SystemExit("illada tokenizer train: give --input FILE ... and/or --embedded")
+    texts: Iterable[str] = ()
+    if args.embedded:
+        from illada_jax.data.corpus import embedded_documents
+
+        texts = (doc.text for doc in embedded_documents("train"))
+    path = train_tokenizer(
+        args.input,
+        args.output,
+        args.vocab_size,
+        args.type,
+        texts=texts,
+        num_threads=args.num_threads,
+    )
+    tokenizer = Tokenizer.load(path)
+    print(f"wrote {path}")
+    print(f"vocab_size={tokenizer.vocab_size} special_ids={tokenizer.special_ids()}")
+    print(f"identity={tokenizer.identity}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m illada_jax.data.tokenizer --output ...` (same as `illada tokenizer train`)."""
+    parser = argparse.ArgumentParser(
+        prog="illada tokenizer train",
+        description="Train a SentencePiece or byte-level BPE tokenizer.",
+        epilog="example: illada tokenizer train --embedded --vocab-size 8192 --output tok/sp8k",
+    )
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
