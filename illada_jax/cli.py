@@ -6,12 +6,22 @@ import argparse
 import sys
 
 from illada_jax.config.schema import ConfigError
+from illada_jax.data import tokenizer_train
 from illada_jax.data.packing import DataError
 from illada_jax.data.prepare import PrepareError
+from illada_jax.data.sft import SftFormatError
 from illada_jax.data.sources import SourceError
+from illada_jax.data.tokenizer import TokenizerError
 
 # Mistakes in what the user gave us (data, paths, options): a message, exit code 2, no traceback.
-USER_ERRORS = (DataError, PrepareError, SourceError)
+USER_ERRORS = (
+    DataError,
+    PrepareError,
+    SourceError,
+    TokenizerError,
+    SftFormatError,
+    FileNotFoundError,
+)
 
 CONFIG_HELP = (
     "configuration directive, repeatable, applied in order: config:NAME, "
@@ -142,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--seqio-module", default=None, help="module that registers the task")
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=cmd_prepare)
+
+    tokenizer = sub.add_parser("tokenizer", help="tokenizer tools (train)")
+    tokenizer_sub = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
+    train_tokenizer = tokenizer_sub.add_parser(
+        "train",
+        help="train a SentencePiece BPE or HF byte-level BPE tokenizer",
+        description="Train a tokenizer with the special ids the models need. Example: illada "
+        "tokenizer train --embedded --vocab-size 8192 --output tok/sp8k",
+    )
+    tokenizer_train.add_train_arguments(train_tokenizer)
+    train_tokenizer.set_defaults(func=tokenizer_train.run_train)
 
     params = sub.add_parser(
         "params",

@@ -39,12 +39,12 @@ def experiment_for_preset(name: str) -> fdl.Config:
 def tiny() -> fdl.Config:
     """The default `illada train`: the tiny preset, a few minutes on a 2-core CPU."""
     cfg = experiment_for_preset("tiny")
-    cfg.train.steps = 200
-    cfg.train.batch_size = 8
+    cfg.train.steps = 400
+    cfg.train.batch_size = 16
     cfg.train.seq_len = 128
-    cfg.train.log_every = 20
-    cfg.optim.learning_rate = 1e-3
-    cfg.optim.warmup_steps = 10
+    cfg.train.log_every = 50
+    cfg.optim.learning_rate = 3e-3
+    cfg.optim.warmup_steps = 30
     return cfg
 
 

@@ -83,7 +83,7 @@ class ModelConfig:
     pad_token_id: int = 0
     bos_token_id: int = 2
     eos_token_id: int = 3
-    eot_token_id: int | None = None
+    eot_token_id: int | None = 7  # the default tokenizer's <|eot_id|>
 
     def __post_init__(self) -> None:
         for field in (

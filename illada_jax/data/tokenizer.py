@@ -26,27 +26,21 @@ The mask token can never come out of `encode` (SPEC §4.3, DESIGN §7), checked 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.resources
-import itertools
 import json
 import pathlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 DEFAULT_MODEL = "default_sp8k.model"
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file or its special ids are unusable; the message says what to pass or fix."""
+
+
 # Ids 0..7 of every tokenizer we train: pad, unk, bos, eos, then the control symbols.
-DEFAULT_SPECIAL_TOKENS = (
-    "<pad>",
-    "<unk>",
-    "<s>",
-    "</s>",
-    "<mask>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-)
 ROLES = ("pad", "unk", "bos", "eos", "mask", "eot")
 # Well-known token names per role, tried in this order (HF tokenizers; SP for mask and eot).
 TOKEN_NAMES: dict[str, tuple[str, ...]] = {
@@ -57,8 +51,6 @@ TOKEN_NAMES: dict[str, tuple[str, ...]] = {
     "mask": ("<mask>", "<|mdm_mask|>", "<[MASK]>", "[MASK]", "<|mask|>"),
     "eot": ("<|eot_id|>", "<|im_end|>"),
 }
-TRAIN_TYPES = ("sentencepiece", "bpe")
-_CHUNK_CHARS = 1 << 16  # training texts are cut at line boundaries into pieces of at most this
 
 
 class _SentencePieceBackend:
@@ -113,7 +105,7 @@ class _SentencePieceBackend:
 
     def check_never_encoded(self, token: int, role: str) -> None:
         if not (self.sp.IsControl(token) or self.sp.IsUnused(token)):
-            raise ValueError(
+            raise TokenizerError(
                 f"the {role} id {token} (piece {self.piece(token)!r}) is an ordinary piece that "
                 "text can encode to; it must be a control symbol. Fix: retrain with "
                 f"control_symbols=[{self.piece(token)!r}, ...] (`illada tokenizer train` does), "
@@ -158,7 +150,7 @@ class _HFBackend:
             if name is not None:
                 ids[role] = self.token_id(name)
                 if ids[role] is None:
-                    raise ValueError(
+                    raise TokenizerError(
                         f"{path.parent}: tokenizer_config sets {role}_token={name!r}, which is "
                         f"not in {path.name}; fix the config or pass {role}_id= to load()"
                     )
@@ -215,7 +207,7 @@ def _resolve_path(path: str | pathlib.Path) -> tuple[pathlib.Path, type]:
         return path, _SentencePieceBackend
     if path.suffix == ".json":
         return path, _HFBackend
-    raise ValueError(
+    raise TokenizerError(
         f"{path}: unknown tokenizer file type; expected a SentencePiece .model, an HF "
         "tokenizer.json, or a directory holding one"
     )
@@ -273,7 +265,7 @@ class Tokenizer:
         overrides = {role: value for role, value in overrides.items() if value is not None}
         ids = {**backend.native_ids(file), **overrides}
         if ids["eos"] is None:
-            raise ValueError(f"{file}: no end-of-sequence token found; pass eos_id= to load()")
+            raise TokenizerError(f"{file}: no end-of-sequence token found; pass eos_id= to load()")
         for role in ("pad", "bos"):
             if ids[role] is None:
                 ids[role] = ids["eos"]
@@ -332,7 +324,7 @@ class Tokenizer:
                     f"{role}_token_id: tokenizer {getattr(self, f'{role}_id')}, model {model_id}"
                 )
         if problems:
-            raise ValueError(
+            raise TokenizerError(
                 f"tokenizer {self.path} does not match model config "
                 f"{getattr(model_cfg, 'name', '')!r}: " + "; ".join(problems) + ". Fix: set "
                 "these model fields to the tokenizer's values (e.g. --config=set:model."
@@ -355,28 +347,29 @@ def _validate_ids(file: pathlib.Path, backend, ids: dict[str, int | None]) -> No
     vocab = backend.vocab_size
     for role, token in ids.items():
         if token is not None and not 0 <= token < vocab:
-            raise ValueError(
+            raise TokenizerError(
                 f"{file}: {role} id {token} is outside the vocabulary [0, {vocab}); "
                 f"pass {role}_id= an existing id to load()"
             )
     mask = ids["mask"]
     if mask is None:
-        raise ValueError(
+        raise TokenizerError(
             f"{file}: no mask token found (looked for {', '.join(TOKEN_NAMES['mask'])}). "
             "Fix: pass mask_id= the id of an unused special token to load(), or train a "
             "tokenizer with one (`illada tokenizer train` adds <mask> as id 4)"
         )
-    for role in ("pad", "bos", "eos"):
+    for role in ("pad", "unk", "bos", "eos", "eot"):
         if ids[role] == mask:
-            raise ValueError(
+            other = "" if role == "unk" else f" or {role}_id="
+            raise TokenizerError(
                 f"{file}: the mask id {mask} equals the {role} id; masked positions are found "
-                f"by `noisy == mask_id`, so pass a different mask_id= or {role}_id= to load()"
+                f"by `noisy == mask_id`, so pass a different mask_id={other} to load()"
             )
     backend.check_never_encoded(mask, "mask")
     probes = _mask_probes(backend.piece(mask), backend.decode([mask], False))
     for text in probes:
         if mask in backend.encode(text):
-            raise ValueError(
+            raise TokenizerError(
                 f"{file}: the text {text!r} encodes to the mask id {mask}; the mask token must "
                 "be a special (HF) or control (SentencePiece) token that text cannot produce"
             )
@@ -397,171 +390,6 @@ def default_model_path() -> pathlib.Path:
 # ------------------------------------------------------------------------------ training
 
 
-def _chunks(text: str, max_chars: int = _CHUNK_CHARS) -> Iterator[str]:
-    """`text` cut at line boundaries into pieces of at most ~max_chars (newlines kept)."""
-    if len(text) <= max_chars:
-        if text:
-            yield text
-        return
-    lines, size = [], 0
-    pieces = text.splitlines(keepends=True)
-    for line in (p[i : i + max_chars] for p in pieces for i in range(0, len(p), max_chars)):
-        if size + len(line) > max_chars and lines:
-            yield "".join(lines)
-            lines, size = [], 0
-        lines.append(line)
-        size += len(line)
-    if lines:
-        yield "".join(lines)
-
-
-def read_training_texts(files: Iterable[str | pathlib.Path]) -> Iterator[str]:
-    """Texts of plain-text files (whole files, cut into chunks) and of `.jsonl` files (the
-    "text" field of each line)."""
-    for file in files:
-        path = pathlib.Path(file)
-        if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    if line.strip():
-                        record = json.loads(line)
-                        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                            raise ValueError(f"{path}:{number}: expected {{'text': str}}")
-                        yield record["text"]
-        else:
-            yield path.read_text(encoding="utf-8")
-
-
-def _check_special_tokens(special_tokens: Sequence[str]) -> None:
-    if len(special_tokens) < 5 or len(set(special_tokens)) != len(special_tokens):
-        raise ValueError(
-            "special_tokens must be distinct: pad, unk, bos, eos, then at least a mask token "
-            f"(got {list(special_tokens)})"
-        )
-    masks = [t for t in special_tokens[4:] if t in TOKEN_NAMES["mask"]]
-    if len(masks) != 1:
-        raise ValueError(
-            f"special_tokens[4:] must hold exactly one mask token named one of "
-            f"{', '.join(TOKEN_NAMES['mask'])} (got {list(special_tokens[4:])})"
-        )
-
-
-def train_tokenizer(
-    files: Iterable[str | pathlib.Path],
-    output: str | pathlib.Path,
-    vocab_size: int,
-    kind: str = "sentencepiece",
-    special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
-    *,
-    texts: Iterable[str] = (),
-    num_threads: int = 2,
-) -> pathlib.Path:
-    """Train a tokenizer on `files` (see `read_training_texts`) followed by `texts`.
-
-    special_tokens: pad, unk, bos, eos, then further specials (one mask token) at ids 0, 1, ...
-    kind "sentencepiece": BPE with byte fallback, lossless (identity normalisation, whitespace
-    kept, no dummy prefix), digits split; specials after eos are control symbols. Writes
-    `<output>.model` and `<output>.vocab`. kind "bpe": HF byte-level BPE; writes
-    `<output>/tokenizer.json` + `tokenizer_config.json`, or just `output` if it ends in `.json`.
-    Returns the path to load with `Tokenizer.load`.
-    """
-    if kind not in TRAIN_TYPES:
-        raise ValueError(f"kind={kind!r}: allowed values are {', '.join(TRAIN_TYPES)}")
-    _check_special_tokens(special_tokens)
-    all_texts = itertools.chain(read_training_texts(files), texts)
-    stream = (chunk for text in all_texts for chunk in _chunks(text))
-    if kind == "sentencepiece":
-        return _train_sentencepiece(
-            stream, pathlib.Path(output), vocab_size, special_tokens, num_threads
-        )
-    return _train_hf_bpe(stream, pathlib.Path(output), vocab_size, special_tokens)
-
-
-def _train_sentencepiece(
-    texts: Iterator[str],
-    output: pathlib.Path,
-    vocab_size: int,
-    special_tokens: Sequence[str],
-    num_threads: int,
-) -> pathlib.Path:
-    import sentencepiece as spm
-
-    prefix = output.with_suffix("") if output.suffix == ".model" else output
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    pad, unk, bos, eos, *control = special_tokens
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=texts,
-            model_prefix=str(prefix),
-            model_type="bpe",
-            vocab_size=vocab_size,
-            byte_fallback=True,
-            character_coverage=1.0,
-            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-            pad_piece=pad, unk_piece=unk, bos_piece=bos, eos_piece=eos,
-            control_symbols=control,
-            # Lossless: decode(encode(text)) == text, and encode(a) + encode(b) decodes to a + b.
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=False,
-            allow_whitespace_only_pieces=True,
-            split_digits=True,
-            # Deterministic piece list: every sentence, in order.
-            input_sentence_size=0,
-            shuffle_input_sentence=False,
-            max_sentence_length=4 * _CHUNK_CHARS + 16,
-            num_threads=num_threads,
-            minloglevel=2,
-        )  # fmt: skip
-    except RuntimeError as error:
-        raise ValueError(
-            f"SentencePiece training failed: {error}. Fix: adjust --vocab-size to the range the "
-            "message gives, or train on more text"
-        ) from error
-    return prefix.with_name(prefix.name + ".model")
-
-
-def _train_hf_bpe(
-    texts: Iterator[str], output: pathlib.Path, vocab_size: int, special_tokens: Sequence[str]
-) -> pathlib.Path:
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    tok = HFTokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(special_tokens),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    file = output if output.suffix == ".json" else output / "tokenizer.json"
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(file))
-    if file.name == "tokenizer.json":
-        file.with_name("tokenizer_config.json").write_text(
-            json.dumps(_hf_tokenizer_config(special_tokens), indent=2) + "\n", encoding="utf-8"
-        )
-    return file
-
-
-def _hf_tokenizer_config(special_tokens: Sequence[str]) -> dict[str, Any]:
-    pad, unk, bos, eos, *rest = special_tokens
-    mask = next(t for t in rest if t in TOKEN_NAMES["mask"])
-    return {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "pad_token": pad,
-        "unk_token": unk,
-        "bos_token": bos,
-        "eos_token": eos,
-        "mask_token": mask,
-        "additional_special_tokens": [t for t in rest if t != mask],
-        "clean_up_tokenization_spaces": False,
-    }
-
-
 def chars_per_token(tokenizer: Tokenizer, texts: Sequence[str]) -> float:
     """Compression of `tokenizer` on `texts`: characters per token."""
     tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
@@ -569,56 +397,3 @@ def chars_per_token(tokenizer: Tokenizer, texts: Sequence[str]) -> float:
 
 
 # ------------------------------------------------------------------------------ command line
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `illada tokenizer train`."""
-    parser.add_argument("--input", nargs="+", default=[], metavar="FILE",
-                        help="text files (whole file) or .jsonl files ({'text': ...} per line)")  # fmt: skip
-    parser.add_argument("--embedded", action="store_true",
-                        help="also train on the embedded corpus (train split)")  # fmt: skip
-    parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--type", choices=TRAIN_TYPES, default="sentencepiece", dest="type")
-    parser.add_argument("--output", required=True,
-                        help="sentencepiece: writes OUTPUT.model; bpe: directory OUTPUT/ with "
-                        "tokenizer.json (or OUTPUT itself if it ends in .json)")  # fmt: skip
-    parser.add_argument("--num-threads", type=int, default=2)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """Train, load the result (which validates it) and print a summary. Returns an exit code."""
-    if not args.input and not args.embedded:
-        raise SystemExit("illada tokenizer train: give --input FILE ... and/or --embedded")
-    texts: Iterable[str] = ()
-    if args.embedded:
-        from illada_jax.data.corpus import embedded_documents
-
-        texts = (doc.text for doc in embedded_documents("train"))
-    path = train_tokenizer(
-        args.input,
-        args.output,
-        args.vocab_size,
-        args.type,
-        texts=texts,
-        num_threads=args.num_threads,
-    )
-    tokenizer = Tokenizer.load(path)
-    print(f"wrote {path}")
-    print(f"vocab_size={tokenizer.vocab_size} special_ids={tokenizer.special_ids()}")
-    print(f"identity={tokenizer.identity}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m illada_jax.data.tokenizer --output ...` (same as `illada tokenizer train`)."""
-    parser = argparse.ArgumentParser(
-        prog="illada tokenizer train",
-        description="Train a SentencePiece or byte-level BPE tokenizer.",
-        epilog="example: illada tokenizer train --embedded --vocab-size 8192 --output tok/sp8k",
-    )
-    add_train_arguments(parser)
-    return run_train(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

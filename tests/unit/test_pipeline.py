@@ -21,8 +21,13 @@ SPECIAL = {"pad": 0, "unk": 1, "bos": 2, "eos": 3, "mask": 4, "eot": None}
 VOCAB = 1_000_000
 
 
-def make_docs(n_docs: int, first_id: int, rng: np.random.Generator, max_len: int = 40,
-              fixed_len: int | None = None):  # fmt: skip
+def make_docs(
+    n_docs: int,
+    first_id: int,
+    rng: np.random.Generator,
+    max_len: int = 40,
+    fixed_len: int | None = None,
+):
     """Documents of distinct, increasing token ids starting at `first_id` (ids never repeat)."""
     docs, next_id = [], first_id
     for _ in range(n_docs):
@@ -149,8 +154,9 @@ def test_mixture_proportions_are_exact_in_every_batch(tmp_path, weights, batch, 
         write_dataset(tmp_path / f"m{i}", make_docs(30, 100_000 * (i + 1), rng, fixed_len=15))
         for i in range(len(weights))
     ]
-    pipe = Pipeline(spec(global_batch=batch, weights=weights, datasets=("x",) * len(weights)),
-                    datasets)  # fmt: skip
+    pipe = Pipeline(
+        spec(global_batch=batch, weights=weights, datasets=("x",) * len(weights)), datasets
+    )
     for step in range(20):
         tokens = pipe.global_batch(step)["tokens"]
         # Each row comes from one dataset; its content ids lie in that dataset's id range.
