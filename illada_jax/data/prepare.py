@@ -288,9 +288,12 @@ def prepare(
         "max_doc_tokens": max_doc_tokens,
         "writer_options": WRITER_OPTIONS,
     }
+    # Inputs are checked (and their sizes and mtimes fingerprinted) before anything is written.
+    files = sources.file_signature(fmt, inputs)
     fingerprint = hashlib.sha256(
         json.dumps(
-            [FORMAT_VERSION, tokenizer.identity, overrides, source, options], sort_keys=True
+            [FORMAT_VERSION, tokenizer.identity, overrides, source, options, files],
+            sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
 

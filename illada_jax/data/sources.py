@@ -30,7 +30,9 @@ from collections.abc import Iterator, Sequence
 
 FORMATS = ("text", "jsonl", "parquet", "tfds", "seqio", "embedded")
 TEXT_UNITS = ("file", "block")
-_BLANK_LINES = re.compile(rb"\r?\n[ \t\r]*\r?\n")
+# One or more blank (or whitespace-only) lines separate blocks.
+_BLANK_LINES = re.compile(rb"\r?\n(?:[ \t\r]*\r?\n)+")
+_BOM = b"\xef\xbb\xbf"
 
 
 class SourceError(ValueError):
@@ -65,12 +67,22 @@ def _existing_files(inputs: Sequence[str]) -> list[pathlib.Path]:
     return paths
 
 
+def file_signature(fmt: str, inputs: Sequence[str]) -> list:
+    """(path, size, mtime) of every input file for file formats, so a re-run notices edited
+    inputs; raises SourceError early for a missing input. Empty for tfds/seqio/embedded."""
+    if fmt not in ("text", "jsonl", "parquet"):
+        return []
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _existing_files(inputs)]
+
+
 def text_documents(inputs, stats, text_unit: str = "file") -> Iterator[str]:
     if text_unit not in TEXT_UNITS:
         raise SourceError(f"text_unit={text_unit!r} is not one of {', '.join(TEXT_UNITS)}")
     for path in _existing_files(inputs):
-        raw = path.read_bytes()
-        pieces = [raw] if text_unit == "file" else _BLANK_LINES.split(raw)
+        raw = path.read_bytes().removeprefix(_BOM)
+        pieces = (
+            [raw] if text_unit == "file" else [p.strip(b"\r\n") for p in _BLANK_LINES.split(raw)]
+        )
         for piece in pieces:
             text = _decode(piece, stats)
             if _keep(text, stats):
@@ -90,12 +102,14 @@ def _field_text(record, field: str, stats: collections.Counter) -> str | None:
 def jsonl_documents(inputs, stats, field: str) -> Iterator[str]:
     for path in _existing_files(inputs):
         with path.open("rb") as f:
-            for raw_line in f:
+            for number, raw_line in enumerate(f):
+                if number == 0:
+                    raw_line = raw_line.removeprefix(_BOM)  # files saved by Windows editors
                 if not raw_line.strip():
                     continue  # blank lines separate nothing in jsonl; not a record
                 try:
                     record = json.loads(_decode(raw_line, stats))
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # JSONDecodeError, huge ints, deep nesting
                     stats["bad_json_skipped"] += 1
                     continue
                 if not isinstance(record, dict):
