@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-
-FAST = [
-    "--config=set:train.steps=6",
-    "--config=set:train.log_every=2",
-    "--config=set:train.seq_len=32",
-    "--config=set:train.batch_size=2",
-    "--config=set:model.n_layers=2",
-]
-
-
-def illada(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "illada_jax.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+from _cli import FAST_TRAIN, illada
 
 
 @pytest.mark.parametrize(
@@ -45,7 +26,7 @@ def test_params_prints_published_counts(preset, total, non_embedding):
 
 
 def test_train_writes_run_directory_and_reproduces_from_file(tmp_path):
-    first = illada("train", *FAST, f"--workdir={tmp_path / 'a'}")
+    first = illada("train", *FAST_TRAIN, f"--workdir={tmp_path / 'a'}")
     assert first.returncode == 0, first.stderr
     records = [
         json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()

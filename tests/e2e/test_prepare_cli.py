@@ -5,23 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from _cli import FAST_TRAIN, illada
 from array_record.python.array_record_module import ArrayRecordReader
 
 from illada_jax.data.tokenizer import Tokenizer
 from illada_jax.data.tokenizer_train import train_tokenizer
 
-FAST_TRAIN = [
-    "--config=set:train.steps=2",
-    "--config=set:train.log_every=1",
-    "--config=set:train.seq_len=32",
-    "--config=set:train.batch_size=2",
-    "--config=set:model.n_layers=2",
-]
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "A tokenizer splits text into pieces that a model can read.",
@@ -29,16 +21,6 @@ SENTENCES = [
     "Shards of token ids are written with a manifest beside them.",
     "Numbers like 12, 345 and 6789 appear now and then.",
 ]
-
-
-def illada(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "illada_jax.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
 
 
 def training_text(kilobytes: int = 4) -> str:

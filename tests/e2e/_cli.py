@@ -1,0 +1,25 @@
+"""Running the `illada` command line as a user would: one subprocess per command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# Overrides that make `illada train` take seconds: a 2-layer tiny model on short batches.
+FAST_TRAIN = [
+    "--config=set:train.steps=6",
+    "--config=set:train.log_every=2",
+    "--config=set:train.seq_len=32",
+    "--config=set:train.batch_size=2",
+    "--config=set:model.n_layers=2",
+]
+
+
+def illada(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "illada_jax.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
