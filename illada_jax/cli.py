@@ -35,19 +35,48 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _start_jax(cpu_devices: int) -> None:
+    """Before JAX's backends start: join a multi-process job when launched as one
+    (`launch/local.py`, or any launcher setting the ILLADA_* variables), and split a CPU host
+    into virtual devices."""
+    import os
+
+    import jax
+
+    from illada_jax.parallel.mesh import configure_cpu_devices
+
+    if os.environ.get("ILLADA_COORDINATOR"):
+        jax.distributed.initialize(
+            coordinator_address=os.environ["ILLADA_COORDINATOR"],
+            num_processes=int(os.environ["ILLADA_NUM_PROCESSES"]),
+            process_id=int(os.environ["ILLADA_PROCESS_ID"]),
+        )
+    elif os.environ.get("ILLADA_DISTRIBUTED") == "auto":  # TPU pods, SLURM: auto-detected
+        jax.distributed.initialize()
+    configure_cpu_devices(cpu_devices)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from illada_jax.config import flags
-    from illada_jax.train.loop import train
 
     experiment = flags.experiment_from_flags(args.config)
+    _start_jax(experiment.mesh.cpu_devices)
+    from illada_jax.train.loop import train
+
     workdir = args.workdir or f"runs/{experiment.model.name}"
     print(
         f"training {experiment.model.name} for {experiment.train.steps} steps; "
         f"run directory {workdir}"
     )
     history = train(experiment, workdir)
-    first, last = history[0]["loss"], history[-1]["loss"]
-    print(f"done: loss {first:.4f} -> {last:.4f}")
+    losses = [r["loss"] for r in history if "loss" in r and "event" not in r]
+    if history and history[-1].get("preempted"):
+        print(
+            f"preempted at step {history[-1]['step']}: checkpoint saved, resume with the same "
+            "command"
+        )
+    elif losses:
+        print(f"done: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return 0
 
 

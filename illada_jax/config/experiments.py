@@ -10,9 +10,11 @@ from __future__ import annotations
 import fiddle as fdl
 
 from illada_jax.config.schema import (
+    CheckpointConfig,
     DataConfig,
     DiffusionConfig,
     Experiment,
+    MeshConfig,
     ModelConfig,
     OptimConfig,
     TrainConfig,
@@ -31,6 +33,8 @@ def experiment_for_preset(name: str) -> fdl.Config:
         model=fdl.Config(ModelConfig, **MODEL_PRESETS[name]),
         diffusion=fdl.Config(DiffusionConfig, random_length_mode=mode),
         data=fdl.Config(DataConfig),
+        mesh=fdl.Config(MeshConfig),
+        checkpoint=fdl.Config(CheckpointConfig),
         optim=fdl.Config(OptimConfig),
         train=fdl.Config(TrainConfig),
     )

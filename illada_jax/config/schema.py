@@ -21,6 +21,10 @@ DTYPES = ("float32", "bfloat16")
 TIME_SAMPLINGS = ("uniform", "antithetic")
 RANDOM_LENGTH_MODES = ("none", "llada_truncate", "illada_split")
 OBJECTIVES = ("pretrain", "sft_llada", "sft_illada")
+SCHEDULES = ("constant", "cosine", "wsd", "illada")
+DECAY_EXCLUDES = ("none", "norms_and_embeddings")
+RULE_TABLES = ("fsdp", "fsdp_tp", "dp")
+HEALTH_POLICIES = ("none", "skip", "rollback")
 
 
 class ConfigError(ValueError):
@@ -224,7 +228,23 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup then constant LR (the full schedule family comes with the trainer)."""
+    """AdamW with global-norm clipping and one of the learning-rate schedules of SPEC §3–4.
+
+    Schedules (`illada_jax.train.optim.learning_rate_schedule`; step = optimiser update count,
+    0 for the first update; every schedule starts with a linear 0 -> learning_rate warmup over
+    `warmup_steps`; T = the run's total steps):
+
+    - "constant": then hold `learning_rate`.
+    - "cosine": then cosine decay to `final_learning_rate` at step T (SMDM, SPEC §3.3).
+    - "wsd": LLaDA's Warmup-Stable-Decay (SPEC §3.1, §4.1): hold `learning_rate`; from
+      `wsd_drop_step` (0 = no drop) hold `learning_rate * wsd_drop_factor`; then linear decay to
+      `final_learning_rate` over the last `decay_steps` steps (reached at step T).
+    - "illada": iLLaDA's constant -> cosine-to-floor (SPEC §3.2): hold `learning_rate` until
+      `decay_start_step`, then cosine decay to `final_learning_rate` at step T.
+
+    `decay_exclude="norms_and_embeddings"` keeps RMSNorm scales, biases, `embed` and `lm_head` out
+    of weight decay. Fields a schedule ignores must stay 0, so a setting never silently does nothing.
+    """
 
     learning_rate: float = 1e-3
     warmup_steps: int = 20
@@ -233,6 +253,13 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip_norm: float = 1.0
+    schedule: str = "constant"
+    final_learning_rate: float = 0.0
+    decay_steps: int = 0
+    decay_start_step: int = 0
+    wsd_drop_step: int = 0
+    wsd_drop_factor: float = 0.25
+    decay_exclude: str = "none"
 
     def __post_init__(self) -> None:
         if not self.learning_rate > 0:
@@ -246,6 +273,112 @@ class OptimConfig:
             _fail("weight_decay", self.weight_decay, "must be >= 0")
         if not self.grad_clip_norm > 0:
             _fail("grad_clip_norm", self.grad_clip_norm, "must be > 0")
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("decay_exclude", self.decay_exclude, DECAY_EXCLUDES)
+        final = self.final_learning_rate
+        if isinstance(final, bool) or not isinstance(final, int | float) or not final >= 0:
+            _fail("final_learning_rate", final, "must be a number >= 0")
+        if final > self.learning_rate:
+            _fail(
+                "final_learning_rate",
+                final,
+                f"must be <= learning_rate={self.learning_rate} (the schedules only decay)",
+            )
+        for field in ("decay_steps", "decay_start_step", "wsd_drop_step"):
+            _check_int(field, getattr(self, field), 0)
+        _check_prob("wsd_drop_factor", self.wsd_drop_factor, open_low=True)
+        # A field the chosen schedule ignores must keep its default.
+        used_by = {
+            "final_learning_rate": ("cosine", "wsd", "illada"),
+            "decay_steps": ("wsd",),
+            "decay_start_step": ("illada",),
+            "wsd_drop_step": ("wsd",),
+        }
+        for field, schedules in used_by.items():
+            if getattr(self, field) != 0 and self.schedule not in schedules:
+                _fail(
+                    field,
+                    getattr(self, field),
+                    f"is only used by schedule={' or '.join(schedules)}; "
+                    f"with schedule={self.schedule} leave it at 0",
+                )
+        if self.schedule == "wsd":
+            if self.decay_steps < 1:
+                _fail(
+                    "decay_steps",
+                    self.decay_steps,
+                    "schedule=wsd needs the length of its final linear decay (>= 1 steps)",
+                )
+            if self.wsd_drop_step:
+                if self.wsd_drop_step < self.warmup_steps:
+                    _fail(
+                        "wsd_drop_step",
+                        self.wsd_drop_step,
+                        f"must be 0 (no drop) or >= warmup_steps={self.warmup_steps}",
+                    )
+                dropped = self.learning_rate * self.wsd_drop_factor
+                if final > dropped:
+                    _fail(
+                        "final_learning_rate",
+                        final,
+                        f"must be <= learning_rate * wsd_drop_factor = {dropped:g} "
+                        "(the final phase decays from the dropped rate)",
+                    )
+        if self.schedule == "illada" and self.decay_start_step < self.warmup_steps:
+            _fail(
+                "decay_start_step",
+                self.decay_start_step,
+                f"must be >= warmup_steps={self.warmup_steps} (the cosine decay follows "
+                "the warmup and the constant phase)",
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh (`illada_jax.parallel`): ICI axes data, fsdp, tensor and a DCN data axis across
+    slices. -1 on one axis takes the remaining devices. `rules` picks the logical-axis table."""
+
+    dcn_data: int = 1
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    rules: str = "fsdp"
+    # CPU hosts only: virtual devices to split the host into (0 = one per core).
+    cpu_devices: int = 0
+
+    def __post_init__(self) -> None:
+        sizes = {
+            "dcn_data": self.dcn_data,
+            "data": self.data,
+            "fsdp": self.fsdp,
+            "tensor": self.tensor,
+        }
+        for name, size in sizes.items():
+            if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+                _fail(name, size, "must be a positive integer or -1 (the remaining devices)")
+        if sum(size == -1 for size in sizes.values()) > 1:
+            _fail("fsdp", self.fsdp, "at most one mesh axis may be -1")
+        _check_choice("rules", self.rules, RULE_TABLES)
+        _check_int("cpu_devices", self.cpu_devices, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints in WORKDIR/checkpoints: every `every` steps and at the end, keeping the
+    last `keep` plus every `keep_every`-th step (0 = none kept permanently)."""
+
+    every: int = 100
+    keep: int = 3
+    keep_every: int = 0
+    async_save: bool = True
+    # A checkpoint (a step directory or a run directory) whose parameters initialise this run,
+    # e.g. a pre-trained model for SFT. Optimiser state and step start fresh.
+    init_from: str = ""
+
+    def __post_init__(self) -> None:
+        _check_int("every", self.every, 1)
+        _check_int("keep", self.keep, 1)
+        _check_int("keep_every", self.keep_every, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,15 +386,56 @@ class TrainConfig:
     """How long and on what shapes to train."""
 
     steps: int = 100
-    batch_size: int = 8
+    batch_size: int = 8  # global batch (sequences per optimizer step)
     seq_len: int = 128
     seed: int = 0
     log_every: int = 10
+    # Micro-batches per step: gradients are summed over them before the update.
+    grad_accum: int = 1
+    # Held-out ELBO bound (the l-form of SPEC §1.2 with fixed seeds) every `eval_every` steps
+    # (0 = off) on `eval_batches` batches of `eval_dataset`.
+    eval_every: int = 0
+    eval_batches: int = 4
+    eval_dataset: str = "embedded:heldout"
+    # Loss health: NaN/Inf or a spike above rolling mean + spike_sigma·std over spike_window steps.
+    # skip: drop the update; rollback: restore the last good checkpoint, skip the offending
+    # batches and multiply the learning rate by rollback_lr_factor.
+    health_policy: str = "skip"
+    spike_window: int = 50
+    spike_sigma: float = 6.0
+    rollback_lr_factor: float = 0.5
+    # Testing hook: make the loss NaN at this step (-1 = never).
+    inject_nan_step: int = -1
+    # (first, last) steps to trace with jax.profiler into WORKDIR/profile (empty = off).
+    profile_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        for field in ("steps", "batch_size", "seq_len", "log_every"):
+        for field in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "log_every",
+            "grad_accum",
+            "eval_batches",
+            "spike_window",
+        ):
             _check_int(field, getattr(self, field), 1)
         _check_int("seed", self.seed, 0)
+        _check_int("eval_every", self.eval_every, 0)
+        _check_choice("health_policy", self.health_policy, HEALTH_POLICIES)
+        if not self.spike_sigma > 0:
+            _fail("spike_sigma", self.spike_sigma, "must be > 0")
+        if not 0 < self.rollback_lr_factor <= 1:
+            _fail("rollback_lr_factor", self.rollback_lr_factor, "must lie in (0, 1]")
+        if isinstance(self.inject_nan_step, bool) or not isinstance(self.inject_nan_step, int):
+            _fail("inject_nan_step", self.inject_nan_step, "must be an integer step or -1")
+        steps = tuple(self.profile_steps)
+        if steps and (len(steps) != 2 or not 1 <= steps[0] <= steps[1]):
+            _fail(
+                "profile_steps",
+                self.profile_steps,
+                "must be () or (first, last) with 1 <= first <= last",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +445,8 @@ class Experiment:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 

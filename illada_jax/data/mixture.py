@@ -34,6 +34,11 @@ def batch_allocation(weights: Sequence[float], global_batch: int) -> np.ndarray:
     return counts
 
 
+def _dataset_seed(seed: int, index: int) -> int:
+    """A 32-bit shuffle seed per (run seed, dataset), as grain requires."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
 class Mixture:
     """Maps (step, global row) -> (dataset index, window index)."""
 
@@ -54,7 +59,7 @@ class Mixture:
         self.seed = seed
         self.shuffle = shuffle
         self._orders = [
-            grain.MapDataset.range(n).shuffle(seed=seed * 1_000_003 + i) if shuffle else None
+            grain.MapDataset.range(n).shuffle(seed=_dataset_seed(seed, i)) if shuffle else None
             for i, n in enumerate(self.lengths)
         ]
 

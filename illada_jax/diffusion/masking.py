@@ -92,3 +92,25 @@ def two_segment_split(key: jax.Array, segment_ids: jax.Array, positions: jax.Arr
     restart = after & (segment_ids == segment_at_cut) & (segment_ids != 0)
     new_positions = jnp.where(restart, positions - position_at_cut, positions)
     return new_segments.astype(jnp.int32), new_positions.astype(jnp.int32)
+
+
+def mask_exact_count(
+    key: jax.Array, tokens: jax.Array, mask_id: int, valid: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The low-variance `l`-form of the forward process (SPEC §1.2, P-LLaDA eq. 14).
+
+    Per row: l ~ U{1..n} with n real tokens, then exactly l of them masked, chosen uniformly
+    without replacement. Returns (noisy tokens, is_masked [batch, length], weight [batch] = n / l);
+    `sum(is_masked * ce) * weight` is an unbiased estimate of the row's negative ELBO.
+    """
+    batch_size, length = tokens.shape
+    valid = jnp.ones_like(tokens, bool) if valid is None else valid
+    n_real = jnp.sum(valid, axis=1)
+    count_key, order_key = jax.random.split(key)
+    u = jax.random.uniform(count_key, (batch_size,))
+    count = jnp.clip(jnp.floor(u * n_real).astype(jnp.int32) + 1, 1, jnp.maximum(n_real, 1))
+    scores = jnp.where(valid, jax.random.uniform(order_key, tokens.shape), jnp.inf)
+    rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+    is_masked = (rank < count[:, None]) & valid
+    noisy = jnp.where(is_masked, jnp.asarray(mask_id, tokens.dtype), tokens)
+    return noisy, is_masked, n_real / count

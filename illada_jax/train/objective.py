@@ -70,3 +70,21 @@ def diffusion_loss(
         "mask_prob": jnp.mean(mask_prob),
     }
     return out.loss, metrics
+
+
+def elbo_bound(model, batch: dict, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Held-out negative ELBO (an upper bound on the NLL), summed over the batch.
+
+    Uses the `l`-form (exactly l of n real tokens masked, weight n/l) with the caller's fixed key,
+    so numbers are comparable across runs and checkpoints. Returns (sum of the bound in nats,
+    number of real tokens); their ratio is nats per token.
+    """
+    tokens = batch["tokens"]
+    segment_ids, positions = batch.get("segment_ids"), batch.get("positions")
+    valid = None if segment_ids is None else segment_ids != 0
+    noisy, is_masked, weight = masking.mask_exact_count(key, tokens, model.cfg.mask_token_id, valid)
+    hidden = model.hidden_states(noisy, positions, key_mask=valid, segment_ids=segment_ids)
+    ce = losses.token_cross_entropy(hidden, tokens, model.project, chunk_size=512)
+    per_row = jnp.sum(jnp.where(is_masked, ce, 0.0), axis=1) * weight
+    n_tokens = tokens.size if valid is None else jnp.sum(valid)
+    return jnp.sum(per_row), n_tokens

@@ -1,28 +1,129 @@
-"""The pure, jitted train step: loss, gradients, optimiser update. State is donated."""
+"""The pure, jitted train and eval steps, with explicit shardings and a donated state.
+
+`train_step(state, batch, key, controls) -> (state, metrics)`:
+- gradients of the diffusion objective, summed over `grad_accum` micro-batches (rows
+  `j, j + accum, …` of the global batch, so each device keeps its own rows);
+- the update is applied only when the step is healthy: loss and gradient norm finite and the
+  loss below `controls["loss_ceiling"]` (the runner's rolling mean + k·σ; +inf disables it).
+  Otherwise parameters and optimiser state are left unchanged — the `skip` policy;
+- updates are multiplied by `controls["lr_scale"]` (rollback lowers the learning rate);
+- `inject_nan_step` (testing hook) makes the loss NaN at that step.
+
+`eval_step(params, batch, key) -> (bound_sum, n_tokens)`: the held-out ELBO bound.
+"""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from illada_jax.config.schema import DiffusionConfig
-from illada_jax.train.objective import diffusion_loss
+from illada_jax.parallel.rules import batch_spec
+from illada_jax.train.objective import diffusion_loss, elbo_bound
+
+
+def _micro_batches(batch: dict, accum: int) -> dict:
+    """[B, ...] -> [accum, B/accum, ...]: micro-batch j holds rows j, j+accum, … (device-local)."""
+
+    def split(x):
+        return x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, diffusion: DiffusionConfig, optimizer: optax.GradientTransformation
+    graphdef,
+    diffusion: DiffusionConfig,
+    optimizer,
+    *,
+    grad_accum: int = 1,
+    inject_nan_step: int = -1,
+    state_shardings=None,
+    mesh=None,
+    rules="fsdp",
+    global_batch: int | None = None,
 ):
-    """Returns jitted `step(params, opt_state, batch, key) -> (params, opt_state, metrics)`."""
+    """Jitted train step. With `mesh`, inputs/outputs carry explicit shardings."""
 
-    def train_step(params, opt_state, batch, key):
+    def loss_and_grads(params, batch, key, step):
         def objective(p):
-            return diffusion_loss(nnx.merge(graphdef, p), batch, key, diffusion)
+            loss, metrics = diffusion_loss(nnx.merge(graphdef, p), batch, key, diffusion)
+            poison = jnp.where(step == inject_nan_step, jnp.nan, 1.0)
+            return loss * poison, metrics
 
-        (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        return params, opt_state, metrics
+        return jax.value_and_grad(objective, has_aux=True)(params)
 
-    return jax.jit(train_step, donate_argnums=(0, 1))
+    def train_step(state, batch, key, controls):
+        params, step = state["params"], state["step"]
+        if grad_accum == 1:
+            (loss, metrics), grads = loss_and_grads(params, batch, key, step)
+        else:
+            micro = _micro_batches(batch, grad_accum)
+
+            def body(carry, xs):
+                grads_sum, loss_sum, metrics_sum = carry
+                index, micro_batch = xs
+                (loss, m), g = loss_and_grads(
+                    params, micro_batch, jax.random.fold_in(key, index), step
+                )
+                add = lambda a, b: a + b  # noqa: E731
+                return (
+                    jax.tree.map(add, grads_sum, g),
+                    loss_sum + loss,
+                    jax.tree.map(add, metrics_sum, m),
+                ), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            metric_shapes = jax.eval_shape(
+                lambda: loss_and_grads(params, jax.tree.map(lambda x: x[0], micro), key, step)
+            )[0][1]
+            metric_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+            (grads, loss, metrics), _ = jax.lax.scan(
+                body, (zeros, jnp.zeros(()), metric_zeros), (jnp.arange(grad_accum), micro)
+            )
+            grads = jax.tree.map(lambda g: g / grad_accum, grads)
+            loss = loss / grad_accum
+            metrics = {k: v / grad_accum if k != "num_masked" else v for k, v in metrics.items()}
+            metrics["loss"] = loss
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
+        updates = jax.tree.map(lambda u: u * controls["lr_scale"], updates)
+        new_params = optax.apply_updates(params, updates)
+        healthy = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (loss <= controls["loss_ceiling"])
+        keep = lambda new, old: jnp.where(healthy, new, old)  # noqa: E731
+        new_state = {
+            "step": step + 1,
+            "params": jax.tree.map(keep, new_params, params),
+            "opt_state": jax.tree.map(keep, new_opt_state, state["opt_state"]),
+        }
+        metrics = {**metrics, "grad_norm": grad_norm, "applied": healthy.astype(jnp.int32)}
+        return new_state, metrics
+
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=(0,))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rows = NamedSharding(mesh, batch_spec(rules, mesh, global_batch))
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, rows, replicated, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(
+    graphdef, *, param_shardings=None, mesh=None, rules="fsdp", global_batch: int | None = None
+):
+    def eval_step(params, batch, key):
+        return elbo_bound(nnx.merge(graphdef, params), batch, key)
+
+    if mesh is None:
+        return jax.jit(eval_step)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rows = NamedSharding(mesh, batch_spec(rules, mesh, global_batch))
+    return jax.jit(
+        eval_step, in_shardings=(param_shardings, rows, replicated), out_shardings=replicated
+    )

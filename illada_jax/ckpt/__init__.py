@@ -1,0 +1,1 @@
+"""Checkpoints: orbax run checkpoints and HF weight interop."""

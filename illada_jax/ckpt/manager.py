@@ -1,0 +1,135 @@
+"""Orbax checkpoints of a run: `WORKDIR/checkpoints/<step>/{state,data,meta}`.
+
+- `state`: the sharded train state (every process writes its own shards);
+- `data`: the data pipeline's position (the next data step; batches are a pure function of it);
+- `meta`: the resolved config and the runner's controls (learning-rate scale after rollbacks).
+
+Saves are asynchronous and committed atomically by orbax (a half-written step directory is never
+listed). Retention: the last `keep` steps plus every `keep_every`-th step. Restore takes the
+newest step that restores cleanly: a damaged latest checkpoint makes it fall back to the previous
+one, with a warning naming both.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import orbax.checkpoint as ocp
+
+from illada_jax.config.schema import CheckpointConfig
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was required."""
+
+
+class RunCheckpoints:
+    def __init__(self, workdir: str | pathlib.Path, cfg: CheckpointConfig):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=cfg.keep,
+            keep_period=cfg.keep_every or None,
+            enable_async_checkpointing=cfg.async_save,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "meta")
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps(read=True))
+
+    def save(self, step: int, state, data: dict, meta: dict, *, force: bool = False) -> bool:
+        if step in self.manager.all_steps():
+            return False  # never overwrite a committed checkpoint
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=force,
+        )
+
+    def restore_latest(self, abstract_state, *, before: int | None = None):
+        """(step, state, data, meta) of the newest checkpoint that restores (optionally only
+        steps < `before`), or None when there is none. Damaged ones are skipped with a warning."""
+        damaged = []
+        for step in reversed(self.steps()):
+            if before is not None and step >= before:
+                continue
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        data=ocp.args.JsonRestore(),
+                        meta=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as err:  # orbax/tensorstore raise many types for damaged files
+                log.warning(
+                    "checkpoint %d in %s is damaged (%s: %s); trying an older one",
+                    step,
+                    self.directory,
+                    type(err).__name__,
+                    str(err)[:200],
+                )
+                damaged.append(step)
+                continue
+            if damaged:
+                log.warning("restored checkpoint %d instead of damaged %s", step, damaged)
+            return step, restored["state"], restored["data"], restored["meta"]
+        if damaged:
+            log.warning(
+                "every checkpoint in %s is damaged (%s); starting from scratch",
+                self.directory,
+                damaged,
+            )
+        return None
+
+    def reached_preemption(self, step: int) -> bool:
+        return self.manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def restore_params(path: str | pathlib.Path, abstract_params):
+    """Parameters only, from a checkpoint step directory or a run directory (its latest step)."""
+    path = pathlib.Path(path).absolute()
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if (path / "state").is_dir():
+        step_dir = path
+    else:
+        steps = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit()), reverse=True)
+        if not steps:
+            raise CheckpointError(f"checkpoint.init_from={path}: no checkpoint steps there")
+        step_dir = path / str(steps[0])
+    item = {"params": abstract_params}
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        with ocp.Checkpointer(handler) as checkpointer:
+            restored = checkpointer.restore(
+                step_dir / "state",
+                args=ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
+                ),
+            )
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint.init_from={step_dir}: cannot restore parameters of this model "
+            f"({type(err).__name__}: {str(err)[:300]}); is it a checkpoint of the same model "
+            "config?"
+        ) from err
+    return restored["params"]

@@ -1,0 +1,188 @@
+"""Metric writers for a run directory: `metrics.jsonl`, TensorBoard events, optional W&B.
+
+`MetricWriter(run_dir, enabled=jax.process_index() == 0)` is the one object the runner logs to:
+
+- `metrics.jsonl`: one JSON object per `write_metrics` call, `{"step": ..., <key>: <value>, ...}`,
+  opened in append mode (a resumed run continues the same file) and flushed after every line, so
+  a killed run loses nothing already logged. Values are plain `int` / `float` / `bool` / `str` /
+  `None`; JAX and numpy scalars (or one-element arrays) are converted. Non-finite floats are
+  written as the bare `NaN` / `Infinity` tokens Python's `json` module reads back — a NaN loss is
+  worth recording as such.
+- TensorBoard: `events.out.tfevents.*` in the run directory itself, written with tensorboardX (no
+  TensorFlow). Every numeric metric becomes a scalar under its key; `write_text` adds text (the
+  resolved config). Flushed after each `write_metrics`.
+- Weights & Biases: only when `wandb_project` is given AND the `wandb` package is importable;
+  `wandb` is not a dependency of this package. Without it the writer logs a warning once and goes
+  on with the other two.
+
+Only one process writes: the runner passes `enabled=(jax.process_index() == 0)`; a disabled writer
+creates no file or directory and ignores every call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import numbers
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+Scalar = int | float | bool | str | None
+
+
+def to_plain(key: str, value: Any) -> Scalar:
+    """`value` as a JSON-ready Python scalar. Raises TypeError naming `key` for anything else."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # jax.Array / np.ndarray / np scalar
+        array = np.asarray(value)
+        if array.size == 1:
+            item = array.reshape(()).item()
+            return item if isinstance(item, bool) else to_plain(key, item)
+    raise TypeError(
+        f"metric {key!r} has value {value!r} of type {type(value).__name__}: metrics must be "
+        "numbers, bools, strings, None or one-element arrays"
+    )
+
+
+class MetricWriter:
+    """Writes metrics to `run_dir/metrics.jsonl`, TensorBoard and (optionally) W&B.
+
+    Args:
+      run_dir: the run directory (created if missing, when enabled).
+      enabled: False on every process but process 0; a disabled writer does nothing.
+      tensorboard: write TensorBoard event files (tensorboardX).
+      wandb_project: a W&B project to log to as well; ignored (with a warning) when the `wandb`
+        package is not installed.
+      wandb_config: the resolved config as a dict, stored with the W&B run.
+      wandb_run_name: the W&B run name (default: the run directory's name).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        enabled: bool = True,
+        *,
+        tensorboard: bool = True,
+        wandb_project: str | None = None,
+        wandb_config: Mapping[str, Any] | None = None,
+        wandb_run_name: str | None = None,
+    ) -> None:
+        self.run_dir = os.fspath(run_dir)
+        self.enabled = bool(enabled)
+        self._jsonl = None
+        self._tensorboard = None
+        self._wandb_run = None
+        self._closed = False
+        if not self.enabled:
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.metrics_path = os.path.join(self.run_dir, METRICS_FILE)
+        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(logdir=self.run_dir, flush_secs=30)
+        if wandb_project:
+            self._wandb_run = _start_wandb(
+                wandb_project,
+                wandb_config,
+                wandb_run_name or os.path.basename(os.path.abspath(self.run_dir)),
+                self.run_dir,
+            )
+
+    def write_metrics(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Scalar]:
+        """Log `metrics` at `step` everywhere; returns the record written to `metrics.jsonl`."""
+        record: dict[str, Scalar] = {"step": int(step)}
+        for key, value in metrics.items():
+            if key == "step":
+                continue
+            record[str(key)] = to_plain(str(key), value)
+        if not self.enabled or self._closed:
+            return record
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        numeric = {
+            key: float(value)
+            for key, value in record.items()
+            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        if self._tensorboard is not None:
+            for key, value in numeric.items():
+                self._tensorboard.add_scalar(key, value, global_step=record["step"])
+            self._tensorboard.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log(
+                {k: v for k, v in record.items() if k != "step"}, step=record["step"]
+            )
+        return record
+
+    def write_text(self, tag: str, text: str, step: int = 0, *, as_code: bool = False) -> None:
+        """Add `text` to TensorBoard under `tag` (e.g. the resolved config as `config`).
+
+        TensorBoard renders text as Markdown; `as_code=True` indents every line by four spaces so
+        JSON or YAML shows verbatim as a code block.
+        """
+        if not self.enabled or self._closed or self._tensorboard is None:
+            return
+        if as_code:
+            text = "\n".join("    " + line for line in text.splitlines())
+        self._tensorboard.add_text(tag, text, global_step=int(step))
+        self._tensorboard.flush()
+
+    def flush(self) -> None:
+        if not self.enabled or self._closed:
+            return
+        self._jsonl.flush()
+        if self._tensorboard is not None:
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        """Flush and close everything; later calls are no-ops. Idempotent."""
+        if not self.enabled or self._closed:
+            return
+        self._closed = True
+        self._jsonl.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+
+    def __enter__(self) -> MetricWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _start_wandb(
+    project: str, config: Mapping[str, Any] | None, name: str, run_dir: str
+) -> Any | None:
+    """A W&B run, or None (with a warning) when `wandb` is not installed. Optional by design."""
+    try:
+        import wandb
+    except ImportError:
+        logger.warning(
+            "wandb_project=%r was given but the wandb package is not installed "
+            "(pip install wandb); logging to metrics.jsonl and TensorBoard only",
+            project,
+        )
+        return None
+    return wandb.init(
+        project=project,
+        name=name,
+        dir=run_dir,
+        config=dict(config) if config is not None else None,
+        resume="allow",
+    )

@@ -1,0 +1,86 @@
+"""Device meshes from `MeshConfig`: ICI axes (`data`, `fsdp`, `tensor`) and a DCN `dcn_data` axis
+across slices (a hybrid mesh on multi-slice TPU pods). Axes are GSPMD Auto axes.
+
+Validation happens before anything compiles: the axis product must equal the device count and the
+global batch must divide by the data-parallel size; errors say what to change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+
+from illada_jax.config.schema import ConfigError, MeshConfig
+
+AXES = ("dcn_data", "data", "fsdp", "tensor")
+
+
+def configure_cpu_devices(count: int) -> None:
+    """Split a CPU host into `count` virtual devices (0 = one per core) before JAX starts.
+
+    XLA:CPU runs many non-matmul fusions on one thread; giving each core its own device and
+    splitting the batch over them uses the whole machine. No effect on GPU/TPU hosts, when the
+    user set the device count in XLA_FLAGS, or once JAX's backends are initialised.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    count = count or os.cpu_count() or 1
+    # RuntimeError: backends already initialised (e.g. inside a test session).
+    with contextlib.suppress(RuntimeError):
+        jax.config.update("jax_num_cpu_devices", count)
+
+
+def resolve_shape(cfg: MeshConfig, n_devices: int) -> dict[str, int]:
+    """Axis sizes with the single -1 axis filled in; raises ConfigError when they cannot fit."""
+    sizes = {"dcn_data": cfg.dcn_data, "data": cfg.data, "fsdp": cfg.fsdp, "tensor": cfg.tensor}
+    free = [name for name, size in sizes.items() if size == -1]
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if free:
+        if n_devices % fixed:
+            raise ConfigError(
+                f"mesh: the fixed axes ({fixed} devices) do not divide the {n_devices} devices; "
+                f"set mesh.{free[0]} explicitly or change the other axes"
+            )
+        sizes[free[0]] = n_devices // fixed
+    if math.prod(sizes.values()) != n_devices:
+        raise ConfigError(
+            f"mesh: dcn_data×data×fsdp×tensor = {sizes} uses {math.prod(sizes.values())} "
+            f"devices but {n_devices} are available; make the product {n_devices} (or set one "
+            "axis to -1 to fill the rest)"
+        )
+    return sizes
+
+
+def make_mesh(cfg: MeshConfig, devices=None) -> jax.sharding.Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = resolve_shape(cfg, len(devices))
+    ici = (1, sizes["data"], sizes["fsdp"], sizes["tensor"])
+    dcn = (sizes["dcn_data"], 1, 1, 1)
+    if sizes["dcn_data"] > 1 and hasattr(devices[0], "slice_index"):
+        array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    else:
+        shape = tuple(sizes[a] for a in AXES)
+        try:
+            array = mesh_utils.create_device_mesh(shape, devices)
+        except (ValueError, NotImplementedError, AssertionError):
+            array = np.asarray(devices).reshape(shape)  # CPU / abstract devices: any order
+    return jax.sharding.Mesh(array, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
+    return mesh.shape["dcn_data"] * mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_batch(mesh: jax.sharding.Mesh, global_batch: int, grad_accum: int = 1) -> None:
+    dp = data_parallel_size(mesh)
+    if global_batch % (dp * grad_accum):
+        raise ConfigError(
+            f"train.batch_size={global_batch} must be a multiple of the data-parallel size "
+            f"{dp} (dcn_data×data×fsdp) times train.grad_accum={grad_accum}; use a batch of "
+            f"{dp * grad_accum * max(1, round(global_batch / (dp * grad_accum)))} or change the mesh"
+        )
