@@ -23,7 +23,7 @@ RANDOM_LENGTH_MODES = ("none", "llada_truncate", "illada_split")
 OBJECTIVES = ("pretrain", "sft_llada", "sft_illada")
 SCHEDULES = ("constant", "cosine", "wsd", "illada")
 DECAY_EXCLUDES = ("none", "norms_and_embeddings")
-RULE_TABLES = ("fsdp", "fsdp_tp", "dp")
+RULE_TABLES = ("auto", "fsdp", "fsdp_tp", "dp")
 HEALTH_POLICIES = ("none", "skip", "rollback")
 
 
@@ -342,7 +342,8 @@ class MeshConfig:
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
-    rules: str = "fsdp"
+    # auto: dp on CPU hosts, fsdp on accelerators (see illada_jax.parallel.rules).
+    rules: str = "auto"
     # CPU hosts only: virtual devices to split the host into (0 = one per core).
     cpu_devices: int = 0
 

@@ -6,7 +6,9 @@ change:
 
 - `fsdp` (default): parameters sharded over `fsdp` along `embed`, the batch over every data axis;
 - `fsdp_tp`: as `fsdp`, plus tensor parallelism — heads, kv heads, mlp and vocab over `tensor`;
-- `dp`: pure data parallelism, parameters replicated.
+- `dp`: pure data parallelism, parameters replicated;
+- `auto` (the default): `dp` on CPU hosts, where collectives between virtual devices are slow and
+  memory is plentiful, `fsdp` on accelerators.
 
 A mesh axis is dropped from a dimension it does not divide (e.g. 2 kv heads on a 4-way tensor
 axis): that dimension is replicated instead of failing to compile.
@@ -33,11 +35,19 @@ RULES: dict[str, dict[str, tuple[str, ...] | None]] = {
 }
 
 
+def resolve(rules: str, platform: str | None = None) -> str:
+    """The rule table a name stands for (`auto` depends on the platform)."""
+    if rules != "auto":
+        return rules
+    platform = platform or jax.devices()[0].platform
+    return "dp" if platform == "cpu" else "fsdp"
+
+
 def mesh_spec(
     logical: PartitionSpec | tuple, shape: tuple[int, ...], rules: str, mesh: jax.sharding.Mesh
 ) -> PartitionSpec:
     """Logical axis names of one array -> its mesh PartitionSpec under `rules`."""
-    table = RULES[rules]
+    table = RULES[resolve(rules, mesh.devices.flat[0].platform)]
     used: set[str] = set()
     out = []
     for name, size in zip(tuple(logical), shape):

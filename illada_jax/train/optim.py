@@ -66,12 +66,18 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int | None = None) -> 
     else:
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ConfigError(f"total_steps={total_steps!r} is invalid: must be an integer >= 1")
-        _check_steps("warmup_steps", warmup, f"<= total_steps={total_steps}", warmup <= total_steps)
 
     if cfg.schedule == "constant":
+        # A run shorter than the warmup just ends on the ramp (short smoke runs of a config).
         return _phases(cfg, (warmup, optax.constant_schedule(peak)))
 
     assert total_steps is not None
+    _check_steps(
+        "warmup_steps",
+        warmup,
+        f"<= total_steps={total_steps} (schedule={cfg.schedule} decays after the warmup)",
+        warmup <= total_steps,
+    )
     floor = cfg.final_learning_rate
     if cfg.schedule == "cosine":
         _check_steps(
@@ -169,7 +175,7 @@ def make_optimizer(
     """Global-norm clipping, then AdamW on `learning_rate_schedule(cfg, total_steps)`."""
     mask = weight_decay_mask if cfg.decay_exclude == "norms_and_embeddings" else None
     return optax.chain(
-        optax.identity(),
+        optax.clip_by_global_norm(cfg.grad_clip_norm),
         optax.adamw(
             learning_rate_schedule(cfg, total_steps),
             b1=cfg.b1,

@@ -6,6 +6,7 @@ Expected learning rates are written out by hand (LLaDA's 4e-4 -> 1e-4 -> 1e-5, i
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -18,7 +19,7 @@ from flax import nnx
 
 from illada_jax.config import flags
 from illada_jax.config.schema import ConfigError, ModelConfig, OptimConfig
-from illada_jax.model.transformer import Transformer
+from illada_jax.model.transformer import Transformer, abstract_model
 from illada_jax.train.optim import learning_rate_schedule, make_optimizer, weight_decay_mask
 
 # ------------------------------------------------------------------ numpy reference schedules
@@ -249,7 +250,8 @@ def test_constant_schedule_keeps_the_old_signature():
         (OptimConfig(schedule="cosine"), None, "needs the run's total_steps"),
         (LLADA, 0, "total_steps=0 is invalid"),
         (LLADA, 100.0, "total_steps=100.0 is invalid"),
-        (OptimConfig(warmup_steps=20), 10, "optim.warmup_steps=20 is invalid: must be <= total"),
+        (ILLADA, 40, "optim.warmup_steps=50 is invalid: must be <= total_steps=40"),
+        (LLADA, 10, "optim.warmup_steps=20 is invalid: must be <= total_steps=10"),
         (OptimConfig(warmup_steps=20, schedule="cosine"), 20, "optim.warmup_steps=20 is invalid"),
         # drop at 520 + decay 130 > 600
         (LLADA, 600, "optim.wsd_drop_step=520 is invalid: must be <= total_steps - decay_steps"),
@@ -270,12 +272,21 @@ def test_boundary_total_steps_are_accepted():
     learning_rate_schedule(LLADA, total_steps=650)  # drop + decay == T: empty dropped phase
     learning_rate_schedule(ILLADA, total_steps=601)
     learning_rate_schedule(OptimConfig(warmup_steps=20), total_steps=20)
+    # "constant" accepts a run shorter than its warmup: the run ends on the ramp.
+    short = learning_rate_schedule(OptimConfig(learning_rate=1e-3, warmup_steps=20), total_steps=6)
+    np.testing.assert_allclose(values(short, [0, 5]), [0.0, 2.5e-4], rtol=1e-6)
 
 
 # ------------------------------------------------------------------ weight decay mask
 
 
-def tiny_params(**overrides):
+@functools.cache
+def tiny_params(*, real: bool = False, **overrides):
+    """The parameter tree (`nnx.State` of `nnx.Param`) of a tiny Transformer, every leaf nonzero.
+
+    `real=True` builds the model (seconds); otherwise the same tree comes from `abstract_model`.
+    Leaves are shifted away from zero: zero-initialised biases would not move under decay either.
+    """
     kwargs = dict(
         vocab_size=64,
         d_model=16,
@@ -287,9 +298,15 @@ def tiny_params(**overrides):
         max_seq_len=16,
     )
     kwargs.update(overrides)
-    _, params = nnx.split(Transformer(ModelConfig(**kwargs), rngs=nnx.Rngs(0)))
-    # Shift every leaf away from zero: zero-initialised biases would not move under decay either.
-    return jax.tree.map(lambda p: p + 1.0, params)
+    cfg = ModelConfig(**kwargs)
+    if real:
+        _, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    else:
+        _, params = nnx.split(abstract_model(cfg))
+        params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    return jax.tree.map(
+        lambda p: p + 1.0 + jnp.linspace(0.0, 1.0, p.size, dtype=p.dtype).reshape(p.shape), params
+    )
 
 
 def leaf_names(params):
@@ -327,15 +344,20 @@ NOT_DECAYED_UNTIED = {
 
 def one_zero_grad_update(cfg, params):
     optimizer = make_optimizer(cfg)
-    opt_state = optimizer.init(params)
-    grads = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates)
+
+    @jax.jit
+    def update(params):
+        grads = jax.tree.map(jnp.zeros_like, params)
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        return optax.apply_updates(params, updates)
+
+    return update(params)
 
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_adamw_decays_only_masked_leaves(tie):
-    params = tiny_params(use_bias=True, tie_embeddings=tie)
+    # The untied tree comes from a really built Transformer, the tied one from its abstract twin.
+    params = tiny_params(real=not tie, use_bias=True, tie_embeddings=tie)
     before = leaf_names(params)
     expected_off = NOT_DECAYED_UNTIED - ({"lm_head"} if tie else set())
     assert set(before) == DECAYED | expected_off  # the test covers every leaf of the tree
@@ -358,7 +380,7 @@ def test_adamw_decays_only_masked_leaves(tie):
 
 
 def test_mask_on_a_plain_nested_dict():
-    params = tiny_params(use_bias=True, tie_embeddings=False)
+    params = tiny_params(real=True, use_bias=True, tie_embeddings=False)
     mask = weight_decay_mask(nnx.to_pure_dict(params))
     assert mask["embed"] is False and mask["lm_head"] is False
     assert mask["final_norm"]["scale"] is False
@@ -372,7 +394,7 @@ def test_mask_on_a_plain_nested_dict():
 
 
 def test_mask_runs_inside_jit():
-    params = tiny_params(use_bias=True, tie_embeddings=False)
+    params = tiny_params(real=True, use_bias=True, tie_embeddings=False)
     cfg = OptimConfig(
         learning_rate=1e-2, warmup_steps=0, weight_decay=0.5, decay_exclude="norms_and_embeddings"
     )
@@ -399,7 +421,7 @@ def test_global_norm_clipping_before_adam(grad_value, clip):
     norm = float(optax.tree.norm(grads))
     cfg = OptimConfig(learning_rate=1e-3, warmup_steps=0, grad_clip_norm=clip, b1=0.9)
     optimizer = make_optimizer(cfg)
-    _, state = optimizer.update(grads, optimizer.init(params), params)
+    _, state = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
     # After one step Adam's first moment is (1 - b1) * (the gradient it was given).
     mu = optax.tree_utils.tree_get(state, "mu")
     clipped_norm = min(norm, clip)

@@ -1,0 +1,115 @@
+"""Train-step throughput and MFU of the `small` preset (sequence 512, global batch 16).
+
+    python bench/train.py [--devices 0] [--steps 8] [--preset small] [--batch 16] [--seq 512]
+                          [--rules auto] [--remat none] [--compute-dtype float32] [--json out.json]
+
+The real sharded train step (state, optimizer, diffusion objective, chunked CE) on a mesh over
+`--devices` virtual CPU devices (0 = one per core: XLA:CPU runs many non-matmul fusions on one
+thread, so splitting the batch over the cores uses the whole machine) or the accelerator's
+devices. MFU = model FLOPs (SPEC §8: 6N + 12·n_layers·d·S per token) / the peak: on CPU the same
+process's measured dense-matmul FLOP/s in the compute dtype, on GPU/TPU the bf16 peak table.
+Final line `RESULT tokens_per_s=<float> mfu=<float>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--rules", default="auto")
+    parser.add_argument("--remat", default="none")
+    parser.add_argument("--compute-dtype", default="float32")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    from illada_jax.parallel.mesh import configure_cpu_devices
+
+    configure_cpu_devices(args.devices)  # before JAX's backends start
+
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+
+    from illada_jax.config.schema import DiffusionConfig, MeshConfig, ModelConfig, OptimConfig
+    from illada_jax.model.presets import MODEL_PRESETS
+    from illada_jax.obs import flops
+    from illada_jax.parallel.mesh import check_batch, make_mesh
+    from illada_jax.parallel.rules import batch_spec
+    from illada_jax.train import state as state_lib
+    from illada_jax.train.optim import make_optimizer
+    from illada_jax.train.step import make_train_step
+
+    cfg = dataclasses.replace(
+        ModelConfig(**MODEL_PRESETS[args.preset]),
+        max_seq_len=args.seq,
+        remat_policy=args.remat,
+        compute_dtype=args.compute_dtype,
+    )
+    mesh = make_mesh(MeshConfig(rules=args.rules))
+    check_batch(mesh, args.batch)
+    optimizer = make_optimizer(OptimConfig(warmup_steps=0))
+    diffusion = DiffusionConfig(random_length_mode="illada_split")
+    shardings = state_lib.state_shardings(cfg, optimizer, mesh, args.rules)
+    state = state_lib.create_state(cfg, optimizer, mesh, args.rules, seed=0)
+    graphdef = state_lib.model_graphdef_and_specs(cfg)[0]
+    rows = NamedSharding(mesh, batch_spec(args.rules, mesh, args.batch))
+    with jax.set_mesh(mesh):
+        step = make_train_step(
+            graphdef,
+            diffusion,
+            optimizer,
+            state_shardings=shardings,
+            mesh=mesh,
+            rules=args.rules,
+            global_batch=args.batch,
+        )
+    tokens = np.random.default_rng(0).integers(5, cfg.vocab_size, (args.batch, args.seq), np.int32)
+    batch = {"tokens": jax.make_array_from_process_local_data(rows, tokens)}
+    controls = {"lr_scale": jnp.float32(1.0), "loss_ceiling": jnp.float32(np.inf)}
+
+    times = []
+    with jax.set_mesh(mesh):
+        for i in range(args.steps + 2):  # two warm-up steps (compile, first run)
+            start = time.perf_counter()
+            state, metrics = step(state, batch, jax.random.key(i), controls)
+            jax.block_until_ready(metrics["loss"])
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    tokens_per_s = args.batch * args.seq / seconds
+    flops_per_token = flops.train_flops_per_token(cfg, args.seq)
+    peak, source = flops.total_peak_flops(measured_cpu_dtype=args.compute_dtype)
+    results = {
+        "devices": len(jax.devices()),
+        "device_kind": jax.devices()[0].device_kind,
+        "preset": args.preset,
+        "step_s": seconds,
+        "tokens_per_s": tokens_per_s,
+        "model_flops_per_s": tokens_per_s * flops_per_token,
+        "peak_flops_per_s": peak,
+        "peak_source": source,
+        "mfu": flops.mfu(tokens_per_s, flops_per_token, peak),
+    }
+    for key, value in results.items():
+        print(f"{key:<20} {value:.4g}" if isinstance(value, float) else f"{key:<20} {value}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    print(f"RESULT tokens_per_s={tokens_per_s:.6g} mfu={results['mfu']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
