@@ -92,21 +92,26 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from illada_jax.data.prepare import prepare
+    from illada_jax.data.prepare import prepare, prepare_sft
 
-    manifest = prepare(
-        args.input,
-        args.format,
-        args.output,
-        tokenizer_path=args.tokenizer,
-        field=args.field,
-        text_unit=args.text_unit,
-        seqio_module=args.seqio_module,
-        shard_chars=args.shard_chars,
-        max_doc_tokens=args.max_doc_tokens,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
+    if args.format == "sft":
+        if len(args.input) != 1:
+            raise PrepareError("--format sft takes one --input: a JSONL file of dialogues or demo")
+        manifest = prepare_sft(args.input[0], args.output, tokenizer_path=args.tokenizer)
+    else:
+        manifest = prepare(
+            args.input,
+            args.format,
+            args.output,
+            tokenizer_path=args.tokenizer,
+            field=args.field,
+            text_unit=args.text_unit,
+            seqio_module=args.seqio_module,
+            shard_chars=args.shard_chars,
+            max_doc_tokens=args.max_doc_tokens,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
     bad = {k: v for k, v in manifest["bad_records"].items() if v}
     print(
         f"prepared {manifest['documents']} documents, {manifest['tokens']} tokens in "
@@ -150,7 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "TASK[:SPLIT] (seqio), or a split name (embedded)",
     )
     prep.add_argument(
-        "--format", required=True, choices=["text", "jsonl", "parquet", "tfds", "seqio", "embedded"]
+        "--format",
+        required=True,
+        choices=["text", "jsonl", "parquet", "tfds", "seqio", "embedded", "sft"],
+        help="sft: chat dialogues (JSONL with messages or prompt/response, or `demo`) as "
+        "iLLaDA-style SFT streams",
     )
     prep.add_argument("--field", default="text", help="jsonl field / parquet column / feature")
     prep.add_argument(

@@ -203,6 +203,9 @@ class DataConfig:
     shuffle: bool = True
     read_threads: int = 4
     cache_dir: str = ""
+    # objective=sft_llada reads dialogues (datasets[0]: a JSONL file or `demo`) and formats them
+    # with this tokenizer (empty = the shipped default).
+    tokenizer: str = ""
 
     def __post_init__(self) -> None:
         if (
@@ -457,6 +460,12 @@ class Experiment:
                 "train.seq_len",
                 self.train.seq_len,
                 f"must be <= model.max_seq_len={self.model.max_seq_len}",
+            )
+        if self.diffusion.objective == "sft_llada" and len(self.data.datasets) != 1:
+            _fail(
+                "data.datasets",
+                self.data.datasets,
+                "objective=sft_llada takes exactly one SFT source (a JSONL file or 'demo')",
             )
         if self.diffusion.objective == "sft_llada" and self.diffusion.random_length_mode != "none":
             _fail(

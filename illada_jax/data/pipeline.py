@@ -72,6 +72,8 @@ def resolve_dataset(name: str, cache_dir=None) -> PreparedDataset:
 class Pipeline:
     """Global batches for a process; see the module docstring for the contract."""
 
+    output_keys = ("tokens", "segment_ids", "positions")
+
     def __init__(
         self,
         spec: PipelineSpec,
@@ -135,3 +137,74 @@ class Pipeline:
 
     def epochs(self, step: int) -> list[float]:
         return self.mixture.epochs(step)
+
+
+class LladaSftPipeline:
+    """`sft_llada` batches (SPEC §4.1): every (prompt, answer) pair of the SFT dialogues, pairs
+    longer than `seq_len` dropped (counted in `dropped`), EOS-padded to a static `seq_len`.
+
+    Same determinism contract as `Pipeline`: the pair of row r at step s is a pure function of
+    (seed, s, r) (grain's index shuffle, reshuffled per epoch); process p owns its rows.
+    Output per process: `tokens [B_p, seq_len] int32`, `prompt_lengths [B_p] int32`.
+    """
+
+    output_keys = ("tokens", "prompt_lengths")
+
+    def __init__(
+        self,
+        source: str,
+        seq_len: int,
+        global_batch: int,
+        seed: int,
+        tokenizer,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        from illada_jax.data.sft import (
+            ChatFormatter,
+            filter_long_pairs,
+            llada_pairs,
+            load_dialogues,
+        )
+
+        if global_batch % process_count:
+            raise DataError(
+                f"global batch {global_batch} does not divide over {process_count} processes"
+            )
+        self.tokenizer, self.seq_len = tokenizer, seq_len
+        formatter = ChatFormatter(tokenizer)
+        self.pairs, self.dropped = filter_long_pairs(
+            llada_pairs(load_dialogues(source), formatter), seq_len
+        )
+        if not self.pairs:
+            raise DataError(
+                f"{source}: no SFT pair fits train.seq_len={seq_len} "
+                f"({self.dropped} dropped); raise train.seq_len"
+            )
+        self.order = grain.MapDataset.range(len(self.pairs)).shuffle(seed=seed)
+        self.global_batch = global_batch
+        self.per_process_batch = global_batch // process_count
+        self.first_row = process_index * self.per_process_batch
+
+    def check_compatible(self, model_cfg) -> None:
+        try:
+            self.tokenizer.check_model_config(model_cfg)
+        except ValueError as err:
+            raise DataError(f"SFT tokenizer does not match the model: {err}") from err
+
+    def process_batch(self, step: int) -> dict[str, np.ndarray]:
+        from illada_jax.data.sft import llada_sft_batch
+
+        first = step * self.global_batch + self.first_row
+        rows = [self.pairs[self.order[first + j]] for j in range(self.per_process_batch)]
+        return llada_sft_batch(rows, self.tokenizer, self.seq_len, pad_multiple=self.seq_len)
+
+    def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        step = start_step
+        while True:
+            yield self.process_batch(step)
+            step += 1
+
+    def epochs(self, step: int) -> list[float]:
+        return [step * self.global_batch / len(self.pairs)]

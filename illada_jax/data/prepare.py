@@ -345,6 +345,54 @@ def prepare(
     return write_manifest(out_dir, shards, tokenizer_info, source, options, stats, fingerprint)
 
 
+def prepare_sft(
+    source: str,
+    output: str | pathlib.Path,
+    *,
+    tokenizer_path: str | None = None,
+    dialogues_per_shard: int = 1000,
+) -> dict:
+    """iLLaDA-style SFT shards (SPEC §4.2): one record per dialogue — the whole chat-formatted
+    dialogue ending with a single EOS — so windows over the stream are the SFT training windows.
+    `source`: a JSONL file of dialogues or `demo`."""
+    from illada_jax.data.sft import ChatFormatter, load_dialogues
+
+    tokenizer = _worker_tokenizer(tokenizer_path, {})
+    formatter = ChatFormatter(tokenizer)
+    records = [np.asarray(formatter.example(d), np.int32) for d in load_dialogues(source)]
+    directory = pathlib.Path(output)
+    directory.mkdir(parents=True, exist_ok=True)
+    fingerprint = hashlib.sha256(f"sft:{source}:{tokenizer.identity}".encode()).hexdigest()[:16]
+    shards = [
+        write_records(
+            directory,
+            index,
+            records[first : first + dialogues_per_shard],
+            tokenizer.mask_id,
+            fingerprint,
+        )
+        for index, first in enumerate(range(0, len(records), dialogues_per_shard))
+    ]
+    info = {
+        "identity": tokenizer.identity,
+        "kind": tokenizer.kind,
+        "file": tokenizer.path.name,
+        "sha256": _file_sha256(tokenizer.path),
+        "vocab_size": tokenizer.vocab_size,
+        "special_ids": tokenizer.special_ids(),
+    }
+    source_info = {"format": "sft", "inputs": [source], "template": "default"}
+    return write_manifest(
+        directory,
+        shards,
+        info,
+        source_info,
+        {"dialogues_per_shard": dialogues_per_shard},
+        {},
+        fingerprint,
+    )
+
+
 def _collect(pending: dict, results: dict, bar, how) -> None:
     done, _ = concurrent.futures.wait(list(pending), return_when=how)
     for future in done:

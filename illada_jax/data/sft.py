@@ -406,3 +406,13 @@ def demo_conversations() -> Iterator[dict[str, list[Message]]]:
 def write_demo_jsonl(path: str | pathlib.Path) -> int:
     """Write `demo_conversations()` as SFT JSONL; returns the number of dialogues."""
     return write_sft_jsonl(demo_conversations(), path)
+
+
+def load_dialogues(source: str) -> list[list[Message]]:
+    """Dialogues of an SFT source: `demo` (chatterbot-corpus) or a JSONL file path."""
+    if source == "demo":
+        return [d["messages"] for d in demo_conversations()]
+    path = pathlib.Path(source)
+    if not path.is_file():
+        raise SftFormatError(f"SFT data {source} does not exist (a JSONL file, or `demo`)")
+    return read_sft_jsonl(path)[0]

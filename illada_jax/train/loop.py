@@ -6,7 +6,7 @@
 2. streams this process's rows of every global batch from the data pipeline, starting at the
    saved data position, and assembles global `jax.Array`s;
 3. runs the jitted train step; watches loss health (NaN/Inf and spikes above the rolling
-   mean + k·σ): `skip` drops the update in-step, `rollback` restores the last good checkpoint,
+   mean + k·σ of the masked CE): `skip` drops the update in-step, `rollback` restores the last good checkpoint,
    skips the offending batches and scales the learning rate down;
 4. logs every `log_every` steps (process 0: `metrics.jsonl`, TensorBoard, console), evaluates the
    held-out ELBO bound every `eval_every` steps, checkpoints every `checkpoint.every` steps and at
@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding
 from illada_jax.ckpt.manager import RunCheckpoints, restore_params
 from illada_jax.config import flags
 from illada_jax.config.schema import Experiment
-from illada_jax.data.pipeline import Pipeline, PipelineSpec
+from illada_jax.data.pipeline import LladaSftPipeline, Pipeline, PipelineSpec
 from illada_jax.obs import flops
 from illada_jax.obs.progress import TrainProgress
 from illada_jax.obs.writers import MetricWriter
@@ -40,34 +40,47 @@ from illada_jax.parallel import mesh as mesh_lib
 from illada_jax.parallel.rules import batch_spec
 from illada_jax.train import state as state_lib
 from illada_jax.train.optim import learning_rate_schedule, make_optimizer
-from illada_jax.train.step import make_eval_step, make_train_step
+from illada_jax.train.step import batch_shardings, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 12345  # fixed: held-out numbers are comparable across runs and checkpoints
 
 
-def make_pipeline(
-    experiment: Experiment, *, dataset: str | None = None, seed: int | None = None
-) -> Pipeline:
-    """This process's pipeline for `experiment.data` (or one `dataset`), checked against the
-    model's vocabulary and special ids."""
+def make_pipeline(experiment: Experiment, *, dataset: str | None = None, seed: int | None = None):
+    """This process's data for `experiment` (or one `dataset`, e.g. for evaluation), checked
+    against the model's vocabulary and special ids: a `Pipeline` over prepared shards, or for
+    objective=sft_llada a `LladaSftPipeline` over dialogues."""
     data, tcfg = experiment.data, experiment.train
-    spec = PipelineSpec(
-        datasets=(dataset,) if dataset else data.datasets,
-        weights=() if dataset else data.weights,
-        seq_len=tcfg.seq_len,
-        global_batch=tcfg.batch_size,
-        seed=tcfg.seed if seed is None else seed,
-        document_aware=data.document_aware,
-        shuffle=data.shuffle,
-        read_threads=data.read_threads,
-    )
-    pipeline = Pipeline(
-        spec,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        cache_dir=data.cache_dir or None,
-    )
+    if experiment.diffusion.objective == "sft_llada" and dataset is None:
+        from illada_jax.data.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(data.tokenizer) if data.tokenizer else Tokenizer.default()
+        pipeline = LladaSftPipeline(
+            data.datasets[0],
+            tcfg.seq_len,
+            tcfg.batch_size,
+            tcfg.seed,
+            tokenizer,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    else:
+        spec = PipelineSpec(
+            datasets=(dataset,) if dataset else data.datasets,
+            weights=() if dataset else data.weights,
+            seq_len=tcfg.seq_len,
+            global_batch=tcfg.batch_size,
+            seed=tcfg.seed if seed is None else seed,
+            document_aware=data.document_aware,
+            shuffle=data.shuffle,
+            read_threads=data.read_threads,
+        )
+        pipeline = Pipeline(
+            spec,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            cache_dir=data.cache_dir or None,
+        )
     pipeline.check_compatible(experiment.model)
     return pipeline
 
@@ -95,7 +108,8 @@ class _Preemption:
 
 
 class _LossHealth:
-    """Rolling statistics of healthy losses -> the ceiling above which a loss is a spike."""
+    """Rolling statistics of healthy steps' masked CE -> the ceiling above which a step is a
+    spike (the 1/t-weighted loss itself is heavy-tailed by design)."""
 
     def __init__(self, window: int, sigma: float, history=()):
         self.sigma = sigma
@@ -111,10 +125,13 @@ class _LossHealth:
         self.losses.append(loss)
 
 
-def _global_batch(local: dict, sharding, global_batch: int) -> dict:
+def _global_batch(local: dict, shardings, global_batch: int) -> dict:
+    """Per-process numpy rows -> global jax.Arrays (`shardings`: one, or one per key)."""
     return {
         key: jax.make_array_from_process_local_data(
-            sharding, value, (global_batch, *value.shape[1:])
+            shardings[key] if isinstance(shardings, dict) else shardings,
+            value,
+            (global_batch, *value.shape[1:]),
         )
         for key, value in local.items()
     }
@@ -129,12 +146,6 @@ def train(
     last record.
     """
     tcfg, ccfg = experiment.train, experiment.checkpoint
-    if experiment.diffusion.objective == "sft_llada":
-        raise ValueError(
-            "objective=sft_llada needs prompt/answer batches (illada_jax.data.sft.llada_sft_batch)"
-            " which the runner does not stream yet; use objective=sft_illada on prepared "
-            "instruction streams"
-        )
     is_main = jax.process_index() == 0
     out_dir = pathlib.Path(workdir or f"runs/{experiment.model.name}")
     if is_main:
@@ -169,6 +180,9 @@ def train(
         start_step, next_data_step, lr_scale = 0, 0, 1.0
         health = _LossHealth(tcfg.spike_window, tcfg.spike_sigma)
 
+    pipeline = make_pipeline(experiment)
+    batches = pipeline.iterator(next_data_step)
+    shardings_of_batch = batch_shardings(mesh, rules, tcfg.batch_size, pipeline.output_keys)
     with jax.set_mesh(mesh):
         train_step = make_train_step(
             graphdef,
@@ -180,6 +194,7 @@ def train(
             mesh=mesh,
             rules=rules,
             global_batch=tcfg.batch_size,
+            batch_keys=pipeline.output_keys,
         )
         eval_step = make_eval_step(
             graphdef,
@@ -188,8 +203,6 @@ def train(
             rules=rules,
             global_batch=tcfg.batch_size,
         )
-    pipeline = make_pipeline(experiment)
-    batches = pipeline.iterator(next_data_step)
     base_key = jax.random.key(tcfg.seed)
     tokens_per_step = tcfg.batch_size * tcfg.seq_len
     flops_per_token = flops.train_flops_per_token(experiment.model, tcfg.seq_len)
@@ -228,7 +241,7 @@ def train(
                         health.ceiling() if tcfg.health_policy != "none" else np.inf
                     ),
                 }
-                batch = _global_batch(local, rows, tcfg.batch_size)
+                batch = _global_batch(local, shardings_of_batch, tcfg.batch_size)
                 key = jax.random.fold_in(base_key, step)
                 state, metrics = train_step(state, batch, key, controls)
                 metrics = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
@@ -239,7 +252,7 @@ def train(
                 next_data_step += 1
                 window_steps += 1
                 if metrics["applied"]:
-                    health.record(metrics["loss"])
+                    health.record(metrics["masked_ce"])
                 elif tcfg.health_policy != "none":
                     event = {
                         "step": step,

@@ -4,7 +4,9 @@
 - gradients of the diffusion objective, summed over `grad_accum` micro-batches (rows
   `j, j + accum, …` of the global batch, so each device keeps its own rows);
 - the update is applied only when the step is healthy: loss and gradient norm finite and the
-  loss below `controls["loss_ceiling"]` (the runner's rolling mean + k·σ; +inf disables it).
+  masked cross-entropy below `controls["loss_ceiling"]` (the runner's rolling mean + k·σ; +inf
+  disables it). The spike test uses the unweighted masked CE because the 1/t-weighted loss has a
+  heavy tail by design (a batch with small t is legitimately large);
   Otherwise parameters and optimiser state are left unchanged — the `skip` policy;
 - updates are multiplied by `controls["lr_scale"]` (rollback lowers the learning rate);
 - `inject_nan_step` (testing hook) makes the loss NaN at that step.
@@ -34,6 +36,15 @@ def _micro_batches(batch: dict, accum: int) -> dict:
     return jax.tree.map(split, batch)
 
 
+def batch_shardings(mesh, rules: str, global_batch: int, keys) -> dict:
+    """Row shardings of a batch dict: [batch, length] arrays, and [batch] `prompt_lengths`."""
+    rows = batch_spec(rules, mesh, global_batch)
+    return {
+        key: NamedSharding(mesh, PartitionSpec(rows[0]) if key == "prompt_lengths" else rows)
+        for key in keys
+    }
+
+
 def make_train_step(
     graphdef,
     diffusion: DiffusionConfig,
@@ -45,8 +56,10 @@ def make_train_step(
     mesh=None,
     rules="fsdp",
     global_batch: int | None = None,
+    batch_keys=None,
 ):
-    """Jitted train step. With `mesh`, inputs/outputs carry explicit shardings."""
+    """Jitted train step. With `mesh`, inputs/outputs carry explicit shardings; `batch_keys`
+    names the batch's arrays when they are not all [batch, length] (e.g. `prompt_lengths`)."""
 
     def loss_and_grads(params, batch, key, step):
         def objective(p):
@@ -92,7 +105,11 @@ def make_train_step(
         updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
         updates = jax.tree.map(lambda u: u * controls["lr_scale"], updates)
         new_params = optax.apply_updates(params, updates)
-        healthy = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (loss <= controls["loss_ceiling"])
+        healthy = (
+            jnp.isfinite(loss)
+            & jnp.isfinite(grad_norm)
+            & (metrics["masked_ce"] <= controls["loss_ceiling"])
+        )
         keep = lambda new, old: jnp.where(healthy, new, old)  # noqa: E731
         new_state = {
             "step": step + 1,
@@ -105,7 +122,12 @@ def make_train_step(
     if mesh is None:
         return jax.jit(train_step, donate_argnums=(0,))
     replicated = NamedSharding(mesh, PartitionSpec())
-    rows = NamedSharding(mesh, batch_spec(rules, mesh, global_batch))
+    # batch_keys=None: every batch leaf is [batch, length] and shares one sharding.
+    rows = (
+        NamedSharding(mesh, batch_spec(rules, mesh, global_batch))
+        if batch_keys is None
+        else batch_shardings(mesh, rules, global_batch, batch_keys)
+    )
     return jax.jit(
         train_step,
         in_shardings=(state_shardings, rows, replicated, replicated),
