@@ -105,6 +105,11 @@ class RunCheckpoints:
 def restore_params(path: str | pathlib.Path, abstract_params):
     """Parameters only, from a checkpoint step directory or a run directory (its latest step)."""
     path = pathlib.Path(path).absolute()
+    if not path.is_dir():
+        raise CheckpointError(
+            f"checkpoint.init_from={path} does not exist; give a run directory "
+            "or one of its checkpoints/<step> directories"
+        )
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
     if (path / "state").is_dir():
