@@ -78,7 +78,11 @@ def main() -> None:
         )
     tokens = np.random.default_rng(0).integers(5, cfg.vocab_size, (args.batch, args.seq), np.int32)
     batch = {"tokens": jax.make_array_from_process_local_data(rows, tokens)}
-    controls = {"lr_scale": jnp.float32(1.0), "loss_ceiling": jnp.float32(np.inf)}
+    controls = {
+        "lr_scale": jnp.float32(1.0),
+        "loss_ceiling": jnp.float32(np.inf),
+        "data_step": jnp.int32(0),
+    }
 
     times = []
     with jax.set_mesh(mesh):

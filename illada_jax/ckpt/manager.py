@@ -38,13 +38,20 @@ class RunCheckpoints:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "meta")
         )
+        self.damaged: set[int] = set()  # steps that failed to restore
 
     def steps(self) -> list[int]:
-        return sorted(self.manager.all_steps(read=True))
+        self.manager.reload()  # see steps committed by other processes or earlier runs
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, state, data: dict, meta: dict, *, force: bool = False) -> bool:
-        if step in self.manager.all_steps():
-            return False  # never overwrite a committed checkpoint
+        if step in self.damaged:
+            # A damaged checkpoint is worse than any: replace it with the retrained step.
+            log.warning("replacing damaged checkpoint %d", step)
+            self.manager.delete(step)
+            self.damaged.discard(step)
+        elif step in self.manager.all_steps():
+            return False  # never overwrite a good committed checkpoint
         return self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -80,6 +87,7 @@ class RunCheckpoints:
                     str(err)[:200],
                 )
                 damaged.append(step)
+                self.damaged.add(step)
                 continue
             if damaged:
                 log.warning("restored checkpoint %d instead of damaged %s", step, damaged)

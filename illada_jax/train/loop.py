@@ -44,6 +44,7 @@ from illada_jax.train.step import batch_shardings, make_eval_step, make_train_st
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 12345  # fixed: held-out numbers are comparable across runs and checkpoints
+MAX_ROLLBACKS = 10  # per call of train(): beyond this the run is diverging, not unlucky
 
 
 def make_pipeline(experiment: Experiment, *, dataset: str | None = None, seed: int | None = None):
@@ -227,6 +228,7 @@ def train(
         )
 
     history: list[dict] = []
+    rollbacks = 0
     window_start, window_steps = time.perf_counter(), 0
     step = start_step
     try:
@@ -240,6 +242,7 @@ def train(
                     "loss_ceiling": jnp.float32(
                         health.ceiling() if tcfg.health_policy != "none" else np.inf
                     ),
+                    "data_step": jnp.int32(next_data_step),
                 }
                 batch = _global_batch(local, shardings_of_batch, tcfg.batch_size)
                 key = jax.random.fold_in(base_key, step)
@@ -262,6 +265,14 @@ def train(
                         "policy": tcfg.health_policy,
                     }
                     if tcfg.health_policy == "rollback":
+                        rollbacks += 1
+                        if rollbacks > MAX_ROLLBACKS:
+                            raise FloatingPointError(
+                                f"training diverged {rollbacks} times (last at step {step}); "
+                                "stopping instead of rolling back again: lower "
+                                "optim.learning_rate or inspect the data around this step"
+                            )
+                        checkpoints.wait()  # a save still in flight may be the last good one
                         back = checkpoints.restore_latest(abstract, before=step)
                         if back is not None:
                             good_step, state, _, _ = back
@@ -276,7 +287,7 @@ def train(
                             step = good_step
                             batches = pipeline.iterator(next_data_step)
                     progress.write(f"loss health: {event}")
-                    writer.write_metrics(step, event)
+                    writer.write_metrics(event["step"], event)  # the step where it happened
                     history.append(event)
                 progress.advance(step)
                 if step % tcfg.log_every == 0 or step == tcfg.steps:

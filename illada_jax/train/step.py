@@ -9,7 +9,9 @@
   heavy tail by design (a batch with small t is legitimately large);
   Otherwise parameters and optimiser state are left unchanged — the `skip` policy;
 - updates are multiplied by `controls["lr_scale"]` (rollback lowers the learning rate);
-- `inject_nan_step` (testing hook) makes the loss NaN at that step.
+- `inject_nan_step` (testing hook) makes the loss NaN when the data position
+  (`controls["data_step"]`, the 0-based index of the batch) equals it — tied to the batch, as a
+  real bad batch is, so a rollback that skips the batch does not meet it again.
 
 `eval_step(params, batch, key) -> (bound_sum, n_tokens)`: the held-out ELBO bound.
 """
@@ -61,18 +63,18 @@ def make_train_step(
     """Jitted train step. With `mesh`, inputs/outputs carry explicit shardings; `batch_keys`
     names the batch's arrays when they are not all [batch, length] (e.g. `prompt_lengths`)."""
 
-    def loss_and_grads(params, batch, key, step):
+    def loss_and_grads(params, batch, key, data_step):
         def objective(p):
             loss, metrics = diffusion_loss(nnx.merge(graphdef, p), batch, key, diffusion)
-            poison = jnp.where(step == inject_nan_step, jnp.nan, 1.0)
-            return loss * poison, metrics
+            poison = jnp.where(data_step == inject_nan_step, jnp.nan, 1.0)
+            return loss * poison, {**metrics, "loss": metrics["loss"] * poison}
 
         return jax.value_and_grad(objective, has_aux=True)(params)
 
     def train_step(state, batch, key, controls):
-        params, step = state["params"], state["step"]
+        params, step, data_step = state["params"], state["step"], controls["data_step"]
         if grad_accum == 1:
-            (loss, metrics), grads = loss_and_grads(params, batch, key, step)
+            (loss, metrics), grads = loss_and_grads(params, batch, key, data_step)
         else:
             micro = _micro_batches(batch, grad_accum)
 
@@ -80,7 +82,7 @@ def make_train_step(
                 grads_sum, loss_sum, metrics_sum = carry
                 index, micro_batch = xs
                 (loss, m), g = loss_and_grads(
-                    params, micro_batch, jax.random.fold_in(key, index), step
+                    params, micro_batch, jax.random.fold_in(key, index), data_step
                 )
                 add = lambda a, b: a + b  # noqa: E731
                 return (
@@ -91,7 +93,7 @@ def make_train_step(
 
             zeros = jax.tree.map(jnp.zeros_like, params)
             metric_shapes = jax.eval_shape(
-                lambda: loss_and_grads(params, jax.tree.map(lambda x: x[0], micro), key, step)
+                lambda: loss_and_grads(params, jax.tree.map(lambda x: x[0], micro), key, data_step)
             )[0][1]
             metric_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
             (grads, loss, metrics), _ = jax.lax.scan(

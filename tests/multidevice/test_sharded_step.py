@@ -1,0 +1,257 @@
+"""One train step on an 8-device CPU mesh equals the single-device step (rule tables `fsdp` and
+`fsdp_tp`, gradient accumulation), and parameters are really sharded as the rule tables say.
+
+JAX fixes its device count when it starts, so the 8-device work runs in one subprocess with
+`--xla_force_host_platform_device_count=8`; it prints JSON that the tests assert on. Mesh
+configuration errors need no devices and are checked in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh
+
+from illada_jax.config.schema import ConfigError, MeshConfig
+from illada_jax.parallel import mesh as mesh_lib
+
+SCRIPT = textwrap.dedent(
+    """
+    import json
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+
+    from illada_jax.config.schema import DiffusionConfig, MeshConfig, ModelConfig, OptimConfig
+    from illada_jax.parallel import mesh as mesh_lib
+    from illada_jax.parallel.rules import batch_spec
+    from illada_jax.train import state as state_lib
+    from illada_jax.train.optim import make_optimizer
+    from illada_jax.train.step import make_train_step
+
+    assert jax.device_count() == 8, jax.devices()
+    MODEL = ModelConfig(
+        vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+        mlp_dim=64, max_seq_len=32,
+    )
+    SEQ = 32
+    # No warmup: the first update is a real one. A larger Adam eps keeps the first update
+    # proportional to tiny gradients instead of amplifying their rounding to +-lr.
+    OPTIMIZER = make_optimizer(
+        OptimConfig(learning_rate=1e-3, warmup_steps=0, eps=1e-4), total_steps=10
+    )
+    GRAPHDEF = state_lib.model_graphdef_and_specs(MODEL)[0]
+    CONTROLS = {
+        "lr_scale": jnp.float32(1),
+        "loss_ceiling": jnp.float32(np.inf),
+        "data_step": jnp.int32(0),
+    }
+    KEY = jax.random.key(7)
+
+
+    def tokens(batch_size):
+        # ids 8..63: never the mask, pad, bos, eos or eot id.
+        rng = np.random.default_rng(0)
+        return rng.integers(8, MODEL.vocab_size, (batch_size, SEQ)).astype(np.int32)
+
+
+    def layout(array):
+        spec = tuple(array.sharding.spec) if isinstance(array.sharding, NamedSharding) else None
+        return {"spec": spec, "shard": list(array.addressable_shards[0].data.shape)}
+
+
+    def flat(tree):
+        return {
+            jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf)).tolist()
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        }
+
+
+    def run(mesh_cfg, rules, devices, diffusion, batch_size, grad_accum=1):
+        mesh = mesh_lib.make_mesh(mesh_cfg, devices=devices)
+        mesh_lib.check_batch(mesh, batch_size, grad_accum)
+        shardings = state_lib.state_shardings(MODEL, OPTIMIZER, mesh, rules, 0)
+        state = state_lib.create_state(MODEL, OPTIMIZER, mesh, rules, 0)
+        params = state["params"]
+        out = {
+            "mesh": dict(mesh.shape),
+            "init": flat(params),  # fetched now: the step donates the state
+            "layout": {
+                "embed": layout(params["embed"]),
+                "q_proj": layout(params["blocks"]["attn"]["q_proj"]),
+                "k_proj": layout(params["blocks"]["attn"]["k_proj"]),
+                "mlp_down": layout(params["blocks"]["mlp"]["down"]),
+                # Optimiser moments follow their parameter.
+                "embed_moments": [
+                    layout(leaf) for leaf in jax.tree.leaves(state["opt_state"])
+                    if leaf.shape == params["embed"].shape
+                ],
+            },
+        }
+        rows = NamedSharding(mesh, batch_spec(rules, mesh, batch_size))
+        with jax.set_mesh(mesh):
+            step = make_train_step(
+                GRAPHDEF, diffusion, OPTIMIZER, grad_accum=grad_accum,
+                state_shardings=shardings, mesh=mesh, rules=rules, global_batch=batch_size,
+            )
+            batch = {
+                "tokens": jax.make_array_from_process_local_data(
+                    rows, tokens(batch_size), (batch_size, SEQ)
+                )
+            }
+            out["layout"]["batch"] = layout(batch["tokens"])
+            new_state, metrics = step(state, batch, KEY, CONTROLS)
+        out["layout"]["embed_after"] = layout(new_state["params"]["embed"])
+        out["metrics"] = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        out["step"] = int(new_state["step"])
+        out["params"] = flat(new_state["params"])
+        return out
+
+
+    one = jax.devices()[:1]
+    split = DiffusionConfig()  # the default: iLLaDA two-segment split, random per row
+    # Each micro-batch draws its own times and masks (key folded with the micro-batch index), so
+    # accumulation only matches the full batch when the objective does not depend on the key:
+    # mask_eps ~ 1 masks every token, and no random lengths.
+    full_mask = DiffusionConfig(random_length_mode="none", mask_eps=0.999999)
+    results = {
+        "single": run(MeshConfig(fsdp=1), "fsdp", one, split, 8),
+        "fsdp": run(MeshConfig(fsdp=8), "fsdp", None, split, 8),
+        "fsdp_tp": run(MeshConfig(fsdp=4, tensor=2), "fsdp_tp", None, split, 8),
+        "accum1": run(MeshConfig(fsdp=1), "fsdp", one, full_mask, 16, 1),
+        "accum2": run(MeshConfig(fsdp=8), "fsdp", None, full_mask, 16, 2),
+    }
+    print("RESULT " + json.dumps(results))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def results():
+    env = {
+        **os.environ,
+        # 8 virtual CPU devices; -O0 codegen: the same programs, compiled twice as fast.
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+        "JAX_PLATFORMS": "cpu",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def _assert_same_update(reference: dict, other: dict) -> None:
+    ref_m, m = reference["metrics"], other["metrics"]
+    assert m["applied"] == ref_m["applied"] == 1
+    assert m["loss"] == pytest.approx(ref_m["loss"], rel=1e-5)
+    assert m["grad_norm"] == pytest.approx(ref_m["grad_norm"], rel=1e-5)
+    assert m["num_masked"] == ref_m["num_masked"]
+    assert other["step"] == reference["step"] == 1
+    assert reference["params"].keys() == other["params"].keys()
+    for name in reference["params"]:
+        np.testing.assert_allclose(
+            np.asarray(other["params"][name]),
+            np.asarray(reference["params"][name]),
+            rtol=1e-4,
+            atol=1e-6,
+            err_msg=name,
+        )
+
+
+def test_reference_step_really_updates(results):
+    # Otherwise the equalities below would hold for a step that does nothing.
+    single = results["single"]
+    assert single["mesh"] == {"dcn_data": 1, "data": 1, "fsdp": 1, "tensor": 1}
+    assert np.isfinite(single["metrics"]["loss"]) and single["metrics"]["grad_norm"] > 0
+    for name in single["params"]:
+        moved = np.abs(np.asarray(single["params"][name]) - np.asarray(single["init"][name]))
+        assert moved.max() > 1e-4, name
+
+
+@pytest.mark.parametrize("run", ["fsdp", "fsdp_tp"])
+def test_sharded_step_equals_single_device_step(results, run):
+    # Same initial parameters whatever the mesh ...
+    for name, value in results["single"]["init"].items():
+        np.testing.assert_allclose(results[run]["init"][name], value, rtol=0, atol=0)
+    # ... and the same update.
+    _assert_same_update(results["single"], results[run])
+
+
+def test_fsdp_shards_parameters_over_eight_devices(results):
+    run = results["fsdp"]
+    assert run["mesh"] == {"dcn_data": 1, "data": 1, "fsdp": 8, "tensor": 1}
+    lay = run["layout"]
+    # embed [vocab=64, embed=32]: the embed axis over fsdp, each device holds 1/8.
+    assert lay["embed"] == {"spec": [None, "fsdp"], "shard": [64, 4]}
+    assert lay["q_proj"] == {"spec": [None, "fsdp", None, None], "shard": [2, 4, 4, 8]}
+    assert lay["mlp_down"] == {"spec": [None, None, "fsdp"], "shard": [2, 64, 4]}
+    assert lay["embed_moments"] and all(m == lay["embed"] for m in lay["embed_moments"])
+    # The state keeps its shardings through the step; rows of the batch over every data axis.
+    assert lay["embed_after"] == lay["embed"]
+    assert lay["batch"] == {"spec": [["dcn_data", "data", "fsdp"], None], "shard": [1, 32]}
+
+
+def test_fsdp_tp_shards_heads_mlp_and_vocab_over_tensor(results):
+    run = results["fsdp_tp"]
+    assert run["mesh"] == {"dcn_data": 1, "data": 1, "fsdp": 4, "tensor": 2}
+    lay = run["layout"]
+    # q_proj [layers, embed, heads, head_dim]
+    assert lay["q_proj"] == {"spec": [None, "fsdp", "tensor", None], "shard": [2, 8, 2, 8]}
+    # k_proj: 2 kv heads divide over tensor=2.
+    assert lay["k_proj"] == {"spec": [None, "fsdp", "tensor", None], "shard": [2, 8, 1, 8]}
+    assert lay["embed"] == {"spec": ["tensor", "fsdp"], "shard": [32, 8]}
+    assert lay["mlp_down"] == {"spec": [None, "tensor", "fsdp"], "shard": [2, 32, 8]}
+    assert lay["embed_moments"] and all(m == lay["embed"] for m in lay["embed_moments"])
+    assert lay["embed_after"] == lay["embed"]
+    # tensor is not a data axis: 8 rows over 4 data shards.
+    assert lay["batch"]["shard"] == [2, 32]
+
+
+def test_grad_accum_two_on_eight_devices_equals_one_big_batch(results):
+    reference, accum = results["accum1"], results["accum2"]
+    assert accum["mesh"]["fsdp"] == 8
+    # The premise: every token masked in both, so the objective does not depend on the keys.
+    assert reference["metrics"]["num_masked"] == accum["metrics"]["num_masked"] == 16 * 32
+    _assert_same_update(reference, accum)
+
+
+def test_mesh_that_does_not_fit_the_devices_names_the_device_count():
+    with pytest.raises(ConfigError, match="8 devices"):
+        mesh_lib.resolve_shape(MeshConfig(data=3), 8)
+    with pytest.raises(ConfigError, match="8 are available"):
+        mesh_lib.resolve_shape(MeshConfig(data=3, fsdp=1), 8)
+    assert mesh_lib.resolve_shape(MeshConfig(data=2, tensor=2), 8) == {
+        "dcn_data": 1,
+        "data": 2,
+        "fsdp": 2,
+        "tensor": 2,
+    }
+
+
+def test_batch_that_does_not_divide_over_the_data_axes_names_the_field():
+    mesh = AbstractMesh((1, 8, 1, 1), mesh_lib.AXES)
+    with pytest.raises(ConfigError, match=r"train\.batch_size=6") as err:
+        mesh_lib.check_batch(mesh, 6)
+    assert "8" in str(err.value)
+    with pytest.raises(ConfigError, match=r"train\.grad_accum=2"):
+        mesh_lib.check_batch(mesh, 8, 2)
+    mesh_lib.check_batch(mesh, 16, 2)  # fits: no error
+    # tensor is not a data axis.
+    mesh_lib.check_batch(AbstractMesh((1, 4, 1, 2), mesh_lib.AXES), 4)
+
+
+def test_two_free_mesh_axes_are_invalid():
+    with pytest.raises(ConfigError, match="at most one mesh axis may be -1"):
+        MeshConfig(fsdp=-1, data=-1)
+    with pytest.raises(ConfigError, match="tensor"):
+        MeshConfig(tensor=0)
