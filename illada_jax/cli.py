@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from illada_jax.ckpt.manager import CheckpointError
 from illada_jax.config.schema import ConfigError
 from illada_jax.data import tokenizer_train
 from illada_jax.data.packing import DataError
@@ -21,6 +22,7 @@ USER_ERRORS = (
     TokenizerError,
     SftFormatError,
     FileNotFoundError,
+    CheckpointError,
 )
 
 CONFIG_HELP = (
