@@ -322,3 +322,40 @@ def test_importance_weight_is_unbiased(method):
     # And the masked fraction tracks E[p] = (1 - eps)/2 + eps.
     frac = np.asarray(is_masked).mean()
     assert abs(frac - ((1 - EPS) / 2 + EPS)) < 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# l-form masking for the held-out ELBO bound (SPEC §1.2, eq. 14)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mask_exact_count_masks_exactly_l_real_tokens_with_uniform_l():
+    batch, length, n_keys = 4, 10, 3000
+    tokens = jnp.arange(batch * length, dtype=jnp.int32).reshape(batch, length) + 10
+    valid = np.arange(length)[None, :] < np.array([10, 7, 3, 1])[:, None]
+    counts = np.zeros((batch, length + 1), np.int64)
+    weighted_ce = np.zeros(batch)
+    ce = np.random.default_rng(0).uniform(0.5, 3.0, (batch, length))  # a fixed per-token CE
+    for k in range(n_keys):
+        noisy, masked, weight = masking.mask_exact_count(
+            jax.random.key(k), tokens, 4, jnp.asarray(valid)
+        )
+        noisy, masked, weight = np.asarray(noisy), np.asarray(masked), np.asarray(weight)
+        assert not np.any(masked & ~valid)  # padding never masked
+        np.testing.assert_array_equal(noisy[masked], 4)
+        np.testing.assert_array_equal(noisy[~masked], np.asarray(tokens)[~masked])
+        n_masked = masked.sum(axis=1)
+        n = valid.sum(axis=1)
+        assert np.all((n_masked >= 1) & (n_masked <= n))
+        np.testing.assert_allclose(weight, n / n_masked, rtol=1e-6)
+        counts[np.arange(batch), n_masked] += 1
+        weighted_ce += (masked * ce).sum(axis=1) * weight
+    n = valid.sum(axis=1)
+    for row in range(batch):
+        # l ~ U{1..n}: each count within 5 sigma of n_keys / n.
+        q = 1.0 / n[row]
+        observed = counts[row, 1 : n[row] + 1]
+        assert np.all(np.abs(observed - n_keys * q) < 5 * np.sqrt(n_keys * q * (1 - q)) + 1)
+    # Unbiased: E[(n/l) * sum of masked CE] = sum of CE over the real tokens.
+    want = (ce * valid).sum(axis=1)
+    np.testing.assert_allclose(weighted_ce / n_keys, want, rtol=0.06)
