@@ -49,6 +49,7 @@ def tiny() -> fdl.Config:
     cfg.train.log_every = 50
     cfg.optim.learning_rate = 3e-3
     cfg.optim.warmup_steps = 30
+    cfg.train.eval_every = 100
     return cfg
 
 

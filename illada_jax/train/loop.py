@@ -230,6 +230,8 @@ def train(
     history: list[dict] = []
     rollbacks = 0
     window_start, window_steps = time.perf_counter(), 0
+    window_sums: collections.Counter = collections.Counter()  # healthy steps' metrics
+    window_healthy = 0
     step = start_step
     try:
         with _Preemption() as preemption, jax.set_mesh(mesh):
@@ -254,6 +256,9 @@ def train(
                 step += 1
                 next_data_step += 1
                 window_steps += 1
+                if metrics["applied"]:
+                    window_sums.update(metrics)
+                    window_healthy += 1
                 if metrics["applied"]:
                     health.record(metrics["masked_ce"])
                 elif tcfg.health_policy != "none":
@@ -295,7 +300,14 @@ def train(
                     tokens_per_s = window_steps * tokens_per_step / elapsed
                     record = {
                         "step": step,
-                        **metrics,
+                        # Means over the healthy steps since the last log line (the 1/t-weighted
+                        # loss of a single batch is very noisy), else this step's values.
+                        **(
+                            metrics
+                            if not window_healthy
+                            else {k: v / window_healthy for k, v in window_sums.items()}
+                        ),
+                        "applied": metrics["applied"],
                         "lr": float(schedule(step - 1)) * lr_scale,
                         "tokens_per_s": tokens_per_s,
                         "mfu": flops.mfu(tokens_per_s, flops_per_token, peak),
@@ -305,6 +317,8 @@ def train(
                     progress.log(record)
                     history.append(record)
                     window_start, window_steps = time.perf_counter(), 0
+                    window_sums.clear()
+                    window_healthy = 0
                 if tcfg.eval_every and step % tcfg.eval_every == 0:
                     record = evaluate(experiment, eval_step, state["params"], rows)
                     writer.write_metrics(step, record)
