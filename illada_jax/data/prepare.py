@@ -245,6 +245,18 @@ def _finished_shard(directory: pathlib.Path, index: int, fingerprint: str) -> di
     return stats
 
 
+def _tokenizer_info(tokenizer) -> dict:
+    """The manifest's record of the tokenizer that made the shards."""
+    return {
+        "identity": tokenizer.identity,
+        "kind": tokenizer.kind,
+        "file": tokenizer.path.name,
+        "sha256": _file_sha256(tokenizer.path),
+        "vocab_size": tokenizer.vocab_size,
+        "special_ids": tokenizer.special_ids(),
+    }
+
+
 def _file_sha256(path: pathlib.Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -334,15 +346,9 @@ def prepare(
 
     shards = [shard_results[i] for i in sorted(shard_results)]
     stats["overlong_split"] += sum(s["overlong_split"] for s in shards)
-    tokenizer_info = {
-        "identity": tokenizer.identity,
-        "kind": tokenizer.kind,
-        "file": tokenizer.path.name,
-        "sha256": _file_sha256(tokenizer.path),
-        "vocab_size": tokenizer.vocab_size,
-        "special_ids": tokenizer.special_ids(),
-    }
-    return write_manifest(out_dir, shards, tokenizer_info, source, options, stats, fingerprint)
+    return write_manifest(
+        out_dir, shards, _tokenizer_info(tokenizer), source, options, stats, fingerprint
+    )
 
 
 def prepare_sft(
@@ -373,14 +379,7 @@ def prepare_sft(
         )
         for index, first in enumerate(range(0, len(records), dialogues_per_shard))
     ]
-    info = {
-        "identity": tokenizer.identity,
-        "kind": tokenizer.kind,
-        "file": tokenizer.path.name,
-        "sha256": _file_sha256(tokenizer.path),
-        "vocab_size": tokenizer.vocab_size,
-        "special_ids": tokenizer.special_ids(),
-    }
+    info = _tokenizer_info(tokenizer)
     source_info = {"format": "sft", "inputs": [source], "template": "default"}
     return write_manifest(
         directory,
