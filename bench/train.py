@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--rules", default="auto")
     parser.add_argument("--remat", default="none")
     parser.add_argument("--compute-dtype", default="float32")
+    parser.add_argument("--loss-chunk", type=int, default=None, help="CE chunk (default: config)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -62,6 +63,8 @@ def main() -> None:
     check_batch(mesh, args.batch)
     optimizer = make_optimizer(OptimConfig(warmup_steps=0))
     diffusion = DiffusionConfig(random_length_mode="illada_split")
+    if args.loss_chunk:
+        diffusion = dataclasses.replace(diffusion, loss_chunk_size=args.loss_chunk)
     shardings = state_lib.state_shardings(cfg, optimizer, mesh, args.rules)
     state = state_lib.create_state(cfg, optimizer, mesh, args.rules, seed=0)
     graphdef = state_lib.model_graphdef_and_specs(cfg)[0]
