@@ -61,7 +61,13 @@ def make_mesh(cfg: MeshConfig, devices=None) -> jax.sharding.Mesh:
     sizes = resolve_shape(cfg, len(devices))
     ici = (1, sizes["data"], sizes["fsdp"], sizes["tensor"])
     dcn = (sizes["dcn_data"], 1, 1, 1)
-    if sizes["dcn_data"] > 1 and hasattr(devices[0], "slice_index"):
+    slices = {getattr(d, "slice_index", 0) for d in devices}
+    if sizes["dcn_data"] > 1 and len(slices) > 1:  # a real multi-slice job: DCN outermost
+        if len(slices) != sizes["dcn_data"]:
+            raise ConfigError(
+                f"mesh.dcn_data={sizes['dcn_data']} but the job spans {len(slices)} slices; "
+                f"set mesh.dcn_data={len(slices)}"
+            )
         array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
     else:
         shape = tuple(sizes[a] for a in AXES)
