@@ -1,7 +1,7 @@
 """Train-step throughput and MFU of the `small` preset (sequence 512, global batch 16).
 
     python bench/train.py [--devices 0] [--steps 8] [--preset small] [--batch 16] [--seq 512]
-                          [--rules auto] [--remat none] [--compute-dtype float32] [--json out.json]
+                          [--rules auto] [--remat POLICY] [--compute-dtype float32] [--json out.json]
 
 The real sharded train step (state, optimizer, diffusion objective, chunked CE) on a mesh over
 `--devices` virtual CPU devices (0 = one per core: XLA:CPU runs many non-matmul fusions on one
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--rules", default="auto")
-    parser.add_argument("--remat", default="none")
+    parser.add_argument("--remat", default=None, help="remat policy (default: the preset's)")
     parser.add_argument("--compute-dtype", default="float32")
     parser.add_argument("--loss-chunk", type=int, default=None, help="CE chunk (default: config)")
     parser.add_argument("--json", default=None)
@@ -56,9 +56,10 @@ def main() -> None:
     cfg = dataclasses.replace(
         ModelConfig(**MODEL_PRESETS[args.preset]),
         max_seq_len=args.seq,
-        remat_policy=args.remat,
         compute_dtype=args.compute_dtype,
     )
+    if args.remat:
+        cfg = dataclasses.replace(cfg, remat_policy=args.remat)
     mesh = make_mesh(MeshConfig(rules=args.rules))
     check_batch(mesh, args.batch)
     optimizer = make_optimizer(OptimConfig(warmup_steps=0))
