@@ -30,7 +30,9 @@ def main() -> None:
     parser.add_argument("--remat", default=None, help="remat policy (default: the preset's)")
     parser.add_argument("--compute-dtype", default="float32")
     parser.add_argument("--loss-chunk", type=int, default=None, help="CE chunk (default: config)")
+    parser.add_argument("--no-scan", action="store_true", help="unroll the layers (no lax.scan)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--profile", default=None, help="write a jax.profiler trace of one step here")
     args = parser.parse_args()
 
     from illada_jax.parallel.mesh import configure_cpu_devices
@@ -58,6 +60,8 @@ def main() -> None:
         max_seq_len=args.seq,
         compute_dtype=args.compute_dtype,
     )
+    if args.no_scan:
+        cfg = dataclasses.replace(cfg, scan_layers=False)
     if args.remat:
         cfg = dataclasses.replace(cfg, remat_policy=args.remat)
     mesh = make_mesh(MeshConfig(rules=args.rules))
@@ -96,6 +100,10 @@ def main() -> None:
             jax.block_until_ready(metrics["loss"])
             if i >= 2:
                 times.append(time.perf_counter() - start)
+        if args.profile:
+            with jax.profiler.trace(args.profile, create_perfetto_trace=True):
+                state, metrics = step(state, batch, jax.random.key(0), controls)
+                jax.block_until_ready(metrics["loss"])
     seconds = statistics.median(times)
     tokens_per_s = args.batch * args.seq / seconds
     flops_per_token = flops.train_flops_per_token(cfg, args.seq)

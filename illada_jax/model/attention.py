@@ -198,12 +198,14 @@ class Attention(nnx.Module):
             out = out + self.o_bias[...].astype(cd)
         return out
 
+    def attend(self, q, k, v, key_mask=None, segment_ids=None):
+        """The configured kernel on projected q [B, L, H, D], k/v [B, L, KV, D] -> [B, L, H, D]."""
+        if self.impl == "splash":
+            return splash_attention(q, k, v, key_mask, segment_ids)
+        mask = attention_mask(key_mask, segment_ids)
+        kernel = cudnn_attention if self.impl == "cudnn" else xla_attention
+        return kernel(q, k, v, mask)
+
     def __call__(self, x, cos, sin, key_mask=None, segment_ids=None):
         q, k, v = self.project_qkv(x, cos, sin)
-        if self.impl == "splash":
-            attn = splash_attention(q, k, v, key_mask, segment_ids)
-        else:
-            mask = attention_mask(key_mask, segment_ids)
-            kernel = cudnn_attention if self.impl == "cudnn" else xla_attention
-            attn = kernel(q, k, v, mask)
-        return self.project_out(attn)
+        return self.project_out(self.attend(q, k, v, key_mask, segment_ids))

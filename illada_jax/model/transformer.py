@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from illada_jax.config.schema import ModelConfig
-from illada_jax.model.attention import Attention
+from illada_jax.model.attention import Attention, xla_attention
 from illada_jax.model.layers import (
     DTYPE_BY_NAME,
     RMSNorm,
@@ -65,6 +65,40 @@ class Block(nnx.Module):
         """x: [batch, length, d_model] (compute dtype) -> same."""
         h = x + self.attn(self.attn_norm(x), cos, sin, key_mask, segment_ids).astype(x.dtype)
         return h + self.mlp(self.mlp_norm(h)).astype(x.dtype)
+
+    def _finish(self, x, attn):
+        h = x + self.attn.project_out(attn).astype(x.dtype)
+        return h + self.mlp(self.mlp_norm(h)).astype(x.dtype)
+
+    def with_kv(self, x, cos, sin, key_mask=None):
+        """Inference forward that also returns this layer's (k, v), each [B, L, KV, D]."""
+        q, k, v = self.attn.project_qkv(self.attn_norm(x), cos, sin)
+        return self._finish(x, self.attn.attend(q, k, v, key_mask)), (k, v)
+
+    def cached(self, x, cos, sin, kv, start, fresh_from, key_mask=None):
+        """Forward of a window of queries against a K/V cache of the whole canvas.
+
+        x: [B, W, d] holds canvas positions start..start+W-1; kv: (k, v) [B, L, KV, D]. Window
+        positions >= `fresh_from` use their freshly computed K/V, earlier ones keep the cached K/V
+        (Fast-dLLM's prefix / dual cache, SPEC §5.5). key_mask: [B, L]. Returns ([B, W, d], kv
+        with the window's slots updated).
+        """
+        q, k, v = self.attn.project_qkv(self.attn_norm(x), cos, sin)
+        width = x.shape[1]
+        fresh = (start + jnp.arange(width) >= fresh_from)[None, :, None, None]
+        k_cache, v_cache = kv
+        k = jnp.where(fresh, k, jax.lax.dynamic_slice_in_dim(k_cache, start, width, axis=1))
+        v = jnp.where(fresh, v, jax.lax.dynamic_slice_in_dim(v_cache, start, width, axis=1))
+        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, 1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, 1)
+        mask = None
+        if key_mask is not None:
+            mask = jnp.broadcast_to(
+                key_mask.astype(bool)[:, None, None, :], (x.shape[0], 1, width, k_cache.shape[1])
+            )
+        # Queries and keys differ in length here: the einsum kernel serves every configuration.
+        attn = xla_attention(q, k_cache, v_cache, mask)
+        return self._finish(x, attn), (k_cache, v_cache)
 
 
 class Transformer(nnx.Module):
@@ -141,6 +175,49 @@ class Transformer(nnx.Module):
             self.lm_head[...].astype(cd),
             preferred_element_type=jnp.float32,
         )
+
+    def _positions(self, batch: int, start, width: int):
+        positions = start + jnp.arange(width, dtype=jnp.int32)
+        return rope_angles(jnp.broadcast_to(positions, (batch, width)), self.cfg.head_dim,
+                           self.cfg.rope_theta)  # fmt: skip
+
+    def _scan_layers(self, fn, x, per_layer):
+        """Run `fn(block, x, per_layer_slice) -> (x, out)` over the stacked layers (inference)."""
+        graphdef, stacked = nnx.split(self.blocks)
+
+        def body(carry, inputs):
+            layer_params, extra = inputs
+            return fn(nnx.merge(graphdef, layer_params), carry, extra)
+
+        return jax.lax.scan(body, x, (stacked, per_layer))
+
+    def logits_with_kv(self, tokens, key_mask=None):
+        """Inference forward over the whole canvas that also returns every layer's K/V.
+
+        tokens: [B, L] (positions 0..L-1); key_mask: [B, L] bool. Returns (logits [B, L, vocab]
+        fp32, kv = (k, v) each [layers, B, L, KV, D]). The training path is untouched.
+        """
+        batch, length = tokens.shape
+        cos, sin = self._positions(batch, 0, length)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.compute_dtype)
+        x, kv = self._scan_layers(lambda blk, h, _: blk.with_kv(h, cos, sin, key_mask), x, None)
+        return self.project(self.final_norm(x)), kv
+
+    def logits_cached(self, tokens, start, kv, fresh_from, key_mask=None):
+        """Logits of a window of the canvas from a K/V cache (see `Block.cached`).
+
+        tokens: [B, W] = canvas[start:start+W]; kv: as returned by `logits_with_kv`; start and
+        fresh_from may be traced. Returns (logits [B, W, vocab] fp32, updated kv).
+        """
+        batch, width = tokens.shape
+        cos, sin = self._positions(batch, start, width)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.compute_dtype)
+
+        def layer(blk, h, layer_kv):
+            return blk.cached(h, cos, sin, layer_kv, start, fresh_from, key_mask)
+
+        x, kv = self._scan_layers(layer, x, kv)
+        return self.project(self.final_norm(x)), kv
 
     def __call__(self, tokens, positions=None, key_mask=None, segment_ids=None):
         """tokens: [batch, length] -> logits [batch, length, vocab] fp32 (inference helper;

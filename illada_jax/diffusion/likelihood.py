@@ -1,0 +1,208 @@
+"""Scoring a continuation under a masked-diffusion LM (SPEC §6.1–6.3).
+
+- `mc_elbo`: LLaDA's Monte-Carlo conditional ELBO (a lower bound on log p(answer | prompt), nats):
+  stratified masking counts `l_r` with a random offset, exactly `l_r` answer tokens masked per row,
+  row loss = Σ masked CE / (l_r / A), optional unsupervised CFG.
+- `confidence_score`: iLLaDA's greedy best-order chain-rule score: reveal the candidate's own
+  tokens one at a time where the model is most sure of them, summing their log-probabilities.
+- `greedy_check`: does confidence-ordered greedy decoding of the answer span reproduce it?
+
+Sequences are laid out right-padded: `[prompt, answer, pad...]` with a key mask hiding the pads
+(bidirectional attention: the model then sees exactly `[prompt, answer]`), and lengths rounded up
+to buckets so different requests share compiled programs. Logits are only computed at answer
+positions (a [rows, A, vocab] slab, never [rows, L, vocab]).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+BUCKET = 32
+
+
+class ScoringError(ValueError):
+    """A scoring request that cannot be evaluated (names the problem and the fix)."""
+
+
+def _bucket(n: int, bucket: int = BUCKET) -> int:
+    return max(bucket, -(-n // bucket) * bucket)
+
+
+def _layout(prompt, answer, rows: int, mask_id: int):
+    """Tokens [rows, Lb], key mask [rows, Lb], answer positions [Ab] (int32), answer valid [Ab]."""
+    prompt = [int(t) for t in prompt]
+    answer = [int(t) for t in answer]
+    if not answer:
+        raise ScoringError("the answer (continuation) has no tokens; nothing to score")
+    if mask_id in prompt or mask_id in answer:
+        raise ScoringError(f"the mask id {mask_id} appears in the text to score; remove it")
+    p, a = len(prompt), len(answer)
+    length, a_bucket = _bucket(p + a), _bucket(a)
+    length = max(length, p + a_bucket)
+    tokens = np.zeros((rows, length), np.int32)
+    tokens[:, : p + a] = prompt + answer
+    key_mask = np.zeros((rows, length), bool)
+    key_mask[:, : p + a] = True
+    positions = (p + np.arange(a_bucket)).astype(np.int32)
+    valid = np.arange(a_bucket) < a
+    return tokens, key_mask, positions, valid
+
+
+def _answer_logits(model, tokens, key_mask, positions):
+    """fp32 logits at the answer positions: [rows, Ab, vocab]."""
+    hidden = model.hidden_states(tokens, key_mask=key_mask)
+    return model.project(hidden[:, positions])
+
+
+def _answer_log_probs(model, tokens, key_mask, positions, targets, cfg_scale, uncond_tokens):
+    """log p(target) at the answer positions, [rows, Ab], with optional CFG on the logits."""
+    logits = _answer_logits(model, tokens, key_mask, positions)
+    if cfg_scale:
+        uncond = _answer_logits(model, uncond_tokens, key_mask, positions)
+        logits = uncond + (cfg_scale + 1.0) * (logits - uncond)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(log_probs, targets[None, :, None], axis=-1)[..., 0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _elbo_batch(graphdef, mask_id: int, cfg_scale: float, params, tokens, key_mask, positions,
+                valid, prompt_len, answer_len, offset, key):  # fmt: skip
+    """Loss of one MC batch of `rows` copies (SPEC §6.1). Returns a scalar (nats)."""
+    model = nnx.merge(graphdef, params)
+    rows = tokens.shape[0]
+    a = answer_len.astype(jnp.float32)
+    # l_r = round(linspace(k, k + (b-1)·A/b, b)), wrapped into [1, A].
+    counts = jnp.round(offset + jnp.arange(rows) * (a / rows)).astype(jnp.int32)
+    counts = (counts - 1) % answer_len + 1
+    # Exactly l_r answer positions per row, uniformly at random (rank of random scores).
+    scores = jax.random.uniform(key, (rows, positions.shape[0]))
+    scores = jnp.where(valid[None, :], scores, 2.0)  # padding slots rank last
+    ranks = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+    masked = (ranks < counts[:, None]) & valid[None, :]
+    rows_idx = jnp.arange(rows)[:, None]
+    noisy = tokens.at[rows_idx, positions[None, :]].set(
+        jnp.where(masked, mask_id, tokens[rows_idx, positions[None, :]])
+    )
+    uncond = jnp.where(jnp.arange(tokens.shape[1])[None, :] < prompt_len, mask_id, noisy)
+    log_p = _answer_log_probs(
+        model, noisy, key_mask, positions, tokens[0, positions], cfg_scale, uncond
+    )
+    row_loss = -(log_p * masked).sum(axis=1) / (counts / a)
+    return row_loss.sum() / rows
+
+
+def mc_elbo(graphdef, params, prompt, answer, *, mask_id: int, mc_num: int = 128,
+            batch_size: int = 32, cfg_scale: float = 0.0, seed: int = 0) -> float:  # fmt: skip
+    """Monte-Carlo ELBO of `answer` given `prompt` (token id lists), in nats (SPEC §6.1).
+
+    `mc_num` samples in batches of `batch_size` (mc_num % batch_size == 0; a smaller mc_num is
+    one batch of mc_num rows).
+    """
+    batch_size = min(batch_size, mc_num)
+    if mc_num < 1 or mc_num % batch_size:
+        raise ScoringError(
+            f"mc_num={mc_num} must be a positive multiple of batch_size={batch_size}"
+        )
+    tokens, key_mask, positions, valid = _layout(prompt, answer, batch_size, mask_id)
+    a = len(answer)
+    rng = np.random.default_rng(seed)
+    key = jax.random.key(seed)
+    losses = []
+    for _ in range(mc_num // batch_size):
+        key, sub = jax.random.split(key)
+        offset = float(rng.integers(1, a + 1))  # k ~ U{1..A}
+        loss = _elbo_batch(graphdef, mask_id, float(cfg_scale), params, tokens, key_mask,
+                           positions, valid, len(prompt), a, offset, sub)  # fmt: skip
+        losses.append(float(loss))
+    return -float(np.mean(losses))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _reveal_loop(graphdef, mask_id: int, greedy: bool, params, tokens, key_mask, positions,
+                 valid):  # fmt: skip
+    """Reveal the answer one token per pass (SPEC §6.2 / §6.3) for every row (candidate).
+
+    Confidence (greedy=False): the position with the highest probability of the candidate's own
+    token is revealed with that token; returns the sum of those log-probs [rows].
+    Greedy (greedy=True): the position whose argmax is most probable is revealed with the argmax;
+    returns whether the revealed answer equals the target [rows].
+    """
+    model = nnx.merge(graphdef, params)
+    rows = tokens.shape[0]
+    rows_idx = jnp.arange(rows)[:, None]
+    targets = tokens[rows_idx, positions[None, :]]  # [rows, Ab]
+    canvas = tokens.at[rows_idx, positions[None, :]].set(jnp.where(valid, mask_id, targets))
+    n_answer = valid.sum(axis=1)
+
+    def body(i, carry):
+        canvas, total = carry
+        logits = _answer_logits(model, canvas, key_mask, positions)
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        still = canvas[rows_idx, positions[None, :]] == mask_id
+        if greedy:
+            token = jnp.argmax(logits, axis=-1).astype(tokens.dtype)
+            score = jnp.max(log_probs, axis=-1)
+        else:
+            token = targets
+            score = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+        pick = jnp.argmax(jnp.where(still, score, -jnp.inf), axis=1)  # first best index
+        active = i < n_answer
+        chosen = jax.nn.one_hot(pick, positions.shape[0], dtype=bool) & active[:, None]
+        answer_now = canvas[rows_idx, positions[None, :]]
+        canvas = canvas.at[rows_idx, positions[None, :]].set(jnp.where(chosen, token, answer_now))
+        total = total + jnp.where(active, jnp.take_along_axis(score, pick[:, None], 1)[:, 0], 0.0)
+        return canvas, total
+
+    canvas, total = jax.lax.fori_loop(
+        0, positions.shape[0], body, (canvas, jnp.zeros((rows,), jnp.float32))
+    )
+    if greedy:
+        same = (canvas[rows_idx, positions[None, :]] == targets) | ~valid
+        return same.all(axis=1)
+    return total
+
+
+def _layout_many(prompt, answers, mask_id: int):
+    """Several candidate answers for one prompt, one row each (answer positions shared)."""
+    layouts = [_layout(prompt, ans, 1, mask_id) for ans in answers]
+    length = max(t.shape[1] for t, *_ in layouts)
+    a_bucket = max(p.shape[0] for _, _, p, _ in layouts)
+    p = len(prompt)
+    rows = len(answers)
+    tokens = np.zeros((rows, length), np.int32)
+    key_mask = np.zeros((rows, length), bool)
+    valid = np.zeros((rows, a_bucket), bool)
+    for r, ans in enumerate(answers):
+        tokens[r, : p + len(ans)] = list(prompt) + list(ans)
+        key_mask[r, : p + len(ans)] = True
+        valid[r, : len(ans)] = True
+    positions = (p + np.arange(a_bucket)).astype(np.int32)
+    if positions[-1] >= length:
+        pad = positions[-1] + 1 - length
+        tokens = np.pad(tokens, ((0, 0), (0, pad)))
+        key_mask = np.pad(key_mask, ((0, 0), (0, pad)))
+    return tokens, key_mask, positions, valid
+
+
+def confidence_score(graphdef, params, prompt, answers, *, mask_id: int) -> np.ndarray:
+    """iLLaDA's confidence-based score S_conf (SPEC §6.2) of each candidate: float [len(answers)].
+
+    Costs len(answer) forward passes, all candidates of the prompt in one batch.
+    """
+    tokens, key_mask, positions, valid = _layout_many(prompt, answers, mask_id)
+    return np.asarray(
+        _reveal_loop(graphdef, mask_id, False, params, tokens, key_mask, positions, valid)
+    )
+
+
+def greedy_check(graphdef, params, prompt, answers, *, mask_id: int) -> np.ndarray:
+    """SPEC §6.3 `is_greedy` for each candidate: bool [len(answers)]."""
+    tokens, key_mask, positions, valid = _layout_many(prompt, answers, mask_id)
+    return np.asarray(
+        _reveal_loop(graphdef, mask_id, True, params, tokens, key_mask, positions, valid)
+    )

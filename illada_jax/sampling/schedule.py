@@ -1,0 +1,130 @@
+"""Per-step rules of masked-diffusion sampling (SPEC §5.1, §5.4, §5.5, §9.5, §9.6).
+
+How many tokens each step commits (the transfer schedule), how candidates are drawn (Gumbel-max
+with high-resolution noise), how confident each candidate is, and which masked positions are
+committed (top-k by rank, or Fast-dLLM's confidence threshold). Pure functions on arrays; the
+loops that use them live in `generate.py`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REMASKING = ("low_confidence", "random")
+NOISE = ("fp32_hires", "float64")
+
+
+class SamplingError(ValueError):
+    """Sampling arguments that cannot work together (names the argument and the fix)."""
+
+
+def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
+    """Tokens committed at each of `steps` steps of one block of `block_length` masks: [steps].
+
+    `base = K // n` everywhere plus one on the first `K % n` steps (SPEC §5.1 a), so the counts sum
+    to K and the earliest steps take the remainder.
+    """
+    if steps < 1 or block_length < 1:
+        raise SamplingError(f"block_length={block_length} and steps={steps} must be >= 1")
+    base, rem = divmod(block_length, steps)
+    return np.array([base + (1 if j < rem else 0) for j in range(steps)], np.int32)
+
+
+def block_plan(gen_length: int, block_length: int, steps: int) -> tuple[int, int]:
+    """(number of blocks, steps per block) for a fixed canvas, validating SPEC §5.1's constraints."""
+    if gen_length < 1:
+        raise SamplingError(f"gen_length={gen_length} must be >= 1")
+    if block_length < 1 or gen_length % block_length:
+        raise SamplingError(
+            f"gen_length={gen_length} is not a multiple of block_length={block_length}; "
+            "choose block_length dividing gen_length (block_length=gen_length is pure diffusion)"
+        )
+    num_blocks = gen_length // block_length
+    if steps < 1 or steps % num_blocks:
+        raise SamplingError(
+            f"steps={steps} must be a positive multiple of the number of blocks "
+            f"({gen_length}/{block_length}={num_blocks}); e.g. steps={num_blocks * block_length}"
+        )
+    return num_blocks, steps // num_blocks
+
+
+def gumbel_noise(key: jax.Array, shape: tuple[int, ...], noise: str) -> jax.Array:
+    """Standard Gumbel draws g = -log(-log u) for Gumbel-max sampling (SPEC §9.6).
+
+    `fp32_hires`: the uniform is built from two independent 24-bit integers,
+    v = (hi + lo·2⁻²⁴)·2⁻²⁴, so it resolves values near 0 down to 2⁻⁴⁸ and the largest draw is ≈33
+    (a plain fp32 uniform caps it at ≈16, which silently lowers the temperature).
+    `float64`: the reference's float64 path; needs `jax.enable_x64` (the caller sets it).
+    """
+    if noise == "float64":
+        u = jax.random.uniform(key, shape, jnp.float64, minval=jnp.finfo(jnp.float64).tiny)
+        return -jnp.log(-jnp.log(u))
+    hi_key, lo_key = jax.random.split(key)
+    hi = jax.random.randint(hi_key, shape, 0, 1 << 24).astype(jnp.float32)
+    lo = jax.random.randint(lo_key, shape, 0, 1 << 24).astype(jnp.float32)
+    v = (hi + lo * 2.0**-24) * 2.0**-24  # in [0, 1)
+    exponential = -jnp.log1p(-jnp.maximum(v, 2.0**-48))  # Exp(1); v=0 would give log(0)
+    return -jnp.log(exponential)
+
+
+def sample_candidates(logits, key, temperature: float, noise: str):
+    """x0 = argmax(logits/τ + g) (a draw from softmax(logits/τ)); τ = 0 is greedy argmax.
+
+    logits: [..., vocab] fp32 -> int32 [...].
+    """
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    dtype = jnp.float64 if noise == "float64" else jnp.float32
+    g = gumbel_noise(key, logits.shape, noise)
+    return jnp.argmax(logits.astype(dtype) / temperature + g, axis=-1).astype(jnp.int32)
+
+
+def confidences(logits, x0, key, remasking: str, suppressed_ids: tuple[int, ...] = ()):
+    """Confidence of each candidate: [..., vocab], [...] -> fp32 [...].
+
+    `low_confidence`: softmax(logits)[x0] of the un-noised, un-tempered logits; `random`: U(0,1).
+    Candidates whose token is in `suppressed_ids` (EOS/EoT with `confidence_eos_eot_inf`) get 0,
+    so they are committed last (SPEC §5.1 notes: the intended behaviour of the reference).
+    """
+    if remasking == "low_confidence":
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        conf = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
+    elif remasking == "random":
+        conf = jax.random.uniform(key, x0.shape, jnp.float32)
+    else:
+        raise SamplingError(f"remasking={remasking!r}: choose one of {REMASKING}")
+    for token in suppressed_ids:
+        conf = jnp.where(x0 == token, 0.0, conf)
+    return conf
+
+
+def descending_rank(scores: jax.Array) -> jax.Array:
+    """Rank of each entry in its row when sorted by descending score, ties to the lower index.
+
+    scores: [batch, n] -> int32 [batch, n] (0 = best). A rank comparison `rank < k` is top-k
+    with a per-row, per-step k that need not be static (SPEC §9.5).
+    """
+    order = jnp.argsort(-scores, axis=-1, stable=True)
+    return jnp.argsort(order, axis=-1).astype(jnp.int32)
+
+
+def select_top_k(conf, eligible, k):
+    """Commit the k most confident eligible positions per row.
+
+    conf: fp32 [batch, n]; eligible: bool [batch, n] (masked and inside the block); k: int
+    scalar or [batch]. Returns bool [batch, n]. Never selects an ineligible position, even when k
+    exceeds the number of eligible ones.
+    """
+    scores = jnp.where(eligible, conf, -jnp.inf)
+    k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (conf.shape[0],))
+    return (descending_rank(scores) < k[:, None]) & eligible
+
+
+def select_threshold(conf, eligible, threshold: float):
+    """Fast-dLLM parallel decoding (SPEC §5.5): the most confident eligible position plus every
+    eligible position whose confidence is >= `threshold`. Shapes as `select_top_k`."""
+    scores = jnp.where(eligible, conf, -jnp.inf)
+    best = descending_rank(scores) == 0
+    return eligible & (best | (conf >= threshold))
