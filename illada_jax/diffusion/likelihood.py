@@ -69,6 +69,14 @@ def _answer_log_probs(model, tokens, key_mask, positions, targets, cfg_scale, un
     return jnp.take_along_axis(log_probs, targets[None, :, None], axis=-1)[..., 0]
 
 
+def stratified_counts(offset, rows: int, answer_len):
+    """SPEC §6.1 masking counts of one MC batch: l_r = round(linspace(k, k + (b-1)·A/b, b))
+    (round half to even, as torch), wrapped into [1, A] by ((l-1) mod A) + 1. -> int32 [rows]."""
+    a = jnp.asarray(answer_len, jnp.float32)
+    counts = jnp.round(offset + jnp.arange(rows) * (a / rows)).astype(jnp.int32)
+    return (counts - 1) % jnp.asarray(answer_len, jnp.int32) + 1
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _elbo_batch(graphdef, mask_id: int, cfg_scale: float, params, tokens, key_mask, positions,
                 valid, prompt_len, answer_len, offset, key):  # fmt: skip
@@ -76,9 +84,7 @@ def _elbo_batch(graphdef, mask_id: int, cfg_scale: float, params, tokens, key_ma
     model = nnx.merge(graphdef, params)
     rows = tokens.shape[0]
     a = answer_len.astype(jnp.float32)
-    # l_r = round(linspace(k, k + (b-1)·A/b, b)), wrapped into [1, A].
-    counts = jnp.round(offset + jnp.arange(rows) * (a / rows)).astype(jnp.int32)
-    counts = (counts - 1) % answer_len + 1
+    counts = stratified_counts(offset, rows, answer_len)
     # Exactly l_r answer positions per row, uniformly at random (rank of random scores).
     scores = jax.random.uniform(key, (rows, positions.shape[0]))
     scores = jnp.where(valid[None, :], scores, 2.0)  # padding slots rank last
