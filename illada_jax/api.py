@@ -94,7 +94,9 @@ def load(path: str | pathlib.Path) -> Model:
     graphdef, _, abstract = model_graphdef_and_specs(cfg)
     params = restore_params(step_dir, abstract)
     params = jax.tree.map(jnp.asarray, params)
-    return Model(cfg, graphdef, params, _tokenizer_for(experiment, cfg), step=int(step_dir.name))
+    model = Model(cfg, graphdef, params, _tokenizer_for(experiment, cfg), step=int(step_dir.name))
+    model.experiment = experiment
+    return model
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int):
@@ -116,6 +118,7 @@ class Model:
         self.params = params
         self.tokenizer = tokenizer
         self.step = step
+        self.experiment = None  # the run's resolved `Experiment` when loaded from a checkpoint
         self.special_ids = SpecialIds.from_config(config)
 
     @classmethod

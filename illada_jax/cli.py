@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from illada_jax.api import LoadError
 from illada_jax.ckpt.manager import CheckpointError
 from illada_jax.config.schema import ConfigError
 from illada_jax.data import tokenizer_train
@@ -13,6 +14,8 @@ from illada_jax.data.prepare import PrepareError
 from illada_jax.data.sft import SftFormatError
 from illada_jax.data.sources import SourceError
 from illada_jax.data.tokenizer import TokenizerError
+from illada_jax.diffusion.likelihood import ScoringError
+from illada_jax.sampling.schedule import SamplingError
 
 # Mistakes in what the user gave us (data, paths, options): a message, exit code 2, no traceback.
 USER_ERRORS = (
@@ -23,6 +26,9 @@ USER_ERRORS = (
     SftFormatError,
     FileNotFoundError,
     CheckpointError,
+    SamplingError,
+    ScoringError,
+    LoadError,
 )
 
 CONFIG_HELP = (
@@ -123,6 +129,123 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sampling(parser: argparse.ArgumentParser, gen_length: int, block_length: int | None):
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint step")
+    parser.add_argument("--gen-length", type=int, default=gen_length, help="tokens to generate")
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="denoising steps (total; per block with --variable-length); default: one per token",
+    )  # fmt: skip
+    parser.add_argument(
+        "--block-length", type=int, default=block_length,
+        help="semi-autoregressive block (default: gen length = pure diffusion)",
+    )  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--remasking", choices=["low_confidence", "random"],
+                        default="low_confidence")  # fmt: skip
+    parser.add_argument("--cfg-scale", type=float, default=0.0, help="unsupervised CFG weight")
+    parser.add_argument("--variable-length", action="store_true",
+                        help="iLLaDA variable-length decoding: open blocks until a stop")  # fmt: skip
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="stop string (repeatable; with --variable-length)")  # fmt: skip
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="Fast-dLLM parallel decoding confidence threshold (e.g. 0.9)")  # fmt: skip
+    parser.add_argument("--cache", choices=["none", "prefix", "dual"], default="none",
+                        help="Fast-dLLM K/V cache (needs --block-length < --gen-length to help)")  # fmt: skip
+    parser.add_argument("--logits-eos-inf", action="store_true", help="never sample EOS")
+    parser.add_argument("--confidence-eos-eot-inf", action="store_true",
+                        help="commit EOS / end-of-turn tokens last")  # fmt: skip
+    parser.add_argument("--think-boost", type=float, default=0.0,
+                        help="</think> logit boost B (SPEC 5.4; 100 in iLLaDA's scripts)")  # fmt: skip
+    parser.add_argument("--think-power", type=float, default=3.0)
+    parser.add_argument("--think-text", default="</think>")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _sampling_kwargs(args: argparse.Namespace, model) -> dict:
+    kwargs = dict(
+        steps=args.steps, block_length=args.block_length, temperature=args.temperature,
+        remasking=args.remasking, cfg_scale=args.cfg_scale,
+        variable_length=args.variable_length, threshold=args.threshold, cache=args.cache,
+        logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
+        seed=args.seed,
+    )  # fmt: skip
+    if args.think_boost:
+        kwargs.update(
+            think_ids=tuple(model._need_tokenizer().encode(args.think_text)),
+            think_boost=args.think_boost,
+            think_power=args.think_power,
+        )
+    return kwargs
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    _start_jax(0)
+    import illada_jax
+
+    model = illada_jax.load(args.checkpoint)
+    texts = model.generate_text(args.prompt, args.gen_length, chat=args.chat,
+                                add_bos=args.add_bos, stop_strings=args.stop,
+                                **_sampling_kwargs(args, model))  # fmt: skip
+    for prompt, text in zip(args.prompt, texts):
+        if len(args.prompt) > 1:
+            print(f"### {prompt}")
+        print(text if args.chat else prompt + text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Multi-turn chat on stdin/stdout: each reply is generated from the whole dialogue so far
+    in the chat template (SPEC §5.1 notes: LLaDA's chat.py re-feeds the previous canvas)."""
+    _start_jax(0)
+    import illada_jax
+    from illada_jax.data.sft import ChatFormatter
+
+    model = illada_jax.load(args.checkpoint)
+    formatter = ChatFormatter(model._need_tokenizer())
+    messages: list[dict] = []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            return 0
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.strip()})
+        prompt = formatter.prompt(messages)
+        reply = model.complete_ids([prompt], args.gen_length, stop_strings=args.stop,
+                                   **_sampling_kwargs(args, model))[0]  # fmt: skip
+        messages.append({"role": "assistant", "content": reply.strip()})
+        print(f"model> {reply.strip()}", flush=True)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _start_jax(0)
+    import illada_jax
+    from illada_jax.eval.heldout import heldout_bound
+
+    model = illada_jax.load(args.checkpoint)
+    if args.tasks:
+        from illada_jax.eval.harness import run_tasks
+
+        model_args = dict(loglikelihood_method=args.method, mc_num=args.mc_num,
+                          gen_length=args.gen_length)  # fmt: skip
+        results = run_tasks(model, args.tasks.split(","), limit=args.limit,
+                            include_path=args.include_path, **model_args)  # fmt: skip
+        for task, metrics in results["results"].items():
+            shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+            print(f"{task}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
+        return 0
+    record = heldout_bound(model, dataset=args.dataset, batches=args.batches,
+                           batch_size=args.batch_size, seq_len=args.seq_len)  # fmt: skip
+    print(f"checkpoint step {model.step}: held-out negative ELBO (nats/token)")
+    for key, value in record.items():
+        print(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="illada", description="Masked-diffusion language models (LLaDA / iLLaDA) in JAX."
@@ -212,6 +335,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(params)
     params.set_defaults(func=cmd_params)
+
+    gen = sub.add_parser(
+        "generate",
+        help="sample text from a checkpoint",
+        description="Generate after each --prompt. Example: illada generate --checkpoint "
+        "runs/tiny --prompt 'In the beginning' --gen-length 64 --block-length 16",
+    )
+    _add_sampling(gen, gen_length=64, block_length=None)
+    gen.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn")
+    gen.add_argument("--add-bos", action="store_true", help="prepend BOS to the prompt")
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser(
+        "chat",
+        help="multi-turn chat with a checkpoint on stdin/stdout",
+        description="Chat using the chat template; /quit or EOF ends. Example: illada chat "
+        "--checkpoint runs/sft",
+    )
+    _add_sampling(chat, gen_length=128, block_length=32)
+    chat.set_defaults(func=cmd_chat)
+
+    ev = sub.add_parser(
+        "eval",
+        help="held-out ELBO bound of a checkpoint, or lm-eval tasks",
+        description="Without --tasks: the held-out negative ELBO (nats/token, fixed seeds) on "
+        "prepared shards. With --tasks: lm-evaluation-harness tasks (the [eval] extra). "
+        "Example: illada eval --checkpoint runs/tiny --tasks illada_verse_mc --limit 20",
+    )
+    ev.add_argument("--checkpoint", required=True, help="run directory or checkpoint step")
+    ev.add_argument("--dataset", default=None,
+                    help="prepared shards (default: the run's train.eval_dataset)")  # fmt: skip
+    ev.add_argument("--batches", type=int, default=None, help="default: train.eval_batches")
+    ev.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
+    ev.add_argument("--seq-len", type=int, default=None, help="default: train.seq_len")
+    ev.add_argument("--tasks", default=None, help="comma-separated lm-eval task names")
+    ev.add_argument("--limit", type=int, default=None, help="examples per task")
+    ev.add_argument("--include-path", default=None, help="extra lm-eval task directory")
+    ev.add_argument("--method", choices=["elbo", "confidence"], default="elbo",
+                    help="loglikelihood: MC ELBO (SPEC 6.1) or confidence score (6.2)")  # fmt: skip
+    ev.add_argument("--mc-num", type=int, default=32, help="MC samples for the ELBO")
+    ev.add_argument("--gen-length", type=int, default=64, help="for generate_until tasks")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 

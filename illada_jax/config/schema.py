@@ -415,6 +415,11 @@ class TrainConfig:
     inject_nan_step: int = -1
     # (first, last) steps to trace with jax.profiler into WORKDIR/profile (empty = off).
     profile_steps: tuple[int, ...] = ()
+    # Samples written to WORKDIR/samples/ at every eval step and printed at the end: greedy
+    # fixed-canvas generation of `sample_length` tokens (one per step) after each prompt
+    # (0 = off). Chat-formatted for SFT objectives.
+    sample_prompts: tuple[str, ...] = ("In the beginning", "The LORD is my", "Hello, how are")
+    sample_length: int = 32
 
     def __post_init__(self) -> None:
         for field in (
@@ -429,6 +434,7 @@ class TrainConfig:
             _check_int(field, getattr(self, field), 1)
         _check_int("seed", self.seed, 0)
         _check_int("eval_every", self.eval_every, 0)
+        _check_int("sample_length", self.sample_length, 0)
         _check_choice("health_policy", self.health_policy, HEALTH_POLICIES)
         if not self.spike_sigma > 0:
             _fail("spike_sigma", self.spike_sigma, "must be > 0")

@@ -40,6 +40,7 @@ from illada_jax.parallel import mesh as mesh_lib
 from illada_jax.parallel.rules import batch_spec
 from illada_jax.train import state as state_lib
 from illada_jax.train.optim import learning_rate_schedule, make_optimizer
+from illada_jax.train.samples import TrainingSamples
 from illada_jax.train.step import batch_shardings, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,9 @@ def train(
         writer.write_text("config", flags.to_json(experiment), step=0)
     progress = TrainProgress(tcfg.steps, initial_step=start_step, enabled=is_main)
     progress.write(f"MFU peak: {peak_source}")
+    samples = TrainingSamples(experiment, graphdef, out_dir, _sample_tokenizer(experiment))
+    if samples.skipped_reason:
+        progress.write(samples.skipped_reason)
 
     def save(step: int, *, force: bool = False) -> None:
         checkpoints.save(
@@ -324,6 +328,8 @@ def train(
                     writer.write_metrics(step, record)
                     progress.write(f"step {step}: held-out {record}")
                     history.append({"step": step, **record})
+                    if is_main:
+                        samples.write(step, state["params"])
                 if step % ccfg.every == 0 and step < tcfg.steps:
                     save(step)
                 if preemption.requested or checkpoints.reached_preemption(step):
@@ -334,11 +340,30 @@ def train(
                     return history
             save(step, force=True)
             checkpoints.wait()
+            if is_main and samples.enabled:
+                if samples.step != step:
+                    samples.write(step, state["params"])
+                for prompt, text in samples.last:
+                    progress.write(f"sample | {prompt}{text}")
     finally:
         progress.close()
         writer.close()
         checkpoints.close()
     return history
+
+
+def _sample_tokenizer(experiment: Experiment):
+    """The run's tokenizer for text samples, or None when it does not fit the model."""
+    from illada_jax.data.tokenizer import Tokenizer, TokenizerError
+
+    path = experiment.data.tokenizer
+    try:
+        tokenizer = Tokenizer.load(path) if path else Tokenizer.default()
+        tokenizer.check_model_config(experiment.model, allow_larger_model_vocab=True)
+    except (TokenizerError, OSError) as err:
+        log.warning("no text samples: %s", err)
+        return None
+    return tokenizer
 
 
 def evaluate(experiment: Experiment, eval_step, params, rows) -> dict:

@@ -1,0 +1,77 @@
+"""Text samples during training: the run shows what the model says, not only its loss.
+
+At every eval step the runner calls `TrainingSamples.write(step, params)`: greedy fixed-canvas
+generation (one token per step, pure diffusion, SPEC §5.1) after each of `train.sample_prompts`,
+written to `WORKDIR/samples/step_<step>.txt`; the last ones are printed when training ends.
+Prompts are plain text for pre-training and one user turn in the chat template for SFT.
+
+Single-process runs only: under `jax.distributed` the prompt would have to be a global array on
+every process; multi-process runs skip samples and say so once.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+
+from illada_jax.config.schema import Experiment
+from illada_jax.sampling.generate import SamplingOptions, SpecialIds, generate
+
+
+class TrainingSamples:
+    def __init__(self, experiment: Experiment, graphdef, out_dir: pathlib.Path, tokenizer):
+        tcfg = experiment.train
+        self.enabled = bool(tcfg.sample_length and tcfg.sample_prompts and tokenizer)
+        self.skipped_reason = None
+        if self.enabled and jax.process_count() > 1:
+            self.enabled = False
+            self.skipped_reason = "samples are skipped in multi-process runs"
+        self.graphdef = graphdef
+        self.dir = out_dir / "samples"
+        self.tokenizer = tokenizer
+        self.prompts = list(tcfg.sample_prompts)
+        self.ids = SpecialIds.from_config(experiment.model)
+        length = tcfg.sample_length
+        self.options = SamplingOptions(gen_length=length, steps=length, block_length=length)
+        self.last: list[tuple[str, str]] = []
+        self.step: int | None = None  # the step of `last`
+        if not self.enabled:
+            return
+        if experiment.diffusion.objective.startswith("sft"):
+            from illada_jax.data.sft import ChatFormatter
+
+            formatter = ChatFormatter(tokenizer)
+            rows = [formatter.prompt([{"role": "user", "content": p}]) for p in self.prompts]
+        else:
+            rows = [tokenizer.encode(p) for p in self.prompts]
+        width = max(len(r) for r in rows)
+        self.prompt_ids = np.full((len(rows), width), experiment.model.pad_token_id, np.int32)
+        self.prompt_mask = np.zeros((len(rows), width), bool)
+        for r, row in enumerate(rows):  # left padding
+            self.prompt_ids[r, width - len(row) :] = row
+            self.prompt_mask[r, width - len(row) :] = True
+
+    def _decode(self, generated: np.ndarray) -> str:
+        stops = {t for t in (self.ids.eos, self.ids.eot) if t is not None}
+        tokens = []
+        for token in generated.tolist():
+            if token in stops:
+                break
+            tokens.append(token)
+        return self.tokenizer.decode(tokens, skip_special=True)
+
+    def write(self, step: int, params) -> list[tuple[str, str]]:
+        """Generate after every prompt with `params`; write and return (prompt, text) pairs."""
+        if not self.enabled:
+            return []
+        canvas = generate(self.graphdef, params, self.ids, self.prompt_ids, self.options,
+                          prompt_mask=self.prompt_mask)  # fmt: skip
+        width = self.prompt_ids.shape[1]
+        self.last = [(p, self._decode(row[width:])) for p, row in zip(self.prompts, canvas)]
+        self.step = step
+        self.dir.mkdir(parents=True, exist_ok=True)
+        text = "".join(f"### {p}\n{p}{t}\n\n" for p, t in self.last)
+        (self.dir / f"step_{step:08d}.txt").write_text(text, encoding="utf-8")
+        return self.last
