@@ -32,7 +32,9 @@ def main() -> None:
     parser.add_argument("--loss-chunk", type=int, default=None, help="CE chunk (default: config)")
     parser.add_argument("--no-scan", action="store_true", help="unroll the layers (no lax.scan)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--profile", default=None, help="write a jax.profiler trace of one step here")
+    parser.add_argument(
+        "--profile", default=None, help="write a jax.profiler trace of one step here"
+    )
     args = parser.parse_args()
 
     from illada_jax.parallel.mesh import configure_cpu_devices

@@ -191,23 +191,24 @@ class Transformer(nnx.Module):
 
         return jax.lax.scan(body, x, (stacked, per_layer))
 
-    def logits_with_kv(self, tokens, key_mask=None):
+    def hidden_with_kv(self, tokens, key_mask=None):
         """Inference forward over the whole canvas that also returns every layer's K/V.
 
-        tokens: [B, L] (positions 0..L-1); key_mask: [B, L] bool. Returns (logits [B, L, vocab]
-        fp32, kv = (k, v) each [layers, B, L, KV, D]). The training path is untouched.
+        tokens: [B, L] (positions 0..L-1); key_mask: [B, L] bool. Returns (final-normed hidden
+        [B, L, d_model], kv = (k, v) each [layers, B, L, KV, D]); `project` gives logits. The
+        training path is untouched.
         """
         batch, length = tokens.shape
         cos, sin = self._positions(batch, 0, length)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.compute_dtype)
         x, kv = self._scan_layers(lambda blk, h, _: blk.with_kv(h, cos, sin, key_mask), x, None)
-        return self.project(self.final_norm(x)), kv
+        return self.final_norm(x), kv
 
-    def logits_cached(self, tokens, start, kv, fresh_from, key_mask=None):
-        """Logits of a window of the canvas from a K/V cache (see `Block.cached`).
+    def hidden_cached(self, tokens, start, kv, fresh_from, key_mask=None):
+        """Hidden states of a window of the canvas from a K/V cache (see `Block.cached`).
 
-        tokens: [B, W] = canvas[start:start+W]; kv: as returned by `logits_with_kv`; start and
-        fresh_from may be traced. Returns (logits [B, W, vocab] fp32, updated kv).
+        tokens: [B, W] = canvas[start:start+W]; kv: as returned by `hidden_with_kv`; start and
+        fresh_from may be traced. Returns (final-normed hidden [B, W, d_model], updated kv).
         """
         batch, width = tokens.shape
         cos, sin = self._positions(batch, start, width)
@@ -217,7 +218,7 @@ class Transformer(nnx.Module):
             return blk.cached(h, cos, sin, layer_kv, start, fresh_from, key_mask)
 
         x, kv = self._scan_layers(layer, x, kv)
-        return self.project(self.final_norm(x)), kv
+        return self.final_norm(x), kv
 
     def __call__(self, tokens, positions=None, key_mask=None, segment_ids=None):
         """tokens: [batch, length] -> logits [batch, length, vocab] fp32 (inference helper;

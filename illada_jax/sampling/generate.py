@@ -185,14 +185,21 @@ def _decode_block(model, opts: SamplingOptions, ids: SpecialIds, prompt_len: int
     cfg_on = opts.cfg_scale != 0.0
     visible_run = jnp.concatenate([visible, visible]) if cfg_on else visible
 
+    def block_head(hidden, offset):
+        """Logits of the block only (the head is not run on the rest of the canvas)."""
+        return model.project(jax.lax.dynamic_slice_in_dim(hidden, offset, k_len, axis=1))
+
     def full_logits(x):
         uncond = jnp.where(prompt_mask, ids.mask, x)
-        if opts.cache == "none":
-            run = lambda t: (model(t, key_mask=visible_run), None)  # noqa: E731
-        else:
-            run = lambda t: model.logits_with_kv(t, key_mask=visible_run)  # noqa: E731
-        logits, kv = _guided(opts, run, x, uncond)
-        return jax.lax.dynamic_slice_in_dim(logits, start, k_len, axis=1), kv
+
+        def run(tokens):
+            if opts.cache == "none":
+                hidden, kv = model.hidden_states(tokens, key_mask=visible_run), None
+            else:
+                hidden, kv = model.hidden_with_kv(tokens, key_mask=visible_run)
+            return block_head(hidden, start), kv
+
+        return _guided(opts, run, x, uncond)
 
     if opts.cache == "dual":
         win_start, width = start, k_len
@@ -201,9 +208,13 @@ def _decode_block(model, opts: SamplingOptions, ids: SpecialIds, prompt_len: int
 
     def cached_logits(x, kv):
         window = jax.lax.dynamic_slice_in_dim(x, win_start, width, axis=1)
-        run = lambda t: model.logits_cached(t, win_start, kv, start, key_mask=visible_run)  # noqa: E731
+
+        def run(tokens):
+            hidden, kv_now = model.hidden_cached(tokens, win_start, kv, start, key_mask=visible_run)
+            return block_head(hidden, start - win_start), kv_now
+
         logits, _ = _guided(opts, run, window, window)  # the window never holds the prompt
-        return jax.lax.dynamic_slice_in_dim(logits, start - win_start, k_len, axis=1)
+        return logits
 
     def later_logits(x, kv):
         return full_logits(x)[0] if opts.cache == "none" else cached_logits(x, kv)

@@ -12,6 +12,7 @@ FAST_TRAIN = [
     "--config=set:train.seq_len=32",
     "--config=set:train.batch_size=2",
     "--config=set:model.n_layers=2",
+    "--config=set:train.sample_length=0",  # samples are tested in test_inference_cli.py
 ]
 
 

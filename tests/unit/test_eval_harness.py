@@ -1,0 +1,169 @@
+"""The lm-eval model `illada` and the shipped offline tasks (needs the `eval` extra).
+
+A one-layer random `tiny` model with the default tokenizer: the harness must hand exactly the
+ids of SPEC §6.4's `_encode_pair` to the scorers and return their numbers unchanged; the EOS pad
+(SPEC §6.2 `padd_eos`) is checked against logits computed directly on `[prompt, MASK, EOS]`.
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+# Keep datasets' cache (written when the task jsonl is loaded) out of the user's home.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="illada-test-hf-"))
+pytest.importorskip("lm_eval", reason='lm-eval is not installed: pip install "illada-jax[eval]"')
+
+from flax import nnx  # noqa: E402
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from illada_jax.api import Model  # noqa: E402
+from illada_jax.config.schema import ModelConfig  # noqa: E402
+from illada_jax.data.tokenizer import Tokenizer  # noqa: E402
+from illada_jax.diffusion import likelihood  # noqa: E402
+from illada_jax.eval import harness, run_tasks, tasks  # noqa: E402
+from illada_jax.model.presets import MODEL_PRESETS  # noqa: E402
+from illada_jax.model.transformer import Transformer  # noqa: E402
+
+CONTEXT = "In the beginning God"
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = ModelConfig(**{**MODEL_PRESETS["tiny"], "n_layers": 1})
+    return Model.from_module(Transformer(cfg, rngs=nnx.Rngs(0)), Tokenizer.default())
+
+
+def _requests(kind, args_list):
+    return [Instance(kind, {}, args, i) for i, args in enumerate(args_list)]
+
+
+def _log_softmax(x):
+    x = np.asarray(x, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_encode_pair_moves_trailing_whitespace(model):
+    tok = model.tokenizer
+    lm = harness.IlladaLM(model=model)
+    # "God " + "created": the space moves onto the continuation.
+    context_ids, continuation_ids = lm._encode_pair(CONTEXT + " ", "created")
+    assert context_ids == tok.encode(CONTEXT)
+    assert tok.decode(continuation_ids) == " created"
+    assert lm._encode_pair(CONTEXT, " created") == (context_ids, continuation_ids)
+    # Several whitespace characters move together; the continuation is the joint suffix.
+    context_ids, continuation_ids = lm._encode_pair("Answer:\n \n", "42")
+    assert tok.decode(context_ids) == "Answer:"
+    joint = tok.encode("Answer:\n \n42")
+    assert continuation_ids == joint[len(tok.encode("Answer:")) :]
+    assert tok.decode(continuation_ids) == "\n \n42"
+    # BOS on request; an empty context conditions on BOS.
+    bos_lm = harness.IlladaLM(model=model, add_bos_token="true")
+    assert bos_lm._encode_pair(CONTEXT, " created")[0] == [tok.bos_id, *tok.encode(CONTEXT)]
+    assert lm._encode_pair("", "In")[0] == [tok.bos_id]
+
+
+def test_loglikelihood_matches_the_model_api(model):
+    args = [(CONTEXT + " ", "created"), (CONTEXT, " made the earth"), ("And", " God said")]
+    lm = harness.IlladaLM(model=model, mc_num="4", batch_size="2", seed=7)
+    pairs = [lm._encode_pair(*a) for a in args]
+    got = lm.loglikelihood(_requests("loglikelihood", args))
+    want = [model.log_likelihood(p, a, mc_num=4, batch_size=2, seed=7) for p, a in pairs]
+    assert [score for score, _ in got] == want
+    assert [greedy for _, greedy in got] == [False] * 3
+
+    conf = harness.IlladaLM(model=model, loglikelihood_method="confidence", check_greedy=True)
+    got = conf.loglikelihood(_requests("loglikelihood", args))
+    # The first two share their context and are scored together, as score_confidence does.
+    shared = model.score_confidence(pairs[0][0], [pairs[0][1], pairs[1][1]])
+    want = [*shared, model.score_confidence(*pairs[2])]
+    np.testing.assert_allclose([score for score, _ in got], want, rtol=1e-6)
+    assert [greedy for _, greedy in got] == [model.is_greedy(p, a) for p, a in pairs]
+
+
+def test_pad_eos_scores_with_a_visible_unscored_eos(model):
+    prompt, answer = model.tokenizer.encode(CONTEXT), model.tokenizer.encode(" created")
+    assert len(answer) == 1
+    special = model.special_ids
+    # Single-token answer: both scores are log p(answer | prompt, MASK, EOS) exactly.
+    logits = model.logits(np.array([[*prompt, special.mask, special.eos]]))
+    exact = _log_softmax(logits[0, len(prompt)])[answer[0]]
+    kwargs = dict(model=model, pad_eos=True, mc_num=1, batch_size=1)
+    elbo = harness.IlladaLM(**kwargs).loglikelihood(
+        _requests("loglikelihood", [(CONTEXT, " created")])
+    )
+    conf = harness.IlladaLM(**kwargs, loglikelihood_method="confidence")
+    conf_score = conf.loglikelihood(_requests("loglikelihood", [(CONTEXT, " created")]))
+    np.testing.assert_allclose([elbo[0][0], conf_score[0][0]], [exact, exact], rtol=1e-4)
+    assert not np.isclose(model.log_likelihood(prompt, answer, mc_num=1), exact, rtol=1e-4)
+    # Without a suffix the padded kernels reproduce the public scorers exactly.
+    answers = [answer, model.tokenizer.encode(" made the heaven")]
+    assert harness.padded_elbo(model, prompt, answers[1], (), mc_num=4, batch_size=2,
+                               cfg_scale=0.0, seed=3) == model.log_likelihood(
+        prompt, answers[1], mc_num=4, batch_size=2, seed=3)  # fmt: skip
+    np.testing.assert_array_equal(
+        harness.padded_reveal(model, prompt, answers, (), greedy=False),
+        model.score_confidence(prompt, answers),
+    )
+    greedy = likelihood.greedy_check(model.graphdef, model.params, prompt, answers,
+                                     mask_id=special.mask)  # fmt: skip
+    np.testing.assert_array_equal(harness.padded_reveal(model, prompt, answers, (), greedy=True),
+                                  greedy)  # fmt: skip
+
+
+def test_loglikelihood_rolling_is_the_elbo_given_bos(model):
+    lm = harness.IlladaLM(model=model, mc_num=2, batch_size=2)
+    text = "In the beginning God created the heaven and the earth."
+    (got,) = lm.loglikelihood_rolling(_requests("loglikelihood_rolling", [(text,)]))
+    ids = model.tokenizer.encode(text)
+    assert got == model.log_likelihood([model.tokenizer.bos_id], ids, mc_num=2, batch_size=2,
+                                       seed=lm.seed)  # fmt: skip
+
+
+@pytest.mark.parametrize("variable_length", [False, True])
+def test_generate_until_cuts_at_the_first_stop_string(model, variable_length):
+    lm = harness.IlladaLM(model=model, gen_length=32, block_length=16,
+                          variable_length=variable_length)  # fmt: skip
+    (free,) = lm.generate_until(_requests("generate_until", [(CONTEXT, {"until": []})]))
+    assert "</s>" not in free and len(free) >= 3, free
+    stop = free[len(free) // 2]
+    args = [(CONTEXT, {"until": [stop, "never-produced"]}), (CONTEXT, {"until": stop})]
+    for reply in lm.generate_until(_requests("generate_until", args)):
+        assert reply == free[: free.index(stop)]
+
+
+def test_shipped_task_data_is_well_formed():
+    root = tasks.task_dir()
+    mc = [json.loads(line) for line in (root / "kjv_next_word.jsonl").read_text().splitlines()]
+    gen = [json.loads(line) for line in (root / "kjv_verse_end.jsonl").read_text().splitlines()]
+    assert len(mc) == len(gen) == 40
+    for item in mc:
+        assert len(set(item["choices"])) == 4 and 0 <= item["label"] < 4
+    assert all(item["context"] and len(item["answer"].split()) == 3 for item in gen)
+
+
+def test_run_tasks_offline_end_to_end(model, tmp_path):
+    out = tasks.materialize(tmp_path)
+    config = (out / "kjv_next_word.yaml").read_text()
+    assert str(tasks.task_dir() / "kjv_next_word.jsonl") in config
+    results = run_tasks(model, [tasks.TAG], limit=3, mc_num=2, batch_size=2, gen_length=16,
+                        evaluate_kwargs={"bootstrap_iters": 0})  # fmt: skip
+    mc, gen = results["results"]["kjv_next_word"], results["results"]["kjv_verse_end"]
+    assert 0.0 <= mc["acc,none"] <= 1.0 and 0.0 <= mc["acc_norm,none"] <= 1.0
+    assert 0.0 <= gen["exact_match,none"] <= 1.0
+    assert mc["sample_len"] == gen["sample_len"] == 3
+
+
+def test_bad_arguments_name_the_fix(model):
+    with pytest.raises(harness.HarnessConfigError, match="elbo"):
+        harness.IlladaLM(model=model, loglikelihood_method="confidence", cfg_scale=1.0)
+    with pytest.raises(harness.HarnessConfigError, match="batch_size=3 must divide"):
+        harness.IlladaLM(model=model, mc_num=4, batch_size=3)
+    with pytest.raises(harness.HarnessConfigError, match="checkpoint=PATH"):
+        harness.IlladaLM()
+    lm = harness.IlladaLM(model=model, max_length=16)
+    with pytest.raises(likelihood.ScoringError, match="max_length=16"):
+        lm.loglikelihood(_requests("loglikelihood", [(CONTEXT * 5, " created")]))
