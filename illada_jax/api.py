@@ -193,7 +193,8 @@ class Model:
         steps / block_length default to gen_length (one token per step, pure diffusion).
         `variable_length=True` runs SPEC §5.3 (steps per block) and returns the canvas as far as
         it was opened, with everything after each row's first stop set to EOS; stop ids default
-        to EOS and EoT. Further `options`: see `SamplingOptions` (threshold, cache, noise,
+        to EOS and EoT; a stop string keeps the tokens through the one that completes it (cut
+        the text at the string, as `generate_text` does). Further `options`: see `SamplingOptions` (threshold, cache, noise,
         logits_eos_inf, confidence_eos_eot_inf, think_ids, think_boost, think_power).
         """
         result = self._generate(prompt_ids, gen_length, steps, block_length, temperature,
@@ -239,17 +240,16 @@ class Model:
         mask_id = self.special_ids.mask
 
         def first_stop(generated: np.ndarray) -> int | None:
-            """Number of tokens to keep so that the text ends before the first stop string."""
+            """Tokens to keep: the shortest prefix whose text contains a stop string (a token
+            may hold text before the stop; the text helpers cut at the string itself)."""
             done = generated[generated != mask_id]
             text = tokenizer.decode(done.tolist(), skip_special=False)
-            hits = [text.find(s) for s in stop_strings if s and s in text]
-            if not hits:
+            if not any(s and s in text for s in stop_strings):
                 return None
-            limit = min(hits)
-            # The shortest token prefix whose text reaches the stop string's start.
-            for n in range(len(done) + 1):
-                if len(tokenizer.decode(done[:n].tolist(), skip_special=False)) > limit:
-                    return max(n - 1, 0)
+            for n in range(1, len(done) + 1):
+                prefix = tokenizer.decode(done[:n].tolist(), skip_special=False)
+                if any(s and s in prefix for s in stop_strings):
+                    return n
             return len(done)
 
         return first_stop
@@ -306,35 +306,40 @@ class Model:
     # ------------------------------------------------------------------ scoring
 
     def log_likelihood(self, prompt, answer, mc_num: int = 128, batch_size: int = 32,
-                       cfg_scale: float = 0.0, seed: int = 0) -> float:  # fmt: skip
-        """Monte-Carlo ELBO of `answer` given `prompt` (text or ids), nats (SPEC §6.1)."""
+                       cfg_scale: float = 0.0, seed: int = 0, suffix=()) -> float:  # fmt: skip
+        """Monte-Carlo ELBO of `answer` given `prompt` (text or ids), nats (SPEC §6.1).
+        `suffix`: ids after the answer that are seen but never scored (iLLaDA's EOS padding)."""
         return likelihood.mc_elbo(
             self.graphdef, self.params, self._ids(prompt), self._ids(answer),
             mask_id=self.special_ids.mask, mc_num=mc_num, batch_size=batch_size,
-            cfg_scale=cfg_scale, seed=seed,
+            cfg_scale=cfg_scale, seed=seed, suffix=self._ids(suffix),
         )  # fmt: skip
 
-    def score_confidence(self, prompt, answer):
+    def score_confidence(self, prompt, answer, cfg_scale: float = 0.0, suffix=()):
         """iLLaDA's confidence score (SPEC §6.2) of one answer (float) or of a list of candidate
-        answers (float array), each text or ids."""
+        answers (float array), each text or ids; `suffix` as in `log_likelihood`."""
         single = isinstance(answer, str) or (
             len(answer) > 0 and isinstance(answer[0], int | np.integer)
         )
         answers = [answer] if single else list(answer)
         scores = likelihood.confidence_score(
             self.graphdef, self.params, self._ids(prompt), [self._ids(a) for a in answers],
-            mask_id=self.special_ids.mask,
+            mask_id=self.special_ids.mask, cfg_scale=cfg_scale, suffix=self._ids(suffix),
         )  # fmt: skip
         return float(scores[0]) if single else scores
 
-    def is_greedy(self, prompt, answer) -> bool:
-        """SPEC §6.3: does confidence-ordered greedy decoding of the answer span reproduce it?"""
-        return bool(
-            likelihood.greedy_check(
-                self.graphdef, self.params, self._ids(prompt), [self._ids(answer)],
-                mask_id=self.special_ids.mask,
-            )[0]
+    def is_greedy(self, prompt, answer, cfg_scale: float = 0.0, suffix=()):
+        """SPEC §6.3: does confidence-ordered greedy decoding of the answer span reproduce it?
+        One answer -> bool; a list of candidate answers -> bool array."""
+        single = isinstance(answer, str) or (
+            len(answer) > 0 and isinstance(answer[0], int | np.integer)
+        )
+        answers = [answer] if single else list(answer)
+        result = likelihood.greedy_check(
+            self.graphdef, self.params, self._ids(prompt), [self._ids(a) for a in answers],
+            mask_id=self.special_ids.mask, cfg_scale=cfg_scale, suffix=self._ids(suffix),
         )  # fmt: skip
+        return bool(result[0]) if single else result
 
 
 def _logits_fn(graphdef, params, ids, mask):

@@ -33,23 +33,34 @@ def _bucket(n: int, bucket: int = BUCKET) -> int:
     return max(bucket, -(-n // bucket) * bucket)
 
 
-def _layout(prompt, answer, rows: int, mask_id: int):
-    """Tokens [rows, Lb], key mask [rows, Lb], answer positions [Ab] (int32), answer valid [Ab]."""
-    prompt = [int(t) for t in prompt]
-    answer = [int(t) for t in answer]
-    if not answer:
-        raise ScoringError("the answer (continuation) has no tokens; nothing to score")
-    if mask_id in prompt or mask_id in answer:
+def layout(prompt, answers, mask_id: int, suffix=()):
+    """Rows `[prompt, answer_r, suffix, pad...]`, one per candidate answer.
+
+    `suffix` tokens (e.g. iLLaDA's `padd_eos`: one EOS after the whole input, SPEC §6.2) are
+    visible to attention but never masked or scored. Returns tokens int32 [R, L], key mask bool
+    [R, L] (True on prompt, answer and suffix), answer positions int32 [Ab] and answer validity
+    bool [R, Ab]; L and Ab are rounded up to `BUCKET` so requests share compiled programs.
+    """
+    prompt, suffix = [int(t) for t in prompt], [int(t) for t in suffix]
+    answers = [[int(t) for t in np.asarray(answer).reshape(-1)] for answer in answers]
+    if not answers:
+        raise ScoringError("no answers (continuations) given; nothing to score")
+    if any(not answer for answer in answers):
+        raise ScoringError("an answer (continuation) has no tokens; nothing to score")
+    if any(mask_id in seq for seq in (prompt, suffix, *answers)):
         raise ScoringError(f"the mask id {mask_id} appears in the text to score; remove it")
-    p, a = len(prompt), len(answer)
-    length, a_bucket = _bucket(p + a), _bucket(a)
-    length = max(length, p + a_bucket)
-    tokens = np.zeros((rows, length), np.int32)
-    tokens[:, : p + a] = prompt + answer
-    key_mask = np.zeros((rows, length), bool)
-    key_mask[:, : p + a] = True
+    p, longest = len(prompt), max(len(a) for a in answers)
+    a_bucket = _bucket(longest)
+    length = max(_bucket(p + longest + len(suffix)), p + a_bucket)
+    tokens = np.zeros((len(answers), length), np.int32)
+    key_mask = np.zeros((len(answers), length), bool)
+    valid = np.zeros((len(answers), a_bucket), bool)
+    for row, answer in enumerate(answers):
+        sequence = prompt + answer + suffix
+        tokens[row, : len(sequence)] = sequence
+        key_mask[row, : len(sequence)] = True
+        valid[row, : len(answer)] = True
     positions = (p + np.arange(a_bucket)).astype(np.int32)
-    valid = np.arange(a_bucket) < a
     return tokens, key_mask, positions, valid
 
 
@@ -103,19 +114,23 @@ def _elbo_batch(graphdef, mask_id: int, cfg_scale: float, params, tokens, key_ma
 
 
 def mc_elbo(graphdef, params, prompt, answer, *, mask_id: int, mc_num: int = 128,
-            batch_size: int = 32, cfg_scale: float = 0.0, seed: int = 0) -> float:  # fmt: skip
+            batch_size: int = 32, cfg_scale: float = 0.0, seed: int = 0,
+            suffix=()) -> float:  # fmt: skip
     """Monte-Carlo ELBO of `answer` given `prompt` (token id lists), in nats (SPEC §6.1).
 
     `mc_num` samples in batches of `batch_size` (mc_num % batch_size == 0; a smaller mc_num is
-    one batch of mc_num rows).
+    one batch of mc_num rows). `suffix`: visible, never-scored tokens after the answer.
     """
     batch_size = min(batch_size, mc_num)
-    if mc_num < 1 or mc_num % batch_size:
+    if batch_size < 1 or mc_num < 1 or mc_num % batch_size:
         raise ScoringError(
             f"mc_num={mc_num} must be a positive multiple of batch_size={batch_size}"
         )
-    tokens, key_mask, positions, valid = _layout(prompt, answer, batch_size, mask_id)
-    a = len(answer)
+    tokens, key_mask, positions, valid = layout(prompt, [answer], mask_id, suffix)
+    tokens, key_mask, valid = (
+        np.repeat(tokens, batch_size, 0), np.repeat(key_mask, batch_size, 0), valid[0]
+    )  # fmt: skip
+    a = int(valid.sum())
     rng = np.random.default_rng(seed)
     key = jax.random.key(seed)
     losses = []
@@ -128,9 +143,9 @@ def mc_elbo(graphdef, params, prompt, answer, *, mask_id: int, mc_num: int = 128
     return -float(np.mean(losses))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _reveal_loop(graphdef, mask_id: int, greedy: bool, params, tokens, key_mask, positions,
-                 valid):  # fmt: skip
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _reveal_loop(graphdef, mask_id: int, greedy: bool, cfg_scale: float, params, tokens,
+                 key_mask, positions, valid, prompt_len):  # fmt: skip
     """Reveal the answer one token per pass (SPEC §6.2 / §6.3) for every row (candidate).
 
     Confidence (greedy=False): the position with the highest probability of the candidate's own
@@ -145,11 +160,17 @@ def _reveal_loop(graphdef, mask_id: int, greedy: bool, params, tokens, key_mask,
     canvas = tokens.at[rows_idx, positions[None, :]].set(jnp.where(valid, mask_id, targets))
     n_answer = valid.sum(axis=1)
 
+    before_answer = jnp.arange(tokens.shape[1])[None, :] < prompt_len
+
     def body(i, carry):
         canvas, total = carry
         logits = _answer_logits(model, canvas, key_mask, positions)
+        if cfg_scale:  # SPEC §1.4: prompt positions replaced by the mask id
+            uncond_canvas = jnp.where(before_answer, mask_id, canvas)
+            uncond = _answer_logits(model, uncond_canvas, key_mask, positions)
+            logits = uncond + (cfg_scale + 1.0) * (logits - uncond)
         log_probs = jax.nn.log_softmax(logits, axis=-1)
-        still = canvas[rows_idx, positions[None, :]] == mask_id
+        still = (canvas[rows_idx, positions[None, :]] == mask_id) & valid  # not the padding
         if greedy:
             token = jnp.argmax(logits, axis=-1).astype(tokens.dtype)
             score = jnp.max(log_probs, axis=-1)
@@ -173,42 +194,37 @@ def _reveal_loop(graphdef, mask_id: int, greedy: bool, params, tokens, key_mask,
     return total
 
 
-def _layout_many(prompt, answers, mask_id: int):
-    """Several candidate answers for one prompt, one row each (answer positions shared)."""
-    layouts = [_layout(prompt, ans, 1, mask_id) for ans in answers]
-    length = max(t.shape[1] for t, *_ in layouts)
-    a_bucket = max(p.shape[0] for _, _, p, _ in layouts)
-    p = len(prompt)
-    rows = len(answers)
-    tokens = np.zeros((rows, length), np.int32)
-    key_mask = np.zeros((rows, length), bool)
-    valid = np.zeros((rows, a_bucket), bool)
-    for r, ans in enumerate(answers):
-        tokens[r, : p + len(ans)] = list(prompt) + list(ans)
-        key_mask[r, : p + len(ans)] = True
-        valid[r, : len(ans)] = True
-    positions = (p + np.arange(a_bucket)).astype(np.int32)
-    if positions[-1] >= length:
-        pad = positions[-1] + 1 - length
-        tokens = np.pad(tokens, ((0, 0), (0, pad)))
-        key_mask = np.pad(key_mask, ((0, 0), (0, pad)))
-    return tokens, key_mask, positions, valid
+def _reveal(graphdef, params, prompt, answers, *, mask_id, greedy, cfg_scale, suffix):
+    tokens, key_mask, positions, valid = layout(prompt, answers, mask_id, suffix)
+    return np.asarray(
+        _reveal_loop(
+            graphdef,
+            mask_id,
+            greedy,
+            float(cfg_scale),
+            params,
+            tokens,
+            key_mask,
+            positions,
+            valid,
+            len(prompt),
+        )  # fmt: skip
+    )
 
 
-def confidence_score(graphdef, params, prompt, answers, *, mask_id: int) -> np.ndarray:
+def confidence_score(graphdef, params, prompt, answers, *, mask_id: int,
+                     cfg_scale: float = 0.0, suffix=()) -> np.ndarray:  # fmt: skip
     """iLLaDA's confidence-based score S_conf (SPEC §6.2) of each candidate: float [len(answers)].
 
-    Costs len(answer) forward passes, all candidates of the prompt in one batch.
+    Costs len(answer) forward passes (twice with CFG), all candidates in one batch. `suffix`:
+    visible, never-scored tokens after each answer (iLLaDA's `padd_eos`).
     """
-    tokens, key_mask, positions, valid = _layout_many(prompt, answers, mask_id)
-    return np.asarray(
-        _reveal_loop(graphdef, mask_id, False, params, tokens, key_mask, positions, valid)
-    )
+    return _reveal(graphdef, params, prompt, answers, mask_id=mask_id, greedy=False,
+                   cfg_scale=cfg_scale, suffix=suffix)  # fmt: skip
 
 
-def greedy_check(graphdef, params, prompt, answers, *, mask_id: int) -> np.ndarray:
+def greedy_check(graphdef, params, prompt, answers, *, mask_id: int, cfg_scale: float = 0.0,
+                 suffix=()) -> np.ndarray:  # fmt: skip
     """SPEC §6.3 `is_greedy` for each candidate: bool [len(answers)]."""
-    tokens, key_mask, positions, valid = _layout_many(prompt, answers, mask_id)
-    return np.asarray(
-        _reveal_loop(graphdef, mask_id, True, params, tokens, key_mask, positions, valid)
-    )
+    return _reveal(graphdef, params, prompt, answers, mask_id=mask_id, greedy=True,
+                   cfg_scale=cfg_scale, suffix=suffix)  # fmt: skip

@@ -7,8 +7,10 @@
 or, with the lm-eval command line (this module registers the model, then runs lm-eval's CLI with
 the shipped tasks on the include path unless `--include_path` is given):
 
-    python -m illada_jax.eval.harness run --model illada \
+    python -m illada_jax.eval.harness run --model illada --batch_size 32 \
         --model_args checkpoint=runs/tiny,loglikelihood_method=confidence --tasks illada_offline
+
+(lm-eval's `--batch_size`, default 1, is the ELBO's MC batch; do not repeat it in model_args.)
 
 Requests (all processed on this one process; lm-eval's rank / world size stay 0 / 1):
 - `loglikelihood`: each (context, continuation) is tokenised by `_encode_pair` (SPEC §6.4) and
@@ -31,13 +33,13 @@ position in the batch (and candidates of one question share their random streams
 
 from __future__ import annotations
 
+import copy
 import pathlib
 import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -53,9 +55,10 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from illada_jax.api import Model
-from illada_jax.diffusion import likelihood
 from illada_jax.diffusion.likelihood import ScoringError
 from illada_jax.eval import tasks as shipped_tasks
+from illada_jax.sampling.generate import SamplingOptions
+from illada_jax.sampling.schedule import SamplingError
 
 METHODS = ("elbo", "confidence")
 
@@ -78,97 +81,33 @@ def _as_bool(name: str, value) -> bool:
     raise HarnessConfigError(f"{name}={value!r} is not a boolean; use true or false")
 
 
-def _as_optional(kind, name: str, value):
-    """None for None / "none" / ""; else kind(value), with an error naming the argument."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return None
+def _as(kind, name: str, value):
+    """kind(value), with an error naming the argument."""
     try:
         return kind(value)
     except (TypeError, ValueError):
         raise HarnessConfigError(f"{name}={value!r} is not a {kind.__name__}") from None
 
 
+def _as_optional(kind, name: str, value):
+    """None for None / "none" / ""; else kind(value), with an error naming the argument."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    return _as(kind, name, value)
+
+
 def _batch_size(value, mc_num: int) -> int:
-    """lm-eval's batch size is the MC batch; "auto" (lm-eval's option) means min(mc_num, 32)."""
-    if value is None or str(value).startswith("auto"):
+    """lm-eval's batch size is the MC batch; unset or "auto" (lm-eval's option) means
+    min(mc_num, 32)."""
+    size = None if str(value).startswith("auto") else _as_optional(int, "batch_size", value)
+    if size is None:
         return min(mc_num, 32)
-    size = _as_optional(int, "batch_size", value)
     if size < 1 or mc_num % size:
         raise HarnessConfigError(
             f"batch_size={size} must divide mc_num={mc_num} (SPEC §6.1); e.g. batch_size="
             f"{min(mc_num, 32)}"
         )
     return size
-
-
-# ---------------------------------------------------------------- EOS-padded scoring
-# SPEC §6.2 `padd_eos`: one EOS after the whole input in every forward, its logits unused. The
-# public scorers lay sequences out as [prompt, answer, pad...] with the pads hidden from
-# attention; here the EOS is a visible, never-masked, never-scored key after the answer, fed to
-# the same jitted kernels (`_elbo_batch`, `_reveal_loop`) that `likelihood.mc_elbo` and
-# `likelihood.confidence_score` / `greedy_check` run.
-
-
-def padded_layout(prompt: Sequence[int], answers: Sequence[Sequence[int]],
-                  suffix: Sequence[int], mask_id: int):  # fmt: skip
-    """Rows `[prompt, answer_r, suffix, pad...]`, one per answer.
-
-    Returns tokens int32 [R, L], key mask bool [R, L] (True on prompt, answer and suffix),
-    answer positions int32 [Ab] and answer validity bool [R, Ab]; L and Ab are rounded up to
-    `likelihood.BUCKET` exactly as the public scorers round them (so `suffix=()` reproduces
-    their layout and their numbers).
-    """
-    prompt, suffix = [int(t) for t in prompt], [int(t) for t in suffix]
-    answers = [[int(t) for t in answer] for answer in answers]
-    if not answers or any(not answer for answer in answers):
-        raise ScoringError("a continuation has no tokens; nothing to score")
-    if any(mask_id in seq for seq in (prompt, suffix, *answers)):
-        raise ScoringError(f"the mask id {mask_id} appears in the text to score; remove it")
-    p, longest = len(prompt), max(len(a) for a in answers)
-    a_bucket = likelihood._bucket(longest)
-    length = max(likelihood._bucket(p + longest + len(suffix)), p + a_bucket)
-    tokens = np.zeros((len(answers), length), np.int32)
-    key_mask = np.zeros((len(answers), length), bool)
-    valid = np.zeros((len(answers), a_bucket), bool)
-    for row, answer in enumerate(answers):
-        sequence = prompt + answer + suffix
-        tokens[row, : len(sequence)] = sequence
-        key_mask[row, : len(sequence)] = True
-        valid[row, : len(answer)] = True
-    positions = (p + np.arange(a_bucket)).astype(np.int32)
-    return tokens, key_mask, positions, valid
-
-
-def padded_elbo(model: Model, prompt, answer, suffix, *, mc_num: int, batch_size: int,
-                cfg_scale: float, seed: int) -> float:  # fmt: skip
-    """`likelihood.mc_elbo` with `suffix` tokens after the answer (visible, never scored)."""
-    batch_size = min(batch_size, mc_num)
-    if mc_num < 1 or mc_num % batch_size:
-        raise ScoringError(f"mc_num={mc_num} must be a positive multiple of batch={batch_size}")
-    mask_id = model.special_ids.mask
-    tokens, key_mask, positions, valid = padded_layout(prompt, [answer], suffix, mask_id)
-    tokens, key_mask = np.repeat(tokens, batch_size, 0), np.repeat(key_mask, batch_size, 0)
-    a = len(answer)
-    rng = np.random.default_rng(seed)  # the same streams as likelihood.mc_elbo
-    key = jax.random.key(seed)
-    losses = []
-    for _ in range(mc_num // batch_size):
-        key, sub = jax.random.split(key)
-        offset = float(rng.integers(1, a + 1))
-        loss = likelihood._elbo_batch(model.graphdef, mask_id, float(cfg_scale), model.params,
-                                      tokens, key_mask, positions, valid[0], len(prompt), a,
-                                      offset, sub)  # fmt: skip
-        losses.append(float(loss))
-    return -float(np.mean(losses))
-
-
-def padded_reveal(model: Model, prompt, answers, suffix, *, greedy: bool) -> np.ndarray:
-    """`likelihood.confidence_score` (greedy=False, float [R]) or `greedy_check` (greedy=True,
-    bool [R]) with `suffix` tokens after each answer."""
-    mask_id = model.special_ids.mask
-    tokens, key_mask, positions, valid = padded_layout(prompt, answers, suffix, mask_id)
-    return np.asarray(likelihood._reveal_loop(model.graphdef, mask_id, greedy, model.params,
-                                              tokens, key_mask, positions, valid))  # fmt: skip
 
 
 # ---------------------------------------------------------------- the lm-eval model
@@ -189,6 +128,7 @@ def _load_model(checkpoint, model, tokenizer) -> Model:
     if tokenizer is not None:
         from illada_jax.data.tokenizer import Tokenizer
 
+        model = copy.copy(model)  # the caller's Model keeps its own tokenizer
         model.tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(
             tokenizer
         )  # fmt: skip
@@ -210,7 +150,8 @@ class IlladaLM(LM):
         loglikelihood_method: "elbo" (SPEC §6.1) or "confidence" (SPEC §6.2).
         mc_num, batch_size: MC samples and samples per forward batch for the ELBO (mc_num=1 is
             exact for single-token continuations). lm-eval's `--batch_size` lands here.
-        cfg_scale: unsupervised CFG for the ELBO and for generation (0 = off).
+        cfg_scale: unsupervised CFG for the ELBO, the confidence score, the greedy check and
+            generation (0 = off).
         add_bos_token: prepend BOS to every context (iLLaDA's `add_bos_token`).
         pad_eos: append one EOS after the whole input in every scoring forward, never scored
             (iLLaDA's `padd_eos`, SPEC §6.2).
@@ -242,33 +183,43 @@ class IlladaLM(LM):
                 f"loglikelihood_method={loglikelihood_method!r}: choose one of {METHODS}"
             )
         self.method = loglikelihood_method
-        self.mc_num = int(mc_num)
+        self.mc_num = _as(int, "mc_num", mc_num)
         if self.mc_num < 1:
             raise HarnessConfigError(f"mc_num={mc_num} must be >= 1")
         self.batch_size = _batch_size(batch_size, self.mc_num)
-        self.cfg_scale = float(cfg_scale)
-        if self.cfg_scale and self.method == "confidence":
-            raise HarnessConfigError(
-                "cfg_scale > 0 needs loglikelihood_method=elbo: the confidence scorer "
-                "(likelihood.confidence_score) has no CFG; iLLaDA's confidence results use none"
-            )
+        self.cfg_scale = _as(float, "cfg_scale", cfg_scale)
         self.add_bos_token = _as_bool("add_bos_token", add_bos_token)
         self.pad_eos = _as_bool("pad_eos", pad_eos)
         self.check_greedy = _as_bool("check_greedy", check_greedy)
         self.max_length = _as_optional(int, "max_length", max_length) or (
             self.model.config.max_seq_len
         )  # fmt: skip
-        self.gen_length = int(gen_length)
+        self.gen_length = _as(int, "gen_length", gen_length)
         self.variable_length = _as_bool("variable_length", variable_length)
         default_block = 32 if self.variable_length else None
         self.block_length = _as_optional(int, "block_length", block_length) or default_block
         self.steps = _as_optional(int, "steps", steps)
         self.threshold = _as_optional(float, "threshold", threshold)
         self.cache = str(cache)
-        self.temperature = float(temperature)
+        self.temperature = _as(float, "temperature", temperature)
         self.remasking = str(remasking)
-        self.seed = int(seed)
+        self.seed = _as(int, "seed", seed)
         self._suffix = (self.model.special_ids.eos,) if self.pad_eos else ()
+        self._check_sampling_options()
+
+    def _check_sampling_options(self) -> None:
+        """Bad generation settings fail here, before any request runs."""
+        try:
+            SamplingOptions(temperature=self.temperature, remasking=self.remasking,
+                            cfg_scale=self.cfg_scale, threshold=self.threshold,
+                            cache=self.cache)  # fmt: skip
+        except SamplingError as err:
+            raise HarnessConfigError(f"generation settings: {err}") from None
+        if self.gen_length < 1 or min(self.block_length or 1, self.steps or 1) < 1:
+            raise HarnessConfigError(
+                f"gen_length={self.gen_length}, block_length={self.block_length} and "
+                f"steps={self.steps} must be positive"
+            )
 
     def __repr__(self) -> str:
         return f"IlladaLM({self.model!r}, {self.method})"
@@ -311,26 +262,19 @@ class IlladaLM(LM):
     # ------------------------------------------------------------ scorers
 
     def _elbo(self, prompt, answer) -> float:
-        if self._suffix:
-            return padded_elbo(self.model, prompt, answer, self._suffix, mc_num=self.mc_num,
-                               batch_size=self.batch_size, cfg_scale=self.cfg_scale,
-                               seed=self.seed)  # fmt: skip
         return self.model.log_likelihood(prompt, answer, mc_num=self.mc_num,
                                          batch_size=self.batch_size, cfg_scale=self.cfg_scale,
-                                         seed=self.seed)  # fmt: skip
+                                         seed=self.seed, suffix=self._suffix)  # fmt: skip
 
     def _confidence(self, prompt, answers) -> np.ndarray:
-        if self._suffix:
-            return padded_reveal(self.model, prompt, answers, self._suffix, greedy=False)
-        return np.asarray(self.model.score_confidence(prompt, list(answers)))
+        return np.asarray(self.model.score_confidence(prompt, list(answers),
+                                                      cfg_scale=self.cfg_scale,
+                                                      suffix=self._suffix))  # fmt: skip
 
     def _greedy(self, prompt, answers) -> np.ndarray:
-        """SPEC §6.3 per answer (no CFG: `likelihood.greedy_check` has none)."""
-        if self._suffix:
-            return padded_reveal(self.model, prompt, answers, self._suffix, greedy=True)
-        model = self.model
-        return likelihood.greedy_check(model.graphdef, model.params, prompt, answers,
-                                       mask_id=model.special_ids.mask)  # fmt: skip
+        """SPEC §6.3 per answer."""
+        return np.asarray(self.model.is_greedy(prompt, list(answers), cfg_scale=self.cfg_scale,
+                                               suffix=self._suffix))  # fmt: skip
 
     # ------------------------------------------------------------ lm-eval API
 
@@ -432,17 +376,24 @@ class IlladaLM(LM):
 
 def run_tasks(model_or_checkpoint, tasks: Sequence[str], *, limit: int | float | None = None,
               include_path: str | pathlib.Path | Sequence[str | pathlib.Path] | None = None,
-              num_fewshot: int | None = None, evaluate_kwargs: dict[str, Any] | None = None,
-              **model_args) -> dict:  # fmt: skip
+              include_defaults: bool = True, num_fewshot: int | None = None,
+              evaluate_kwargs: dict[str, Any] | None = None, **model_args) -> dict:  # fmt: skip
     """Run lm-eval `tasks` (names, tags or groups) on a model and return lm-eval's results
     dict (`results["results"][task]["acc,none"]`, ...).
 
     `model_or_checkpoint`: an `IlladaLM`, a `Model` or a checkpoint path; `model_args` go to
-    `IlladaLM` (ignored for an `IlladaLM`). The shipped tasks (`illada_jax.eval.tasks`) are
-    always on the include path, after `include_path` entries; lm-eval's built-in tasks are too.
-    `evaluate_kwargs` go to `lm_eval.simple_evaluate` (e.g. `bootstrap_iters=0`).
+    `IlladaLM` (an `IlladaLM` comes with its own). The shipped tasks (`illada_jax.eval.tasks`) are
+    always on the include path, with the `include_path` entries; lm-eval's built-in tasks are
+    too unless `include_defaults=False` (indexing them takes a few seconds; their data must be
+    in the local datasets cache when offline). `evaluate_kwargs` go to `lm_eval.simple_evaluate`
+    (e.g. `bootstrap_iters=0`, `log_samples=False`).
     """
     if isinstance(model_or_checkpoint, IlladaLM):
+        if model_args:
+            raise HarnessConfigError(
+                f"model arguments {sorted(model_args)} given with a ready IlladaLM; pass a "
+                "Model or a checkpoint path instead, or build the IlladaLM with them"
+            )
         lm = model_or_checkpoint
     elif isinstance(model_or_checkpoint, Model):
         lm = IlladaLM(model=model_or_checkpoint, **model_args)
@@ -454,7 +405,8 @@ def run_tasks(model_or_checkpoint, tasks: Sequence[str], *, limit: int | float |
         paths = [str(shipped_tasks.materialize(tmp)), *map(str, include_path or [])]
         return lm_eval.simple_evaluate(
             model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
-            task_manager=TaskManager(include_path=paths), **(evaluate_kwargs or {}),
+            task_manager=TaskManager(include_path=paths, include_defaults=include_defaults),
+            **(evaluate_kwargs or {}),
         )  # fmt: skip
 
 

@@ -334,7 +334,8 @@ def generate(graphdef, params, ids: SpecialIds, prompt_ids, opts: SamplingOption
 @dataclasses.dataclass
 class VariableResult:
     """ids: int32 [B, P + G_opened] (the canvas as far as blocks were opened; later positions are
-    not returned); lengths: [B] generated tokens kept per row (cut before the first stop)."""
+    not returned); lengths: [B] generated tokens kept per row: before the first stop id, or as
+    many as `stop_fn` says (a stop string's tokens included)."""
 
     ids: np.ndarray
     lengths: np.ndarray
