@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out ELBO bound of a checkpoint, or lm-eval tasks",
         description="Without --tasks: the held-out negative ELBO (nats/token, fixed seeds) on "
         "prepared shards. With --tasks: lm-evaluation-harness tasks (the [eval] extra). "
-        "Example: illada eval --checkpoint runs/tiny --tasks illada_verse_mc --limit 20",
+        "Example: illada eval --checkpoint runs/tiny --tasks kjv_next_word --limit 20",
     )
     ev.add_argument("--checkpoint", required=True, help="run directory or checkpoint step")
     ev.add_argument("--dataset", default=None,
