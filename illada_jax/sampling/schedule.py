@@ -64,8 +64,10 @@ def gumbel_noise(key: jax.Array, shape: tuple[int, ...], noise: str) -> jax.Arra
     hi_key, lo_key = jax.random.split(key)
     hi = jax.random.randint(hi_key, shape, 0, 1 << 24).astype(jnp.float32)
     lo = jax.random.randint(lo_key, shape, 0, 1 << 24).astype(jnp.float32)
-    v = (hi + lo * 2.0**-24) * 2.0**-24  # in [0, 1)
-    exponential = -jnp.log1p(-jnp.maximum(v, 2.0**-48))  # Exp(1); v=0 would give log(0)
+    # In [0, 1) mathematically; fp32 rounding can give exactly 1 (hi = 2^24-1, lo >= 2^23), and
+    # v = 0 would give log(0): clamp both ends.
+    v = jnp.clip((hi + lo * 2.0**-24) * 2.0**-24, 2.0**-48, 1.0 - 2.0**-24)
+    exponential = -jnp.log1p(-v)  # Exp(1)
     return -jnp.log(exponential)
 
 
