@@ -204,18 +204,21 @@ class Transformer(nnx.Module):
         x, kv = self._scan_layers(lambda blk, h, _: blk.with_kv(h, cos, sin, key_mask), x, None)
         return self.final_norm(x), kv
 
-    def hidden_cached(self, tokens, start, kv, fresh_from, key_mask=None):
+    def hidden_cached(self, tokens, start, kv, fresh_from, key_mask=None, *,
+                      return_kv: bool = True):  # fmt: skip
         """Hidden states of a window of the canvas from a K/V cache (see `Block.cached`).
 
         tokens: [B, W] = canvas[start:start+W]; kv: as returned by `hidden_with_kv`; start and
-        fresh_from may be traced. Returns (final-normed hidden [B, W, d_model], updated kv).
+        fresh_from may be traced. Returns (final-normed hidden [B, W, d_model], updated kv, or
+        None with return_kv=False: the sampler overwrites the window's K/V at every step anyway).
         """
         batch, width = tokens.shape
         cos, sin = self._positions(batch, start, width)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.compute_dtype)
 
         def layer(blk, h, layer_kv):
-            return blk.cached(h, cos, sin, layer_kv, start, fresh_from, key_mask)
+            h, new_kv = blk.cached(h, cos, sin, layer_kv, start, fresh_from, key_mask)
+            return h, (new_kv if return_kv else None)
 
         x, kv = self._scan_layers(layer, x, kv)
         return self.final_norm(x), kv

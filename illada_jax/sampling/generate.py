@@ -152,9 +152,11 @@ def _commit(opts, ids: SpecialIds, x, logits_blk, key, start, prompt_len, count)
     masked = x_blk == ids.mask
     # The model's distribution over clean tokens excludes the mask token (MDLM's "zero masking
     # probabilities"); the reference leaves it in, and an untrained model can then "commit" a mask.
-    logits_blk = logits_blk.at[..., ids.mask].set(-jnp.inf)
+    vocab = jnp.arange(logits_blk.shape[-1])
+    banned = vocab == ids.mask
     if opts.logits_eos_inf:
-        logits_blk = logits_blk.at[..., ids.eos].set(-jnp.inf)
+        banned |= vocab == ids.eos
+    logits_blk = jnp.where(banned, -jnp.inf, logits_blk)  # elementwise: fuses into the readers
     if opts.think_ids and opts.think_boost:
         logits_blk = _think_boost(opts, x, logits_blk, masked, start, prompt_len)
     noise_key, conf_key = jax.random.split(key)
@@ -210,8 +212,10 @@ def _decode_block(model, opts: SamplingOptions, ids: SpecialIds, prompt_len: int
         window = jax.lax.dynamic_slice_in_dim(x, win_start, width, axis=1)
 
         def run(tokens):
-            hidden, kv_now = model.hidden_cached(tokens, win_start, kv, start, key_mask=visible_run)
-            return block_head(hidden, start - win_start), kv_now
+            hidden, _ = model.hidden_cached(
+                tokens, win_start, kv, start, key_mask=visible_run, return_kv=False
+            )
+            return block_head(hidden, start - win_start), None
 
         logits, _ = _guided(opts, run, window, window)  # the window never holds the prompt
         return logits

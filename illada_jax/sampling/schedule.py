@@ -71,16 +71,28 @@ def gumbel_noise(key: jax.Array, shape: tuple[int, ...], noise: str) -> jax.Arra
     return -jnp.log(exponential)
 
 
+def first_argmax(values: jax.Array) -> jax.Array:
+    """argmax over the last axis (the first index of the maximum, as `jnp.argmax`) -> int32.
+
+    Two plain reductions (max, then the smallest index holding it) instead of XLA's variadic
+    (value, index) reduce: about 5x faster on CPU over a vocabulary, where it was a tenth of a
+    sampling step.
+    """
+    top = jnp.max(values, axis=-1, keepdims=True)
+    index = jnp.arange(values.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(values == top, index, values.shape[-1]), axis=-1).astype(jnp.int32)
+
+
 def sample_candidates(logits, key, temperature: float, noise: str):
     """x0 = argmax(logits/τ + g) (a draw from softmax(logits/τ)); τ = 0 is greedy argmax.
 
     logits: [..., vocab] fp32 -> int32 [...].
     """
     if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return first_argmax(logits)
     dtype = jnp.float64 if noise == "float64" else jnp.float32
     g = gumbel_noise(key, logits.shape, noise)
-    return jnp.argmax(logits.astype(dtype) / temperature + g, axis=-1).astype(jnp.int32)
+    return first_argmax(logits.astype(dtype) / temperature + g)
 
 
 def confidences(logits, x0, key, remasking: str, suppressed_ids: tuple[int, ...] = ()):
@@ -91,8 +103,11 @@ def confidences(logits, x0, key, remasking: str, suppressed_ids: tuple[int, ...]
     so they are committed last (SPEC §5.1 notes: the intended behaviour of the reference).
     """
     if remasking == "low_confidence":
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-        conf = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
+        # softmax(logits)[x0] = exp(logits[x0] - logsumexp(logits)): one pass over the
+        # vocabulary, no [..., vocab] probability tensor.
+        logits = logits.astype(jnp.float32)
+        chosen = jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0]
+        conf = jnp.exp(chosen - jax.nn.logsumexp(logits, axis=-1))
     elif remasking == "random":
         conf = jax.random.uniform(key, x0.shape, jnp.float32)
     else:
