@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from illada_jax.api import LoadError
+from illada_jax.ckpt import hf
 from illada_jax.ckpt.manager import CheckpointError
 from illada_jax.config.schema import ConfigError
 from illada_jax.data import tokenizer_train
@@ -29,6 +30,7 @@ USER_ERRORS = (
     SamplingError,
     ScoringError,
     LoadError,
+    hf.HfFormatError,
 )
 
 CONFIG_HELP = (
@@ -335,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(params)
     params.set_defaults(func=cmd_params)
+
+    convert = sub.add_parser(
+        "convert",
+        help="HF LLaDA / iLLaDA safetensors <-> native checkpoints",
+        description="Convert weights. Example: illada convert --from hf --to native --src "
+        "HF_DIR --dst runs/llada8b",
+    )
+    hf.add_convert_arguments(convert)
+    convert.set_defaults(func=hf.run_convert)
 
     gen = sub.add_parser(
         "generate",

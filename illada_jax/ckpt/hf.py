@@ -1,0 +1,799 @@
+"""HF safetensors (LLaDA / iLLaDA layouts) <-> native parameters and checkpoints (SPEC §2.3, §9.8).
+
+No torch: tensors are read and written with the safetensors numpy API, one tensor at a time.
+
+Layouts (names as in SPEC §2.3; PyTorch Linear weights are `[out, in]`):
+- `llada`: `model.transformer.{wte,ln_f,ff_out}` and `model.transformer.blocks.{i}.{attn_norm,
+  q_proj,k_proj,v_proj,attn_out,ff_norm,ff_proj,up_proj,ff_out}.weight` (OLMo-style config:
+  `model_type: llada`, `d_model`, `n_heads`, ...). `ff_proj` is the SiLU gate, `up_proj` the
+  linear branch, the block `ff_out` the down projection; the top-level `ff_out` is the untied head.
+- `illada`: HF Llama names `model.embed_tokens`, `model.norm`, `lm_head` and
+  `model.layers.{i}.{input_layernorm,self_attn.{q,k,v,o}_proj,post_attention_layernorm,
+  mlp.{gate,up,down}_proj}.weight` (config `hidden_size`, `num_attention_heads`, ...).
+
+Native pure-dict layout (`illada_jax.model.transformer`): `embed [V, d]`, `final_norm.scale [d]`,
+`lm_head [d, V]` (untied only) and, stacked over layers, `blocks.attn_norm.scale [L, d]`,
+`blocks.attn.{q_proj [L, d, H, hd], k_proj/v_proj [L, d, KV, hd], o_proj [L, H, hd, d]}`,
+`blocks.mlp_norm.scale [L, d]`, `blocks.mlp.{gate, up [L, d, F], down [L, F, d]}`. A Linear weight
+W `[out, in]` becomes `W.T.reshape(native shape)`; back, `native.reshape(in, out).T`: a pure
+permutation of the same numbers, so both directions are bit-exact.
+
+Tied heads: when the config ties embeddings, a materialised head tensor (iLLaDA usually ships
+`lm_head.weight`) must equal the embedding (compared after the dtype conversion) and is dropped;
+a missing head is fine. `*.rotary_emb.inv_freq` buffers are ignored. Any other missing, unexpected
+or wrongly shaped tensor raises `HfFormatError` naming it, before any tensor data is read.
+
+Reading: safe_open(framework="numpy") reads and validates every header (names, shapes, dtypes)
+before any data; the data is then read tensor by tensor with plain positioned reads (`_read_raw`,
+see there why not `get_tensor`). BF16 data becomes `ml_dtypes.bfloat16` arrays (what
+safetensors >= 0.6 `get_tensor` returns too; older versions raise on BF16). `param_dtype=None` keeps the checkpoint's dtype
+(BF16 -> bfloat16, F32 -> float32; F16 is upcast to float32, exactly); `compute_dtype` follows the
+parameters (bf16 inference as in the references, SPEC §2.4). Memory: each stacked `[L, ...]`
+array is allocated once in the target dtype and filled layer by layer, so the peak is about the
+model in the target dtype plus the largest single tensor.
+
+config.json fields read (anything else is ignored):
+- llada: d_model, n_heads, n_kv_heads (or multi_query_attention), n_layers, mlp_hidden_size (or
+  mlp_ratio), embedding_size / vocab_size, max_sequence_length, rope_theta, rms_norm_eps,
+  weight_tying, init_std, special ids; refused unless as the released models: block_type llama,
+  activation_type silu, layer_norm_type rms, layer_norm_with_affine, rope, no alibi, no
+  include_bias / include_qkv_bias / bias_for_layer_norm, no attention_layer_norm, no
+  input_emb_norm, no scale_logits, no clip_qkv, block_group_size 1.
+- illada (Llama style): hidden_size, num_attention_heads, num_key_value_heads, num_hidden_layers,
+  head_dim, intermediate_size, vocab_size, max_position_embeddings, rope_theta (or
+  rope_parameters.rope_theta), rms_norm_eps, tie_word_embeddings, initializer_range, special ids;
+  refused: hidden_act other than silu/swish, attention_bias / mlp_bias, rope_scaling (or a
+  rope_parameters.rope_type other than default), partial_rotary_factor != 1, layer_norm_eps
+  (plain LayerNorm), qk norms, sliding windows.
+- special ids: mask/pad/bos/eos_token_id (eos may be a list: its first entry) and our own
+  eot_token_id; absent ones take the released model's ids (presets LLADA_SPECIAL_IDS /
+  ILLADA_SPECIAL_IDS). Dropout fields are ignored (inference and fine-tuning run without dropout).
+
+Native checkpoints (`save_native`): `DIR/config.json` (an `Experiment` holding the model) and an
+orbax step `DIR/checkpoints/0/{state,data,meta}` written exactly like the runner's, with
+`state = {"params": ...}` only. `illada_jax.load(DIR)` reads it, and `checkpoint.init_from=DIR`
+starts a fine-tuning run from it; it is not a run directory to resume (no optimiser state).
+
+Command line: `illada convert --from hf --to native --src HF_DIR --dst DIR` and `illada convert
+--from native --to hf --src RUN_OR_CKPT_DIR --dst HF_DIR [--layout llada|illada]`
+(`add_convert_arguments` + `run_convert`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from illada_jax.config.schema import ConfigError, ModelConfig
+from illada_jax.model.presets import ILLADA_SPECIAL_IDS, LLADA_SPECIAL_IDS
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("llada", "illada")
+DEFAULT_SHARD_BYTES = 5_000_000_000  # transformers' default max_shard_size ("5GB")
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "chat_template.jinja")  # fmt: skip
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_DTYPE_BY_CODE = {"BF16": "bfloat16", "F32": "float32", "F16": "float32"}
+_NUMPY_DTYPE = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
+_RAW_DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32}
+
+
+class HfFormatError(ValueError):
+    """An HF checkpoint (config.json or tensors) this converter cannot map; the message names the
+    field or tensor, what was found and what is expected."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor maps
+# ---------------------------------------------------------------------------------------------
+
+# Native role -> (HF name per layout, native path in the pure dict). Per-layer names hold {i}.
+_GLOBAL_NAMES = {
+    "embed": ("model.transformer.wte.weight", "model.embed_tokens.weight", ("embed",)),
+    "final_norm": ("model.transformer.ln_f.weight", "model.norm.weight", ("final_norm", "scale")),
+    "lm_head": ("model.transformer.ff_out.weight", "lm_head.weight", ("lm_head",)),
+}
+_LAYER_NAMES = {
+    "attn_norm": ("attn_norm", "input_layernorm", ("attn_norm", "scale")),
+    "q": ("q_proj", "self_attn.q_proj", ("attn", "q_proj")),
+    "k": ("k_proj", "self_attn.k_proj", ("attn", "k_proj")),
+    "v": ("v_proj", "self_attn.v_proj", ("attn", "v_proj")),
+    "o": ("attn_out", "self_attn.o_proj", ("attn", "o_proj")),
+    "mlp_norm": ("ff_norm", "post_attention_layernorm", ("mlp_norm", "scale")),
+    "gate": ("ff_proj", "mlp.gate_proj", ("mlp", "gate")),
+    "up": ("up_proj", "mlp.up_proj", ("mlp", "up")),
+    "down": ("ff_out", "mlp.down_proj", ("mlp", "down")),
+}
+_LAYER_PREFIX = {"llada": "model.transformer.blocks.{i}.", "illada": "model.layers.{i}."}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One native parameter and its HF tensor(s).
+
+    `shape` is the native shape of one layer (`per_layer`) or of the whole parameter. For a Linear
+    (`in_axes > 0`) the first `in_axes` native axes form the input: HF `[out, in]` =
+    `native.reshape(in, out).T`. Otherwise (norm scales, the embedding) the shapes are equal.
+    """
+
+    path: tuple[str, ...]
+    hf_name: str
+    shape: tuple[int, ...]
+    in_axes: int
+    per_layer: bool
+
+    @property
+    def hf_shape(self) -> tuple[int, ...]:
+        if not self.in_axes:
+            return self.shape
+        return (math.prod(self.shape[self.in_axes :]), math.prod(self.shape[: self.in_axes]))
+
+    def hf_names(self, n_layers: int) -> list[str]:
+        if not self.per_layer:
+            return [self.hf_name]
+        return [self.hf_name.format(i=i) for i in range(n_layers)]
+
+
+def tensor_specs(cfg: ModelConfig, layout: str) -> list[TensorSpec]:
+    """The native parameters of `cfg` with their HF names in `layout`, in HF order (embedding,
+    layers, final norm, head). The head is listed for untied configs only."""
+    _check_layout(layout)
+    col = LAYOUTS.index(layout)
+    d, h, kv, hd, f, v = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim,
+                          cfg.vocab_size)  # fmt: skip
+    layer_shapes = {
+        "attn_norm": ((d,), 0), "q": ((d, h, hd), 1), "k": ((d, kv, hd), 1),
+        "v": ((d, kv, hd), 1), "o": ((h, hd, d), 2), "mlp_norm": ((d,), 0),
+        "gate": ((d, f), 1), "up": ((d, f), 1), "down": ((f, d), 1),
+    }  # fmt: skip
+    specs = [TensorSpec(_GLOBAL_NAMES["embed"][2], _GLOBAL_NAMES["embed"][col], (v, d), 0, False)]
+    for role, (shape, in_axes) in layer_shapes.items():
+        names = _LAYER_NAMES[role]
+        hf_name = f"{_LAYER_PREFIX[layout]}{names[col]}.weight"
+        specs.append(TensorSpec(("blocks", *names[2]), hf_name, shape, in_axes, True))
+    norm = _GLOBAL_NAMES["final_norm"]
+    specs.append(TensorSpec(norm[2], norm[col], (d,), 0, False))
+    if not cfg.tie_embeddings:
+        head = _GLOBAL_NAMES["lm_head"]
+        specs.append(TensorSpec(head[2], head[col], (d, v), 1, False))
+    return specs
+
+
+def head_name(layout: str) -> str:
+    """HF name of the output head in `layout` (optional when embeddings are tied)."""
+    return _GLOBAL_NAMES["lm_head"][LAYOUTS.index(layout)]
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise HfFormatError(f"layout={layout!r} is unknown; choose one of {', '.join(LAYOUTS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json
+# ---------------------------------------------------------------------------------------------
+
+
+def detect_layout(config_json: dict) -> str:
+    """`llada` for OLMo-style LLaDA configs (`model_type: llada` or a `d_model` field), `illada`
+    for HF Llama-style ones (`hidden_size`)."""
+    if config_json.get("model_type") == "llada" or "d_model" in config_json:
+        return "llada"
+    if "hidden_size" in config_json:
+        return "illada"
+    raise HfFormatError(
+        "config.json: neither a LLaDA config (model_type 'llada' with d_model, n_heads, ...) nor "
+        "a Llama-style iLLaDA config (hidden_size, num_attention_heads, ...); "
+        f"model_type={config_json.get('model_type')!r}"
+    )
+
+
+def _get(config_json: dict, field: str, kind: type | tuple[type, ...], default: Any = ...):
+    value = config_json.get(field, default)
+    if value is ...:
+        raise HfFormatError(f"config.json: required field {field!r} is missing")
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise HfFormatError(f"config.json: {field}={value!r} must be of type {kind}")
+    return value
+
+
+def _refuse(config_json: dict, field: str, supported: Any, why: str) -> None:
+    """Raise when `field` is present with a value other than the supported one(s)."""
+    allowed = supported if isinstance(supported, tuple) else (supported,)
+    if field in config_json and config_json[field] not in allowed:
+        raise HfFormatError(
+            f"config.json: {field}={config_json[field]!r} is not supported ({why}); "
+            f"supported: {' or '.join(repr(a) for a in allowed)}"
+        )
+
+
+def _special_ids(config_json: dict, defaults: dict, vocab: int) -> dict[str, int | None]:
+    ids = {}
+    for field, default in defaults.items():
+        value = config_json.get(field)
+        if isinstance(value, list):  # e.g. several EOS ids: the first is the canonical one
+            value = value[0] if value else None
+        if value is None:
+            value = default
+            if field == "eot_token_id" and value is not None and value >= vocab:
+                value = None  # optional: a small model without the released vocabulary
+        ids[field] = value
+    return ids
+
+
+def _llada_fields(c: dict) -> dict[str, Any]:
+    _refuse(c, "block_type", "llama", "only the LLaDA llama block with separate q/k/v and gate/up")
+    _refuse(c, "activation_type", "silu", "the MLP is silu(ff_proj x) * up_proj x")
+    _refuse(c, "layer_norm_type", "rms", "RMSNorm only; LayerNorm has a bias and centring")
+    _refuse(c, "layer_norm_with_affine", True, "the RMSNorm scales are learned weights")
+    _refuse(c, "rope", True, "RoPE is the only positional encoding")
+    _refuse(c, "alibi", (False, None), "ALiBi is not implemented")
+    for field in ("include_bias", "include_qkv_bias", "bias_for_layer_norm"):
+        _refuse(c, field, (False, None), "the native model has no biases here")
+    for field in ("attention_layer_norm", "input_emb_norm", "scale_logits"):
+        _refuse(c, field, (False, None), "not part of the LLaDA / iLLaDA architecture")
+    _refuse(c, "clip_qkv", None, "q/k/v clipping is not implemented")
+    _refuse(c, "block_group_size", 1, "grouped blocks use other tensor names")
+    d_model, n_heads = _get(c, "d_model", int), _get(c, "n_heads", int)
+    kv_default = 1 if c.get("multi_query_attention") else n_heads
+    mlp = _get(c, "mlp_hidden_size", int, None) or _get(c, "mlp_ratio", int, 4) * d_model
+    vocab = _get(c, "embedding_size", int, None) or _get(c, "vocab_size", int)
+    if d_model % n_heads:
+        raise HfFormatError(
+            f"config.json: d_model={d_model} is not a multiple of n_heads={n_heads}"
+        )
+    return dict(
+        d_model=d_model, n_heads=n_heads, head_dim=d_model // n_heads,
+        n_kv_heads=_get(c, "n_kv_heads", int, None) or kv_default,
+        n_layers=_get(c, "n_layers", int), mlp_dim=mlp, vocab_size=vocab,
+        max_seq_len=_get(c, "max_sequence_length", int, 4096),
+        rope_theta=float(_get(c, "rope_theta", (int, float), 10_000.0)),
+        norm_eps=float(_get(c, "rms_norm_eps", (int, float), 1e-5)),
+        tie_embeddings=bool(_get(c, "weight_tying", bool, False)),
+        init_std=float(_get(c, "init_std", (int, float), 0.02)),
+        **_special_ids(c, {**LLADA_SPECIAL_IDS}, vocab),
+    )  # fmt: skip
+
+
+def _rope_theta_llama(c: dict) -> float:
+    _refuse(c, "rope_scaling", None, "RoPE scaling is not implemented (iLLaDA raises on it too)")
+    params = c.get("rope_parameters")
+    if isinstance(params, dict):
+        if params.get("rope_type", "default") != "default":
+            raise HfFormatError(
+                f"config.json: rope_parameters.rope_type={params.get('rope_type')!r} is not "
+                "supported (RoPE scaling is not implemented); supported: 'default'"
+            )
+        if "rope_theta" in params:
+            return float(params["rope_theta"])
+    return float(_get(c, "rope_theta", (int, float), 10_000.0))
+
+
+def _llama_fields(c: dict) -> dict[str, Any]:
+    _refuse(c, "hidden_act", ("silu", "swish"), "the MLP is down(silu(gate x) * up x)")
+    for field in ("attention_bias", "mlp_bias"):
+        _refuse(c, field, (False, None), "the native model has no biases here")
+    _refuse(c, "partial_rotary_factor", (1, 1.0, None), "RoPE rotates the full head dimension")
+    for field in ("qk_norm", "use_qk_norm", "use_sliding_window"):
+        _refuse(c, field, (False, None), "not part of the LLaDA / iLLaDA architecture")
+    if "layer_norm_eps" in c and "rms_norm_eps" not in c:
+        raise HfFormatError(
+            "config.json: layer_norm_eps means plain LayerNorm (with bias and centring), which is "
+            "not supported; the LLaDA / iLLaDA models use RMSNorm (rms_norm_eps)"
+        )
+    d_model, n_heads = _get(c, "hidden_size", int), _get(c, "num_attention_heads", int)
+    vocab = _get(c, "vocab_size", int)
+    return dict(
+        d_model=d_model, n_heads=n_heads,
+        head_dim=_get(c, "head_dim", int, None) or d_model // n_heads,
+        n_kv_heads=_get(c, "num_key_value_heads", int, None) or n_heads,
+        n_layers=_get(c, "num_hidden_layers", int), mlp_dim=_get(c, "intermediate_size", int),
+        vocab_size=vocab, max_seq_len=_get(c, "max_position_embeddings", int, 4096),
+        rope_theta=_rope_theta_llama(c),
+        norm_eps=float(_get(c, "rms_norm_eps", (int, float), 1e-6)),
+        tie_embeddings=bool(_get(c, "tie_word_embeddings", bool, True)),
+        init_std=float(_get(c, "initializer_range", (int, float), 0.02)),
+        **_special_ids(c, {**ILLADA_SPECIAL_IDS}, vocab),
+    )  # fmt: skip
+
+
+def config_from_hf(config_json: dict, *, param_dtype: str = "float32",
+                   name: str | None = None) -> ModelConfig:  # fmt: skip
+    """A `ModelConfig` from an HF `config.json` dict of either layout (see the module docstring
+    for the fields read). `compute_dtype` follows `param_dtype`. Raises `HfFormatError`."""
+    layout = detect_layout(config_json)
+    fields = _llada_fields(config_json) if layout == "llada" else _llama_fields(config_json)
+    name = name or str(config_json.get("model_type") or layout)
+    try:
+        return ModelConfig(name=name, param_dtype=param_dtype, compute_dtype=param_dtype, **fields)
+    except ConfigError as err:
+        raise HfFormatError(
+            f"config.json ({layout} layout) gives an invalid model: {err}. Special ids absent "
+            "from config.json default to the released model's (mask/pad/bos/eos_token_id); set "
+            "them in config.json for other vocabularies"
+        ) from None
+
+
+def config_to_hf(cfg: ModelConfig, layout: str) -> dict[str, Any]:
+    """The HF `config.json` dict of `cfg` in `layout` (inverse of `config_from_hf`)."""
+    _check_layout(layout)
+    if cfg.use_bias:
+        raise HfFormatError("model.use_bias=True: the LLaDA / iLLaDA layouts have no biases")
+    ids = dict(mask_token_id=cfg.mask_token_id, pad_token_id=cfg.pad_token_id,
+               bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id)  # fmt: skip
+    if cfg.eot_token_id is not None:
+        ids["eot_token_id"] = cfg.eot_token_id
+    if layout == "llada":
+        if cfg.head_dim * cfg.n_heads != cfg.d_model:
+            raise HfFormatError(
+                f"layout llada needs head_dim * n_heads == d_model (LLaDA has no head_dim field), "
+                f"got {cfg.head_dim} * {cfg.n_heads} != {cfg.d_model}; use --layout illada"
+            )
+        return dict(
+            architectures=["LLaDAModelLM"], model_type="llada", d_model=cfg.d_model,
+            n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, n_layers=cfg.n_layers,
+            mlp_hidden_size=cfg.mlp_dim, mlp_ratio=4, vocab_size=cfg.vocab_size,
+            embedding_size=cfg.vocab_size, max_sequence_length=cfg.max_seq_len,
+            rope_theta=cfg.rope_theta, rms_norm_eps=cfg.norm_eps, weight_tying=cfg.tie_embeddings,
+            init_std=cfg.init_std, block_type="llama", activation_type="silu",
+            layer_norm_type="rms", layer_norm_with_affine=True, rope=True,
+            rope_full_precision=True, alibi=False, include_bias=False, include_qkv_bias=False,
+            bias_for_layer_norm=False, attention_layer_norm=False, input_emb_norm=False,
+            scale_logits=False, block_group_size=1, attention_dropout=0.0,
+            residual_dropout=0.0, embedding_dropout=0.0, use_cache=False,
+            torch_dtype=cfg.param_dtype, **ids,
+        )  # fmt: skip
+    return dict(
+        architectures=["ILLaDAForCausalLM"], model_type="illada", hidden_size=cfg.d_model,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+        num_hidden_layers=cfg.n_layers, head_dim=cfg.head_dim, intermediate_size=cfg.mlp_dim,
+        vocab_size=cfg.vocab_size, max_position_embeddings=cfg.max_seq_len,
+        rope_theta=cfg.rope_theta, rope_scaling=None, rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu", attention_bias=False,
+        mlp_bias=False, attention_dropout=0.0, initializer_range=cfg.init_std, use_cache=False,
+        torch_dtype=cfg.param_dtype, **ids,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading safetensors
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    file: pathlib.Path
+    shape: tuple[int, ...]
+    dtype: str  # safetensors code: "BF16", "F32", ...
+
+
+def _safetensors_files(src: pathlib.Path) -> list[pathlib.Path]:
+    """The checkpoint's shard files: from the index json, else model.safetensors, else the only
+    *.safetensors file."""
+    index = src / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise HfFormatError(f"{index}: no 'weight_map' object")
+        files = sorted({src / name for name in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise HfFormatError(f"{index} names shard(s) missing from {src}: {missing}")
+        return files
+    if (src / SINGLE_FILE).is_file():
+        return [src / SINGLE_FILE]
+    found = sorted(src.glob("*.safetensors"))
+    if len(found) == 1:
+        return found
+    raise HfFormatError(
+        f"{src}: expected {SINGLE_FILE} or {INDEX_FILE} with its shards, found "
+        f"{[f.name for f in found] or 'no *.safetensors file'}"
+    )
+
+
+def _scan_headers(src: pathlib.Path) -> dict[str, _Entry]:
+    """Name -> (file, shape, dtype) of every tensor, from the file headers only (no data read)."""
+    from safetensors import safe_open
+
+    entries: dict[str, _Entry] = {}
+    for file in _safetensors_files(src):
+        with safe_open(str(file), framework="numpy") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+                view = handle.get_slice(name)
+                if name in entries:
+                    raise HfFormatError(f"tensor {name} is stored twice ({entries[name].file.name}"
+                                        f" and {file.name})")  # fmt: skip
+                entries[name] = _Entry(file, tuple(view.get_shape()), view.get_dtype())
+    return entries
+
+
+def _file_header(file: pathlib.Path) -> tuple[int, dict]:
+    """(byte offset of the data, JSON header) of a safetensors file."""
+    with open(file, "rb") as stream:
+        header_len = int.from_bytes(stream.read(8), "little")
+        return 8 + header_len, json.loads(stream.read(header_len))
+
+
+def _read_raw(file: pathlib.Path, name: str, header: tuple[int, dict] | None = None):
+    """One tensor read with a plain positioned file read into a fresh numpy array.
+
+    Not `safe_open(...).get_tensor`: that maps the whole shard and copies out of the map, so the
+    touched pages stay resident while the handle is open (measured +1.3 GB at 1B, bench/convert.py).
+    The headers are validated by safe_open in `_scan_headers` first.
+    """
+    data_start, entries = header or _file_header(file)
+    info = entries[name]
+    dtype = np.dtype(_RAW_DTYPES[info["dtype"]])
+    begin, end = info["data_offsets"]
+    data = np.fromfile(file, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                       offset=data_start + begin)  # fmt: skip
+    return data.reshape(info["shape"])
+
+
+def _validate(entries: dict[str, _Entry], specs: list[TensorSpec], cfg: ModelConfig,
+              layout: str) -> None:  # fmt: skip
+    """Missing / unexpected / wrongly shaped tensors -> HfFormatError naming them."""
+    expected = {name: spec.hf_shape for spec in specs for name in spec.hf_names(cfg.n_layers)}
+    optional = {} if not cfg.tie_embeddings else {head_name(layout): (cfg.vocab_size, cfg.d_model)}
+    missing = [name for name in expected if name not in entries]
+    if missing:
+        raise HfFormatError(
+            f"missing tensor(s) for the {layout} layout: {missing[:5]}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            + (
+                ". config.json unties the head (weight_tying / tie_word_embeddings false)"
+                if head_name(layout) in missing
+                else ""
+            )  # fmt: skip
+        )
+    known = {**expected, **optional}
+    unexpected = [n for n in entries if n not in known and not n.endswith(_IGNORED_SUFFIXES)]
+    if unexpected:
+        hint = " (biases are not supported)" if any(n.endswith(".bias") for n in unexpected) else ""
+        raise HfFormatError(
+            f"unexpected tensor(s) for the {layout} layout{hint}: {sorted(unexpected)[:5]}"
+            + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+        )
+    for name, shape in known.items():
+        if name in entries and entries[name].shape != shape:
+            raise HfFormatError(
+                f"tensor {name}: expected shape {list(shape)} from config.json, "
+                f"got {list(entries[name].shape)}"
+            )
+        if name in entries and entries[name].dtype not in _DTYPE_BY_CODE:
+            raise HfFormatError(
+                f"tensor {name}: dtype {entries[name].dtype} is not supported (BF16, F16 or F32)"
+            )
+
+
+def _checkpoint_dtype(entries: dict[str, _Entry], names: list[str]) -> str:
+    """bfloat16 when every tensor is BF16, else float32 (F16 and F32 load exactly as float32)."""
+    codes = {entries[n].dtype for n in names}
+    return "bfloat16" if codes == {"BF16"} else "float32"
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get_path(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _place(array: np.ndarray, spec: TensorSpec, dest: np.ndarray) -> None:
+    """Write one HF tensor into its native slot (`dest`: the whole parameter or one layer)."""
+    dest[...] = array.T.reshape(spec.shape) if spec.in_axes else array
+
+
+def hf_to_native(src_dir: str | pathlib.Path, *,
+                 param_dtype: str | None = None) -> tuple[ModelConfig, dict]:  # fmt: skip
+    """Read an HF LLaDA / iLLaDA checkpoint directory (config.json + safetensors).
+
+    Returns (ModelConfig, params): params is the native pure dict of numpy arrays in
+    `param_dtype` (None: the checkpoint's, see the module docstring). Raises `HfFormatError`.
+    """
+    src = pathlib.Path(src_dir).expanduser()
+    config_path = src / "config.json"
+    if not config_path.is_file():
+        raise HfFormatError(f"{src}: no config.json; give an HF checkpoint directory")
+    config_json = json.loads(config_path.read_text())
+    layout = detect_layout(config_json)
+    cfg = config_from_hf(config_json, name=src.absolute().name or None)
+    specs = tensor_specs(cfg, layout)
+    entries = _scan_headers(src)
+    _validate(entries, specs, cfg, layout)
+    names = [n for spec in specs for n in spec.hf_names(cfg.n_layers)]
+    dtype_name = param_dtype or _checkpoint_dtype(entries, names)
+    if dtype_name not in _NUMPY_DTYPE:
+        raise HfFormatError(f"param_dtype={dtype_name!r}: choose float32 or bfloat16")
+    cfg = dataclasses.replace(cfg, param_dtype=dtype_name, compute_dtype=dtype_name)
+    dtype = _NUMPY_DTYPE[dtype_name]
+
+    params: dict = {}
+    slots: dict[str, tuple[TensorSpec, np.ndarray]] = {}
+    for spec in specs:
+        full = np.empty(((cfg.n_layers,) if spec.per_layer else ()) + spec.shape, dtype)
+        _set(params, spec.path, full)
+        for i, name in enumerate(spec.hf_names(cfg.n_layers)):
+            slots[name] = (spec, full[i] if spec.per_layer else full)
+    for file in sorted({entries[n].file for n in names}):
+        header = _file_header(file)
+        for name in (n for n in names if entries[n].file == file):
+            spec, dest = slots[name]
+            _place(_read_raw(file, name, header), spec, dest)
+    head = head_name(layout)
+    if cfg.tie_embeddings and head in entries:
+        _check_tied_head(entries[head], head, params["embed"])
+    return cfg, params
+
+
+def _check_tied_head(entry: _Entry, name: str, embed: np.ndarray) -> None:
+    weight = _read_raw(entry.file, name)
+    if not np.array_equal(weight.astype(embed.dtype), embed):
+        raise HfFormatError(
+            f"tensor {name} differs from the embedding but config.json ties them "
+            "(tie_word_embeddings / weight_tying true): an untied head in a tied config. Set the "
+            "tie flag to false if the head is meant to be separate"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing safetensors
+# ---------------------------------------------------------------------------------------------
+
+
+def _hf_tensors(cfg: ModelConfig, params: dict, specs: list[TensorSpec]) -> Iterator[tuple]:
+    """(name, [out, in] contiguous numpy array) one at a time, in HF order."""
+    for spec in specs:
+        full = np.asarray(_get_path(params, spec.path))
+        expected = ((cfg.n_layers,) if spec.per_layer else ()) + spec.shape
+        if full.shape != expected:
+            raise HfFormatError(
+                f"parameter {'.'.join(spec.path)}: expected shape {list(expected)}, "
+                f"got {list(full.shape)}"
+            )
+        for i, name in enumerate(spec.hf_names(cfg.n_layers)):
+            value = full[i] if spec.per_layer else full
+            if spec.in_axes:
+                out_dim, in_dim = spec.hf_shape
+                value = value.reshape(in_dim, out_dim).T
+            yield name, np.ascontiguousarray(value)
+
+
+def _shard_plan(sizes: list[tuple[str, int]], shard_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, size in sizes:
+        if shards[-1] and used + size > shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def native_to_hf(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
+                 layout: str = "llada", shard_bytes: int = DEFAULT_SHARD_BYTES) -> pathlib.Path:  # fmt: skip
+    """Write `config.json` and safetensors shards (`model.safetensors`, or
+    `model-0000k-of-0000n.safetensors` + `model.safetensors.index.json` when over `shard_bytes`)
+    with the layout's names and `[out, in]` Linear weights, in the parameters' dtype. A tied
+    config writes no head tensor. Returns the directory."""
+    from safetensors.numpy import save_file
+
+    dst = pathlib.Path(dst_dir).expanduser()
+    hf_config = config_to_hf(cfg, layout)
+    specs = tensor_specs(cfg, layout)
+    sizes = []
+    for spec in specs:
+        itemsize = np.dtype(np.asarray(_get_path(params, spec.path)).dtype).itemsize
+        sizes += [(n, math.prod(spec.shape) * itemsize) for n in spec.hf_names(cfg.n_layers)]
+    shards = _shard_plan(sizes, shard_bytes)
+    files = [SINGLE_FILE] if len(shards) == 1 else [
+        f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))
+    ]  # fmt: skip
+    dst.mkdir(parents=True, exist_ok=True)
+    tensors = _hf_tensors(cfg, params, specs)
+    weight_map = {}
+    for file, shard in zip(files, shards):
+        batch = dict(next(tensors) for _ in shard)
+        save_file(batch, str(dst / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(batch, file))
+        del batch
+    if len(files) > 1:
+        index = {"metadata": {"total_size": sum(s for _, s in sizes)}, "weight_map": weight_map}
+        (dst / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    (dst / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------
+# Native checkpoints, loading, command line
+# ---------------------------------------------------------------------------------------------
+
+
+def copy_tokenizer(src_dir: pathlib.Path, dst_dir: pathlib.Path) -> bool:
+    """Copy the tokenizer files present in `src_dir` into `dst_dir`; False when there are none."""
+    present = [src_dir / n for n in TOKENIZER_FILES if (src_dir / n).is_file()]
+    if not any(p.name in ("tokenizer.json", "tokenizer.model") for p in present):
+        return False
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for path in present:
+        shutil.copy2(path, dst_dir / path.name)
+    return True
+
+
+@contextlib.contextmanager
+def _numpy_saved_in_place():
+    """Orbax deep-copies numpy leaves before writing them (a guard against concurrent edits:
+    +1x the model in host memory). The save here is synchronous and nothing touches the arrays
+    meanwhile, so swap in a non-copying handler for its duration."""
+    import orbax.checkpoint as ocp
+
+    handlers = ocp.type_handlers
+    original = handlers.get_type_handler(np.ndarray)
+    handlers.register_type_handler(
+        np.ndarray, handlers.NumpyHandler(deepcopy_host_arrays=False), override=True
+    )
+    try:
+        yield
+    finally:
+        handlers.register_type_handler(np.ndarray, original, override=True)
+
+
+def save_native(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
+                tokenizer_dir: str | pathlib.Path | None = None) -> pathlib.Path:  # fmt: skip
+    """Write a native checkpoint `illada_jax.load(dst_dir)` reads (layout: module docstring).
+
+    With `tokenizer_dir` holding tokenizer.json (or tokenizer.model), its files are copied to
+    `dst_dir/tokenizer/` and the stored config's `data.tokenizer` points there (absolute path).
+    Refuses a directory that already holds checkpoints. Returns the directory.
+    """
+    from illada_jax.ckpt.manager import RunCheckpoints
+    from illada_jax.config import flags
+    from illada_jax.config.schema import CheckpointConfig, DataConfig, Experiment, TrainConfig
+
+    dst = pathlib.Path(dst_dir).expanduser().absolute()
+    if (dst / "checkpoints").exists():
+        raise HfFormatError(f"{dst} already holds checkpoints/; choose a new directory")
+    dst.mkdir(parents=True, exist_ok=True)
+    tokenizer = ""
+    if tokenizer_dir is not None and copy_tokenizer(pathlib.Path(tokenizer_dir), dst / "tokenizer"):
+        tokenizer = str(dst / "tokenizer")
+    train = TrainConfig(seq_len=min(TrainConfig.seq_len, cfg.max_seq_len))
+    experiment = Experiment(model=cfg, data=DataConfig(tokenizer=tokenizer), train=train)
+    (dst / "config.json").write_text(flags.to_json(experiment) + "\n")
+    checkpoints = RunCheckpoints(dst, CheckpointConfig(async_save=False, keep=1))
+    meta = {"lr_scale": 1.0, "recent_losses": [], "config": flags.to_dict(experiment)}
+    try:
+        with _numpy_saved_in_place():
+            checkpoints.save(0, {"params": params}, {"next_data_step": 0}, meta, force=True)
+            checkpoints.wait()
+    finally:
+        checkpoints.close()
+    return dst
+
+
+def is_hf_checkpoint(path: str | pathlib.Path) -> bool:
+    """A directory with config.json and *.safetensors and no native checkpoints/."""
+    path = pathlib.Path(path)
+    return (
+        (path / "config.json").is_file()
+        and any(path.glob("*.safetensors"))
+        and not (path / "checkpoints").exists()
+    )
+
+
+def load_hf(path: str | pathlib.Path, *, param_dtype: str | None = None):
+    """(ModelConfig, params as numpy pure dict, Tokenizer or None) of an HF checkpoint directory,
+    for `illada_jax.load`. The tokenizer is loaded when tokenizer.json / tokenizer.model is there
+    and its special ids match the config (else None, with a warning)."""
+    from illada_jax.data.tokenizer import Tokenizer, TokenizerError
+
+    path = pathlib.Path(path).expanduser()
+    cfg, params = hf_to_native(path, param_dtype=param_dtype)
+    tokenizer = None
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():
+        try:
+            tokenizer = Tokenizer.load(path)
+            tokenizer.check_model_config(cfg, allow_larger_model_vocab=True)
+        except (TokenizerError, OSError, ValueError) as err:
+            log.warning("%s: tokenizer not used: %s", path, err)
+            tokenizer = None
+    return cfg, params, tokenizer
+
+
+def default_layout(cfg: ModelConfig) -> str:
+    """llada for untied heads with head_dim * n_heads == d_model, else illada."""
+    llada_ok = cfg.head_dim * cfg.n_heads == cfg.d_model
+    return "llada" if llada_ok and not cfg.tie_embeddings else "illada"
+
+
+def parse_size(text: str) -> int:
+    """'5GB' / '500MB' / '2GiB' / '1000' -> bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10,
+             "MIB": 2**20, "GIB": 2**30}  # fmt: skip
+    stripped = text.strip().upper()
+    number = stripped.rstrip("KMGIB")
+    unit = stripped[len(number) :]
+    try:
+        return int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 5GB or 500MB") from None
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `illada convert`."""
+    parser.add_argument("--from", dest="source_format", choices=["hf", "native"], required=True)
+    parser.add_argument("--to", dest="target_format", choices=["hf", "native"], required=True)
+    parser.add_argument("--src", required=True,
+                        help="HF checkpoint directory, or a run / checkpoint step directory")  # fmt: skip
+    parser.add_argument("--dst", required=True, help="output directory (new or empty)")
+    parser.add_argument("--layout", choices=list(LAYOUTS), default=None,
+                        help="HF layout to write (default: llada for untied heads, else illada)")  # fmt: skip
+    parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="hf -> native: parameter dtype (auto: the checkpoint's)")  # fmt: skip
+    parser.add_argument("--shard-size", type=parse_size, default=DEFAULT_SHARD_BYTES,
+                        help="native -> hf: bytes per safetensors shard (default 5GB)")  # fmt: skip
+
+
+def _check_new_dir(path: pathlib.Path) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise HfFormatError(f"--dst {path} exists and is not empty; choose a new directory")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """`illada convert`: hf -> native or native -> hf. Returns an exit code."""
+    src, dst = pathlib.Path(args.src).expanduser(), pathlib.Path(args.dst).expanduser()
+    direction = (args.source_format, args.target_format)
+    if direction not in (("hf", "native"), ("native", "hf")):
+        raise HfFormatError(f"--from {direction[0]} --to {direction[1]}: convert between hf "
+                            "and native")  # fmt: skip
+    if not src.is_dir():
+        raise HfFormatError(f"--src {src} is not a directory")
+    _check_new_dir(dst)
+    if direction == ("hf", "native"):
+        dtype = None if args.param_dtype == "auto" else args.param_dtype
+        cfg, params = hf_to_native(src, param_dtype=dtype)
+        save_native(cfg, params, dst, tokenizer_dir=src)
+        print(f"converted {src} ({detect_layout(json.loads((src / 'config.json').read_text()))} "
+              f"layout, {cfg.param_dtype}) -> native checkpoint {dst}")  # fmt: skip
+        return 0
+    from illada_jax.api import load
+
+    model = load(src)
+    cfg = model.config
+    params = _to_numpy(model.params)
+    layout = args.layout or default_layout(cfg)
+    native_to_hf(cfg, params, dst, layout=layout, shard_bytes=args.shard_size)
+    tokenizer = getattr(model.tokenizer, "path", None)
+    if tokenizer is not None and model.tokenizer.kind == "hf":
+        copy_tokenizer(pathlib.Path(tokenizer).parent, dst)
+    print(f"converted {src} -> HF {layout} checkpoint {dst}")
+    return 0
+
+
+def _to_numpy(tree):
+    if isinstance(tree, dict):
+        return {key: _to_numpy(value) for key, value in tree.items()}
+    value = getattr(tree, "value", tree)  # nnx.State leaves hold .value
+    return np.asarray(value)
