@@ -46,12 +46,12 @@ def write_checkpoint(preset: str, dtype_name: str, shard_bytes: int, dst: pathli
     """A random HF checkpoint with `preset`'s shapes; returns sizes for the table."""
     from safetensors.numpy import save_file
 
-    from illada_jax.ckpt import hf
+    from illada_jax.ckpt import convert, hf
     from illada_jax.config.schema import ModelConfig
     from illada_jax.model.presets import MODEL_PRESETS
 
     cfg = ModelConfig(**MODEL_PRESETS[preset], param_dtype=dtype_name)
-    layout = hf.default_layout(cfg)
+    layout = convert.default_layout(cfg)
     dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[dtype_name]
     itemsize = np.dtype(dtype).itemsize
     specs = hf.tensor_specs(cfg, layout)
@@ -83,7 +83,7 @@ def child(src: str, dst: str, param_dtype: str) -> None:
     """Run the conversion and print one JSON line of timings and memory high-water marks."""
     import jax  # noqa: F401  (count the libraries in the baseline, as `illada convert` would)
 
-    from illada_jax.ckpt import hf
+    from illada_jax.ckpt import convert, hf
 
     baseline = _hwm_mb()
     start = time.perf_counter()
@@ -92,7 +92,7 @@ def child(src: str, dst: str, param_dtype: str) -> None:
     after_read = _hwm_mb()
     model_bytes = sum(a.nbytes for a in _leaves(params))
     start = time.perf_counter()
-    hf.save_native(cfg, params, dst)
+    convert.save_native(cfg, params, dst)
     save_s = time.perf_counter() - start
     print(json.dumps(dict(baseline_mb=baseline, after_read_mb=after_read, peak_mb=_hwm_mb(),
                           read_s=read_s, save_s=save_s, model_bytes=model_bytes,

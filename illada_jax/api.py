@@ -83,15 +83,15 @@ def load(path: str | pathlib.Path) -> Model:
     """A `Model` from a native checkpoint (a run directory (its latest checkpoint), its
     `checkpoints/` directory or one `checkpoints/<step>` directory) or an HF directory
     (`config.json` + safetensors in the LLaDA or iLLaDA layout, converted on the fly)."""
-    from illada_jax.ckpt import hf
+    from illada_jax.ckpt import convert
     from illada_jax.ckpt.manager import restore_params
     from illada_jax.train.state import model_graphdef_and_specs
 
     path = pathlib.Path(path).expanduser().absolute()
     if not path.is_dir():
         raise LoadError(f"{path} does not exist; give a run directory or a checkpoint directory")
-    if hf.is_hf_checkpoint(path):  # config.json + *.safetensors (LLaDA / iLLaDA layouts)
-        cfg, params, tokenizer = hf.load_hf(path)
+    if convert.is_hf_checkpoint(path):  # config.json + *.safetensors (LLaDA / iLLaDA layouts)
+        cfg, params, tokenizer = convert.load_hf(path)
         graphdef = model_graphdef_and_specs(cfg)[0]
         return Model(cfg, graphdef, jax.tree.map(jnp.asarray, params), tokenizer)
     step_dir = _step_dir(path)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from illada_jax.api import LoadError
+from illada_jax.ckpt import convert as convert_lib
 from illada_jax.ckpt import hf
 from illada_jax.ckpt.manager import CheckpointError
 from illada_jax.config.schema import ConfigError
@@ -344,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert weights. Example: illada convert --from hf --to native --src "
         "HF_DIR --dst runs/llada8b",
     )
-    hf.add_convert_arguments(convert)
-    convert.set_defaults(func=hf.run_convert)
+    convert_lib.add_convert_arguments(convert)
+    convert.set_defaults(func=convert_lib.run_convert)
 
     gen = sub.add_parser(
         "generate",

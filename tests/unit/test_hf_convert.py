@@ -26,7 +26,7 @@ from safetensors.numpy import save_file
 
 import illada_jax
 from illada_jax.api import Model
-from illada_jax.ckpt import hf
+from illada_jax.ckpt import convert, hf
 from illada_jax.config.schema import ModelConfig
 from illada_jax.model.presets import MODEL_PRESETS
 from illada_jax.train.state import model_graphdef_and_specs
@@ -216,7 +216,7 @@ def test_logits_match_float64_reference(tmp_path, case):
     config = (llada_config if layout == "llada" else illada_config)(kv=kv, tied=tied)
     tensors = random_tensors(layout, kv=kv, head=head)
     src = write_hf(tmp_path / "hf", config, tensors, shards)
-    cfg, params, tokenizer = hf.load_hf(src)
+    cfg, params, tokenizer = convert.load_hf(src)
     assert tokenizer is None
     assert (cfg.n_kv_heads, cfg.tie_embeddings, cfg.param_dtype) == (kv, tied, "float32")
     assert ("lm_head" in params) == (not tied)
@@ -406,9 +406,9 @@ def test_save_native_then_api_load(tmp_path):
         (vocab, D)).astype(np.float32)  # fmt: skip
     src = write_hf(tmp_path / "hf", config, tensors)
     assert _write_tokenizer(src) <= vocab
-    cfg, params, tokenizer = hf.load_hf(src)
+    cfg, params, tokenizer = convert.load_hf(src)
     assert tokenizer is not None and tokenizer.mask_id == 4
-    dst = hf.save_native(cfg, params, tmp_path / "native", tokenizer_dir=src)
+    dst = convert.save_native(cfg, params, tmp_path / "native", tokenizer_dir=src)
     model = illada_jax.load(dst)
     assert model.config == cfg
     assert model.tokenizer is not None and (dst / "tokenizer" / "tokenizer.json").is_file()
@@ -417,16 +417,16 @@ def test_save_native_then_api_load(tmp_path):
     ids = IDS_BATCH
     assert np.array_equal(model.logits(ids), model_logits(cfg, params, ids))
     with pytest.raises(hf.HfFormatError, match="already holds checkpoints"):
-        hf.save_native(cfg, params, dst)
+        convert.save_native(cfg, params, dst)
 
 
 def _convert(**kwargs) -> int:
     parser = argparse.ArgumentParser()
-    hf.add_convert_arguments(parser)
+    convert.add_convert_arguments(parser)
     argv = []
     for key, value in kwargs.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    return hf.run_convert(parser.parse_args(argv))
+    return convert.run_convert(parser.parse_args(argv))
 
 
 def test_cli_round_trip(tmp_path):
