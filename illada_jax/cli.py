@@ -18,6 +18,7 @@ from illada_jax.data.sources import SourceError
 from illada_jax.data.tokenizer import TokenizerError
 from illada_jax.diffusion.likelihood import ScoringError
 from illada_jax.sampling.schedule import SamplingError
+from illada_jax.train import sweep as sweep_lib
 
 # Mistakes in what the user gave us (data, paths, options): a message, exit code 2, no traceback.
 USER_ERRORS = (
@@ -319,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=cmd_prepare)
 
-    tokenizer = sub.add_parser("tokenizer", help="tokenizer tools (train)")
+    tokenizer = sub.add_parser(
+        "tokenizer",
+        help="tokenizer tools (train)",
+        description="Tokenizer tools. Example: illada tokenizer train --embedded --vocab-size "
+        "8192 --output tok/sp8k",
+    )
     tokenizer_sub = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
     train_tokenizer = tokenizer_sub.add_parser(
         "train",
@@ -347,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert_lib.add_convert_arguments(convert)
     convert.set_defaults(func=convert_lib.run_convert)
+
+    sweep = sub.add_parser(
+        "sweep", help=sweep_lib.SWEEP_HELP, description=sweep_lib.SWEEP_DESCRIPTION
+    )
+    sweep_lib.add_sweep_arguments(sweep)
+    sweep.set_defaults(func=sweep_lib.run_sweep)
 
     gen = sub.add_parser(
         "generate",

@@ -1,0 +1,410 @@
+"""Sweeps: expand an experiment's `sweep()` into runs, run them one after another, summarise.
+
+    illada sweep --config=config:tiny_lr --config=set:train.steps=200 --workdir=runs/lr
+    illada sweep --config=config:tiny_lr --print                          # one command per run
+    illada sweep --config=config:tiny_lr --print \\
+        --launcher="python launch/xpk.py --cluster c --workload lr-{run} --tpu-type v5p-8 \\
+                    --docker-image IMAGE --execute"                        # one pod job per run
+
+Where a sweep comes from (the first `--config` must be `config:...`):
+- `config:NAME`: the module `illada_jax.config.sweeps.NAME`, which defines `experiment()` (the
+  base config) and `sweep()`. The built-in experiments (`config:tiny`, ...) have no sweep.
+- `config:package.module:fn` or `config:path/to/file.py:fn`: `fn` is the base experiment and its
+  module defines `fn_sweep()` (preferred) or `sweep()`.
+
+`sweep()` returns the override sets: a list, or a dict keyed by run name, of either a dict
+`{"section.field": value}` (each becomes `set:section.field=repr(value)`) or a list of directive
+strings (`set:...`, `fiddler:...`). Each run's directives are: the base `config:` directive, the
+other `--config` directives given to `illada sweep` (shared by every run), then its overrides.
+Runs are named by the dict keys, else `NN-<overrides>` (lowercase letters, digits and '-', so a
+name also works in pod job names); run R trains in `WORKDIR/R` (default `runs/sweeps/<sweep>`).
+
+Locally, every run's config is built and validated before the first one trains; a run that fails
+is recorded and the sweep goes on (exit code 1 at the end). Finished runs are skipped on a rerun
+(`train` resumes from the final checkpoint). Afterwards WORKDIR holds `summary.json` and
+`summary.md` (run, overrides, status, final step, final loss, final held-out ELBO bound
+`eval_nll_bound`) and `loss_curves.png` (loss against step, one line per run), read back from each
+run's `metrics.jsonl`; `--summary-only` rebuilds them (e.g. after copying pod runs' directories).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import pathlib
+import re
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from illada_jax.config.schema import ConfigError
+
+SWEEPS_PACKAGE = "illada_jax.config.sweeps"
+RUN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# For `illada sweep --help` (cli.py: `sub.add_parser("sweep", help=SWEEP_HELP,
+# description=SWEEP_DESCRIPTION)`).
+SWEEP_HELP = "expand and run an experiment's sweep (or print one command per run)"
+SWEEP_DESCRIPTION = (
+    "Run the override sets of an experiment's sweep() one after another and write summary.md, "
+    "summary.json and loss_curves.png, or --print one command per run. Example: illada sweep "
+    "--config=config:tiny_lr --config=set:train.steps=100 --workdir=runs/lr"
+)
+
+
+class SweepError(ConfigError):
+    """A sweep that cannot be expanded: names the experiment and what to define."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run of a sweep: its name, its own overrides and all the directives that build it."""
+
+    name: str
+    overrides: tuple[str, ...]
+    directives: tuple[str, ...]
+
+
+# --- expansion --------------------------------------------------------------------------------
+
+
+def expand(experiment_name: str, common: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+    """`[(run_name, directives)]` of the sweep of `experiment_name` (`NAME`, `config:NAME`,
+    `config:module:fn` or `config:file.py:fn`); `common` directives go before each run's own."""
+    return [(run.name, list(run.directives)) for run in expand_runs(experiment_name, common)]
+
+
+def expand_runs(experiment_name: str, common: Sequence[str] = ()) -> list[Run]:
+    spec = experiment_name.removeprefix("config:")
+    base, sweep_fn = _find_sweep(spec)
+    sets = sweep_fn()
+    named = sets.items() if isinstance(sets, dict) else ((None, s) for s in sets)
+    runs = []
+    for index, (name, overrides) in enumerate(named):
+        directives = _override_directives(overrides, spec)
+        name = _check_name(name, spec) if name is not None else _default_name(index, directives)
+        runs.append(Run(name, tuple(directives), (base, *common, *directives)))
+    if not runs:
+        raise SweepError(f"the sweep of config:{spec} returned no override sets")
+    duplicates = sorted({r.name for r in runs if [s.name for s in runs].count(r.name) > 1})
+    if duplicates:
+        raise SweepError(f"the sweep of config:{spec} repeats run names {duplicates}")
+    return runs
+
+
+def sweep_name(experiment_name: str) -> str:
+    """`tiny_lr` for `config:tiny_lr`, `fn` for `config:module:fn`."""
+    return experiment_name.removeprefix("config:").rpartition(":")[2]
+
+
+def _find_sweep(spec: str) -> tuple[str, Callable[[], Any]]:
+    """The base `config:` directive and the sweep function of an experiment spec."""
+    if ":" not in spec:
+        return _named_sweep(spec)
+    module_name, _, fn = spec.rpartition(":")
+    module = _load_module(module_name)
+    if not hasattr(module, fn):
+        raise SweepError(f"config:{spec}: module {module_name!r} has no function {fn!r}")
+    for attr in (f"{fn}_sweep", "sweep"):
+        if callable(getattr(module, attr, None)):
+            return f"config:{spec}", getattr(module, attr)
+    raise SweepError(
+        f"config:{spec} has no sweep: define {fn}_sweep() or sweep() in {module_name}, "
+        "returning a list of override sets such as [{'optim.learning_rate': 1e-3}]"
+    )
+
+
+def _named_sweep(name: str) -> tuple[str, Callable[[], Any]]:
+    from illada_jax.config import experiments
+
+    module_name = f"{SWEEPS_PACKAGE}.{name}"
+    if not re.fullmatch(r"\w+", name) or importlib.util.find_spec(module_name) is None:
+        what = "defines no sweep" if name in experiments.EXPERIMENTS else "is not a named sweep"
+        raise SweepError(
+            f"config:{name} {what}; named sweeps are: {', '.join(named_sweeps()) or 'none'}. "
+            "Or give config:module:fn / config:file.py:fn whose module defines fn_sweep() or "
+            "sweep()"
+        )
+    module = importlib.import_module(module_name)
+    for attr in ("experiment", "sweep"):
+        if not callable(getattr(module, attr, None)):
+            raise SweepError(f"sweep module {module_name} must define {attr}()")
+    return f"config:{module_name}:experiment", module.sweep
+
+
+def named_sweeps() -> list[str]:
+    import pkgutil
+
+    package = importlib.import_module(SWEEPS_PACKAGE)
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+
+
+def _load_module(module_name: str):
+    if module_name.endswith(".py"):
+        path = pathlib.Path(module_name)
+        if not path.is_file():
+            raise SweepError(f"config file {module_name} does not exist")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as err:
+        raise SweepError(f"cannot import config module {module_name!r}: {err}") from err
+
+
+def _override_directives(overrides: Any, spec: str) -> list[str]:
+    """An override set -> `set:`/`fiddler:` directives."""
+    if isinstance(overrides, dict):
+        return [f"set:{field}={value!r}" for field, value in overrides.items()]
+    if isinstance(overrides, list | tuple) and all(isinstance(d, str) for d in overrides):
+        bad = [d for d in overrides if not d.startswith(("set:", "fiddler:"))]
+        if not bad:
+            return list(overrides)
+        raise SweepError(f"the sweep of config:{spec}: {bad} are not set:/fiddler: directives")
+    raise SweepError(
+        f"the sweep of config:{spec} gave {overrides!r}; an override set is a dict "
+        "{'section.field': value} or a list of 'set:...'/'fiddler:...' directives"
+    )
+
+
+def _default_name(index: int, directives: Sequence[str]) -> str:
+    """`NN-<leaf field names and values>`, e.g. `00-learning-rate-0-001`."""
+    words = []
+    for directive in directives:
+        kind, _, arg = directive.partition(":")
+        field, _, value = arg.partition("=")
+        words.append(f"{field.rpartition('.')[2]} {value}" if kind == "set" else arg)
+    slug = re.sub(r"[^a-z0-9]+", "-", " ".join(words).lower()).strip("-")
+    return f"{index:02d}-{slug}"[:60].rstrip("-")
+
+
+def _check_name(name: Any, spec: str) -> str:
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        raise SweepError(
+            f"the sweep of config:{spec}: run name {name!r} must be lowercase "
+            "letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+def train_command(run: Run, workdir: pathlib.Path) -> list[str]:
+    return [
+        "illada",
+        "train",
+        *(f"--config={d}" for d in run.directives),
+        f"--workdir={workdir / run.name}",
+    ]
+
+
+def print_commands(runs: Sequence[Run], workdir: pathlib.Path, launcher: str | None) -> None:
+    """One `illada train` command per run, behind `LAUNCHER --` when given ({run} = run name)."""
+    for run in runs:
+        command = shlex.join(train_command(run, workdir))
+        print(f"{launcher.replace('{run}', run.name)} -- {command}" if launcher else command)
+
+
+def run_local(runs: Sequence[Run], workdir: pathlib.Path, print_fn=print) -> dict[str, str]:
+    """Train every run here, one after another; returns run name -> status (`ok` or the error)."""
+    from illada_jax.cli import _start_jax
+    from illada_jax.config import flags
+
+    built = {}
+    for run in runs:  # every config is validated before anything trains
+        try:
+            built[run.name] = flags.experiment_from_flags(run.directives)
+        except ConfigError as err:
+            raise ConfigError(f"run {run.name}: {err}") from None
+    _start_jax(built[runs[0].name].mesh.cpu_devices)
+    from illada_jax.train.loop import train
+
+    statuses = {run.name: "not started (sweep preempted; rerun to resume)" for run in runs}
+    for index, run in enumerate(runs):
+        print_fn(f"=== sweep run {index + 1}/{len(runs)}: {run.name} ({' '.join(run.overrides)})")
+        try:
+            history = train(built[run.name], workdir / run.name, print_fn=print_fn)
+        except Exception as err:  # one failed run must not lose the others
+            statuses[run.name] = f"failed: {type(err).__name__}: {err}"
+            print_fn(f"run {run.name} {statuses[run.name]}")
+            continue
+        if history and history[-1].get("preempted"):  # SIGTERM: stop here, a rerun resumes
+            statuses[run.name] = "preempted (rerun to resume)"
+            break
+        statuses[run.name] = "ok"
+    return statuses
+
+
+# --- summary ----------------------------------------------------------------------------------
+
+
+def read_metrics(run_dir: pathlib.Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarise_run(run: Run, run_dir: pathlib.Path, status: str | None) -> dict:
+    """The summary row of one run, from its `metrics.jsonl`."""
+    records = read_metrics(run_dir)
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r and "event" not in r]
+    evals = [r["eval_nll_bound"] for r in records if "eval_nll_bound" in r]
+    if status is None:
+        status = "ok" if losses else "no metrics"
+    return {
+        "run": run.name,
+        "overrides": list(run.overrides),
+        "directives": list(run.directives),
+        "workdir": str(run_dir),
+        "status": status,
+        "final_step": losses[-1][0] if losses else None,
+        "final_loss": losses[-1][1] if losses else None,
+        "final_eval_nll_bound": evals[-1] if evals else None,
+        "loss_curve": losses,
+    }
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    def number(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    lines = [
+        "| run | overrides | status | final step | final loss "
+        "| final eval ELBO bound (nats/token) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        overrides = " ".join(f"`{o}`" for o in row["overrides"])
+        lines.append(
+            f"| {row['run']} | {overrides} | {row['status']} | "
+            f"{row['final_step'] if row['final_step'] is not None else '-'} | "
+            f"{number(row['final_loss'])} | {number(row['final_eval_nll_bound'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_loss_curves(rows: Sequence[dict], path: pathlib.Path, title: str) -> bool:
+    """Loss against step, one line per run (matplotlib, Agg backend); False when unavailable."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        print(
+            f"matplotlib is not installed: no {path.name} (pip install matplotlib)", file=sys.stderr
+        )
+        return False
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        if row["loss_curve"]:
+            steps, losses = zip(*row["loss_curve"])
+            axes.plot(steps, losses, marker="." if len(steps) < 30 else None, label=row["run"])
+    axes.set(xlabel="step", ylabel="loss", title=title)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    if any(row["loss_curve"] for row in rows):
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def write_summary(
+    runs: Sequence[Run], workdir: pathlib.Path, name: str, statuses: dict[str, str] | None = None
+) -> list[dict]:
+    """`summary.json`, `summary.md` and `loss_curves.png` in `workdir`; returns the rows."""
+    statuses = statuses or {}
+    rows = [summarise_run(run, workdir / run.name, statuses.get(run.name)) for run in runs]
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "summary.json").write_text(json.dumps({"sweep": name, "runs": rows}, indent=2))
+    png = plot_loss_curves(rows, workdir / "loss_curves.png", f"sweep {name}")
+    image = "\n![loss curves](loss_curves.png)\n" if png else ""
+    (workdir / "summary.md").write_text(f"# Sweep {name}\n\n{markdown_table(rows)}{image}")
+    return rows
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `illada sweep`."""
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="DIRECTIVE",
+        help="first config:SWEEP (a named sweep, config:module:fn or config:file.py:fn whose "
+        "module defines fn_sweep() or sweep()), then directives shared by every run",
+    )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="sweep directory; run R trains in WORKDIR/R (default runs/sweeps/<sweep>)",
+    )
+    parser.add_argument(
+        "--print",
+        action="store_true",
+        dest="print_only",
+        help="print one command per run instead of training",
+    )
+    parser.add_argument(
+        "--launcher",
+        default=None,
+        metavar="PREFIX",
+        help="with --print: put PREFIX -- before each command; {run} in PREFIX "
+        "becomes the run name (e.g. python launch/xpk.py ... --workload "
+        "lr-{run})",
+    )
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="only (re)write the summary from the runs' metrics.jsonl",
+    )
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """`illada sweep`: print, run or summarise; 0 when every run succeeded."""
+    if not args.config or not args.config[0].startswith("config:"):
+        raise SweepError(
+            "illada sweep needs --config=config:SWEEP first, e.g. "
+            f"--config=config:tiny_lr (named sweeps: {', '.join(named_sweeps())})"
+        )
+    if args.launcher and not args.print_only:
+        raise SweepError("--launcher only applies with --print")
+    name = sweep_name(args.config[0])
+    runs = expand_runs(args.config[0], args.config[1:])
+    workdir = pathlib.Path(args.workdir or f"runs/sweeps/{name}")
+    if args.print_only:
+        print_commands(runs, workdir, args.launcher)
+        return 0
+    statuses = None if args.summary_only else run_local(runs, workdir)
+    rows = write_summary(runs, workdir, name, statuses)
+    print(markdown_table(rows), end="")
+    print(f"summary: {workdir / 'summary.md'}")
+    return 0 if all(row["status"] == "ok" for row in rows) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m illada_jax.train.sweep ...`, the same as `illada sweep ...`."""
+    parser = argparse.ArgumentParser(prog="illada sweep", description=SWEEP_DESCRIPTION)
+    add_sweep_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_sweep(args)
+    except ConfigError as err:
+        print(f"illada sweep: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""Run a job on every worker of a Cloud TPU VM or queued resource (single or multi-slice).
+
+    python launch/tpu_vm.py --name illada-v5p --zone us-east5-a --accelerator-type v5p-16 \\
+        -- illada train --config=config:small --workdir=runs/small            # prints the plan
+    python launch/tpu_vm.py ... --execute -- illada train ...                  # runs it
+    python launch/tpu_vm.py --name illada-v5p --zone us-east5-a --accelerator-type v5p-16 \\
+        --delete                                                               # tears it down
+
+The plan, printed one command per line (`--dry-run`, the default; run them from the repository
+root) or run in order
+(`--execute`, stopping at the first failure):
+
+1. create the TPU: `gcloud compute tpus tpu-vm create` for one slice, or a queued resource
+   (`gcloud compute tpus queued-resources create`, `--queued`, required for `--num-slices` > 1:
+   `--node-count/--node-prefix`) and wait until it is ACTIVE (`--skip-create` reuses one);
+2. ship the code (`--skip-install` skips it): build a wheel of this project and copy it to every
+   worker, then install it with its `[tpu]` extra into `~/illada` (a Python 3.11 venv made with uv:
+   the TPU VM images ship an older Python) — or, with `--image`, pull that Docker image there;
+3. run the command after `--` on every worker (`ssh --worker=all`, and `--node=all` for a
+   queued resource) with `ILLADA_DISTRIBUTED=auto`, so `illada train` calls
+   `jax.distributed.initialize()`, which finds the workers from the TPU metadata; across slices the
+   TPU runtime sets the MEGASCALE_* variables itself (set `mesh.dcn_data` to the slice count).
+   All workers' output streams back through gcloud and is also appended to `~/illada-train.log` on
+   each worker. The command runs in the home directory, so a relative `--workdir=runs/x` is
+   `~/runs/x` on each worker (with `--image` the same directory is mounted into the container).
+
+Teardown is separate: `--delete` prints (or with `--execute` runs) only the delete command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+VENV = "~/illada"  # on each worker
+LOG = "~/illada-train.log"
+UV = "~/.local/bin/uv"
+# The TPU software version matching each generation (TPU docs, "TPU software versions").
+RUNTIME_VERSIONS = {
+    "v4": "tpu-ubuntu2204-base",
+    "v5litepod": "v2-alpha-tpuv5-lite",
+    "v5p": "v2-alpha-tpuv5",
+    "v6e": "v2-alpha-tpuv6e",
+}
+NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+QUEUED_POLL_SECONDS = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One command of the plan: an argv run directly, or a shell line (`shell=True`)."""
+
+    argv: tuple[str, ...] = ()
+    shell: str = ""
+    waits_for_active: bool = False  # executed by polling in Python, printed as a shell loop
+
+    def text(self) -> str:
+        return self.shell or shlex.join(self.argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the job runs: a TPU VM, or a queued resource of `num_slices` slices."""
+
+    name: str
+    zone: str
+    accelerator_type: str
+    runtime_version: str
+    project: str | None = None
+    num_slices: int = 1
+    queued: bool = False
+    capacity: str = "on-demand"  # on-demand | spot | reserved
+
+    @property
+    def group(self) -> tuple[str, ...]:
+        if self.queued:
+            return ("gcloud", "compute", "tpus", "queued-resources")
+        return ("gcloud", "compute", "tpus", "tpu-vm")
+
+    @property
+    def location(self) -> tuple[str, ...]:
+        project = (f"--project={self.project}",) if self.project else ()
+        return (f"--zone={self.zone}", *project)
+
+    @property
+    def all_workers(self) -> tuple[str, ...]:
+        return ("--node=all", "--worker=all") if self.queued else ("--worker=all",)
+
+
+def default_runtime_version(accelerator_type: str) -> str:
+    generation = accelerator_type.split("-")[0]
+    if generation not in RUNTIME_VERSIONS:
+        raise SystemExit(
+            f"no default --runtime-version for {accelerator_type!r}; pass one "
+            f"(known generations: {', '.join(RUNTIME_VERSIONS)})"
+        )
+    return RUNTIME_VERSIONS[generation]
+
+
+def wheel_name() -> str:
+    """The file name `pip wheel` gives this project (PEP 427 normalised name)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    name = re.sub(r"[-_.]+", "_", project["name"]).lower()
+    return f"{name}-{project['version']}-py3-none-any.whl"
+
+
+def create_steps(target: Target) -> list[Step]:
+    capacity = () if target.capacity == "on-demand" else (f"--{target.capacity}",)
+    if not target.queued:
+        return [
+            Step(
+                (
+                    *target.group,
+                    "create",
+                    target.name,
+                    *target.location,
+                    f"--accelerator-type={target.accelerator_type}",
+                    f"--version={target.runtime_version}",
+                    *capacity,
+                )
+            )
+        ]
+    if target.num_slices > 1:
+        nodes = (f"--node-count={target.num_slices}", f"--node-prefix={target.name}")
+    else:
+        nodes = (f"--node-id={target.name}",)
+    create = Step(
+        (
+            *target.group,
+            "create",
+            target.name,
+            *target.location,
+            f"--accelerator-type={target.accelerator_type}",
+            f"--runtime-version={target.runtime_version}",
+            *nodes,
+            *capacity,
+        )
+    )
+    return [create, wait_step(target)]
+
+
+def describe_argv(target: Target) -> tuple[str, ...]:
+    return (*target.group, "describe", target.name, *target.location, "--format=value(state.state)")
+
+
+def wait_step(target: Target) -> Step:
+    state = f"$({shlex.join(describe_argv(target))})"
+    loop = f'until [ "{state}" = ACTIVE ]; do sleep {QUEUED_POLL_SECONDS}; done'
+    return Step(shell=loop, waits_for_active=True)
+
+
+def ssh_step(target: Target, command: str) -> Step:
+    return Step(
+        (
+            *target.group,
+            "ssh",
+            target.name,
+            *target.location,
+            *target.all_workers,
+            f"--command={command}",
+        )
+    )
+
+
+def install_steps(target: Target, image: str | None) -> list[Step]:
+    if image:
+        host = image.split("/")[0]
+        auth = (
+            f"sudo gcloud auth configure-docker {host} --quiet && " if _gcp_registry(host) else ""
+        )
+        return [ssh_step(target, f"{auth}sudo docker pull {image}")]
+    wheel = wheel_name()
+    build = Step(("python3", "-m", "pip", "wheel", "--no-deps", "--wheel-dir=dist", "."))
+    copy = Step(
+        (
+            *target.group,
+            "scp",
+            f"dist/{wheel}",
+            f"{target.name}:",
+            *target.location,
+            *target.all_workers,
+        )
+    )
+    install = (
+        f"(test -x {UV} || curl -LsSf https://astral.sh/uv/install.sh | sh) && "
+        f"{UV} venv --allow-existing --python 3.11 {VENV} && "
+        f"{UV} pip install --python {VENV}/bin/python --reinstall-package illada-jax "
+        f'"$HOME/{wheel}[tpu]"'
+    )
+    return [build, copy, ssh_step(target, install)]
+
+
+def _gcp_registry(host: str) -> bool:
+    return host.endswith(("gcr.io", "docker.pkg.dev"))
+
+
+def worker_command(command: list[str], image: str | None) -> str:
+    """The shell line each worker runs: the job with ILLADA_DISTRIBUTED=auto, logged to LOG."""
+    job = shlex.join(command)
+    if image:
+        job = (
+            "sudo docker run --rm --net=host --privileged -e ILLADA_DISTRIBUTED=auto "
+            f'-v "$HOME/runs:/work/runs" {image} {job}'
+        )
+    else:
+        job = f". {VENV}/bin/activate && ILLADA_DISTRIBUTED=auto {job}"
+    return f"set -o pipefail; cd ~ && {job} 2>&1 | tee -a {LOG}"
+
+
+def delete_steps(target: Target) -> list[Step]:
+    force = ("--force",) if target.queued else ()
+    return [Step((*target.group, "delete", target.name, *target.location, *force, "--quiet"))]
+
+
+def plan(
+    target: Target,
+    command: list[str],
+    *,
+    image: str | None = None,
+    skip_create: bool = False,
+    skip_install: bool = False,
+) -> list[Step]:
+    """Every command of a launch, in order."""
+    steps = [] if skip_create else create_steps(target)
+    if not skip_install:
+        steps += install_steps(target, image)
+    return [*steps, ssh_step(target, worker_command(command, image))]
+
+
+def wait_until_active(target: Target) -> int:
+    """Poll a queued resource until ACTIVE; a FAILED/SUSPENDED one is an error (exit code 1)."""
+    while True:
+        result = subprocess.run(describe_argv(target), capture_output=True, text=True)
+        state = result.stdout.strip()
+        if result.returncode:
+            print(result.stderr, file=sys.stderr)
+            return result.returncode
+        if state == "ACTIVE":
+            return 0
+        if state in ("FAILED", "SUSPENDING", "SUSPENDED"):
+            describe = shlex.join(describe_argv(target)[:-1])
+            print(
+                f"queued resource {target.name} is {state} (see `{describe}`): delete it with "
+                "--delete and try another zone or capacity",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"queued resource {target.name}: {state or 'unknown'}; waiting", flush=True)
+        time.sleep(QUEUED_POLL_SECONDS)
+
+
+def execute(steps: list[Step], target: Target) -> int:
+    """Run the steps in order (the repository root as working directory); first failure wins."""
+    for step in steps:
+        print(f"+ {step.text()}", flush=True)
+        try:
+            code = _run_step(step, target)
+        except FileNotFoundError as err:
+            print(
+                f"{err.filename} not found: install the Google Cloud CLI (gcloud) and run "
+                "`gcloud auth login`",
+                file=sys.stderr,
+            )
+            return 127
+        if code:
+            print(f"failed (exit code {code}): {step.text()}", file=sys.stderr)
+            return code
+    return 0
+
+
+def _run_step(step: Step, target: Target) -> int:
+    if step.waits_for_active:
+        return wait_until_active(target)
+    if step.shell:
+        return subprocess.run(step.shell, shell=True, cwd=REPO).returncode
+    return subprocess.run(step.argv, cwd=REPO).returncode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:7]),
+    )
+    parser.add_argument("--name", required=True, help="TPU (or queued resource) name")
+    parser.add_argument("--zone", required=True, help="e.g. us-east5-a")
+    parser.add_argument("--accelerator-type", required=True, help="e.g. v5p-16, v5litepod-16")
+    parser.add_argument(
+        "--runtime-version",
+        default=None,
+        help=f"TPU software version (default by generation: {RUNTIME_VERSIONS})",
+    )
+    parser.add_argument("--project", default=None, help="default: gcloud's configured project")
+    parser.add_argument(
+        "--num-slices", type=int, default=1, help="slices joined over DCN (> 1 implies --queued)"
+    )
+    parser.add_argument("--queued", action="store_true", help="create a queued resource")
+    capacity = parser.add_mutually_exclusive_group()
+    capacity.add_argument("--spot", action="store_true", help="Spot capacity (preemptible)")
+    capacity.add_argument("--reserved", action="store_true", help="use the project's reservation")
+    parser.add_argument(
+        "--image",
+        default=None,
+        help="run inside this Docker image (launch/Dockerfile) instead of a wheel",
+    )
+    parser.add_argument("--skip-create", action="store_true", help="the TPU exists already")
+    parser.add_argument("--skip-install", action="store_true", help="the code is there already")
+    parser.add_argument("--delete", action="store_true", help="only tear the TPU down")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run",
+        dest="execute",
+        action="store_false",
+        default=False,
+        help="print the gcloud commands, one per line (default)",
+    )
+    mode.add_argument("--execute", dest="execute", action="store_true", help="run them")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the job command")
+    return parser
+
+
+def target_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target:
+    if not NAME_PATTERN.fullmatch(args.name):
+        parser.error(
+            f"--name {args.name!r}: use lowercase letters, digits and '-' (max 63), "
+            "starting with a letter"
+        )
+    if args.num_slices < 1:
+        parser.error("--num-slices must be >= 1")
+    return Target(
+        name=args.name,
+        zone=args.zone,
+        accelerator_type=args.accelerator_type,
+        runtime_version=args.runtime_version or default_runtime_version(args.accelerator_type),
+        project=args.project,
+        num_slices=args.num_slices,
+        queued=args.queued or args.num_slices > 1,
+        capacity="spot" if args.spot else "reserved" if args.reserved else "on-demand",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    target = target_from_args(args, parser)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.delete:
+        steps = delete_steps(target)
+    elif not command:
+        parser.error(
+            "give the job after --, e.g. -- illada train --config=config:small "
+            "--workdir=runs/small (or --delete to tear down)"
+        )
+    else:
+        steps = plan(
+            target,
+            command,
+            image=args.image,
+            skip_create=args.skip_create,
+            skip_install=args.skip_install,
+        )
+    if not args.execute:
+        for step in steps:
+            print(step.text())
+        return 0
+    return execute(steps, target)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

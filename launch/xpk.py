@@ -1,0 +1,163 @@
+"""Run a job as an XPK workload on a GKE TPU cluster (one or more slices), restarted on failure.
+
+    python launch/xpk.py --cluster my-cluster --workload illada-small --tpu-type v5p-16 \\
+        --docker-image us-docker.pkg.dev/PROJECT/illada/illada:latest \\
+        -- illada train --config=config:small --workdir=/gcs/runs/small       # prints it
+    python launch/xpk.py ... --execute -- illada train ...                      # submits it
+    python launch/xpk.py --cluster my-cluster --workload illada-small --delete # removes it
+
+`--dry-run` (the default) prints the `xpk workload create` command; `--execute` runs it. The image
+is built from `launch/Dockerfile` (`docker build -f launch/Dockerfile -t IMAGE .`, then push).
+Each pod runs the command after `--` with `ILLADA_DISTRIBUTED=auto`: `jax.distributed.initialize()`
+finds the slice's hosts, and across slices (`--num-slices`; set `mesh.dcn_data` to match) XPK
+and the TPU runtime provide the MEGASCALE_* settings. XPK restarts the whole JobSet up to
+`--max-restarts` times when a slice is preempted or fails (add `--restart-on-user-code-failure` to
+also restart after the job itself exits non-zero); each restart resumes from the newest checkpoint
+in `--workdir`, so that directory must outlive the pods (a GCS FUSE or other persistent mount).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+
+# XPK's own rule for workload names (its parser rejects anything else).
+WORKLOAD_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
+
+
+def workload_command(command: list[str]) -> str:
+    """The shell line each pod runs."""
+    return f"ILLADA_DISTRIBUTED=auto {shlex.join(command)}"
+
+
+def create_argv(args: argparse.Namespace, command: list[str]) -> list[str]:
+    """`xpk workload create ...` for the parsed launcher options and the job command."""
+    argv = [
+        "xpk",
+        "workload",
+        "create",
+        f"--cluster={args.cluster}",
+        f"--workload={args.workload}",
+        f"--tpu-type={args.tpu_type}",
+        f"--num-slices={args.num_slices}",
+        f"--docker-image={args.docker_image}",
+        f"--max-restarts={args.max_restarts}",
+        f"--priority={args.priority}",
+    ]
+    argv += _location(args)
+    if args.restart_on_user_code_failure:
+        argv.append("--restart-on-user-code-failure")
+    return [*argv, f"--command={workload_command(command)}"]
+
+
+def delete_argv(args: argparse.Namespace) -> list[str]:
+    return [
+        "xpk",
+        "workload",
+        "delete",
+        f"--cluster={args.cluster}",
+        f"--workload={args.workload}",
+        *_location(args),
+        "--force",
+    ]
+
+
+def _location(args: argparse.Namespace) -> list[str]:
+    return [
+        f"--{key}={value}"
+        for key, value in (("project", args.project), ("zone", args.zone))
+        if value
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:7]),
+    )
+    parser.add_argument("--cluster", required=True, help="the XPK (GKE) cluster")
+    parser.add_argument(
+        "--workload", required=True, help="workload name: lowercase letters, digits, '-' (max 40)"
+    )
+    parser.add_argument("--tpu-type", help="slice type, e.g. v5p-16, v5litepod-16")
+    parser.add_argument("--num-slices", type=int, default=1, help="slices joined over DCN")
+    parser.add_argument("--docker-image", help="image built from launch/Dockerfile, pushed")
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="JobSet restarts after a preemption or failure (default 3)",
+    )
+    parser.add_argument(
+        "--restart-on-user-code-failure",
+        action="store_true",
+        help="also restart when the job exits non-zero",
+    )
+    parser.add_argument(
+        "--priority", default="medium", choices=["very-low", "low", "medium", "high", "very-high"]
+    )
+    parser.add_argument("--project", default=None, help="default: gcloud's configured project")
+    parser.add_argument("--zone", default=None, help="default: gcloud's configured zone")
+    parser.add_argument("--delete", action="store_true", help="delete the workload instead")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run",
+        dest="execute",
+        action="store_false",
+        default=False,
+        help="print the xpk command (default)",
+    )
+    mode.add_argument("--execute", dest="execute", action="store_true", help="run it")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the job command")
+    return parser
+
+
+def check_args(args: argparse.Namespace, command: list[str], parser) -> None:
+    if not WORKLOAD_PATTERN.fullmatch(args.workload):
+        parser.error(
+            f"--workload {args.workload!r}: XPK needs lowercase letters, digits and "
+            "'-' (max 40), starting with a letter"
+        )
+    if args.delete:
+        return
+    missing = [
+        flag
+        for flag, value in (("--tpu-type", args.tpu_type), ("--docker-image", args.docker_image))
+        if not value
+    ]
+    if missing:
+        parser.error(f"{' and '.join(missing)} required to create a workload")
+    if args.num_slices < 1 or args.max_restarts < 0:
+        parser.error("--num-slices must be >= 1 and --max-restarts >= 0")
+    if not command:
+        parser.error(
+            "give the job after --, e.g. -- illada train --config=config:small "
+            "--workdir=/gcs/runs/small"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    check_args(args, command, parser)
+    xpk = delete_argv(args) if args.delete else create_argv(args, command)
+    if not args.execute:
+        print(shlex.join(xpk))
+        return 0
+    try:
+        return subprocess.run(xpk).returncode
+    except FileNotFoundError:
+        print(
+            "xpk is not installed: pip install xpk (it also needs gcloud and kubectl)",
+            file=sys.stderr,
+        )
+        return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main())

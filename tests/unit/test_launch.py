@@ -1,0 +1,318 @@
+"""Pod launchers (`launch/tpu_vm.py`, `launch/xpk.py`, `launch/slurm.py`) and the Dockerfiles.
+
+The generated commands and scripts are asserted in full. No gcloud, xpk or sbatch is needed:
+dry runs must not execute anything, and `--execute` is checked against a recording
+`subprocess.run`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+WHEEL = f"illada_jax-{PROJECT['version']}-py3-none-any.whl"
+TRAIN = ["--", "illada", "train", "--config=config:small", "--workdir=runs/small"]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", REPO / "launch" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+tpu_vm = _load("tpu_vm")
+xpk = _load("xpk")
+slurm = _load("slurm")
+
+
+class Recorder:
+    """Stands in for `subprocess.run`: records every call, answers `stdout` with exit code 0."""
+
+    def __init__(self, stdout: str = "") -> None:
+        self.calls: list = []
+        self.stdout = stdout
+
+    def __call__(self, argv, **kwargs):
+        self.calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout=self.stdout, stderr="")
+
+
+@pytest.fixture
+def no_subprocess(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a dry run executed {args}")
+
+    for module in (tpu_vm, xpk, slurm):
+        monkeypatch.setattr(module.subprocess, "run", refuse)
+
+
+def _lines(capsys) -> list[str]:
+    return capsys.readouterr().out.splitlines()
+
+
+# --- launch/tpu_vm.py -------------------------------------------------------------------------
+
+
+def test_tpu_vm_single_slice_dry_run_prints_every_gcloud_command(no_subprocess, capsys):
+    argv = ["--name", "illada-v5p", "--zone", "us-east5-a", "--accelerator-type", "v5p-16"]
+    assert tpu_vm.main([*argv, *TRAIN]) == 0
+    assert _lines(capsys) == [
+        "gcloud compute tpus tpu-vm create illada-v5p --zone=us-east5-a "
+        "--accelerator-type=v5p-16 --version=v2-alpha-tpuv5",
+        "python3 -m pip wheel --no-deps --wheel-dir=dist .",
+        f"gcloud compute tpus tpu-vm scp dist/{WHEEL} illada-v5p: --zone=us-east5-a --worker=all",
+        "gcloud compute tpus tpu-vm ssh illada-v5p --zone=us-east5-a --worker=all "
+        "'--command=(test -x ~/.local/bin/uv || curl -LsSf https://astral.sh/uv/install.sh | sh) "
+        "&& ~/.local/bin/uv venv --allow-existing --python 3.11 ~/illada && ~/.local/bin/uv pip "
+        "install --python ~/illada/bin/python --reinstall-package illada-jax "
+        f'"$HOME/{WHEEL}[tpu]"\'',
+        "gcloud compute tpus tpu-vm ssh illada-v5p --zone=us-east5-a --worker=all "
+        "'--command=set -o pipefail; cd ~ && . ~/illada/bin/activate && ILLADA_DISTRIBUTED=auto "
+        "illada train --config=config:small --workdir=runs/small 2>&1 | tee -a "
+        "~/illada-train.log'",
+    ]
+
+
+def test_tpu_vm_multi_slice_uses_a_queued_resource_and_the_image(no_subprocess, capsys):
+    image = "us-docker.pkg.dev/my-proj/illada/illada:latest"
+    argv = ["--name", "illada-ms", "--zone", "us-east5-a", "--accelerator-type", "v5p-16",
+            "--num-slices", "2", "--spot", "--project", "my-proj", "--image", image,
+            "--", "illada", "train", "--config=set:mesh.dcn_data=2",
+            "--workdir=runs/ms"]  # fmt: skip
+    assert tpu_vm.main(argv) == 0
+    where = "--zone=us-east5-a --project=my-proj"
+    assert _lines(capsys) == [
+        f"gcloud compute tpus queued-resources create illada-ms {where} "
+        "--accelerator-type=v5p-16 --runtime-version=v2-alpha-tpuv5 --node-count=2 "
+        "--node-prefix=illada-ms --spot",
+        f'until [ "$(gcloud compute tpus queued-resources describe illada-ms {where} '
+        "'--format=value(state.state)')\" = ACTIVE ]; do sleep 30; done",
+        f"gcloud compute tpus queued-resources ssh illada-ms {where} --node=all --worker=all "
+        "'--command=sudo gcloud auth configure-docker us-docker.pkg.dev --quiet && "
+        f"sudo docker pull {image}'",
+        f"gcloud compute tpus queued-resources ssh illada-ms {where} --node=all --worker=all "
+        "'--command=set -o pipefail; cd ~ && sudo docker run --rm --net=host --privileged "
+        f'-e ILLADA_DISTRIBUTED=auto -v "$HOME/runs:/work/runs" {image} illada train '
+        "--config=set:mesh.dcn_data=2 --workdir=runs/ms 2>&1 | tee -a ~/illada-train.log'",
+    ]
+
+
+def test_tpu_vm_single_slice_queued_resource_names_its_node(no_subprocess, capsys):
+    argv = ["--name", "q1", "--zone", "europe-west4-b", "--accelerator-type", "v5litepod-8",
+            "--queued", "--reserved", "--skip-install", *TRAIN]  # fmt: skip
+    assert tpu_vm.main(argv) == 0
+    lines = _lines(capsys)
+    assert lines[0] == (
+        "gcloud compute tpus queued-resources create q1 --zone=europe-west4-b "
+        "--accelerator-type=v5litepod-8 --runtime-version=v2-alpha-tpuv5-lite --node-id=q1 "
+        "--reserved"
+    )
+    assert lines[2].startswith(
+        "gcloud compute tpus queued-resources ssh q1 --zone=europe-west4-b --node=all --worker=all "
+    )
+    assert len(lines) == 3  # create, wait, run: --skip-install ships nothing
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], "gcloud compute tpus tpu-vm delete illada-v5p --zone=us-east5-a --quiet"),
+        (
+            ["--num-slices", "2"],
+            "gcloud compute tpus queued-resources delete illada-v5p --zone=us-east5-a --force "
+            "--quiet",
+        ),
+    ],
+)
+def test_tpu_vm_delete_prints_only_the_teardown(no_subprocess, capsys, extra, expected):
+    argv = ["--name", "illada-v5p", "--zone", "us-east5-a", "--accelerator-type", "v5p-16"]
+    assert tpu_vm.main([*argv, *extra, "--delete"]) == 0
+    assert _lines(capsys) == [expected]
+
+
+def test_tpu_vm_execute_runs_the_printed_commands_in_order(monkeypatch, capsys):
+    argv = ["--name", "illada-v5p", "--zone", "us-east5-a", "--accelerator-type", "v5p-16",
+            "--skip-create"]  # fmt: skip
+    assert tpu_vm.main([*argv, *TRAIN]) == 0
+    printed = _lines(capsys)
+    recorder = Recorder()
+    monkeypatch.setattr(tpu_vm.subprocess, "run", recorder)
+    assert tpu_vm.main([*argv, "--execute", *TRAIN]) == 0
+    assert [tpu_vm.shlex.join(call) for call in recorder.calls] == printed
+
+
+def test_tpu_vm_execute_polls_a_queued_resource_until_active(monkeypatch, capsys):
+    monkeypatch.setattr(tpu_vm, "QUEUED_POLL_SECONDS", 0)
+    states = iter(["WAITING_FOR_RESOURCES\n", "PROVISIONING\n", "ACTIVE\n"])
+    calls = []
+
+    def fake_run(argv, **kwargs):
+        calls.append(argv)
+        stdout = next(states) if "describe" in argv else ""
+        return subprocess.CompletedProcess(argv, 0, stdout=stdout, stderr="")
+
+    monkeypatch.setattr(tpu_vm.subprocess, "run", fake_run)
+    argv = ["--name", "q1", "--zone", "z", "--accelerator-type", "v5p-8", "--queued",
+            "--skip-install", "--execute", *TRAIN]  # fmt: skip
+    assert tpu_vm.main(argv) == 0
+    assert [call[4] for call in calls] == ["create", "describe", "describe", "describe", "ssh"]
+    assert "PROVISIONING; waiting" in capsys.readouterr().out
+
+
+def test_tpu_vm_errors_name_the_fix(no_subprocess, capsys):
+    base = ["--zone", "z", "--accelerator-type", "v5p-8"]
+    with pytest.raises(SystemExit):
+        tpu_vm.main(["--name", "Bad_Name", *base, *TRAIN])
+    assert "lowercase letters, digits and '-'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tpu_vm.main(["--name", "ok", *base])
+    assert "give the job after --" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="pass one"):
+        tpu_vm.main(["--name", "ok", "--zone", "z", "--accelerator-type", "v9x-8", *TRAIN])
+
+
+# --- launch/xpk.py ----------------------------------------------------------------------------
+
+
+def test_xpk_single_slice_dry_run(no_subprocess, capsys):
+    argv = ["--cluster", "my-cluster", "--workload", "illada-small", "--tpu-type", "v5p-16",
+            "--docker-image", "us-docker.pkg.dev/p/illada/illada:latest",
+            "--", "illada", "train", "--config=config:small",
+            "--workdir=/gcs/runs/small"]  # fmt: skip
+    assert xpk.main(argv) == 0
+    assert _lines(capsys) == [
+        "xpk workload create --cluster=my-cluster --workload=illada-small --tpu-type=v5p-16 "
+        "--num-slices=1 --docker-image=us-docker.pkg.dev/p/illada/illada:latest "
+        "--max-restarts=3 --priority=medium '--command=ILLADA_DISTRIBUTED=auto illada train "
+        "--config=config:small --workdir=/gcs/runs/small'"
+    ]
+
+
+def test_xpk_multi_slice_dry_run(no_subprocess, capsys):
+    argv = ["--cluster", "c", "--workload", "illada-ms", "--tpu-type", "v5litepod-16",
+            "--num-slices", "4", "--docker-image", "img:1", "--max-restarts", "10",
+            "--project", "p", "--zone", "us-west4-a", "--restart-on-user-code-failure",
+            "--", "illada", "train", "--config=set:mesh.dcn_data=4",
+            "--workdir=/gcs/runs/ms"]  # fmt: skip
+    assert xpk.main(argv) == 0
+    assert _lines(capsys) == [
+        "xpk workload create --cluster=c --workload=illada-ms --tpu-type=v5litepod-16 "
+        "--num-slices=4 --docker-image=img:1 --max-restarts=10 --priority=medium --project=p "
+        "--zone=us-west4-a --restart-on-user-code-failure '--command=ILLADA_DISTRIBUTED=auto "
+        "illada train --config=set:mesh.dcn_data=4 --workdir=/gcs/runs/ms'"
+    ]
+
+
+def test_xpk_delete_and_execute(monkeypatch, capsys):
+    assert xpk.main(["--cluster", "c", "--workload", "w", "--delete"]) == 0
+    assert _lines(capsys) == ["xpk workload delete --cluster=c --workload=w --force"]
+    recorder = Recorder()
+    monkeypatch.setattr(xpk.subprocess, "run", recorder)
+    assert xpk.main(["--cluster", "c", "--workload", "w", "--delete", "--execute"]) == 0
+    assert recorder.calls == [["xpk", "workload", "delete", "--cluster=c", "--workload=w",
+                               "--force"]]  # fmt: skip
+
+
+def test_xpk_errors_name_the_fix(no_subprocess, capsys):
+    with pytest.raises(SystemExit):
+        xpk.main(["--cluster", "c", "--workload", "Illada_1", "--tpu-type", "v5p-8",
+                  "--docker-image", "i", *TRAIN])  # fmt: skip
+    assert "XPK needs lowercase letters" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        xpk.main(["--cluster", "c", "--workload", "w", *TRAIN])
+    assert "--tpu-type and --docker-image required" in capsys.readouterr().err
+
+
+# --- launch/slurm.py --------------------------------------------------------------------------
+
+PER_GPU_SCRIPT = """\
+#!/bin/bash
+#SBATCH --job-name=illada
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --time=04:00:00
+#SBATCH --output=slurm-logs/%x-%j.out
+
+set -euo pipefail
+export ILLADA_DISTRIBUTED=auto
+srun --kill-on-bad-exit=1 illada train --config=config:small --workdir=runs/small
+"""
+
+PER_NODE_SCRIPT = """\
+#!/bin/bash
+#SBATCH --job-name=sweep-a
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=4
+#SBATCH --time=1-00:00:00
+#SBATCH --output=LOGS/%x-%j.out
+#SBATCH --cpus-per-task=32
+#SBATCH --partition=gpu
+#SBATCH --account=acct
+
+set -euo pipefail
+source .venv/bin/activate
+export ILLADA_DISTRIBUTED=auto
+export JAX_LOCAL_DEVICE_IDS=0,1,2,3
+srun --kill-on-bad-exit=1 illada train '--config=set:train.sample_prompts=("a b",)' \
+--workdir=/shared/runs/x
+"""
+
+
+def test_slurm_one_process_per_gpu_script(no_subprocess, capsys):
+    argv = ["--nodes", "2", "--gpus-per-node", "8", "--time", "04:00:00", *TRAIN]
+    assert slurm.main(argv) == 0
+    assert capsys.readouterr().out == PER_GPU_SCRIPT
+
+
+def test_slurm_one_process_per_node_script(no_subprocess, capsys):
+    argv = ["--job-name", "sweep-a", "--nodes", "4", "--gpus-per-node", "4", "--process-per",
+            "node", "--time", "1-00:00:00", "--cpus-per-task", "32", "--partition", "gpu",
+            "--account", "acct", "--log-dir", "LOGS", "--setup", "source .venv/bin/activate",
+            "--", "illada", "train", '--config=set:train.sample_prompts=("a b",)',
+            "--workdir=/shared/runs/x"]  # fmt: skip
+    assert slurm.main(argv) == 0
+    assert capsys.readouterr().out == PER_NODE_SCRIPT
+
+
+def test_slurm_execute_writes_the_script_and_submits_it(monkeypatch, tmp_path):
+    recorder = Recorder()
+    monkeypatch.setattr(slurm.subprocess, "run", recorder)
+    log_dir = tmp_path / "logs"
+    argv = ["--nodes", "2", "--gpus-per-node", "8", "--time", "04:00:00", "--log-dir",
+            str(log_dir), "--execute", *TRAIN]  # fmt: skip
+    assert slurm.main(argv) == 0
+    script = log_dir / "illada.sbatch"
+    assert recorder.calls == [["sbatch", str(script)]]
+    assert script.read_text() == PER_GPU_SCRIPT.replace("slurm-logs", str(log_dir))
+
+
+def test_slurm_rejects_a_bad_time(no_subprocess, capsys):
+    with pytest.raises(SystemExit):
+        slurm.main(["--time", "4h", *TRAIN])
+    assert "use [D-]HH:MM:SS" in capsys.readouterr().err
+
+
+# --- Dockerfiles ------------------------------------------------------------------------------
+
+
+def test_dockerfiles_install_the_project_at_its_pinned_jax():
+    jax_pin = next(d for d in PROJECT["dependencies"] if d.startswith("jax=="))
+    tpu = (REPO / "launch" / "Dockerfile").read_text()
+    gpu = (REPO / "launch" / "Dockerfile.gpu").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", tpu, re.M)
+    assert re.search(r'^RUN pip install "\.\[tpu\]"', tpu, re.M)
+    assert PROJECT["optional-dependencies"]["tpu"] == [f"jax[tpu]=={jax_pin.split('==')[1]}"]
+    assert re.search(r"^FROM python:3\.11-slim$", gpu, re.M)
+    assert f'"jax[cuda12]=={jax_pin.split("==")[1]}"' in gpu
