@@ -18,6 +18,7 @@ from illada_jax.data.sources import SourceError
 from illada_jax.data.tokenizer import TokenizerError
 from illada_jax.diffusion.likelihood import ScoringError
 from illada_jax.sampling.schedule import SamplingError
+from illada_jax.tools import aot
 from illada_jax.train import sweep as sweep_lib
 
 # Mistakes in what the user gave us (data, paths, options): a message, exit code 2, no traceback.
@@ -353,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert_lib.add_convert_arguments(convert)
     convert.set_defaults(func=convert_lib.run_convert)
+
+    compile_ = sub.add_parser(
+        "compile",
+        help="AOT-compile a config for a TPU topology; memory and FLOPs report",
+        description="Compile the train step for a TPU slice without a TPU. Example: illada "
+        "compile --config=config:illada_8b --topology=v5p-256 --global-batch 640 --seq-len 8192",
+    )
+    _add_config(compile_)
+    aot.add_compile_arguments(compile_)
+    compile_.set_defaults(func=aot.run_compile)
 
     sweep = sub.add_parser(
         "sweep", help=sweep_lib.SWEEP_HELP, description=sweep_lib.SWEEP_DESCRIPTION

@@ -55,7 +55,7 @@ def test_bad_config_is_a_clear_error_not_a_traceback():
 def test_help_lists_subcommands_with_examples():
     result = illada("--help")
     assert result.returncode == 0
-    for command in ("train", "prepare", "tokenizer", "params", "convert", "sweep", "generate",
+    for command in ("train", "prepare", "tokenizer", "params", "convert", "compile", "sweep", "generate",
                     "chat", "eval"):  # fmt: skip
         assert command in result.stdout, command
         assert "Example" in illada(command, "--help").stdout, command

@@ -1,0 +1,1 @@
+"""Tools around training: AOT compilation for TPU topologies (`aot`)."""
