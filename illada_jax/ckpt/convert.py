@@ -2,7 +2,7 @@
 `illada convert` command (the tensor mapping itself lives in `ckpt/hf.py`).
 
 Native checkpoints (`save_native`): `DIR/config.json` (an `Experiment` holding the model) and an
-orbax step `DIR/checkpoints/0/{state,data,meta}` written exactly like the runner's, with
+orbax step `DIR/checkpoints/0/{state,data,meta}` with the runner's items (state uncompressed), with
 `state = {"params": ...}` only. `illada_jax.load(DIR)` reads it, and `checkpoint.init_from=DIR`
 starts a fine-tuning run from it; it is not a run directory to resume (no optimiser state).
 
@@ -73,9 +73,10 @@ def save_native(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
     `dst_dir/tokenizer/` and the stored config's `data.tokenizer` points there (absolute path).
     Refuses a directory that already holds checkpoints. Returns the directory.
     """
-    from illada_jax.ckpt.manager import RunCheckpoints
+    import orbax.checkpoint as ocp
+
     from illada_jax.config import flags
-    from illada_jax.config.schema import CheckpointConfig, DataConfig, Experiment, TrainConfig
+    from illada_jax.config.schema import DataConfig, Experiment, TrainConfig
 
     dst = pathlib.Path(dst_dir).expanduser().absolute()
     if (dst / "checkpoints").exists():
@@ -87,14 +88,19 @@ def save_native(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
     train = TrainConfig(seq_len=min(TrainConfig.seq_len, cfg.max_seq_len))
     experiment = Experiment(model=cfg, data=DataConfig(tokenizer=tokenizer), train=train)
     (dst / "config.json").write_text(flags.to_json(experiment) + "\n")
-    checkpoints = RunCheckpoints(dst, CheckpointConfig(async_save=False, keep=1))
     meta = {"lr_scale": 1.0, "recent_losses": [], "config": flags.to_dict(experiment)}
-    try:
-        with _numpy_saved_in_place():
-            checkpoints.save(0, {"params": params}, {"next_data_step": 0}, meta, force=True)
-            checkpoints.wait()
-    finally:
-        checkpoints.close()
+    step_dir = dst / "checkpoints" / "0"
+    step_dir.mkdir(parents=True)
+    # The items the runner writes (`state`, `data`, `meta`), each committed atomically by orbax.
+    # Uncompressed: zarr compression buffers a compressed copy of every array being written
+    # (measured: +1x a 1.5 GB tree at peak; +0.08x uncompressed), and the host already holds the
+    # whole model once (16 GB for an 8B model in bf16).
+    state_handler = ocp.PyTreeCheckpointHandler(use_compression=False)
+    with _numpy_saved_in_place(), ocp.Checkpointer(state_handler) as checkpointer:
+        checkpointer.save(step_dir / "state", args=ocp.args.PyTreeSave({"params": params}))
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+        checkpointer.save(step_dir / "data", args=ocp.args.JsonSave({"next_data_step": 0}))
+        checkpointer.save(step_dir / "meta", args=ocp.args.JsonSave(meta))
     return dst
 
 
