@@ -27,8 +27,10 @@ from illada_jax.sampling.generate import (
     SamplingOptions,
     SpecialIds,
     VariableResult,
+    first_stop,
     generate,
     generate_variable,
+    left_pad,
 )
 from illada_jax.sampling.schedule import SamplingError
 
@@ -66,19 +68,6 @@ def _read_experiment(step_dir: pathlib.Path):
     raise LoadError(f"{step_dir}: no stored config (looked for {[str(c) for c in candidates]})")
 
 
-def _tokenizer_for(experiment, cfg: ModelConfig):
-    """The run's tokenizer, or None when it cannot be found or does not fit the model."""
-    from illada_jax.data.tokenizer import Tokenizer, TokenizerError
-
-    try:
-        path = experiment.data.tokenizer
-        tokenizer = Tokenizer.load(path) if path else Tokenizer.default()
-        tokenizer.check_model_config(cfg, allow_larger_model_vocab=True)
-    except (TokenizerError, OSError, ValueError):
-        return None
-    return tokenizer
-
-
 def load(path: str | pathlib.Path) -> Model:
     """A `Model` from a native checkpoint (a run directory (its latest checkpoint), its
     `checkpoints/` directory or one `checkpoints/<step>` directory) or an HF directory
@@ -100,19 +89,12 @@ def load(path: str | pathlib.Path) -> Model:
     graphdef, _, abstract = model_graphdef_and_specs(cfg)
     params = restore_params(step_dir, abstract)
     params = jax.tree.map(jnp.asarray, params)
-    model = Model(cfg, graphdef, params, _tokenizer_for(experiment, cfg), step=int(step_dir.name))
+    from illada_jax.data.tokenizer import Tokenizer
+
+    tokenizer, _ = Tokenizer.for_model(experiment.data.tokenizer, cfg)
+    model = Model(cfg, graphdef, params, tokenizer, step=int(step_dir.name))
     model.experiment = experiment
     return model
-
-
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int):
-    ids = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), bool)
-    for r, row in enumerate(rows):
-        if len(row):
-            ids[r, width - len(row) :] = row
-            mask[r, width - len(row) :] = True
-    return ids, mask
 
 
 class Model:
@@ -164,27 +146,31 @@ class Model:
 
     def _prompt_batch(self, prompt_ids, attention_mask):
         """Left-padded [B, P'] ids and mask, P' a multiple of PROMPT_BUCKET, and the caller's P."""
-        if isinstance(prompt_ids, np.ndarray | jax.Array) or (
-            prompt_ids and not isinstance(prompt_ids[0], int | np.integer)
-            and len({len(r) for r in prompt_ids}) == 1 and attention_mask is not None
-        ):  # fmt: skip
-            ids = np.asarray(prompt_ids, np.int32)
-            if ids.ndim == 1:
-                ids = ids[None]
-            mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(
-                attention_mask, bool
-            )  # fmt: skip
-            rows = [row[m] for row, m in zip(ids, mask)]
+        if attention_mask is not None or isinstance(prompt_ids, np.ndarray | jax.Array):
+            try:  # a padded [B, P] array (and its mask)
+                ids = np.atleast_2d(np.asarray(prompt_ids, np.int32))
+                mask = np.ones(ids.shape, bool)
+                if attention_mask is not None:
+                    mask = np.atleast_2d(np.asarray(attention_mask, bool))
+            except ValueError as err:
+                raise SamplingError(
+                    f"prompt ids / attention mask are not rectangular: {err}"
+                ) from None
+            if ids.ndim != 2 or mask.shape != ids.shape:
+                raise SamplingError(
+                    f"prompt ids {ids.shape} and attention mask {mask.shape} must both be [B, P]"
+                )
+            rows = [row[m].tolist() for row, m in zip(ids, mask)]
             width = ids.shape[1]
-        else:
-            rows = prompt_ids
+        else:  # one id list, or a list of id lists of any lengths
+            rows = list(prompt_ids)
             if rows and isinstance(rows[0], int | np.integer):
                 rows = [rows]
-            width = max(len(r) for r in rows)
+            width = max((len(r) for r in rows), default=0)
         if not rows or width == 0:
             raise SamplingError("empty prompt: give at least one prompt token")
         bucket = -(-width // PROMPT_BUCKET) * PROMPT_BUCKET
-        ids, mask = _left_pad(rows, self.config.pad_token_id, bucket)
+        ids, mask = left_pad(rows, self.config.pad_token_id, bucket)
         return ids, mask, width
 
     def generate(self, prompt_ids, gen_length: int = 128, steps: int | None = None,
@@ -293,15 +279,12 @@ class Model:
             kwargs.pop("stop_ids", None), stop_strings, kwargs.pop("seed", 0), kwargs,
         )  # fmt: skip
         special = self.special_ids
-        stops = {t for t in (special.eos, special.eot) if t is not None}
+        stops = [t for t in (special.eos, special.eot) if t is not None]
         texts = []
         for row, length in zip(out, lengths):
-            generated = row[width : width + int(length)].tolist()
-            for i, token in enumerate(generated):
-                if token in stops:
-                    generated = generated[:i]
-                    break
-            generated = [t for t in generated if t != special.mask]
+            generated = row[width : width + int(length)]
+            cut = first_stop(generated, stops)
+            generated = [t for t in generated[:cut].tolist() if t != special.mask]
             text = tokenizer.decode(generated, skip_special=True)
             for stop in stop_strings:
                 if stop and stop in text:

@@ -233,7 +233,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = illada_jax.load(args.checkpoint)
     if args.tasks:
-        from illada_jax.eval.harness import run_tasks
+        try:
+            from illada_jax.eval.harness import run_tasks
+        except ImportError as err:  # the [eval] extra is missing: say how to install it
+            print(f"illada eval: error: {err}", file=sys.stderr)
+            return 2
 
         model_args = dict(loglikelihood_method=args.method, mc_num=args.mc_num,
                           gen_length=args.gen_length)  # fmt: skip

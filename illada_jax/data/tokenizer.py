@@ -278,6 +278,17 @@ class Tokenizer:
         mask 4, <|start_header_id|> 5, <|end_header_id|> 6, <|eot_id|> 7."""
         return cls.load(default_model_path())
 
+    @classmethod
+    def for_model(cls, path: str, model_cfg: Any) -> tuple[Tokenizer | None, str]:
+        """(the tokenizer at `path` (empty: the shipped one), "") when it fits `model_cfg`, else
+        (None, why): for inference and samples, which can run on ids without one."""
+        try:
+            tokenizer = cls.load(path) if path else cls.default()
+            tokenizer.check_model_config(model_cfg, allow_larger_model_vocab=True)
+        except (TokenizerError, OSError) as err:
+            return None, str(err)
+        return tokenizer, ""
+
     def special_ids(self) -> dict[str, int | None]:
         return {role: getattr(self, f"{role}_id") for role in ROLES}
 

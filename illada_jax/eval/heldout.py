@@ -16,12 +16,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from illada_jax.api import LoadError, Model
+from illada_jax.train.objective import elbo_bound
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _bound(graphdef, params, batch, key):
-    from illada_jax.train.objective import elbo_bound
-
     return elbo_bound(nnx.merge(graphdef, params), batch, key)
 
 

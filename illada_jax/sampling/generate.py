@@ -361,9 +361,21 @@ def variable_budget(requested: int, prompt_len: int, max_seq_len: int, block_len
     return budget
 
 
-def _first_stop(tokens: np.ndarray, stop_ids: Sequence[int]) -> int | None:
+def first_stop(tokens: np.ndarray, stop_ids: Sequence[int]) -> int | None:
+    """Index of the first token in `stop_ids`, or None."""
     hits = np.flatnonzero(np.isin(tokens, list(stop_ids))) if stop_ids else []
     return int(hits[0]) if len(hits) else None
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int):
+    """Id lists -> left-padded ids int32 [B, width] and prompt mask bool [B, width]."""
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for r, row in enumerate(rows):
+        if len(row):
+            ids[r, width - len(row) :] = row
+            mask[r, width - len(row) :] = True
+    return ids, mask
 
 
 def generate_variable(graphdef, params, ids: SpecialIds, prompt_ids, opts: SamplingOptions, *,
@@ -399,7 +411,7 @@ def generate_variable(graphdef, params, ids: SpecialIds, prompt_ids, opts: Sampl
             if cuts[row] is not None:
                 continue
             generated = canvas[row, prompt_len:end]
-            stops = [c for c in (_first_stop(generated, stop_ids),
+            stops = [c for c in (first_stop(generated, stop_ids),
                                  stop_fn(generated) if stop_fn else None) if c is not None]  # fmt: skip
             if stops:
                 cuts[row] = min(stops)

@@ -354,15 +354,11 @@ def train(
 
 def _sample_tokenizer(experiment: Experiment):
     """The run's tokenizer for text samples, or None when it does not fit the model."""
-    from illada_jax.data.tokenizer import Tokenizer, TokenizerError
+    from illada_jax.data.tokenizer import Tokenizer
 
-    path = experiment.data.tokenizer
-    try:
-        tokenizer = Tokenizer.load(path) if path else Tokenizer.default()
-        tokenizer.check_model_config(experiment.model, allow_larger_model_vocab=True)
-    except (TokenizerError, OSError) as err:
-        log.warning("no text samples: %s", err)
-        return None
+    tokenizer, why = Tokenizer.for_model(experiment.data.tokenizer, experiment.model)
+    if tokenizer is None:
+        log.warning("no text samples: %s", why)
     return tokenizer
 
 

@@ -17,7 +17,13 @@ import jax
 import numpy as np
 
 from illada_jax.config.schema import Experiment
-from illada_jax.sampling.generate import SamplingOptions, SpecialIds, generate
+from illada_jax.sampling.generate import (
+    SamplingOptions,
+    SpecialIds,
+    first_stop,
+    generate,
+    left_pad,
+)
 
 
 class TrainingSamples:
@@ -47,20 +53,12 @@ class TrainingSamples:
         else:
             rows = [tokenizer.encode(p) for p in self.prompts]
         width = max(len(r) for r in rows)
-        self.prompt_ids = np.full((len(rows), width), experiment.model.pad_token_id, np.int32)
-        self.prompt_mask = np.zeros((len(rows), width), bool)
-        for r, row in enumerate(rows):  # left padding
-            self.prompt_ids[r, width - len(row) :] = row
-            self.prompt_mask[r, width - len(row) :] = True
+        self.prompt_ids, self.prompt_mask = left_pad(rows, experiment.model.pad_token_id, width)
 
     def _decode(self, generated: np.ndarray) -> str:
-        stops = {t for t in (self.ids.eos, self.ids.eot) if t is not None}
-        tokens = []
-        for token in generated.tolist():
-            if token in stops:
-                break
-            tokens.append(token)
-        return self.tokenizer.decode(tokens, skip_special=True)
+        stops = [t for t in (self.ids.eos, self.ids.eot) if t is not None]
+        return self.tokenizer.decode(generated[: first_stop(generated, stops)].tolist(),
+                                     skip_special=True)  # fmt: skip
 
     def write(self, step: int, params) -> list[tuple[str, str]]:
         """Generate after every prompt with `params`; write and return (prompt, text) pairs."""

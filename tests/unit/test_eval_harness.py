@@ -155,8 +155,7 @@ def test_generate_until_cuts_inside_a_token(model, variable_length):
                           variable_length=variable_length)  # fmt: skip
     free, starts = _free_reply(model, lm)
     inside = [i for i in range(1, len(free)) if i not in starts and free.find(free[i]) == i]
-    if not inside:
-        pytest.skip("every character of this reply starts a token")
+    assert inside, "this reply has no stop candidate inside a token: the test checks nothing"
     stop = free[inside[0]]
     assert _cut_replies(lm, stop) == [free[: free.index(stop)]] * 2
 

@@ -49,3 +49,22 @@ def test_ragged_batch_is_left_padded_and_matches_single_rows():
     for r, row in enumerate(rows):
         alone = model.generate([row], gen_length=8, steps=8, block_length=8)
         np.testing.assert_array_equal(batch[r, -8:], alone[0, -8:])
+
+
+def test_bad_prompts_are_clear_errors():
+    import pytest
+
+    from illada_jax.sampling.schedule import SamplingError
+
+    model = _model()
+    with pytest.raises(SamplingError, match="empty prompt"):
+        model.generate([], gen_length=8)
+    with pytest.raises(SamplingError, match="must both be"):
+        model.generate(np.ones((2, 5), np.int32), gen_length=8, attention_mask=np.ones((2, 4)))
+    with pytest.raises(SamplingError, match="not rectangular"):
+        model.generate([[10, 11], [12]], gen_length=8, attention_mask=[[1, 1], [1]])
+    # A padded array with its mask gives the same continuation as the unpadded row.
+    padded = model.generate(np.array([[0, 0, 10, 11]]), gen_length=8, steps=8,
+                            attention_mask=np.array([[0, 0, 1, 1]]))  # fmt: skip
+    plain = model.generate([[10, 11]], gen_length=8, steps=8)
+    np.testing.assert_array_equal(padded[0, -8:], plain[0, -8:])
