@@ -1,6 +1,8 @@
 """The small Python API for notebooks and scripts (DESIGN §5).
 
     import illada_jax
+    run = illada_jax.experiment("config:tiny", "set:train.steps=100")
+    illada_jax.run_training(run, "runs/tiny")
     model = illada_jax.load("runs/tiny")            # a run directory or one checkpoint step
     model.generate_text("The sea", gen_length=64)
     model.log_likelihood("The capital of France is", " Paris", mc_num=64)
@@ -33,6 +35,7 @@ from illada_jax.sampling.generate import (
     left_pad,
 )
 from illada_jax.sampling.schedule import SamplingError
+from illada_jax.sampling.trace import GenerationTrace, trace_fixed
 
 PROMPT_BUCKET = 32  # prompts are left-padded to a multiple of this: one program per bucket
 
@@ -66,6 +69,36 @@ def _read_experiment(step_dir: pathlib.Path):
         data = data.get("config", data) if candidate.name == "metadata" else data
         return flags.build(flags.config_from_dict(flags.Experiment, data))
     raise LoadError(f"{step_dir}: no stored config (looked for {[str(c) for c in candidates]})")
+
+
+def experiment(*directives: str):
+    """A validated `Experiment` from `--config` directives (applied in order), e.g.
+    `experiment("config:tiny", "fiddler:antithetic_time", "set:train.steps=100")`."""
+    from illada_jax.config import flags
+
+    return flags.experiment_from_flags(list(directives))
+
+
+def run_training(experiment, workdir: str | pathlib.Path, print_fn=print) -> list[dict]:
+    """Train (or resume) an `Experiment` in `workdir`, as `illada train` does; returns the
+    records logged by this call (also in `WORKDIR/metrics.jsonl`).
+
+    Call it before anything else starts JAX to give each CPU core its own device (`illada
+    train`'s default on a CPU host); on GPU / TPU runtimes the devices are used as they are.
+    """
+    from illada_jax.parallel.mesh import configure_cpu_devices
+    from illada_jax.train import loop
+
+    configure_cpu_devices(experiment.mesh.cpu_devices)
+    return loop.train(experiment, workdir, print_fn=print_fn)
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+    """The rows of `WORKDIR/metrics.jsonl` (training logs and held-out evaluations)."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        raise LoadError(f"{path} does not exist: is {workdir} a run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def load(path: str | pathlib.Path) -> Model:
@@ -227,6 +260,37 @@ class Model:
             out[row, result.prompt_length + length :] = special.eos
         return out[:, cut:], result.lengths
 
+    def trace(self, prompt, gen_length: int = 64, steps: int | None = None,
+              block_length: int | None = None, temperature: float = 0.0,
+              remasking: str = "low_confidence", cfg_scale: float = 0.0, *, seed: int = 0,
+              **options) -> GenerationTrace:  # fmt: skip
+        """The reverse process of a fixed-canvas generation, step by step (`GenerationTrace`:
+        the canvas after every step, the step each token was committed at and its confidence).
+
+        `prompt`: a text (needs the tokenizer), an id list, or a list of either. The final
+        canvas equals `generate(...)`'s with the same arguments. Options as `generate` (no cache).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if prompts and isinstance(prompts[0], int | np.integer):
+            prompts = [prompts]
+        rows = [self._ids(p) for p in prompts]
+        ids, mask, width = self._prompt_batch(rows, None)
+        block_length = block_length or gen_length
+        opts = SamplingOptions(gen_length=gen_length, steps=steps or gen_length,
+                               block_length=block_length, temperature=temperature,
+                               remasking=remasking, cfg_scale=cfg_scale, **options)  # fmt: skip
+        result = trace_fixed(self.graphdef, self.params, self.special_ids, ids, opts,
+                             prompt_mask=mask, seed=seed)  # fmt: skip
+        cut = ids.shape[1] - width  # drop the bucket padding, as `generate` does
+        return GenerationTrace(
+            ids=result.ids[:, cut:],
+            canvases=result.canvases[:, :, cut:],
+            commit_step=result.commit_step[:, cut:],
+            confidence=result.confidence[:, cut:],
+            prompt_length=width,
+            block_length=result.block_length,
+        )
+
     def _stop_string_fn(self, stop_strings: Sequence[str]):
         tokenizer = self._need_tokenizer()
         mask_id = self.special_ids.mask
@@ -265,6 +329,17 @@ class Model:
             rows = [bos + tokenizer.encode(p) for p in prompts]
         texts = self.complete_ids(rows, gen_length, stop_strings=stop_strings, **kwargs)
         return texts[0] if single else texts
+
+    def chat(self, messages: Sequence[dict], gen_length: int = 64, *,
+             stop_strings: Sequence[str] = (), **kwargs) -> str:  # fmt: skip
+        """The assistant's next reply to a dialogue (`[{"role": "user" | "assistant" |
+        "system", "content": str}, ...]`, ending with a user turn), generated from the whole
+        dialogue in the chat template. Other arguments as `generate`."""
+        from illada_jax.data.sft import ChatFormatter
+
+        prompt = ChatFormatter(self._need_tokenizer()).prompt(list(messages))
+        reply = self.complete_ids([prompt], gen_length, stop_strings=stop_strings, **kwargs)[0]
+        return reply.strip()
 
     def complete_ids(self, rows: Sequence[Sequence[int]], gen_length: int, *,
                      stop_strings: Sequence[str] = (), **kwargs) -> list[str]:  # fmt: skip

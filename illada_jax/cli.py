@@ -204,10 +204,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     in the chat template (SPEC §5.1 notes: LLaDA's chat.py re-feeds the previous canvas)."""
     _start_jax(0)
     import illada_jax
-    from illada_jax.data.sft import ChatFormatter
 
     model = illada_jax.load(args.checkpoint)
-    formatter = ChatFormatter(model._need_tokenizer())
+    model._need_tokenizer()
     messages: list[dict] = []
     interactive = sys.stdin.isatty()
     while True:
@@ -219,11 +218,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line.strip()})
-        prompt = formatter.prompt(messages)
-        reply = model.complete_ids([prompt], args.gen_length, stop_strings=args.stop,
-                                   **_sampling_kwargs(args, model))[0]  # fmt: skip
-        messages.append({"role": "assistant", "content": reply.strip()})
-        print(f"model> {reply.strip()}", flush=True)
+        reply = model.chat(messages, args.gen_length, stop_strings=args.stop,
+                           **_sampling_kwargs(args, model))  # fmt: skip
+        messages.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}", flush=True)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -101,7 +101,8 @@ class SftPair(NamedTuple):
 
 def validate_messages(messages: Any, *, final_role: str = "assistant") -> list[Message]:
     """Check a dialogue against the rules in the module docstring; return it as plain
-    `{"role", "content"}` dicts. `final_role="user"` checks a prompt awaiting an answer."""
+    `{"role", "content"}` dicts. `final_role="user"` checks a prompt awaiting an answer, where
+    an earlier assistant turn may be empty (a model's reply in a chat can be)."""
     if not isinstance(messages, list) or not messages:
         raise SftFormatError("'messages' must be a non-empty list")
     clean = []
@@ -113,7 +114,8 @@ def validate_messages(messages: Any, *, final_role: str = "assistant") -> list[M
             raise SftFormatError(
                 f"message {index} has role {role!r}; allowed: {', '.join(MESSAGE_ROLES)}"
             )
-        if not isinstance(content, str) or not content.strip():
+        empty_ok = final_role == "user" and role == "assistant"
+        if not isinstance(content, str) or not (content.strip() or empty_ok):
             raise SftFormatError(f"message {index} ({role}) has empty or non-string content")
         clean.append({"role": role, "content": content})
     turns = clean[1:] if clean[0]["role"] == "system" else clean

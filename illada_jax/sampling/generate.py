@@ -146,7 +146,9 @@ def _think_boost(opts: SamplingOptions, x, logits_blk, masked_blk, start, prompt
 
 def _commit(opts, ids: SpecialIds, x, logits_blk, key, start, prompt_len, count):
     """One step on the block at `start`: draw candidates, score them, commit `count` of them
-    (or, with a threshold, the confident ones). x: [B, L]; logits_blk: [B, K, V] fp32."""
+    (or, with a threshold, the confident ones). x: [B, L]; logits_blk: [B, K, V] fp32.
+
+    Returns (x [B, L] with the committed tokens, the candidates' confidences [B, K])."""
     k_len = opts.block_length
     x_blk = jax.lax.dynamic_slice_in_dim(x, start, k_len, axis=1)
     masked = x_blk == ids.mask
@@ -169,7 +171,38 @@ def _commit(opts, ids: SpecialIds, x, logits_blk, key, start, prompt_len, count)
         chosen = schedule.select_top_k(conf, masked, count)
     else:
         chosen = schedule.select_threshold(conf, masked, opts.threshold)
-    return jax.lax.dynamic_update_slice_in_dim(x, jnp.where(chosen, x0, x_blk), start, axis=1)
+    x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(chosen, x0, x_blk), start, axis=1)
+    return x, conf
+
+
+def _visible_keys(opts: SamplingOptions, key_mask, start, variable: bool):
+    """The key mask of one model run [B or 2B (CFG), L] while decoding the block at `start`."""
+    visible = key_mask
+    if variable:  # blocks not yet opened are invisible, as if absent
+        length = key_mask.shape[1]
+        visible = key_mask & (jnp.arange(length) < start + opts.block_length)[None, :]
+    return jnp.concatenate([visible, visible]) if opts.cfg_scale != 0.0 else visible
+
+
+def _block_head(model, hidden, offset, k_len: int):
+    """Logits of the block only [B, K, V] (the head is not run on the rest of the canvas)."""
+    return model.project(jax.lax.dynamic_slice_in_dim(hidden, offset, k_len, axis=1))
+
+
+def _full_logits(model, opts: SamplingOptions, ids: SpecialIds, x, visible_run, prompt_mask,
+                 start):  # fmt: skip
+    """The whole canvas through the model (with CFG): (block logits [B, K, V], K/V or None).
+    The K/V of every layer is kept when a cache is on."""
+    uncond = jnp.where(prompt_mask, ids.mask, x)
+
+    def run(tokens):
+        if opts.cache == "none":
+            hidden, kv = model.hidden_states(tokens, key_mask=visible_run), None
+        else:
+            hidden, kv = model.hidden_with_kv(tokens, key_mask=visible_run)
+        return _block_head(model, hidden, start, opts.block_length), kv
+
+    return _guided(opts, run, x, uncond)
 
 
 # --------------------------------------------------------------------------- one block
@@ -181,27 +214,13 @@ def _decode_block(model, opts: SamplingOptions, ids: SpecialIds, prompt_len: int
     k_len = opts.block_length
     length = x.shape[1]
     start = prompt_len + block * k_len
-    visible = key_mask
-    if variable:  # blocks not yet opened are invisible, as if absent
-        visible = key_mask & (jnp.arange(length) < start + k_len)[None, :]
-    cfg_on = opts.cfg_scale != 0.0
-    visible_run = jnp.concatenate([visible, visible]) if cfg_on else visible
+    visible_run = _visible_keys(opts, key_mask, start, variable)
 
     def block_head(hidden, offset):
-        """Logits of the block only (the head is not run on the rest of the canvas)."""
-        return model.project(jax.lax.dynamic_slice_in_dim(hidden, offset, k_len, axis=1))
+        return _block_head(model, hidden, offset, k_len)
 
     def full_logits(x):
-        uncond = jnp.where(prompt_mask, ids.mask, x)
-
-        def run(tokens):
-            if opts.cache == "none":
-                hidden, kv = model.hidden_states(tokens, key_mask=visible_run), None
-            else:
-                hidden, kv = model.hidden_with_kv(tokens, key_mask=visible_run)
-            return block_head(hidden, start), kv
-
-        return _guided(opts, run, x, uncond)
+        return _full_logits(model, opts, ids, x, visible_run, prompt_mask, start)
 
     if opts.cache == "dual":
         win_start, width = start, k_len
@@ -227,16 +246,15 @@ def _decode_block(model, opts: SamplingOptions, ids: SpecialIds, prompt_len: int
     counts = jnp.asarray(schedule.transfer_schedule(k_len, _steps_per_block(opts, variable)))
     logits, kv = full_logits(x)
     key, sub = jax.random.split(key)
-    x = _commit(opts, ids, x, logits, sub, start, prompt_len, counts[0])
+    x, _ = _commit(opts, ids, x, logits, sub, start, prompt_len, counts[0])
 
     if opts.threshold is None:
 
         def step(j, carry):
             x, key = carry
             key, sub = jax.random.split(key)
-            return _commit(
-                opts, ids, x, later_logits(x, kv), sub, start, prompt_len, counts[j]
-            ), key
+            x, _ = _commit(opts, ids, x, later_logits(x, kv), sub, start, prompt_len, counts[j])
+            return x, key
 
         return jax.lax.fori_loop(1, counts.shape[0], step, (x, key))
 
@@ -249,7 +267,7 @@ def _decode_block(model, opts: SamplingOptions, ids: SpecialIds, prompt_len: int
     def body(carry):
         x, key, passes = carry
         key, sub = jax.random.split(key)
-        x = _commit(opts, ids, x, later_logits(x, kv), sub, start, prompt_len, 0)
+        x, _ = _commit(opts, ids, x, later_logits(x, kv), sub, start, prompt_len, 0)
         return x, key, passes + 1
 
     x, key, _ = jax.lax.while_loop(has_masks, body, (x, key, jnp.int32(1)))

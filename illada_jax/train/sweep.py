@@ -245,10 +245,10 @@ def run_local(runs: Sequence[Run], workdir: pathlib.Path, print_fn=print) -> dic
 
 
 def read_metrics(run_dir: pathlib.Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The run's metrics rows; none when it has not started."""
+    from illada_jax.api import read_metrics
+
+    return read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
 
 
 def summarise_run(run: Run, run_dir: pathlib.Path, status: str | None) -> dict:

@@ -52,6 +52,7 @@ from illada_jax.sampling.generate import (
     variable_budget,
 )
 from illada_jax.sampling.schedule import SamplingError
+from illada_jax.sampling.trace import trace_fixed
 
 P, G = 6, 16  # prompt length (row 1 has 2 left pads), generated length
 PAD_LEFT = 2
@@ -141,8 +142,11 @@ def ref_think_boost(logits, x, lo, hi, prompt_len, gen_length, think, stats):
 
 def ref_generate(oracle, prompt, prompt_mask, gen_length, block_length, steps, *, ids=IDS,
                  cfg_scale=0.0, logits_eos_inf=False, confidence_eos_eot_inf=False,
-                 think=None):  # fmt: skip
-    """SPEC §5.1 at temperature 0 with low-confidence remasking. Returns (canvas, stats)."""
+                 think=None, record=None):  # fmt: skip
+    """SPEC §5.1 at temperature 0 with low-confidence remasking. Returns (canvas, stats).
+
+    `record` (a dict): filled with "step" (the global step each position was committed at, -1
+    for the prompt) and "conf" (the confidence it was committed with, NaN for the prompt)."""
     batch, prompt_len = prompt.shape
     x = np.concatenate([prompt, np.full((batch, gen_length), ids.mask)], axis=1).astype(np.int64)
     key_mask = np.concatenate([prompt_mask, np.ones((batch, gen_length), bool)], axis=1)
@@ -152,6 +156,9 @@ def ref_generate(oracle, prompt, prompt_mask, gen_length, block_length, steps, *
     counts = ref_schedule(block_length, per_block)
     suppressed = [t for t in (ids.eos, ids.eot) if t is not None] if confidence_eos_eot_inf else []
     stats = dict(max_conf=0.0, suppressed=dict.fromkeys(suppressed, 0), boosts=[0] * batch)
+    if record is not None:
+        record["step"] = np.full(x.shape, -1)
+        record["conf"] = np.full(x.shape, np.nan)
     for b in range(num_blocks):
         lo, hi = prompt_len + b * block_length, prompt_len + (b + 1) * block_length
         for j in range(per_block):
@@ -181,6 +188,9 @@ def ref_generate(oracle, prompt, prompt_mask, gen_length, block_length, steps, *
                 for i in order[: counts[j]]:
                     if eligible[r, i]:
                         x[r, i] = x0[r, i]
+                        if record is not None:
+                            record["step"][r, i] = b * per_block + j
+                            record["conf"][r, i] = conf[r, i]
     return x, stats
 
 
@@ -849,3 +859,77 @@ def test_float64_noise_generation_on_cpu():
     # Sampling at temperature 1 differs from greedy decoding with the same schedule.
     assert not np.array_equal(out, _generated("blocks8_2tok"))
     assert jnp.zeros(1).dtype == jnp.float32  # x64 did not leak out of the call
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. The recorded reverse process (`trace.py`)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pure_2tok", "blocks8_uneven", "blocks4_idle", "cfg"])
+def test_trace_records_the_reference_process(name):
+    """Final canvas, commit step and commit confidence of every position against the NumPy
+    reference; the stored canvases show exactly the schedule's tokens appearing at each step."""
+    fields, ids = CASES[name]
+    _, _, graphdef, params = _model()
+    prompt, mask = _prompt()
+    got = trace_fixed(graphdef, params, ids, prompt, _opts(**fields), prompt_mask=mask)
+    record = {}
+    flags = {k: v for k, v in fields.items() if k == "cfg_scale"}
+    want, _ = ref_generate(_forward(), prompt, mask, G, fields["block_length"], fields["steps"],
+                           ids=ids, record=record, **flags)  # fmt: skip
+    np.testing.assert_array_equal(got.ids, want)
+    np.testing.assert_array_equal(got.ids, _generated(name))  # what `generate` returns
+    np.testing.assert_array_equal(got.commit_step, record["step"])
+    gen = np.s_[:, P:]
+    assert max_rel_err(got.confidence[gen], record["conf"][gen]) < REL_TOL
+    assert np.isnan(got.confidence[:, :P]).all()
+    # Canvases: S + 1 snapshots; step s adds exactly the tokens whose commit step is s.
+    assert (
+        got.canvases.shape == (fields["steps"] + 1, 2, P + G) and got.num_steps == fields["steps"]
+    )
+    assert (got.canvases[0][gen] == MASK).all()
+    for s in range(got.num_steps):
+        added = got.canvases[s + 1] != got.canvases[s]
+        np.testing.assert_array_equal(added, got.commit_step == s)
+    np.testing.assert_array_equal(got.canvases[-1], got.ids)
+
+
+def test_trace_follows_generate_with_sampling_and_threshold():
+    """Temperature sampling (the same key sequence) and threshold decoding reproduce
+    `generate`; every threshold pass commits at least one token of the open block."""
+    _, _, graphdef, params = _model()
+    prompt, mask = _prompt()
+    for fields in (dict(block_length=8, steps=8, temperature=1.0),
+                   dict(block_length=8, steps=16, threshold=0.06)):  # fmt: skip
+        opts = _opts(**fields)
+        got = trace_fixed(graphdef, params, IDS, prompt, opts, prompt_mask=mask, seed=5)
+        want = generate(graphdef, params, IDS, prompt, opts, prompt_mask=mask, seed=5)
+        np.testing.assert_array_equal(got.ids, want, err_msg=str(fields))
+        steps = got.commit_step[:, P:]
+        assert (steps >= 0).all()
+        # Blocks are decoded left to right: block 1's steps all come after block 0's.
+        assert steps[:, :8].max() < steps[:, 8:].min()
+        if "threshold" in fields:
+            assert got.num_steps < 16  # parallel decoding took fewer passes than tokens
+            used = np.unique(steps)
+            np.testing.assert_array_equal(used, np.arange(got.num_steps))  # no empty pass
+    with pytest.raises(SamplingError, match="cache"):
+        trace_fixed(graphdef, params, IDS, prompt, _opts(cache="dual"), prompt_mask=mask)
+
+
+def test_model_trace_strips_the_prompt_bucket():
+    """`Model.trace` on ragged id prompts: the same tokens as `Model.generate`, prompt columns
+    as given (the left bucket padding removed)."""
+    from illada_jax import Model
+
+    _, model, _, _ = _model()
+    api_model = Model.from_module(model)
+    api_model.special_ids = IDS
+    rows = [[11, 12, 13], [21, 22, 23, 24, 25]]
+    got = api_model.trace(rows, gen_length=G, steps=8, block_length=8)
+    want = api_model.generate(rows, gen_length=G, steps=8, block_length=8)
+    assert got.prompt_length == 5 and got.ids.shape == (2, 5 + G)
+    np.testing.assert_array_equal(got.ids, want)
+    assert (got.commit_step[:, :5] == -1).all() and (got.commit_step[:, 5:] >= 0).all()
+    assert got.canvases.shape == (9, 2, 5 + G)
