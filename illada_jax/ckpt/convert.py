@@ -199,6 +199,8 @@ def run_convert(args: argparse.Namespace) -> int:
     tokenizer = getattr(model.tokenizer, "path", None)
     if tokenizer is not None and model.tokenizer.kind == "hf":
         copy_tokenizer(pathlib.Path(tokenizer).parent, dst)
+    elif tokenizer is not None:  # SentencePiece: HF's slow-tokenizer file name
+        shutil.copy2(tokenizer, dst / "tokenizer.model")
     print(f"converted {src} -> HF {layout} checkpoint {dst}")
     return 0
 
