@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from collections.abc import Sequence
@@ -282,13 +283,13 @@ class Model:
         result = trace_fixed(self.graphdef, self.params, self.special_ids, ids, opts,
                              prompt_mask=mask, seed=seed)  # fmt: skip
         cut = ids.shape[1] - width  # drop the bucket padding, as `generate` does
-        return GenerationTrace(
+        return dataclasses.replace(
+            result,
             ids=result.ids[:, cut:],
             canvases=result.canvases[:, :, cut:],
             commit_step=result.commit_step[:, cut:],
             confidence=result.confidence[:, cut:],
             prompt_length=width,
-            block_length=result.block_length,
         )
 
     def _stop_string_fn(self, stop_strings: Sequence[str]):

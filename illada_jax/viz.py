@@ -57,8 +57,8 @@ def _token_label(tokenizer, token: int, mask_id: int) -> str:
     return tokenizer.piece(int(token)).replace("▁", "␣")
 
 
-def reverse_process(trace, tokenizer=None, row: int = 0, mask_id: int | None = None,
-                    per_line: int = 16, title: str = "", path=None):  # fmt: skip
+def reverse_process(trace, tokenizer=None, row: int = 0, per_line: int = 16, title: str = "",
+                    path=None):  # fmt: skip
     """One sample being unmasked (a `GenerationTrace` from `Model.trace`).
 
     Top: the generated positions (x) at every step (y): still masked (light grey) or committed,
@@ -71,14 +71,11 @@ def reverse_process(trace, tokenizer=None, row: int = 0, mask_id: int | None = N
     steps = trace.commit_step[row, start:]
     conf = trace.confidence[row, start:]
     tokens = trace.ids[row, start:]
-    if mask_id is None:
-        mask_id = int(trace.canvases[0, row, start])  # the canvas starts all masks
     n_steps, length = trace.num_steps, len(tokens)
     committed_by = np.where(
         steps[None, :] <= np.arange(n_steps)[:, None], steps[None, :], np.nan
     )  # [steps, G]
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#e6e6e6")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#e6e6e6")  # grey = still masked
     n_lines = -(-length // per_line)
     figure, (top, bottom) = plt.subplots(
         2, 1, figsize=(min(2 + 0.75 * per_line, 16), 3 + 0.6 * n_lines + 0.04 * n_steps),
@@ -103,7 +100,7 @@ def reverse_process(trace, tokenizer=None, row: int = 0, mask_id: int | None = N
             plt.Rectangle((col + 0.04, line + 0.08), 0.92, 0.84, color=colour, alpha=0.85)
         )
         text_colour = "white" if norm(steps[i]) < 0.6 else "black"
-        label = _token_label(tokenizer, int(token), mask_id)
+        label = _token_label(tokenizer, int(token), trace.mask_id)
         bottom.text(col + 0.5, line + 0.42, label, ha="center", va="center", fontsize=8,
                     color=text_colour, clip_on=True)  # fmt: skip
         if np.isfinite(conf[i]):

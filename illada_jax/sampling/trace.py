@@ -47,6 +47,7 @@ class GenerationTrace:
       prompt positions.
     prompt_length: P (the left-padded prompt width).
     block_length: K; block b covers positions P + b·K ... P + (b + 1)·K - 1.
+    mask_id: the mask token id (what the canvases hold where nothing is committed yet).
     """
 
     ids: np.ndarray
@@ -55,6 +56,7 @@ class GenerationTrace:
     confidence: np.ndarray
     prompt_length: int
     block_length: int
+    mask_id: int
 
     @property
     def num_steps(self) -> int:
@@ -129,4 +131,5 @@ def trace_fixed(graphdef, params, ids: SpecialIds, prompt_ids, opts: SamplingOpt
         confidence=confidence,
         prompt_length=prompt_len,
         block_length=k_len,
+        mask_id=ids.mask,
     )

@@ -929,7 +929,7 @@ def test_model_trace_strips_the_prompt_bucket():
     rows = [[11, 12, 13], [21, 22, 23, 24, 25]]
     got = api_model.trace(rows, gen_length=G, steps=8, block_length=8)
     want = api_model.generate(rows, gen_length=G, steps=8, block_length=8)
-    assert got.prompt_length == 5 and got.ids.shape == (2, 5 + G)
+    assert got.prompt_length == 5 and got.ids.shape == (2, 5 + G) and got.mask_id == MASK
     np.testing.assert_array_equal(got.ids, want)
     assert (got.commit_step[:, :5] == -1).all() and (got.commit_step[:, 5:] >= 0).all()
     assert got.canvases.shape == (9, 2, 5 + G)
