@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--compute-dtype", default="float32")
     parser.add_argument("--loss-chunk", type=int, default=None, help="CE chunk (default: config)")
     parser.add_argument("--no-scan", action="store_true", help="unroll the layers (no lax.scan)")
+    parser.add_argument(
+        "--no-fuse", action="store_true", help="separate q/k/v and gate/up matmuls (A/B)"
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument(
         "--profile", default=None, help="write a jax.profiler trace of one step here"
@@ -64,6 +67,8 @@ def main() -> None:
     )
     if args.no_scan:
         cfg = dataclasses.replace(cfg, scan_layers=False)
+    if args.no_fuse:
+        cfg = dataclasses.replace(cfg, fused_projections=False)
     if args.remat:
         cfg = dataclasses.replace(cfg, remat_policy=args.remat)
     mesh = make_mesh(MeshConfig(rules=args.rules))

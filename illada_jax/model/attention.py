@@ -21,12 +21,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from illada_jax.model.layers import apply_rope, param, zeros_param
+from illada_jax.model.layers import (
+    TENSOR_MESH_AXIS,
+    apply_rope,
+    can_fuse_projections,
+    param,
+    zeros_param,
+)
 
 # Finite, so a row whose keys are all hidden (a padded query) gives a uniform softmax, not NaN.
 _MASKED_SCORE = -1e30
 _DATA_MESH_AXES = ("dcn_data", "data", "fsdp")
-_HEAD_MESH_AXIS = "tensor"
 
 
 def attention_mask(key_mask: jax.Array | None, segment_ids: jax.Array | None) -> jax.Array | None:
@@ -145,7 +150,7 @@ def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False)
     else:
         P = jax.sharding.PartitionSpec
         data_axes = tuple(a for a in _DATA_MESH_AXES if a in mesh.axis_names) or None
-        head_axis = _HEAD_MESH_AXIS if _HEAD_MESH_AXIS in mesh.axis_names else None
+        head_axis = TENSOR_MESH_AXIS if TENSOR_MESH_AXIS in mesh.axis_names else None
         heads_spec = P(data_axes, head_axis, None, None)
         out = jax.shard_map(
             local,
@@ -165,6 +170,7 @@ class Attention(nnx.Module):
     ):
         d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.impl = cfg.attention_impl
+        self.fused = cfg.fused_projections
         self.compute_dtype = compute_dtype
         self.use_bias = cfg.use_bias
         self.q_proj = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), std, param_dtype)
@@ -181,9 +187,18 @@ class Attention(nnx.Module):
         """x: [B, L, d_model] -> q [B, L, H, D], k, v [B, L, KV, D] (RoPE applied to q, k)."""
         cd = self.compute_dtype
         x = x.astype(cd)
-        q = jnp.einsum("bld,dhk->blhk", x, self.q_proj[...].astype(cd))
-        k = jnp.einsum("bld,dhk->blhk", x, self.k_proj[...].astype(cd))
-        v = jnp.einsum("bld,dhk->blhk", x, self.v_proj[...].astype(cd))
+        wq, wk, wv = self.q_proj[...], self.k_proj[...], self.v_proj[...]
+        if can_fuse_projections(self.fused):  # one [d, (H + 2 KV)·D] matmul
+            (d, h, hd), kv = wq.shape, wk.shape[1]
+            fused = jnp.concatenate([w.reshape(d, -1) for w in (wq, wk, wv)], axis=1)
+            q, k, v = jnp.split(x @ fused.astype(cd), [h * hd, (h + kv) * hd], axis=-1)
+            batch_len = x.shape[:-1]
+            q = q.reshape(*batch_len, h, hd)
+            k, v = k.reshape(*batch_len, kv, hd), v.reshape(*batch_len, kv, hd)
+        else:
+            q = jnp.einsum("bld,dhk->blhk", x, wq.astype(cd))
+            k = jnp.einsum("bld,dhk->blhk", x, wk.astype(cd))
+            v = jnp.einsum("bld,dhk->blhk", x, wv.astype(cd))
         if self.use_bias:
             q = q + self.q_bias[...].astype(cd)
             k = k + self.k_bias[...].astype(cd)

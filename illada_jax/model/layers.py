@@ -33,6 +33,19 @@ def zeros_param(shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Par
     return nnx.Param(jnp.zeros(shape, dtype), out_sharding=axes, eager_sharding=False)
 
 
+TENSOR_MESH_AXIS = "tensor"  # the mesh axis every rule table splits heads / kv_heads / mlp over
+
+
+def can_fuse_projections(enabled: bool) -> bool:
+    """Fuse projections sharing an input into one matmul (concatenated weights)? Not while
+    tracing under a mesh whose `tensor` axis has more than one device: the weights are split
+    along the axis they would be concatenated on, and GSPMD would gather them."""
+    if not enabled:
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.empty or mesh.shape.get(TENSOR_MESH_AXIS, 1) == 1
+
+
 class RMSNorm(nnx.Module):
     """RMSNorm as both reference codebases compute it (SPEC §2.2).
 
@@ -90,8 +103,10 @@ class SwiGLU(nnx.Module):
         param_dtype,
         compute_dtype,
         rngs: nnx.Rngs,
+        fused: bool = True,
     ):
         self.compute_dtype = compute_dtype
+        self.fused = fused
         self.gate = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), std, param_dtype)
         self.up = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), std, param_dtype)
         self.down = param(rngs, (mlp_dim, d_model), ("mlp", "embed"), out_std, param_dtype)
@@ -105,8 +120,12 @@ class SwiGLU(nnx.Module):
         """x: [batch, length, d_model] -> same shape, compute dtype."""
         cd = self.compute_dtype
         x = x.astype(cd)
-        gate = x @ self.gate[...].astype(cd)
-        up = x @ self.up[...].astype(cd)
+        if can_fuse_projections(self.fused):  # one [d, 2·mlp] matmul, one dx in the backward
+            fused = jnp.concatenate([self.gate[...], self.up[...]], axis=1).astype(cd)
+            gate, up = jnp.split(x @ fused, 2, axis=-1)
+        else:
+            gate = x @ self.gate[...].astype(cd)
+            up = x @ self.up[...].astype(cd)
         if self.use_bias:
             gate = gate + self.gate_bias[...].astype(cd)
             up = up + self.up_bias[...].astype(cd)

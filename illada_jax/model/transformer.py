@@ -59,6 +59,7 @@ class Block(nnx.Module):
             param_dtype=pd,
             compute_dtype=cd,
             rngs=rngs,
+            fused=cfg.fused_projections,
         )
 
     def __call__(self, x, cos, sin, key_mask=None, segment_ids=None):

@@ -59,6 +59,10 @@ CONFIGS = {
     "mqa_untied_theta500k": dict(
         n_heads=4, n_kv_heads=1, tie_embeddings=False, rope_theta=500_000.0
     ),
+    # The separate q/k/v and gate/up matmuls (the path taken under tensor parallelism).
+    "gqa2_tied_unfused": dict(
+        n_heads=4, n_kv_heads=2, tie_embeddings=True, fused_projections=False
+    ),
 }
 
 
@@ -190,6 +194,27 @@ def test_scan_and_unrolled_layers_agree():
         rtol=0,
         atol=1e-5,
     )
+
+
+def test_projections_are_fused_except_under_a_tensor_axis():
+    """The fused path is one matmul per projection group; a mesh splitting heads / mlp over
+    `tensor` (more than one device) turns it off, a tensor axis of one does not."""
+    from illada_jax.model.layers import can_fuse_projections
+
+    def dot_count(cfg):
+        model = make_model(cfg)
+        graphdef, params = nnx.split(model)
+        jaxpr = jax.make_jaxpr(lambda p, t: nnx.merge(graphdef, p)(t))(params, random_tokens(1))
+        return str(jaxpr).count("dot_general")
+
+    cfg = tiny_config(n_kv_heads=2, scan_layers=False, n_layers=1)
+    fused, separate = dot_count(cfg), dot_count(dataclasses.replace(cfg, fused_projections=False))
+    assert separate - fused == 3  # q/k/v: 3 -> 1 and gate/up: 2 -> 1
+    assert can_fuse_projections(True) and not can_fuse_projections(False)
+    with jax.set_mesh(jax.make_mesh((1, 1), ("fsdp", "tensor"))):
+        assert can_fuse_projections(True)
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ("tensor",))):
+        assert not can_fuse_projections(True)  # an abstract 2-device mesh: no devices needed
 
 
 def _param_grads(cfg: ModelConfig, tokens, key_mask):
