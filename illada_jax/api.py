@@ -87,9 +87,15 @@ def run_training(experiment, workdir: str | pathlib.Path, print_fn=print) -> lis
     Call it before anything else starts JAX to give each CPU core its own device (`illada
     train`'s default on a CPU host); on GPU / TPU runtimes the devices are used as they are.
     """
+    from illada_jax.config.schema import Experiment
     from illada_jax.parallel.mesh import configure_cpu_devices
     from illada_jax.train import loop
 
+    if not isinstance(experiment, Experiment):
+        raise TypeError(
+            f"run_training needs an Experiment, got {type(experiment).__name__}; build one with "
+            'illada_jax.experiment("config:tiny", "set:train.steps=100", ...)'
+        )
     configure_cpu_devices(experiment.mesh.cpu_devices)
     return loop.train(experiment, workdir, print_fn=print_fn)
 
@@ -233,16 +239,9 @@ class Model:
                   options):  # fmt: skip
         """(ids [B, P+G'] for the caller's P, generated lengths [B])."""
         ids, mask, width = self._prompt_batch(prompt_ids, attention_mask)
-        block_length = block_length or gen_length
-        opts = SamplingOptions(
-            gen_length=gen_length,
-            steps=steps or (block_length if variable_length else gen_length),
-            block_length=block_length,
-            temperature=temperature,
-            remasking=remasking,
-            cfg_scale=cfg_scale,
-            **options,
-        )
+        opts = _sampling_options(gen_length, steps, block_length, variable_length,
+                                 temperature=temperature, remasking=remasking,
+                                 cfg_scale=cfg_scale, **options)  # fmt: skip
         cut = ids.shape[1] - width  # the bucket padding added on the left
         if not variable_length:
             out = generate(self.graphdef, self.params, self.special_ids, ids, opts,
@@ -276,10 +275,9 @@ class Model:
             prompts = [prompts]
         rows = [self._ids(p) for p in prompts]
         ids, mask, width = self._prompt_batch(rows, None)
-        block_length = block_length or gen_length
-        opts = SamplingOptions(gen_length=gen_length, steps=steps or gen_length,
-                               block_length=block_length, temperature=temperature,
-                               remasking=remasking, cfg_scale=cfg_scale, **options)  # fmt: skip
+        opts = _sampling_options(gen_length, steps, block_length, False,
+                                 temperature=temperature, remasking=remasking,
+                                 cfg_scale=cfg_scale, **options)  # fmt: skip
         result = trace_fixed(self.graphdef, self.params, self.special_ids, ids, opts,
                              prompt_mask=mask, seed=seed)  # fmt: skip
         cut = ids.shape[1] - width  # drop the bucket padding, as `generate` does
@@ -405,6 +403,16 @@ class Model:
             mask_id=self.special_ids.mask, cfg_scale=cfg_scale, suffix=self._ids(suffix),
         )  # fmt: skip
         return bool(result[0]) if single else result
+
+
+def _sampling_options(gen_length: int, steps: int | None, block_length: int | None,
+                      variable_length: bool, **fields) -> SamplingOptions:  # fmt: skip
+    """Defaults: one block (pure diffusion); one token per step (for variable length, `steps`
+    is per block)."""
+    block_length = block_length or gen_length
+    steps = steps or (block_length if variable_length else gen_length)
+    return SamplingOptions(gen_length=gen_length, steps=steps, block_length=block_length,
+                           **fields)  # fmt: skip
 
 
 def _logits_fn(graphdef, params, ids, mask):
