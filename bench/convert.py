@@ -47,8 +47,8 @@ def write_checkpoint(preset: str, dtype_name: str, shard_bytes: int, dst: pathli
     from safetensors.numpy import save_file
 
     from illada_jax.ckpt import convert, hf
+    from illada_jax.config.presets import MODEL_PRESETS
     from illada_jax.config.schema import ModelConfig
-    from illada_jax.model.presets import MODEL_PRESETS
 
     cfg = ModelConfig(**MODEL_PRESETS[preset], param_dtype=dtype_name)
     layout = convert.default_layout(cfg)

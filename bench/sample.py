@@ -8,7 +8,7 @@
     sampler's overhead over the bare forward time × steps, where the bare forward is the model
     computation one step needs (hidden states over the canvas, head on the generated region),
     jitted and timed alone.
-(b) Dual K/V cache (prefix and suffix, SPEC §5.5) with confidence-threshold parallel decoding,
+(b) Dual K/V cache (prefix and suffix, docs/algorithms.md#caches-and-parallel-decoding) with confidence-threshold parallel decoding,
     semi-AR blocks of `--block`: speed-up over (a) and the fraction of generated tokens equal to
     (a)'s.
 
@@ -57,8 +57,8 @@ def main() -> None:
     from flax import nnx
 
     import illada_jax
+    from illada_jax.config.presets import MODEL_PRESETS
     from illada_jax.config.schema import ModelConfig
-    from illada_jax.model.presets import MODEL_PRESETS
     from illada_jax.model.transformer import Transformer
     from illada_jax.sampling.generate import SamplingOptions, generate
 

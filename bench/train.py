@@ -6,7 +6,7 @@
 The real sharded train step (state, optimizer, diffusion objective, chunked CE) on a mesh over
 `--devices` virtual CPU devices (0 = one per core: XLA:CPU runs many non-matmul fusions on one
 thread, so splitting the batch over the cores uses the whole machine) or the accelerator's
-devices. MFU = model FLOPs (SPEC §8: 6N + 12·n_layers·d·S per token) / the peak: on CPU the same
+devices. MFU = model FLOPs (docs/architecture.md#flops: 6N + 12·n_layers·d·S per token) / the peak: on CPU the same
 process's measured dense-matmul FLOP/s in the compute dtype, on GPU/TPU the bf16 peak table.
 Final line `RESULT tokens_per_s=<float> mfu=<float>`.
 """
@@ -51,8 +51,9 @@ def main() -> None:
     import numpy as np
     from jax.sharding import NamedSharding
 
+    from illada_jax.config.presets import MODEL_PRESETS
     from illada_jax.config.schema import DiffusionConfig, MeshConfig, ModelConfig, OptimConfig
-    from illada_jax.model.presets import MODEL_PRESETS
+    from illada_jax.model.transformer import graphdef_and_specs
     from illada_jax.obs import flops
     from illada_jax.parallel.mesh import check_batch, make_mesh
     from illada_jax.parallel.rules import batch_spec
@@ -79,7 +80,7 @@ def main() -> None:
         diffusion = dataclasses.replace(diffusion, loss_chunk_size=args.loss_chunk)
     shardings = state_lib.state_shardings(cfg, optimizer, mesh, args.rules)
     state = state_lib.create_state(cfg, optimizer, mesh, args.rules, seed=0)
-    graphdef = state_lib.model_graphdef_and_specs(cfg)[0]
+    graphdef = graphdef_and_specs(cfg)[0]
     rows = NamedSharding(mesh, batch_spec(args.rules, mesh, args.batch))
     with jax.set_mesh(mesh):
         step = make_train_step(

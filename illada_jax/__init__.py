@@ -1,6 +1,6 @@
 """illada-jax: masked-diffusion language models (LLaDA / iLLaDA) in JAX.
 
-The public Python API (DESIGN §5): `experiment(*directives)` and `run_training(experiment,
+The public Python API (docs/architecture.md#python-api): `experiment(*directives)` and `run_training(experiment,
 workdir)` (as `illada train`), `read_metrics(workdir)`, `load(path) -> Model` and `Model`;
 figures in `illada_jax.viz`. (`illada_jax.train` is the training package.)
 """

@@ -6,28 +6,25 @@ orbax step `DIR/checkpoints/0/{state,data,meta}` with the runner's items (state 
 `state = {"params": ...}` only. `illada_jax.load(DIR)` reads it, and `checkpoint.init_from=DIR`
 starts a fine-tuning run from it; it is not a run directory to resume (no optimiser state).
 
-Command line: `illada convert --from hf --to native --src HF_DIR --dst DIR` and `illada convert
---from native --to hf --src RUN_OR_CKPT_DIR --dst HF_DIR [--layout llada|illada]`
-(`add_convert_arguments` + `run_convert`).
+Command line (`illada_jax/cli/convert.py`): `illada convert --from hf --to native --src HF_DIR
+--dst DIR` (`hf_to_native` + `save_native`) and `illada convert --from native --to hf --src
+RUN_OR_CKPT_DIR --dst HF_DIR [--layout llada|illada]` (`native_dir_to_hf`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import pathlib
 import shutil
 
 import numpy as np
 
+from illada_jax.ckpt import rundir
 from illada_jax.ckpt.hf import (
     DEFAULT_SHARD_BYTES,
-    LAYOUTS,
     TOKENIZER_FILES,
     HfFormatError,
-    detect_layout,
     hf_to_native,
     native_to_hf,
 )
@@ -75,7 +72,6 @@ def save_native(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
     """
     import orbax.checkpoint as ocp
 
-    from illada_jax.config import flags
     from illada_jax.config.schema import DataConfig, Experiment, TrainConfig
 
     dst = pathlib.Path(dst_dir).expanduser().absolute()
@@ -87,9 +83,9 @@ def save_native(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
         tokenizer = str(dst / "tokenizer")
     train = TrainConfig(seq_len=min(TrainConfig.seq_len, cfg.max_seq_len))
     experiment = Experiment(model=cfg, data=DataConfig(tokenizer=tokenizer), train=train)
-    (dst / "config.json").write_text(flags.to_json(experiment) + "\n")
-    meta = {"lr_scale": 1.0, "recent_losses": [], "config": flags.to_dict(experiment)}
-    step_dir = dst / "checkpoints" / "0"
+    rundir.write_config(dst, experiment)
+    meta = rundir.checkpoint_meta(experiment)
+    step_dir = dst / rundir.CHECKPOINTS / "0"
     step_dir.mkdir(parents=True)
     # The items the runner writes (`state`, `data`, `meta`), each committed atomically by orbax.
     # Uncompressed: zarr compression buffers a compressed copy of every array being written
@@ -139,70 +135,25 @@ def default_layout(cfg: ModelConfig) -> str:
     return "llada" if llada_ok and not cfg.tie_embeddings else "illada"
 
 
-def parse_size(text: str) -> int:
-    """'5GB' / '500MB' / '2GiB' / '1000' -> bytes."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10,
-             "MIB": 2**20, "GIB": 2**30}  # fmt: skip
-    stripped = text.strip().upper()
-    number = stripped.rstrip("KMGIB")
-    unit = stripped[len(number) :]
-    try:
-        return int(float(number) * units[unit])
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 5GB or 500MB") from None
+def native_dir_to_hf(src: str | pathlib.Path, dst: str | pathlib.Path, *,
+                     layout: str | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:  # fmt: skip
+    """Write the newest checkpoint under `src` (a run or step directory) as an HF directory
+    `dst` in `layout` (default: `default_layout`), with its tokenizer when the run has one.
+    Returns the layout written."""
+    from illada_jax.ckpt.manager import restore_checkpoint_params
+    from illada_jax.data.tokenizer import Tokenizer
 
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `illada convert`."""
-    parser.add_argument("--from", dest="source_format", choices=["hf", "native"], required=True)
-    parser.add_argument("--to", dest="target_format", choices=["hf", "native"], required=True)
-    parser.add_argument("--src", required=True,
-                        help="HF checkpoint directory, or a run / checkpoint step directory")  # fmt: skip
-    parser.add_argument("--dst", required=True, help="output directory (new or empty)")
-    parser.add_argument("--layout", choices=list(LAYOUTS), default=None,
-                        help="HF layout to write (default: llada for untied heads, else illada)")  # fmt: skip
-    parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="hf -> native: parameter dtype (auto: the checkpoint's)")  # fmt: skip
-    parser.add_argument("--shard-size", type=parse_size, default=DEFAULT_SHARD_BYTES,
-                        help="native -> hf: bytes per safetensors shard (default 5GB)")  # fmt: skip
-
-
-def _check_new_dir(path: pathlib.Path) -> None:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise HfFormatError(f"--dst {path} exists and is not empty; choose a new directory")
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """`illada convert`: hf -> native or native -> hf. Returns an exit code."""
-    src, dst = pathlib.Path(args.src).expanduser(), pathlib.Path(args.dst).expanduser()
-    direction = (args.source_format, args.target_format)
-    if direction not in (("hf", "native"), ("native", "hf")):
-        raise HfFormatError(f"--from {direction[0]} --to {direction[1]}: convert between hf "
-                            "and native")  # fmt: skip
-    if not src.is_dir():
-        raise HfFormatError(f"--src {src} is not a directory")
-    _check_new_dir(dst)
-    if direction == ("hf", "native"):
-        dtype = None if args.param_dtype == "auto" else args.param_dtype
-        cfg, params = hf_to_native(src, param_dtype=dtype)
-        save_native(cfg, params, dst, tokenizer_dir=src)
-        print(f"converted {src} ({detect_layout(json.loads((src / 'config.json').read_text()))} "
-              f"layout, {cfg.param_dtype}) -> native checkpoint {dst}")  # fmt: skip
-        return 0
-    from illada_jax.api import load
-
-    model = load(src)
-    cfg = model.config
-    params = _to_numpy(model.params)
-    layout = args.layout or default_layout(cfg)
-    native_to_hf(cfg, params, dst, layout=layout, shard_bytes=args.shard_size)
-    tokenizer = getattr(model.tokenizer, "path", None)
-    if tokenizer is not None and model.tokenizer.kind == "hf":
-        copy_tokenizer(pathlib.Path(tokenizer).parent, dst)
+    experiment, _, params = restore_checkpoint_params(src)
+    cfg = experiment.model
+    layout = layout or default_layout(cfg)
+    dst = pathlib.Path(dst)
+    native_to_hf(cfg, _to_numpy(params), dst, layout=layout, shard_bytes=shard_bytes)
+    tokenizer, _ = Tokenizer.for_model(experiment.data.tokenizer, cfg)
+    if tokenizer is not None and tokenizer.kind == "hf":
+        copy_tokenizer(pathlib.Path(tokenizer.path).parent, dst)
     elif tokenizer is not None:  # SentencePiece: HF's slow-tokenizer file name
-        shutil.copy2(tokenizer, dst / "tokenizer.model")
-    print(f"converted {src} -> HF {layout} checkpoint {dst}")
-    return 0
+        shutil.copy2(tokenizer.path, dst / "tokenizer.model")
+    return layout
 
 
 def _to_numpy(tree):

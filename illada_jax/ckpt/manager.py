@@ -17,18 +17,20 @@ import pathlib
 
 import orbax.checkpoint as ocp
 
+from illada_jax.ckpt import rundir
 from illada_jax.config.schema import CheckpointConfig
+from illada_jax.errors import IlladaError
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(IlladaError, RuntimeError):
     """No usable checkpoint where one was required."""
 
 
 class RunCheckpoints:
     def __init__(self, workdir: str | pathlib.Path, cfg: CheckpointConfig):
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.directory = pathlib.Path(workdir).absolute() / rundir.CHECKPOINTS
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep,
             keep_period=cfg.keep_every or None,
@@ -36,7 +38,7 @@ class RunCheckpoints:
             create=True,
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "meta")
+            self.directory, options=options, item_names=rundir.ITEMS
         )
         self.damaged: set[int] = set()  # steps that failed to restore
 
@@ -118,15 +120,10 @@ def restore_params(path: str | pathlib.Path, abstract_params):
             f"checkpoint.init_from={path} does not exist; give a run directory "
             "or one of its checkpoints/<step> directories"
         )
-    if (path / "checkpoints").is_dir():
-        path = path / "checkpoints"
-    if (path / "state").is_dir():
-        step_dir = path
-    else:
-        steps = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit()), reverse=True)
-        if not steps:
-            raise CheckpointError(f"checkpoint.init_from={path}: no checkpoint steps there")
-        step_dir = path / str(steps[0])
+    try:
+        step_dir = rundir.find_step_dir(path)
+    except rundir.LoadError as err:
+        raise CheckpointError(f"checkpoint.init_from={path}: {err}") from None
     item = {"params": abstract_params}
     handler = ocp.PyTreeCheckpointHandler()
     try:
@@ -146,3 +143,14 @@ def restore_params(path: str | pathlib.Path, abstract_params):
             "config?"
         ) from err
     return restored["params"]
+
+
+def restore_checkpoint_params(path: str | pathlib.Path):
+    """(experiment, step, params) of the newest checkpoint under `path` (a run directory, its
+    `checkpoints/` directory or one step directory), parameters only (no optimiser state)."""
+    from illada_jax.model.transformer import graphdef_and_specs
+
+    step_dir = rundir.find_step_dir(path)
+    experiment = rundir.read_experiment(step_dir)
+    abstract = graphdef_and_specs(experiment.model)[2]
+    return experiment, int(step_dir.name), restore_params(step_dir, abstract)

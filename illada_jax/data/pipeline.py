@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
+from illada_jax.data.manifest import MANIFEST
 from illada_jax.data.mixture import Mixture
 from illada_jax.data.packing import DataError, PreparedDataset, TokenWindows
 
@@ -38,6 +39,9 @@ class PipelineSpec:
     document_aware: bool = False
     shuffle: bool = True
     read_threads: int = 4
+    # The tokenizer the embedded corpus is prepared with (empty = the shipped default); prepared
+    # dataset directories carry their own.
+    tokenizer: str = ""
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -48,24 +52,33 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def embedded_dataset_dir(
-    split: str = "train", cache_dir: str | pathlib.Path | None = None, progress: bool = False
+    split: str = "train",
+    cache_dir: str | pathlib.Path | None = None,
+    progress: bool = False,
+    tokenizer: str = "",
 ) -> pathlib.Path:
-    """The embedded corpus prepared with the default tokenizer (prepared once, then reused)."""
-    from illada_jax.data.prepare import MANIFEST, prepare
+    """The embedded corpus prepared with `tokenizer` (a SentencePiece .model or HF
+    tokenizer.json; empty = the shipped default), prepared once into the cache, then reused.
+    The cache directory is named after the tokenizer's content hash."""
+    from illada_jax.data.prepare import prepare
     from illada_jax.data.tokenizer import Tokenizer
 
-    identity = Tokenizer.default().identity.split(":")[-1][:12]
+    loaded = Tokenizer.load(tokenizer) if tokenizer else Tokenizer.default()
+    identity = loaded.identity.split(":")[-1][:12]
     directory = pathlib.Path(cache_dir or default_cache_dir()) / f"embedded-{identity}" / split
     if not (directory / MANIFEST).is_file():
-        prepare([split], "embedded", directory, progress=progress)
+        prepare([split], "embedded", directory, tokenizer_path=tokenizer or None,
+                progress=progress)  # fmt: skip
     return directory
 
 
-def resolve_dataset(name: str, cache_dir=None) -> PreparedDataset:
+def resolve_dataset(name: str, cache_dir=None, tokenizer: str = "") -> PreparedDataset:
+    """A prepared dataset directory, or `embedded` / `embedded:train` / `embedded:heldout`:
+    the embedded corpus prepared with `tokenizer` on first use."""
     if name in (EMBEDDED, f"{EMBEDDED}:train"):
-        return PreparedDataset(embedded_dataset_dir("train", cache_dir))
+        return PreparedDataset(embedded_dataset_dir("train", cache_dir, tokenizer=tokenizer))
     if name == f"{EMBEDDED}:heldout":
-        return PreparedDataset(embedded_dataset_dir("heldout", cache_dir))
+        return PreparedDataset(embedded_dataset_dir("heldout", cache_dir, tokenizer=tokenizer))
     return PreparedDataset(name)
 
 
@@ -94,7 +107,9 @@ class Pipeline:
         if len(weights) != len(spec.datasets):
             raise DataError(f"{len(spec.datasets)} datasets but {len(weights)} weights")
         self.spec = spec
-        self.datasets = list(datasets or [resolve_dataset(n, cache_dir) for n in spec.datasets])
+        self.datasets = list(
+            datasets or [resolve_dataset(n, cache_dir, spec.tokenizer) for n in spec.datasets]
+        )
         self.windows = [
             TokenWindows(d, spec.seq_len, document_aware=spec.document_aware) for d in self.datasets
         ]
@@ -140,7 +155,7 @@ class Pipeline:
 
 
 class LladaSftPipeline:
-    """`sft_llada` batches (SPEC §4.1): every (prompt, answer) pair of the SFT dialogues, pairs
+    """`sft_llada` batches (docs/algorithms.md#sft-llada-style): every (prompt, answer) pair of the SFT dialogues, pairs
     longer than `seq_len` dropped (counted in `dropped`), EOS-padded to a static `seq_len`.
 
     Same determinism contract as `Pipeline`: the pair of row r at step s is a pure function of

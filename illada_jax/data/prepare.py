@@ -1,12 +1,6 @@
 """`illada prepare`: raw documents -> ArrayRecord shards of token ids + `manifest.json`.
 
-Layout of an output directory:
-
-    shard-00000.arrayrecord        one record per document: little-endian int32 token ids, EOS last
-    shard-00000.lengths.npy        int32 [documents]: tokens per record (random access by offset)
-    shard-00000.stats.json         written last, atomically: marks the shard finished
-    manifest.json                  tokenizer identity and hash, vocab size, special ids, per-shard
-                                   document/token counts, bad-record counts and the rules applied
+The layout of an output directory is described in `manifest.py`.
 
 Documents are read in a deterministic order and cut into shards of about `shard_chars`
 characters; worker processes tokenise and write shards in parallel (both cores). Re-running with the
@@ -30,9 +24,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from illada_jax.data import sources
+from illada_jax.data.manifest import FORMAT_VERSION, MANIFEST
+from illada_jax.errors import IlladaError
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 # ArrayRecord: one record per group so that a window can read single documents; zstd keeps
 # token shards about half the size of raw int32 at a small decode cost.
 WRITER_OPTIONS = "group_size:1,zstd:3"
@@ -46,7 +40,7 @@ RULES = {
 }
 
 
-class PrepareError(ValueError):
+class PrepareError(IlladaError, ValueError):
     """The output directory or the options are inconsistent; the message says what to do."""
 
 
@@ -358,7 +352,7 @@ def prepare_sft(
     tokenizer_path: str | None = None,
     dialogues_per_shard: int = 1000,
 ) -> dict:
-    """iLLaDA-style SFT shards (SPEC §4.2): one record per dialogue — the whole chat-formatted
+    """iLLaDA-style SFT shards (docs/algorithms.md#sft-illada-style): one record per dialogue — the whole chat-formatted
     dialogue ending with a single EOS — so windows over the stream are the SFT training windows.
     `source`: a JSONL file of dialogues or `demo`."""
     from illada_jax.data.sft import ChatFormatter, load_dialogues

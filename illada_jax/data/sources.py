@@ -28,6 +28,8 @@ import pathlib
 import re
 from collections.abc import Iterator, Sequence
 
+from illada_jax.errors import IlladaError
+
 FORMATS = ("text", "jsonl", "parquet", "tfds", "seqio", "embedded")
 TEXT_UNITS = ("file", "block")
 # One or more blank (or whitespace-only) lines separate blocks.
@@ -35,7 +37,7 @@ _BLANK_LINES = re.compile(rb"\r?\n(?:[ \t\r]*\r?\n)+")
 _BOM = b"\xef\xbb\xbf"
 
 
-class SourceError(ValueError):
+class SourceError(IlladaError, ValueError):
     """An input cannot be read at all (missing file, unknown format, missing extra)."""
 
 

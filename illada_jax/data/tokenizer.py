@@ -1,27 +1,29 @@
 """Tokenizers: one interface over SentencePiece `.model` files and HF `tokenizer.json` files.
 
-`Tokenizer.load(path)` reads either kind (the `tokenizers` library, no transformers);
-`Tokenizer.default()` is the shipped SentencePiece BPE model with 8192 pieces, trained on the
-train split of the embedded corpus (`illada_jax.data.corpus`). It is rebuilt (same piece list;
-the `.model` bytes are not reproducible, so the file is committed) with
+`Tokenizer.load(path)` reads either kind (the `tokenizers` library, no transformers) and the
+shipped ones by name: `shipped:sp8k` (the default, `Tokenizer.default()`: SentencePiece BPE with
+8192 pieces) and `shipped:sp1k` (1024 pieces, the CPU demo's: a small vocabulary keeps the output
+head cheap and each token easy to predict from its neighbours). Both were trained on the train
+split of the embedded corpus (`illada_jax.data.corpus`) and are rebuilt (same piece list; the
+`.model` bytes are not reproducible, so the files are committed) with
 
-    illada tokenizer train --embedded --vocab-size 8192 --type sentencepiece \
-        --output illada_jax/data/assets/default_sp8k
+    illada tokenizer train --embedded --vocab-size 8192 --output illada_jax/data/assets/default_sp8k
+    illada tokenizer train --embedded --vocab-size 1024 --output illada_jax/data/assets/sp1k
 
-Special ids (SPEC §9.9: they are properties of a model, never constants). Resolution order, per
+Special ids (docs/models.md#special-ids: they are properties of a model, never constants). Resolution order, per
 role: the explicit argument to `load`; for SentencePiece the model's pad/unk/bos/eos ids and the
 first mask piece found; for HF `tokenizer_config.json` (then `special_tokens_map.json`) next to
 `tokenizer.json`, then well-known token names. A missing pad or bos falls back to eos (LLaDA's
 pad is its eos); eos and mask are required.
 
-The mask token can never come out of `encode` (SPEC §4.3, DESIGN §7), checked at load:
+The mask token can never come out of `encode` (docs/models.md#special-ids), checked at load:
 - SentencePiece: the mask piece must be a control (or unused) symbol, which the encoder never emits.
 - HF: `encode_special_tokens = True`, so special-token strings inside text are split as plain text;
   encoding the mask string and strings around it must not yield the mask id.
 
 `encode` never adds BOS/EOS; formatting (BOS, chat turns, EOS) belongs to the callers
-(`illada_jax.data.sft`, the data preparation). Training: `train_tokenizer`; command line:
-`add_train_arguments(parser)` + `run_train(args)` (`illada tokenizer train`).
+(`illada_jax.data.sft`, the data preparation). Training: `data/tokenizer_train.py` (`illada
+tokenizer train`).
 """
 
 from __future__ import annotations
@@ -33,10 +35,14 @@ import pathlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from illada_jax.errors import IlladaError, MissingInputError
+
 DEFAULT_MODEL = "default_sp8k.model"
+SHIPPED_PREFIX = "shipped:"
+SHIPPED = {"sp8k": DEFAULT_MODEL, "sp1k": "sp1k.model"}  # name -> file in assets/
 
 
-class TokenizerError(ValueError):
+class TokenizerError(IlladaError, ValueError):
     """A tokenizer file or its special ids are unusable; the message says what to pass or fix."""
 
 
@@ -193,16 +199,18 @@ def _hf_configured_tokens(path: pathlib.Path) -> dict[str, str]:
 
 
 def _resolve_path(path: str | pathlib.Path) -> tuple[pathlib.Path, type]:
+    if str(path).startswith(SHIPPED_PREFIX):
+        return shipped_model_path(str(path)[len(SHIPPED_PREFIX) :]), _SentencePieceBackend
     path = pathlib.Path(path)
     if path.is_dir():
         for name, backend in (("tokenizer.json", _HFBackend), ("tokenizer.model", None)):
             if (path / name).is_file():
                 return path / name, backend or _SentencePieceBackend
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} holds neither tokenizer.json (HF) nor tokenizer.model (SentencePiece)"
         )
     if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer file at {path}")
+        raise MissingInputError(f"no tokenizer file at {path}")
     if path.suffix == ".model":
         return path, _SentencePieceBackend
     if path.suffix == ".json":
@@ -388,11 +396,21 @@ def _validate_ids(file: pathlib.Path, backend, ids: dict[str, int | None]) -> No
 
 def default_model_path() -> pathlib.Path:
     """Path of the shipped default SentencePiece model (package data)."""
-    resource = importlib.resources.files("illada_jax.data").joinpath("assets", DEFAULT_MODEL)
+    return shipped_model_path("sp8k")
+
+
+def shipped_model_path(name: str) -> pathlib.Path:
+    """Path of a shipped SentencePiece model (`SHIPPED`: sp8k, sp1k; package data)."""
+    if name not in SHIPPED:
+        raise TokenizerError(
+            f"{SHIPPED_PREFIX}{name}: no such shipped tokenizer; shipped ones are "
+            + ", ".join(SHIPPED_PREFIX + n for n in SHIPPED)
+        )
+    resource = importlib.resources.files("illada_jax.data").joinpath("assets", SHIPPED[name])
     path = pathlib.Path(str(resource))
     if not path.is_file():
-        raise FileNotFoundError(
-            f"the default tokenizer {path} is missing from the installation; reinstall "
+        raise MissingInputError(
+            f"the shipped tokenizer {path} is missing from the installation; reinstall "
             "illada-jax (the file is package data)"
         )
     return path

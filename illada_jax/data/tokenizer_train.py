@@ -8,14 +8,13 @@ with `illada tokenizer train --embedded --vocab-size 8192`.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import pathlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from illada_jax.data.tokenizer import TOKEN_NAMES, Tokenizer, TokenizerError
+from illada_jax.data.tokenizer import TOKEN_NAMES, TokenizerError
 
 DEFAULT_SPECIAL_TOKENS = (
     "<pad>",
@@ -194,56 +193,3 @@ def _hf_tokenizer_config(special_tokens: Sequence[str]) -> dict[str, Any]:
         "additional_special_tokens": [t for t in rest if t != mask],
         "clean_up_tokenization_spaces": False,
     }
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `illada tokenizer train`."""
-    parser.add_argument("--input", nargs="+", default=[], metavar="FILE",
-                        help="text files (whole file) or .jsonl files ({'text': ...} per line)")  # fmt: skip
-    parser.add_argument("--embedded", action="store_true",
-                        help="also train on the embedded corpus (train split)")  # fmt: skip
-    parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--type", choices=TRAIN_TYPES, default="sentencepiece", dest="type")
-    parser.add_argument("--output", required=True,
-                        help="sentencepiece: writes OUTPUT.model; bpe: directory OUTPUT/ with "
-                        "tokenizer.json (or OUTPUT itself if it ends in .json)")  # fmt: skip
-    parser.add_argument("--num-threads", type=int, default=2)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """Train, load the result (which validates it) and print a summary. Returns an exit code."""
-    if not args.input and not args.embedded:
-        raise SystemExit("illada tokenizer train: give --input FILE ... and/or --embedded")
-    texts: Iterable[str] = ()
-    if args.embedded:
-        from illada_jax.data.corpus import embedded_documents
-
-        texts = (doc.text for doc in embedded_documents("train"))
-    path = train_tokenizer(
-        args.input,
-        args.output,
-        args.vocab_size,
-        args.type,
-        texts=texts,
-        num_threads=args.num_threads,
-    )
-    tokenizer = Tokenizer.load(path)
-    print(f"wrote {path}")
-    print(f"vocab_size={tokenizer.vocab_size} special_ids={tokenizer.special_ids()}")
-    print(f"identity={tokenizer.identity}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m illada_jax.data.tokenizer --output ...` (same as `illada tokenizer train`)."""
-    parser = argparse.ArgumentParser(
-        prog="illada tokenizer train",
-        description="Train a SentencePiece or byte-level BPE tokenizer.",
-        epilog="example: illada tokenizer train --embedded --vocab-size 8192 --output tok/sp8k",
-    )
-    add_train_arguments(parser)
-    return run_train(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

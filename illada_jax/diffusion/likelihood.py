@@ -1,4 +1,4 @@
-"""Scoring a continuation under a masked-diffusion LM (SPEC §6.1–6.3).
+"""Scoring a continuation under a masked-diffusion LM (docs/algorithms.md#likelihood-and-scoring).
 
 - `mc_elbo`: LLaDA's Monte-Carlo conditional ELBO (a lower bound on log p(answer | prompt), nats):
   stratified masking counts `l_r` with a random offset, exactly `l_r` answer tokens masked per row,
@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from illada_jax.errors import IlladaError
+
 BUCKET = 32
 
 
-class ScoringError(ValueError):
+class ScoringError(IlladaError, ValueError):
     """A scoring request that cannot be evaluated (names the problem and the fix)."""
 
 
@@ -36,7 +38,7 @@ def _bucket(n: int, bucket: int = BUCKET) -> int:
 def layout(prompt, answers, mask_id: int, suffix=()):
     """Rows `[prompt, answer_r, suffix, pad...]`, one per candidate answer.
 
-    `suffix` tokens (e.g. iLLaDA's `padd_eos`: one EOS after the whole input, SPEC §6.2) are
+    `suffix` tokens (e.g. iLLaDA's `padd_eos`: one EOS after the whole input, docs/algorithms.md#confidence-scoring) are
     visible to attention but never masked or scored. Returns tokens int32 [R, L], key mask bool
     [R, L] (True on prompt, answer and suffix), answer positions int32 [Ab] and answer validity
     bool [R, Ab]; L and Ab are rounded up to `BUCKET` so requests share compiled programs.
@@ -81,7 +83,7 @@ def _answer_log_probs(model, tokens, key_mask, positions, targets, cfg_scale, un
 
 
 def stratified_counts(offset, rows: int, answer_len):
-    """SPEC §6.1 masking counts of one MC batch: l_r = round(linspace(k, k + (b-1)·A/b, b))
+    """docs/algorithms.md#the-monte-carlo-elbo masking counts of one MC batch: l_r = round(linspace(k, k + (b-1)·A/b, b))
     (round half to even, as torch), wrapped into [1, A] by ((l-1) mod A) + 1. -> int32 [rows]."""
     a = jnp.asarray(answer_len, jnp.float32)
     counts = jnp.round(offset + jnp.arange(rows) * (a / rows)).astype(jnp.int32)
@@ -91,7 +93,7 @@ def stratified_counts(offset, rows: int, answer_len):
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _elbo_batch(graphdef, mask_id: int, cfg_scale: float, params, tokens, key_mask, positions,
                 valid, prompt_len, answer_len, offset, key):  # fmt: skip
-    """Loss of one MC batch of `rows` copies (SPEC §6.1). Returns a scalar (nats)."""
+    """Loss of one MC batch of `rows` copies (docs/algorithms.md#the-monte-carlo-elbo). Returns a scalar (nats)."""
     model = nnx.merge(graphdef, params)
     rows = tokens.shape[0]
     a = answer_len.astype(jnp.float32)
@@ -116,7 +118,7 @@ def _elbo_batch(graphdef, mask_id: int, cfg_scale: float, params, tokens, key_ma
 def mc_elbo(graphdef, params, prompt, answer, *, mask_id: int, mc_num: int = 128,
             batch_size: int = 32, cfg_scale: float = 0.0, seed: int = 0,
             suffix=()) -> float:  # fmt: skip
-    """Monte-Carlo ELBO of `answer` given `prompt` (token id lists), in nats (SPEC §6.1).
+    """Monte-Carlo ELBO of `answer` given `prompt` (token id lists), in nats (docs/algorithms.md#the-monte-carlo-elbo).
 
     `mc_num` samples in batches of `batch_size` (mc_num % batch_size == 0; a smaller mc_num is
     one batch of mc_num rows). `suffix`: visible, never-scored tokens after the answer.
@@ -146,7 +148,7 @@ def mc_elbo(graphdef, params, prompt, answer, *, mask_id: int, mc_num: int = 128
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _reveal_loop(graphdef, mask_id: int, greedy: bool, cfg_scale: float, params, tokens,
                  key_mask, positions, valid, prompt_len):  # fmt: skip
-    """Reveal the answer one token per pass (SPEC §6.2 / §6.3) for every row (candidate).
+    """Reveal the answer one token per pass (docs/algorithms.md#confidence-scoring, #greedy-check) for every row (candidate).
 
     Confidence (greedy=False): the position with the highest probability of the candidate's own
     token is revealed with that token; returns the sum of those log-probs [rows].
@@ -165,7 +167,9 @@ def _reveal_loop(graphdef, mask_id: int, greedy: bool, cfg_scale: float, params,
     def body(i, carry):
         canvas, total = carry
         logits = _answer_logits(model, canvas, key_mask, positions)
-        if cfg_scale:  # SPEC §1.4: prompt positions replaced by the mask id
+        if (
+            cfg_scale
+        ):  # docs/algorithms.md#classifier-free-guidance: prompt positions replaced by the mask id
             uncond_canvas = jnp.where(before_answer, mask_id, canvas)
             uncond = _answer_logits(model, uncond_canvas, key_mask, positions)
             logits = uncond + (cfg_scale + 1.0) * (logits - uncond)
@@ -214,7 +218,7 @@ def _reveal(graphdef, params, prompt, answers, *, mask_id, greedy, cfg_scale, su
 
 def confidence_score(graphdef, params, prompt, answers, *, mask_id: int,
                      cfg_scale: float = 0.0, suffix=()) -> np.ndarray:  # fmt: skip
-    """iLLaDA's confidence-based score S_conf (SPEC §6.2) of each candidate: float [len(answers)].
+    """iLLaDA's confidence-based score S_conf (docs/algorithms.md#confidence-scoring) of each candidate: float [len(answers)].
 
     Costs len(answer) forward passes (twice with CFG), all candidates in one batch. `suffix`:
     visible, never-scored tokens after each answer (iLLaDA's `padd_eos`).
@@ -225,6 +229,6 @@ def confidence_score(graphdef, params, prompt, answers, *, mask_id: int,
 
 def greedy_check(graphdef, params, prompt, answers, *, mask_id: int, cfg_scale: float = 0.0,
                  suffix=()) -> np.ndarray:  # fmt: skip
-    """SPEC §6.3 `is_greedy` for each candidate: bool [len(answers)]."""
+    """docs/algorithms.md#greedy-check `is_greedy` for each candidate: bool [len(answers)]."""
     return _reveal(graphdef, params, prompt, answers, mask_id=mask_id, greedy=True,
                    cfg_scale=cfg_scale, suffix=suffix)  # fmt: skip

@@ -1,4 +1,5 @@
-"""The forward (masking) process and its randomness (SPEC §1.1–1.2, §3.1–3.2, §7.2, §9.2).
+"""The forward (masking) process and its randomness (docs/algorithms.md: the forward
+process, time sampling, random length).
 
 One time `t` per sequence; every token is masked independently with probability
 `p_mask = (1 - eps) * t + eps`. Random-length training keeps static shapes: LLaDA's truncation marks
@@ -55,7 +56,7 @@ def apply_mask(
 
 
 def random_length_valid(key: jax.Array, batch_size: int, length: int, prob: float) -> jax.Array:
-    """LLaDA's random-length trick with static shapes (SPEC §1.2, §9.2).
+    """LLaDA's random-length trick with static shapes (docs/algorithms.md#random-length).
 
     With probability `prob` *per step* the whole batch is cut to a length l ~ U{1..length}:
     positions >= l become padding (invisible to attention, outside the loss and its normaliser).
@@ -70,7 +71,7 @@ def random_length_valid(key: jax.Array, batch_size: int, length: int, prob: floa
 
 def two_segment_split(key: jax.Array, segment_ids: jax.Array, positions: jax.Array,
                       prob: float) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """iLLaDA's random-length training (SPEC §3.2): each sequence, with probability `prob`, is
+    """iLLaDA's random-length training (docs/algorithms.md#learning-rate-schedules): each sequence, with probability `prob`, is
     cut at a uniform point c ~ U{1..length-1}; the segment containing c is split in two that do not
     attend to each other, and its part from c on restarts its positions at 0.
 
@@ -97,7 +98,7 @@ def two_segment_split(key: jax.Array, segment_ids: jax.Array, positions: jax.Arr
 def mask_exact_count(
     key: jax.Array, tokens: jax.Array, mask_id: int, valid: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The low-variance `l`-form of the forward process (SPEC §1.2, P-LLaDA eq. 14).
+    """The low-variance `l`-form of the forward process (docs/algorithms.md#the-pre-training-loss, P-LLaDA eq. 14).
 
     Per row: l ~ U{1..n} with n real tokens, then exactly l of them masked, chosen uniformly
     without replacement. Returns (noisy tokens, is_masked [batch, length], weight [batch] = n / l);

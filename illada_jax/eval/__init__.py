@@ -1,4 +1,4 @@
-"""Benchmark evaluation through lm-evaluation-harness (SPEC §6.4; needs the `eval` extra).
+"""Benchmark evaluation through lm-evaluation-harness (docs/algorithms.md#lm-evaluation-harness; needs the `eval` extra).
 
 - `harness.py`: the lm-eval model `illada` (`IlladaLM`) and `run_tasks(model, tasks, ...)`.
 - `tasks/`: small offline task definitions made by this project (`illada_offline` tag).

@@ -1,29 +1,29 @@
-"""The lm-evaluation-harness model `illada` (SPEC §6.4): a `Model` behind lm-eval's `LM` API.
+"""The lm-evaluation-harness model `illada` (docs/algorithms.md#lm-evaluation-harness): a `Model` behind lm-eval's `LM` API.
 
     from illada_jax.eval import run_tasks
     results = run_tasks("runs/tiny", ["kjv_next_word", "kjv_verse_end"], limit=20, mc_num=32)
     results["results"]["kjv_next_word"]["acc,none"]
 
-or, with the lm-eval command line (this module registers the model, then runs lm-eval's CLI with
-the shipped tasks on the include path unless `--include_path` is given):
+or, with the lm-eval command line (`illada_jax/cli/lm_eval.py` registers the model, then runs
+lm-eval's CLI with the shipped tasks on the include path unless `--include_path` is given):
 
-    python -m illada_jax.eval.harness run --model illada --batch_size 32 \
+    python -m illada_jax.cli.lm_eval run --model illada --batch_size 32 \
         --model_args checkpoint=runs/tiny,loglikelihood_method=confidence --tasks illada_offline
 
 (lm-eval's `--batch_size`, default 1, is the ELBO's MC batch; do not repeat it in model_args.)
 
 Requests (all processed on this one process; lm-eval's rank / world size stay 0 / 1):
-- `loglikelihood`: each (context, continuation) is tokenised by `_encode_pair` (SPEC §6.4) and
-  scored with the Monte-Carlo ELBO (SPEC §6.1, `loglikelihood_method="elbo"`) one request at a
-  time, or with iLLaDA's confidence score (SPEC §6.2, `"confidence"`), where all continuations of
-  one context are scored in one batch. `is_greedy` (SPEC §6.3) is computed only with
+- `loglikelihood`: each (context, continuation) is tokenised by `_encode_pair` (docs/algorithms.md#lm-evaluation-harness) and
+  scored with the Monte-Carlo ELBO (docs/algorithms.md#the-monte-carlo-elbo, `loglikelihood_method="elbo"`) one request at a
+  time, or with iLLaDA's confidence score (docs/algorithms.md#confidence-scoring, `"confidence"`), where all continuations of
+  one context are scored in one batch. `is_greedy` (docs/algorithms.md#greedy-check) is computed only with
   `check_greedy=True` (else False, as in the reference evaluations).
 - `loglikelihood_rolling`: **a lower bound**, not an exact log-likelihood: the text (no BOS/EOS
   added) is cut into lm-eval's disjoint rolling windows (each window conditioned on the tokens
-  before it, the first on BOS) and the windows' ELBOs (SPEC §6.1) are summed, whatever
+  before it, the first on BOS) and the windows' ELBOs (docs/algorithms.md#the-monte-carlo-elbo) are summed, whatever
   `loglikelihood_method` says.
 - `generate_until`: one unpadded prompt at a time, as iLLaDA's evaluation does: fixed canvas
-  (SPEC §5.1) or variable length (SPEC §5.3), temperature 0 by default; the reply is cut at the
+  (docs/algorithms.md#sampling) or variable length (docs/algorithms.md#variable-length-decoding), temperature 0 by default; the reply is cut at the
   first of the request's `until` strings, the EOS string and EoT. The request's `max_gen_toks` is
   ignored: `gen_length` (model args) is the budget, as in the reference harnesses.
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import pathlib
-import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -54,16 +53,17 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         'illada_jax.eval.harness needs lm-eval; install it with: pip install "illada-jax[eval]"'
     ) from err
 
-from illada_jax.api import Model
 from illada_jax.diffusion.likelihood import ScoringError
+from illada_jax.errors import IlladaError
 from illada_jax.eval import tasks as shipped_tasks
+from illada_jax.inference import Model, load
 from illada_jax.sampling.generate import SamplingOptions
 from illada_jax.sampling.schedule import SamplingError
 
 METHODS = ("elbo", "confidence")
 
 
-class HarnessConfigError(ValueError):
+class HarnessConfigError(IlladaError, ValueError):
     """A model argument the harness cannot use (the message names it and the fix)."""
 
 
@@ -104,7 +104,7 @@ def _batch_size(value, mc_num: int) -> int:
         return min(mc_num, 32)
     if size < 1 or mc_num % size:
         raise HarnessConfigError(
-            f"batch_size={size} must divide mc_num={mc_num} (SPEC §6.1); e.g. batch_size="
+            f"batch_size={size} must divide mc_num={mc_num} (docs/algorithms.md#the-monte-carlo-elbo); e.g. batch_size="
             f"{min(mc_num, 32)}"
         )
     return size
@@ -120,9 +120,7 @@ def _load_model(checkpoint, model, tokenizer) -> Model:
             "(an illada_jax.Model)"
         )
     if model is None:
-        import illada_jax
-
-        model = illada_jax.load(checkpoint)
+        model = load(checkpoint)
     if not isinstance(model, Model):
         raise HarnessConfigError(f"model= must be an illada_jax.Model, got {type(model)}")
     if tokenizer is not None:
@@ -147,19 +145,19 @@ class IlladaLM(LM):
     Args (lm-eval `--model_args` strings are accepted for every one):
         checkpoint: run / checkpoint directory for `illada_jax.load`; or `model`: a `Model`.
         tokenizer: a tokenizer path (or `Tokenizer`) when the checkpoint names none.
-        loglikelihood_method: "elbo" (SPEC §6.1) or "confidence" (SPEC §6.2).
+        loglikelihood_method: "elbo" (docs/algorithms.md#the-monte-carlo-elbo) or "confidence" (docs/algorithms.md#confidence-scoring).
         mc_num, batch_size: MC samples and samples per forward batch for the ELBO (mc_num=1 is
             exact for single-token continuations). lm-eval's `--batch_size` lands here.
         cfg_scale: unsupervised CFG for the ELBO, the confidence score, the greedy check and
             generation (0 = off).
         add_bos_token: prepend BOS to every context (iLLaDA's `add_bos_token`).
         pad_eos: append one EOS after the whole input in every scoring forward, never scored
-            (iLLaDA's `padd_eos`, SPEC §6.2).
-        check_greedy: compute `is_greedy` (SPEC §6.3; slow: one forward per answer token).
+            (iLLaDA's `padd_eos`, docs/algorithms.md#confidence-scoring).
+        check_greedy: compute `is_greedy` (docs/algorithms.md#greedy-check; slow: one forward per answer token).
         max_length: longest sequence (context + continuation, or prompt + generation);
             default the model's `max_seq_len`.
         gen_length, steps, block_length, variable_length, threshold, cache, temperature,
-            remasking: generation (SPEC §5.1 / §5.3 / §5.5). `block_length` defaults to
+            remasking: generation (docs/algorithms.md#sampling and the sections after it). `block_length` defaults to
             gen_length on a fixed canvas and to 32 for variable length; `steps` to gen_length
             (fixed: one token per step) or block_length (variable: steps per block).
         seed: seed of the ELBO's MC draws and of sampling.
@@ -235,7 +233,7 @@ class IlladaLM(LM):
         return [self.tokenizer.bos_id] if self.add_bos_token else []
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """SPEC §6.4: move the context's trailing whitespace onto the continuation, encode
+        """docs/algorithms.md#lm-evaluation-harness: move the context's trailing whitespace onto the continuation, encode
         context + continuation and context; the continuation ids are the joint encoding's
         suffix beyond the context's length. Returns (context ids [P], continuation ids [A]);
         the context gets BOS with `add_bos_token` (or when it is empty: nothing to condition on
@@ -272,7 +270,7 @@ class IlladaLM(LM):
                                                       suffix=self._suffix))  # fmt: skip
 
     def _greedy(self, prompt, answers) -> np.ndarray:
-        """SPEC §6.3 per answer."""
+        """docs/algorithms.md#greedy-check per answer."""
         return np.asarray(self.model.is_greedy(prompt, list(answers), cfg_scale=self.cfg_scale,
                                                suffix=self._suffix))  # fmt: skip
 
@@ -354,7 +352,7 @@ class IlladaLM(LM):
 
     def _generation_plan(self, prompt_len: int) -> tuple[int, int, int]:
         """(gen_length, block_length, steps) for one prompt: the budget is cut to fit
-        max_length and rounded down to whole blocks (SPEC §5.3); a fixed canvas keeps its
+        max_length and rounded down to whole blocks (docs/algorithms.md#variable-length-decoding); a fixed canvas keeps its
         tokens-per-step ratio."""
         block = self.block_length or self.gen_length
         available = min(self.gen_length, self.max_length - prompt_len)
@@ -408,20 +406,3 @@ def run_tasks(model_or_checkpoint, tasks: Sequence[str], *, limit: int | float |
             task_manager=TaskManager(include_path=paths, include_defaults=include_defaults),
             **(evaluate_kwargs or {}),
         )  # fmt: skip
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """lm-eval's command line with the `illada` model registered and the shipped tasks on the
-    include path (unless `--include_path` is given)."""
-    from lm_eval.__main__ import cli_evaluate
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    with tempfile.TemporaryDirectory(prefix="illada-tasks-") as tmp:
-        if not any(arg.startswith("--include_path") for arg in argv):
-            argv += ["--include_path", str(shipped_tasks.materialize(tmp))]
-        sys.argv = [sys.argv[0], *argv]
-        cli_evaluate()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Bidirectional grouped-query attention with three kernels (SPEC §2.2, §9.3).
+"""Bidirectional grouped-query attention with three kernels (docs/models.md#the-block).
 
 No causal mask anywhere. Two optional restrictions, both with static shapes:
 - `key_mask [batch, length]` (True = a real token): padded keys are invisible to every query;
@@ -10,7 +10,7 @@ Kernels (`ModelConfig.attention_impl`):
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on NVIDIA GPUs);
 - `splash`: the Pallas TPU splash kernel with a full (bidirectional) mask; padding and segments are
   expressed as segment ids. Under a mesh it runs inside `shard_map`, the batch split over the data
-  axes (`dcn_data`, `data`, `fsdp`) and the heads over `tensor` (DESIGN §6 mesh axis names).
+  axes (`dcn_data`, `data`, `fsdp`) and the heads over `tensor` (the mesh axis names of parallel/mesh.py).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def can_fuse_projections(enabled: bool) -> bool:
 
 
 class RMSNorm(nnx.Module):
-    """RMSNorm as both reference codebases compute it (SPEC §2.2).
+    """RMSNorm as both reference codebases compute it (docs/models.md#the-block).
 
     Upcast to fp32, `x * rsqrt(mean(x^2) + eps)`, cast back to the input dtype, *then* multiply by
     the learned scale. No bias.
@@ -66,7 +66,7 @@ class RMSNorm(nnx.Module):
 
 
 def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables for rotate-half RoPE (SPEC §2.2, §9.4), in fp32.
+    """cos/sin tables for rotate-half RoPE (docs/models.md#the-block), in fp32.
 
     positions: [batch, length] int -> cos, sin: [batch, length, 1, head_dim]
     (inv_freq_j = theta^(-2j/head_dim); angles duplicated as cat(freqs, freqs)).
@@ -136,5 +136,5 @@ class SwiGLU(nnx.Module):
 
 
 def residual_out_std(init_std: float, n_layers: int) -> float:
-    """iLLaDA scales the init of o_proj/down_proj by 1/sqrt(2 n_layers) (SPEC §2.2)."""
+    """iLLaDA scales the init of o_proj/down_proj by 1/sqrt(2 n_layers) (docs/models.md#the-block)."""
     return init_std / math.sqrt(2 * n_layers)

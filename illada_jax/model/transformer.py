@@ -1,4 +1,4 @@
-"""The LLaDA / iLLaDA network: a plain pre-norm transformer without a causal mask (SPEC §2.2).
+"""The LLaDA / iLLaDA network: a plain pre-norm transformer without a causal mask (docs/models.md#the-block).
 
     h = x + Attn(RMSNorm(x));  y = h + SwiGLU(RMSNorm(h));  logits = Head(RMSNorm(y_L))
 
@@ -81,7 +81,7 @@ class Block(nnx.Module):
 
         x: [B, W, d] holds canvas positions start..start+W-1; kv: (k, v) [B, L, KV, D]. Window
         positions >= `fresh_from` use their freshly computed K/V, earlier ones keep the cached K/V
-        (Fast-dLLM's prefix / dual cache, SPEC §5.5). key_mask: [B, L]. Returns ([B, W, d], kv
+        (Fast-dLLM's prefix / dual cache, docs/algorithms.md#caches-and-parallel-decoding). key_mask: [B, L]. Returns ([B, W, d], kv
         with the window's slots updated).
         """
         q, k, v = self.attn.project_qkv(self.attn_norm(x), cos, sin)
@@ -235,11 +235,20 @@ def abstract_model(cfg: ModelConfig) -> Transformer:
     return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
 
 
+def graphdef_and_specs(cfg: ModelConfig):
+    """(graphdef, logical PartitionSpecs as a pure dict, abstract params as a pure dict): the
+    network's structure, its parameters' logical axis names and their shapes, nothing allocated.
+    `nnx.merge(graphdef, params)` rebuilds the network from a pure dict of parameters."""
+    graphdef, abstract = nnx.split(abstract_model(cfg))
+    logical = nnx.to_pure_dict(nnx.get_partition_spec(abstract))
+    return graphdef, logical, nnx.to_pure_dict(abstract)
+
+
 def count_params(cfg: ModelConfig) -> tuple[int, int]:
     """(total, non-embedding) parameter counts from the real parameter tree (no allocation).
 
     Non-embedding excludes the token embedding and an untied output head, as the LLaDA/iLLaDA
-    papers count them (SPEC §2.1).
+    papers count them (docs/models.md#shapes).
     """
     state = nnx.state(abstract_model(cfg), nnx.Param)
     total = embedding = 0

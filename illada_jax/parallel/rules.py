@@ -1,4 +1,4 @@
-"""Logical-axis rule tables: how each named tensor axis maps onto mesh axes (DESIGN §6).
+"""Logical-axis rule tables: how each named tensor axis maps onto mesh axes.
 
 Parameters carry logical axis names (`embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`,
 `layers`); batches use `batch` and `length`. A parallelism strategy is a rule table, never a model

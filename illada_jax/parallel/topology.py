@@ -23,7 +23,9 @@ libtpu installed, and nothing is allocated.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
+import os
 import re
 
 from illada_jax.config.schema import ConfigError
@@ -56,6 +58,17 @@ _ALIASES = {"v5litepod": "v5e", "v6": "v6e", "v5": "v5p"}
 
 _NAMED = re.compile(r"^(?:(?P<slices>\d+)x)?(?P<gen>[a-z0-9]+)-(?P<n>\d+)$")
 _EXPLICIT = re.compile(r"^(?:(?P<slices>\d+)x)?(?P<gen>[a-z0-9]+):(?P<shape>\d+(?:x\d+){1,2})$")
+
+# On a host without TPUs, libtpu (the `[tpu]` extra) still loads to compile for topologies; these
+# stop it probing for TPU metadata (and logging errors about it).
+_LIBTPU_QUIET = {
+    "TPU_SKIP_MDS_QUERY": "1",
+    "TPU_ACCELERATOR_TYPE": "v5p-8",
+    "TPU_WORKER_HOSTNAMES": "localhost",
+    # No TPU to guard: let several compiling processes (tests, a search) load libtpu at once
+    # instead of failing on /tmp/libtpu_lockfile.
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+}
 
 EXAMPLES = "v4-8, v5e-16, v5p-256, v6e-256, 2xv5p-256, or an explicit shape such as v5p:4x4x8"
 
@@ -215,3 +228,23 @@ def abstract_devices(name: str, num_slices: int | None = None) -> list:
             f"{slice_.num_chips} (one per chip)"
         )
     return devices
+
+
+def _has_local_accelerator() -> bool:
+    """TPU (/dev/accel*, /dev/vfio/N) or NVIDIA GPU device files on this host."""
+    patterns = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*")
+    return any(glob.glob(pattern) for pattern in patterns)
+
+
+def quiet_libtpu_on_cpu_host() -> bool:
+    """On a CPU-only host, stop libtpu probing for TPU metadata: set its variables
+    before JAX's backends start. Never on TPU VMs. Returns whether it changed anything."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    cpu_only = platforms == "cpu" or (not platforms and not _has_local_accelerator())
+    if not cpu_only:
+        return False
+    if not platforms:
+        os.environ["JAX_PLATFORMS"] = "cpu"  # TPU programs still compile via the topology
+    for name, value in _LIBTPU_QUIET.items():
+        os.environ.setdefault(name, value)
+    return True

@@ -1,4 +1,5 @@
-"""Per-step rules of masked-diffusion sampling (SPEC §5.1, §5.4, §5.5, §9.5, §9.6).
+"""Per-step rules of masked-diffusion sampling (docs/algorithms.md#sampling and the
+sections after it).
 
 How many tokens each step commits (the transfer schedule), how candidates are drawn (Gumbel-max
 with high-resolution noise), how confident each candidate is, and which masked positions are
@@ -12,18 +13,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from illada_jax.errors import IlladaError
+
 REMASKING = ("low_confidence", "random")
 NOISE = ("fp32_hires", "float64")
 
 
-class SamplingError(ValueError):
+class SamplingError(IlladaError, ValueError):
     """Sampling arguments that cannot work together (names the argument and the fix)."""
 
 
 def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
     """Tokens committed at each of `steps` steps of one block of `block_length` masks: [steps].
 
-    `base = K // n` everywhere plus one on the first `K % n` steps (SPEC §5.1 a), so the counts sum
+    `base = K // n` everywhere plus one on the first `K % n` steps (docs/algorithms.md#sampling), so the counts sum
     to K and the earliest steps take the remainder.
     """
     if steps < 1 or block_length < 1:
@@ -33,7 +36,7 @@ def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
 
 
 def block_plan(gen_length: int, block_length: int, steps: int) -> tuple[int, int]:
-    """(number of blocks, steps per block) for a fixed canvas, validating SPEC §5.1's constraints."""
+    """(number of blocks, steps per block) for a fixed canvas, validating docs/algorithms.md#sampling's constraints."""
     if gen_length < 1:
         raise SamplingError(f"gen_length={gen_length} must be >= 1")
     if block_length < 1 or gen_length % block_length:
@@ -51,7 +54,7 @@ def block_plan(gen_length: int, block_length: int, steps: int) -> tuple[int, int
 
 
 def gumbel_noise(key: jax.Array, shape: tuple[int, ...], noise: str) -> jax.Array:
-    """Standard Gumbel draws g = -log(-log u) for Gumbel-max sampling (SPEC §9.6).
+    """Standard Gumbel draws g = -log(-log u) for Gumbel-max sampling (docs/algorithms.md#gumbel-noise).
 
     `fp32_hires`: the uniform is built from two independent 24-bit integers,
     v = (hi + lo·2⁻²⁴)·2⁻²⁴, so it resolves values near 0 down to 2⁻⁴⁸ and the largest draw is ≈33
@@ -100,7 +103,7 @@ def confidences(logits, x0, key, remasking: str, suppressed_ids: tuple[int, ...]
 
     `low_confidence`: softmax(logits)[x0] of the un-noised, un-tempered logits; `random`: U(0,1).
     Candidates whose token is in `suppressed_ids` (EOS/EoT with `confidence_eos_eot_inf`) get 0,
-    so they are committed last (SPEC §5.1 notes: the intended behaviour of the reference).
+    so they are committed last (docs/algorithms.md#sampling: the intended behaviour of the reference).
     """
     if remasking == "low_confidence":
         # softmax(logits)[x0] = exp(logits[x0] - logsumexp(logits)): one pass over the
@@ -121,7 +124,7 @@ def descending_rank(scores: jax.Array) -> jax.Array:
     """Rank of each entry in its row when sorted by descending score, ties to the lower index.
 
     scores: [batch, n] -> int32 [batch, n] (0 = best). A rank comparison `rank < k` is top-k
-    with a per-row, per-step k that need not be static (SPEC §9.5).
+    with a per-row, per-step k that need not be static (docs/algorithms.md#sampling).
     """
     order = jnp.argsort(-scores, axis=-1, stable=True)
     return jnp.argsort(order, axis=-1).astype(jnp.int32)
@@ -140,7 +143,7 @@ def select_top_k(conf, eligible, k):
 
 
 def select_threshold(conf, eligible, threshold: float):
-    """Fast-dLLM parallel decoding (SPEC §5.5): the most confident eligible position plus every
+    """Fast-dLLM parallel decoding (docs/algorithms.md#caches-and-parallel-decoding): the most confident eligible position plus every
     eligible position whose confidence is >= `threshold`. Shapes as `select_top_k`."""
     scores = jnp.where(eligible, conf, -jnp.inf)
     best = descending_rank(scores) == 0

@@ -1,4 +1,4 @@
-"""Wires the forward process, the network and the loss into one scalar objective (SPEC §10).
+"""Wires the forward process, the network and the loss into one scalar objective (docs/algorithms.md#the-pre-training-loss).
 
 This is the only place where diffusion meets the model. A batch is a dict of arrays:
 - `tokens [batch, length] int32` (always);
@@ -61,7 +61,7 @@ def diffusion_loss(
     ce = losses.token_cross_entropy(hidden, tokens, model.project, cfg.loss_chunk_size)
     if cfg.objective == "sft_llada":
         out = losses.sft_llada_loss(ce, is_masked, mask_prob, batch["prompt_lengths"])
-    else:  # pretrain and sft_illada share the pre-training loss (SPEC §4.2)
+    else:  # pretrain and sft_illada share the pre-training loss (docs/algorithms.md#sft-illada-style)
         out = losses.pretrain_loss(ce, is_masked, mask_prob, valid)
     metrics = {
         "loss": out.loss,

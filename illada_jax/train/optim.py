@@ -1,4 +1,5 @@
-"""Optimiser: global-norm clipping, then AdamW with one of the schedules of SPEC §3–4.
+"""Optimiser: global-norm clipping, then AdamW with one of the schedules of
+docs/algorithms.md#learning-rate-schedules.
 
 A schedule maps the optimiser's update count `c` (0 for the first update, as optax counts) to a
 learning rate. Every schedule starts with a linear warmup 0 -> `learning_rate` over
@@ -8,11 +9,11 @@ the run's total number of updates `T` and, like optax's own schedules, reach
 hold it afterwards:
 
 - `constant`: hold the peak.
-- `cosine` (SMDM, SPEC §3.3): cosine decay from the peak at `warmup_steps` to the floor at `T`.
-- `wsd` (LLaDA, SPEC §3.1 and the SFT recipes of §4): hold the peak; from `wsd_drop_step` (if not
+- `cosine` (SMDM, docs/algorithms.md#learning-rate-schedules): cosine decay from the peak at `warmup_steps` to the floor at `T`.
+- `wsd` (LLaDA pre-training and SFT, docs/algorithms.md#learning-rate-schedules): hold the peak; from `wsd_drop_step` (if not
   0) hold `peak * wsd_drop_factor`; linear decay to the floor over the last `decay_steps` updates,
   i.e. from `T - decay_steps` to `T`.
-- `illada` (SPEC §3.2): hold the peak until `decay_start_step`, then cosine decay to the floor
+- `illada` (docs/algorithms.md#learning-rate-schedules): hold the peak until `decay_start_step`, then cosine decay to the floor
   at `T`.
 
 Weight decay applies to every parameter unless `decay_exclude="norms_and_embeddings"`, which

@@ -1,7 +1,7 @@
 """Text samples during training: the run shows what the model says, not only its loss.
 
 At every eval step the runner calls `TrainingSamples.write(step, params)`: greedy fixed-canvas
-generation (one token per step, pure diffusion, SPEC §5.1) after each of `train.sample_prompts`,
+generation (one token per step, pure diffusion, docs/algorithms.md#sampling) after each of `train.sample_prompts`,
 written to `WORKDIR/samples/step_<step>.txt`; the last ones are printed when training ends.
 Prompts are plain text for pre-training and one user turn in the chat template for SFT.
 
@@ -16,6 +16,7 @@ import pathlib
 import jax
 import numpy as np
 
+from illada_jax.ckpt import rundir
 from illada_jax.config.schema import Experiment
 from illada_jax.sampling.generate import (
     SamplingOptions,
@@ -35,7 +36,7 @@ class TrainingSamples:
             self.enabled = False
             self.skipped_reason = "samples are skipped in multi-process runs"
         self.graphdef = graphdef
-        self.dir = out_dir / "samples"
+        self.dir = pathlib.Path(out_dir) / rundir.SAMPLES
         self.tokenizer = tokenizer
         self.prompts = list(tcfg.sample_prompts)
         self.ids = SpecialIds.from_config(experiment.model)

@@ -18,19 +18,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from illada_jax.config.schema import ModelConfig
-from illada_jax.model.transformer import Transformer, abstract_model
+from illada_jax.model.transformer import Transformer, graphdef_and_specs
 from illada_jax.parallel.rules import mesh_spec
 
 
-def model_graphdef_and_specs(cfg: ModelConfig):
-    """(graphdef, logical PartitionSpecs as a pure dict, abstract params as a pure dict)."""
-    graphdef, abstract = nnx.split(abstract_model(cfg))
-    logical = nnx.to_pure_dict(nnx.get_partition_spec(abstract))
-    return graphdef, logical, nnx.to_pure_dict(abstract)
-
-
 def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: str):
-    _, logical, abstract = model_graphdef_and_specs(cfg)
+    _, logical, abstract = graphdef_and_specs(cfg)
     return jax.tree.map(
         lambda spec, leaf: NamedSharding(mesh, mesh_spec(spec, leaf.shape, rules, mesh)),
         logical,

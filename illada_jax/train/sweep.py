@@ -7,8 +7,8 @@
                     --docker-image IMAGE --execute"                        # one pod job per run
 
 Where a sweep comes from (the first `--config` must be `config:...`):
-- `config:NAME`: the module `illada_jax.config.sweeps.NAME`, which defines `experiment()` (the
-  base config) and `sweep()`. The built-in experiments (`config:tiny`, ...) have no sweep.
+- `config:NAME`: the recipe NAME (`illada_jax.config.registry`: the checkout's `configs/`), whose
+  file defines `NAME_sweep()` beside it (configs/sweeps.py holds the project's).
 - `config:package.module:fn` or `config:path/to/file.py:fn`: `fn` is the base experiment and its
   module defines `fn_sweep()` (preferred) or `sweep()`.
 
@@ -29,7 +29,6 @@ run's `metrics.jsonl`; `--summary-only` rebuilds them (e.g. after copying pod ru
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import importlib.util
@@ -41,18 +40,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from illada_jax.ckpt import rundir
+from illada_jax.config import registry
 from illada_jax.config.schema import ConfigError
 
-SWEEPS_PACKAGE = "illada_jax.config.sweeps"
 RUN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-# For `illada sweep --help` (cli.py: `sub.add_parser("sweep", help=SWEEP_HELP,
-# description=SWEEP_DESCRIPTION)`).
-SWEEP_HELP = "expand and run an experiment's sweep (or print one command per run)"
-SWEEP_DESCRIPTION = (
-    "Run the override sets of an experiment's sweep() one after another and write summary.md, "
-    "summary.json and loss_curves.png, or --print one command per run. Example: illada sweep "
-    "--config=config:tiny_lr --config=set:train.steps=100 --workdir=runs/lr"
-)
 
 
 class SweepError(ConfigError):
@@ -118,28 +110,20 @@ def _find_sweep(spec: str) -> tuple[str, Callable[[], Any]]:
 
 
 def _named_sweep(name: str) -> tuple[str, Callable[[], Any]]:
-    from illada_jax.config import experiments
-
-    module_name = f"{SWEEPS_PACKAGE}.{name}"
-    if not re.fullmatch(r"\w+", name) or importlib.util.find_spec(module_name) is None:
-        what = "defines no sweep" if name in experiments.EXPERIMENTS else "is not a named sweep"
+    recipe = registry.recipes().get(name)
+    if recipe is None or recipe.sweep is None:
+        what = "defines no sweep" if recipe is not None else "is not a named sweep"
         raise SweepError(
             f"config:{name} {what}; named sweeps are: {', '.join(named_sweeps()) or 'none'}. "
             "Or give config:module:fn / config:file.py:fn whose module defines fn_sweep() or "
             "sweep()"
         )
-    module = importlib.import_module(module_name)
-    for attr in ("experiment", "sweep"):
-        if not callable(getattr(module, attr, None)):
-            raise SweepError(f"sweep module {module_name} must define {attr}()")
-    return f"config:{module_name}:experiment", module.sweep
+    return f"config:{name}", recipe.sweep
 
 
 def named_sweeps() -> list[str]:
-    import pkgutil
-
-    package = importlib.import_module(SWEEPS_PACKAGE)
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+    """Recipes with a `NAME_sweep()` beside them."""
+    return sorted(name for name, recipe in registry.recipes().items() if recipe.sweep)
 
 
 def _load_module(module_name: str):
@@ -213,8 +197,8 @@ def print_commands(runs: Sequence[Run], workdir: pathlib.Path, launcher: str | N
 
 def run_local(runs: Sequence[Run], workdir: pathlib.Path, print_fn=print) -> dict[str, str]:
     """Train every run here, one after another; returns run name -> status (`ok` or the error)."""
-    from illada_jax.cli import _start_jax
     from illada_jax.config import flags
+    from illada_jax.parallel.distributed import start_jax
 
     built = {}
     for run in runs:  # every config is validated before anything trains
@@ -222,7 +206,7 @@ def run_local(runs: Sequence[Run], workdir: pathlib.Path, print_fn=print) -> dic
             built[run.name] = flags.experiment_from_flags(run.directives)
         except ConfigError as err:
             raise ConfigError(f"run {run.name}: {err}") from None
-    _start_jax(built[runs[0].name].mesh.cpu_devices)
+    start_jax(built[runs[0].name].mesh.cpu_devices)
     from illada_jax.train.loop import train
 
     statuses = {run.name: "not started (sweep preempted; rerun to resume)" for run in runs}
@@ -246,9 +230,7 @@ def run_local(runs: Sequence[Run], workdir: pathlib.Path, print_fn=print) -> dic
 
 def read_metrics(run_dir: pathlib.Path) -> list[dict]:
     """The run's metrics rows; none when it has not started."""
-    from illada_jax.api import read_metrics
-
-    return read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    return rundir.read_metrics(run_dir) if (run_dir / rundir.METRICS).is_file() else []
 
 
 def summarise_run(run: Run, run_dir: pathlib.Path, status: str | None) -> dict:
@@ -331,80 +313,3 @@ def write_summary(
     image = "\n![loss curves](loss_curves.png)\n" if png else ""
     (workdir / "summary.md").write_text(f"# Sweep {name}\n\n{markdown_table(rows)}{image}")
     return rows
-
-
-# --- command line -----------------------------------------------------------------------------
-
-
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `illada sweep`."""
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="DIRECTIVE",
-        help="first config:SWEEP (a named sweep, config:module:fn or config:file.py:fn whose "
-        "module defines fn_sweep() or sweep()), then directives shared by every run",
-    )
-    parser.add_argument(
-        "--workdir",
-        default=None,
-        help="sweep directory; run R trains in WORKDIR/R (default runs/sweeps/<sweep>)",
-    )
-    parser.add_argument(
-        "--print",
-        action="store_true",
-        dest="print_only",
-        help="print one command per run instead of training",
-    )
-    parser.add_argument(
-        "--launcher",
-        default=None,
-        metavar="PREFIX",
-        help="with --print: put PREFIX -- before each command; {run} in PREFIX "
-        "becomes the run name (e.g. python launch/xpk.py ... --workload "
-        "lr-{run})",
-    )
-    parser.add_argument(
-        "--summary-only",
-        action="store_true",
-        help="only (re)write the summary from the runs' metrics.jsonl",
-    )
-
-
-def run_sweep(args: argparse.Namespace) -> int:
-    """`illada sweep`: print, run or summarise; 0 when every run succeeded."""
-    if not args.config or not args.config[0].startswith("config:"):
-        raise SweepError(
-            "illada sweep needs --config=config:SWEEP first, e.g. "
-            f"--config=config:tiny_lr (named sweeps: {', '.join(named_sweeps())})"
-        )
-    if args.launcher and not args.print_only:
-        raise SweepError("--launcher only applies with --print")
-    name = sweep_name(args.config[0])
-    runs = expand_runs(args.config[0], args.config[1:])
-    workdir = pathlib.Path(args.workdir or f"runs/sweeps/{name}")
-    if args.print_only:
-        print_commands(runs, workdir, args.launcher)
-        return 0
-    statuses = None if args.summary_only else run_local(runs, workdir)
-    rows = write_summary(runs, workdir, name, statuses)
-    print(markdown_table(rows), end="")
-    print(f"summary: {workdir / 'summary.md'}")
-    return 0 if all(row["status"] == "ok" for row in rows) else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m illada_jax.train.sweep ...`, the same as `illada sweep ...`."""
-    parser = argparse.ArgumentParser(prog="illada sweep", description=SWEEP_DESCRIPTION)
-    add_sweep_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_sweep(args)
-    except ConfigError as err:
-        print(f"illada sweep: config error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,6 +31,7 @@ SCRIPT = textwrap.dedent(
     from jax.sharding import NamedSharding
 
     from illada_jax.config.schema import DiffusionConfig, MeshConfig, ModelConfig, OptimConfig
+    from illada_jax.model.transformer import graphdef_and_specs
     from illada_jax.parallel import mesh as mesh_lib
     from illada_jax.parallel.rules import batch_spec
     from illada_jax.train import state as state_lib
@@ -48,7 +49,7 @@ SCRIPT = textwrap.dedent(
     OPTIMIZER = make_optimizer(
         OptimConfig(learning_rate=1e-3, warmup_steps=0, eps=1e-4), total_steps=10
     )
-    GRAPHDEF = state_lib.model_graphdef_and_specs(MODEL)[0]
+    GRAPHDEF = graphdef_and_specs(MODEL)[0]
     CONTROLS = {
         "lr_scale": jnp.float32(1),
         "loss_ceiling": jnp.float32(np.inf),

@@ -1,11 +1,13 @@
 """`illada compile` (illada_jax.tools.aot) and named TPU slices (illada_jax.parallel.topology).
 
-The compiles run in subprocesses (`python -m illada_jax.tools.aot`), as a user runs them: libtpu
-compiles real TPU programs for abstract v5p / v5e devices on this CPU host, and the tool silences
-libtpu's host probing itself. One subprocess per scenario, shared through module-scoped fixtures:
-- the tiny preset at 16 x 128 on v5p-8 (splash, bf16, FSDP over 4 chips) must fit;
-- the 100m preset at 64 x 2048 on one v5e chip (16 GiB) with remat pinned to save_dots needs
-  ~34 GiB of temporaries: XLA refuses while compiling and the tool must say fits=false.
+The compiles run in subprocesses (`illada compile`), as a user runs them: libtpu compiles real TPU
+programs for abstract v5p / v5e devices on this CPU host, and the tool silences libtpu's host
+probing itself. One subprocess per scenario, shared through module-scoped fixtures:
+- the tiny experiment (16 x 128) on v5p-8, compiled as configured (XLA attention, fp32, FSDP over
+  4 chips): it must fit;
+- the small preset at 64 x 2048 on one v5e chip (16 GiB) with remat pinned to save_dots keeps the
+  [B, H, S, S] attention scores of every layer (~50 GiB): XLA refuses while compiling and the tool
+  must say fits=false and what to try.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 
 from illada_jax.config.schema import ConfigError
 from illada_jax.parallel.topology import GIB, parse_slice
-from illada_jax.tools import aot
+from illada_jax.tools import aot_report
 
 RESULT = re.compile(
     r"^RESULT fits=(true|false) bytes_per_chip=(\d+) hbm_per_chip=(\d+) "
@@ -33,7 +35,7 @@ def _compile(tmp_path_factory, name: str, *arguments: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
     env["JAX_PLATFORMS"] = "cpu"
     result = subprocess.run(
-        [sys.executable, "-m", "illada_jax.tools.aot", *arguments, "--json", str(out)],
+        [sys.executable, "-m", "illada_jax.cli", "compile", *arguments, "--json", str(out)],
         capture_output=True,
         text=True,
         env=env,
@@ -52,7 +54,10 @@ def _compile(tmp_path_factory, name: str, *arguments: str) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_v5p(tmp_path_factory):
-    return _compile(tmp_path_factory, "tiny", "--config=config:tiny", "--topology=v5p-8")
+    hlo = tmp_path_factory.mktemp("tiny-hlo") / "compile.hlo"
+    out = _compile(tmp_path_factory, "tiny", "--config=config:tiny", "--topology=v5p-8",
+                   f"--dump-hlo={hlo}")  # fmt: skip
+    return {**out, "hlo": hlo.read_text() if hlo.exists() else ""}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +65,7 @@ def oversized_v5e(tmp_path_factory):
     return _compile(
         tmp_path_factory,
         "oversized",
-        "--config=config:100m",
+        "--config=config:small",
         "--config=set:model.remat_policy=save_dots",
         "--topology=v5e-1",
         "--global-batch=64",
@@ -118,33 +123,7 @@ def test_bad_slice_names_say_what_to_use(name, message):
         parse_slice(name)
 
 
-# ----------------------------------------------------------------------------- defaults
-
-
-def test_auto_mesh_uses_fsdp_and_a_tensor_axis_when_the_batch_is_short():
-    mesh, _ = aot.auto_mesh(128, 1, 640, 1)  # v5p-256, 5 sequences per chip
-    assert (mesh.fsdp, mesh.tensor, mesh.rules) == (128, 1, "fsdp")
-    mesh, note = aot.auto_mesh(256, 1, 640, 1)  # v6e-256: 640 rows cover 128 chips
-    assert (mesh.fsdp, mesh.tensor, mesh.rules) == (128, 2, "fsdp_tp")
-    assert "covers only 128 chips" in note
-    mesh, _ = aot.auto_mesh(256, 2, 1024, 1)  # 2xv5p-256: data parallel across slices
-    assert (mesh.dcn_data, mesh.fsdp, mesh.tensor) == (2, 128, 1)
-    mesh, _ = aot.auto_mesh(256, 2, 640, 1)  # 320 rows per 128-chip slice
-    assert (mesh.dcn_data, mesh.fsdp, mesh.tensor, mesh.rules) == (2, 64, 2, "fsdp_tp")
-    with pytest.raises(ConfigError, match="multiple of 4"):
-        aot.auto_mesh(8, 2, 6, 2)
-
-
-def test_tpu_defaults_yield_to_directives():
-    from illada_jax.config import flags
-
-    experiment = flags.experiment_from_flags(["config:tiny"])
-    changed, notes = aot.tpu_defaults(experiment, ["config:tiny"])
-    assert (changed.model.attention_impl, changed.model.compute_dtype) == ("splash", "bfloat16")
-    assert len(notes) == 2
-    directives = ["config:tiny", "set:model.attention_impl=xla"]
-    kept, _ = aot.tpu_defaults(flags.experiment_from_flags(directives), directives)
-    assert kept.model.attention_impl == "xla"
+# ----------------------------------------------------------------------------- reports
 
 
 def test_out_of_memory_messages_give_the_bytes_asked_for():
@@ -152,16 +131,16 @@ def test_out_of_memory_messages_give_the_bytes_asked_for():
         "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
         "temporaries (34.21G) exceeds available HBM (15.75G)."
     )
-    assert aot._oom_bytes(temporaries) == int(34.21 * GIB)
-    assert aot._oom_bytes("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of "
+    assert aot_report.oom_bytes(temporaries) == int(34.21 * GIB)
+    assert aot_report.oom_bytes("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of "
                           "memory in memory space hbm. Used 113.5G of 95.74G hbm.") == int(
         113.5 * GIB
     )  # fmt: skip
-    assert aot._oom_bytes("RESOURCE_EXHAUSTED: no size here") == 0
+    assert aot_report.oom_bytes("RESOURCE_EXHAUSTED: no size here") == 0
 
 
 def test_result_line_format():
-    report = aot.Report(
+    report = aot_report.Report(
         topology="v5p-8",
         chips=4,
         hbm_per_chip=95 * GIB,
@@ -177,7 +156,7 @@ def test_result_line_format():
         compiled_flops_per_step=7.5e10,
         model_flops_per_step=6.75e10,
     )
-    line = aot.result_line(report)
+    line = aot_report.result_line(report)
     assert RESULT.match(line), line
     assert line == (
         "RESULT fits=true bytes_per_chip=123 hbm_per_chip=102005473280 "
@@ -195,20 +174,52 @@ def test_tiny_config_compiles_for_v5p_and_fits(tiny_v5p):
     fits, total, hbm = match.group(1), int(match.group(2)), int(match.group(3))
     assert fits == "true" and 0 < total < hbm == 95 * GIB
     report = tiny_v5p["report"]
-    assert report["attention"] == "splash" and report["chips"] == 4
+    # Compiled as configured: no TPU defaults are applied behind the config's back.
+    assert (report["attention"], report["remat"], report["chips"]) == (
+        "xla",
+        "save_dots_no_batch",
+        4,
+    )
+    assert report["mesh"] == "dcn_data=1 data=1 fsdp=4 tensor=1 rules=fsdp"
     assert report["argument_bytes"] > 0 and report["temp_bytes"] > 0
     assert report["total_bytes"] == total
-    assert "model.attention_impl=splash (TPU default)" in tiny_v5p["stdout"]
+    assert report["notes"] == []
+
+
+def test_compile_lowers_the_program_the_runner_builds(tiny_v5p, tmp_path):
+    """The train step `illada compile` reports on is, HLO for HLO, the one `illada train` builds
+    (`train.builder.build_run`) on the same (abstract) devices."""
+    from test_recipes import runner_hlo
+
+    assert tiny_v5p["hlo"].startswith("module @jit_train_step")
+    assert tiny_v5p["hlo"] == runner_hlo("tiny", "v5p-8", tmp_path / "runner.hlo")
+    # The comparison is sensitive: a different run (another batch) lowers to different HLO.
+    assert tiny_v5p["hlo"] != runner_hlo_with(tmp_path, "set:train.batch_size=32")
+
+
+def runner_hlo_with(tmp_path, directive: str) -> str:
+    from test_recipes import LOWER_AS_THE_RUNNER_DOES
+
+    script = LOWER_AS_THE_RUNNER_DOES.replace(
+        'flags.experiment_from_flags([f"config:{name}"])',
+        f'flags.experiment_from_flags([f"config:{{name}}", "{directive}"])',
+    )
+    out = tmp_path / "other.hlo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
+    result = subprocess.run([sys.executable, "-c", script, "tiny", "v5p-8", str(out)],
+                            capture_output=True, text=True, env={**env, "JAX_PLATFORMS": "cpu"},
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out.read_text()
 
 
 def test_compiled_flops_match_the_model_formula(tiny_v5p):
     """Compiled (cost_analysis per device x 4 chips, loops corrected) vs 6N + 12·L·d·S per token.
 
     Expected ~1.1: remat (save_dots_no_batch) recomputes only elementwise work, the masking,
-    softmax/CE and AdamW add a few percent, and the splash kernel (a custom call XLA does not
-    count) removes the attention share (6% here). 0.85-1.6 catches the failure modes: counting
-    the scanned program once (0.66 here: one layer of four), per-device FLOPs taken for the
-    whole step (x1/4), or per-device FLOPs summed twice (x4).
+    softmax/CE and AdamW add a few percent. 0.85-1.6 catches the failure modes: counting the
+    scanned program once (0.68 here: one layer of four), per-device FLOPs taken for the whole
+    step (x1/4), or per-device FLOPs summed twice (x4).
     """
     match = RESULT.match(tiny_v5p["last"])
     compiled, model = float(match.group(4)), float(match.group(5))
@@ -229,3 +240,4 @@ def test_oversized_config_reports_does_not_fit_instead_of_crashing(oversized_v5e
     assert int(match.group(3)) == 16 * GIB
     assert "RESOURCE_EXHAUSTED" in out["report"]["error"]
     assert "fits            false" in out["stdout"]
+    assert any("remat_policy=full" in note for note in out["report"]["notes"])

@@ -1,4 +1,4 @@
-"""Compilation behaviour of the sampler (SPEC §9.5): prompts of different lengths inside one
+"""Compilation behaviour of the sampler (docs/algorithms.md#sampling): prompts of different lengths inside one
 bucket share a program, and variable-length generation compiles one block program for every
 length it reaches. Counts come from the jitted functions' own caches."""
 

@@ -1,4 +1,5 @@
-"""HF safetensors <-> native conversion (`illada_jax.ckpt.hf`, SPEC §2.3, §9.8).
+"""HF safetensors <-> native conversion (`illada_jax.ckpt.hf`,
+docs/models.md#hf-checkpoint-layouts).
 
 Tiny random checkpoints in both HF layouts are written here with the official tensor names and
 PyTorch `[out, in]` Linear shapes (`safetensors.numpy.save_file`, single file and sharded with an
@@ -12,7 +13,6 @@ and the `illada convert` functions.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 
@@ -25,11 +25,12 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import illada_jax
+from illada_jax import cli
 from illada_jax.api import Model
 from illada_jax.ckpt import convert, hf
+from illada_jax.config.presets import MODEL_PRESETS
 from illada_jax.config.schema import ModelConfig
-from illada_jax.model.presets import MODEL_PRESETS
-from illada_jax.train.state import model_graphdef_and_specs
+from illada_jax.model.transformer import graphdef_and_specs
 
 D, H, KV, HD, F, V, L = 32, 4, 2, 8, 48, 64, 2
 IDS = dict(mask_token_id=4, pad_token_id=0, bos_token_id=2, eos_token_id=3)
@@ -190,7 +191,7 @@ def reference_logits(tensors, layout, ids, *, kv, theta, eps, tied) -> np.ndarra
 
 
 def model_logits(cfg: ModelConfig, params: dict, ids) -> np.ndarray:
-    graphdef = model_graphdef_and_specs(cfg)[0]
+    graphdef = graphdef_and_specs(cfg)[0]
     return Model(cfg, graphdef, jax.tree.map(jnp.asarray, params)).logits(ids)
 
 
@@ -255,7 +256,7 @@ def test_native_hf_native_bit_exact(tmp_path, layout, tied, dtype):
                       head_dim=HD, mlp_dim=F, max_seq_len=64, tie_embeddings=tied,
                       param_dtype="bfloat16" if dtype is ml_dtypes.bfloat16 else "float32",
                       eot_token_id=None, **IDS)  # fmt: skip
-    abstract = model_graphdef_and_specs(cfg)[2]
+    abstract = graphdef_and_specs(cfg)[2]
     rng = np.random.default_rng(1)
     params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(dtype), abstract)
     out = hf.native_to_hf(cfg, params, tmp_path / "hf", layout=layout, shard_bytes=20_000)
@@ -421,12 +422,10 @@ def test_save_native_then_api_load(tmp_path):
 
 
 def _convert(**kwargs) -> int:
-    parser = argparse.ArgumentParser()
-    convert.add_convert_arguments(parser)
-    argv = []
+    argv = ["convert"]
     for key, value in kwargs.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    return convert.run_convert(parser.parse_args(argv))
+    return cli.main(argv)
 
 
 def test_cli_round_trip(tmp_path):

@@ -1,4 +1,5 @@
-"""Masked-diffusion losses (SPEC §1.2, §4.1–4.3, §9.1, §10) against float64 numpy references."""
+"""Masked-diffusion losses (docs/algorithms.md: the pre-training loss
+and SFT) against float64 numpy references."""
 
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def test_token_cross_entropy_gradients():
 
 
 # ---------------------------------------------------------------------------------------------
-# pretrain_loss (SPEC §1.2, §4.3, §9.1)
+# pretrain_loss (docs/algorithms.md#the-pre-training-loss)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -194,7 +195,7 @@ def test_pretrain_loss_gradient_is_importance_weight():
 
 
 # ---------------------------------------------------------------------------------------------
-# sft_llada_loss (SPEC §4.1)
+# sft_llada_loss (docs/algorithms.md#sft-llada-style)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -241,7 +242,7 @@ def test_sft_llada_loss_per_sample_normaliser():
 
 
 # ---------------------------------------------------------------------------------------------
-# diffusion_loss end to end on a tiny Transformer (SPEC §10)
+# diffusion_loss end to end on a tiny Transformer (docs/algorithms.md#the-pre-training-loss)
 # ---------------------------------------------------------------------------------------------
 
 MODEL_CFG = ModelConfig(

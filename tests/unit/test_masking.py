@@ -1,4 +1,5 @@
-"""The forward (masking) process and its randomness (SPEC §1.1–1.2, §3.1–3.2, §7.2, §9.2).
+"""The forward (masking) process and its randomness (docs/algorithms.md: the forward
+process, time sampling, random length).
 
 Statistical checks use fixed keys and tolerances of several standard errors, so they are
 deterministic and can only fail when the distribution is wrong.
@@ -117,7 +118,9 @@ VOCAB = 50
 def _tokens(batch, length, seed=0):
     rng = np.random.default_rng(seed)
     toks = rng.integers(0, VOCAB - 1, size=(batch, length))
-    toks = np.where(toks >= MASK_ID, toks + 1, toks)  # never the mask id (SPEC §4.3)
+    toks = np.where(
+        toks >= MASK_ID, toks + 1, toks
+    )  # never the mask id (docs/algorithms.md#sft-llada-style)
     assert not np.any(toks == MASK_ID)
     return toks.astype(np.int32)
 
@@ -325,7 +328,7 @@ def test_importance_weight_is_unbiased(method):
 
 
 # ---------------------------------------------------------------------------------------------
-# l-form masking for the held-out ELBO bound (SPEC §1.2, eq. 14)
+# l-form masking for the held-out ELBO bound (docs/algorithms.md#the-pre-training-loss, eq. 14)
 # ---------------------------------------------------------------------------------------------
 
 

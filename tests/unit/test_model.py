@@ -1,4 +1,4 @@
-"""Tests of the bidirectional transformer (SPEC §2.1-2.2).
+"""Tests of the bidirectional transformer (docs/models.md).
 
 The core check is an independent float64 NumPy forward pass written here from the spec (RMSNorm,
 rotate-half RoPE, grouped-query bidirectional attention, SwiGLU, tied/untied head); it never calls
@@ -315,7 +315,7 @@ def test_splash_interpret_matches_xla_short_sequence():
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. Parameter counts (SPEC §2.1)
+# 9. Parameter counts (docs/models.md#shapes)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,19 +1,19 @@
-"""Sampling from a masked-diffusion LM (SPEC §5.1, §5.3, §5.4, §5.5, §9.5, §9.6).
+"""Sampling from a masked-diffusion LM (docs/algorithms.md#sampling and the sections after it).
 
 How it is tested:
 
 - Fixed-canvas generation at temperature 0 is compared token for token with an independent NumPy
-  re-implementation of SPEC §5.1 written here (`ref_generate`): canvas, blocks, the transfer
+  re-implementation of docs/algorithms.md#sampling written here (`ref_generate`): canvas, blocks, the transfer
   schedule, argmax candidates (mask logit set to -inf first: the documented deviation in
   `generate.py`), float64 softmax confidences, -inf outside the current block and at committed
   positions, top-k with ties to the lower index. The per-step logits come from the JAX network
   itself (a jitted forward used as an oracle; the network is checked against the float64 NumPy
   forward in `test_model.py`), so what is re-implemented is the sampling algorithm. Cases: pure
   diffusion and semi-AR blocks, 1, 2 and uneven tokens per step, idle steps, CFG, the EOS flags,
-  all on a LEFT-padded batch. The `</think>` boost (§5.4) and the variable-length loop (§5.3: "append
+  all on a LEFT-padded batch. The `</think>` boost and the variable-length loop ("append
   one block, run generate on it") have their own reference loops.
 - Schedule helpers against tables and brute-force NumPy selections.
-- Caches (§5.5): the cached forward paths are exact where they must be (unchanged canvas; a
+- Caches (docs/algorithms.md#caches-and-parallel-decoding): the cached forward paths are exact where they must be (unchanged canvas; a
   one-layer model, whose K/V depend only on token and position, with the canvas changed only where
   K/V are recomputed) and approximate by a bounded amount otherwise. Generation with a cache on a
   one-layer model equals no-cache generation exactly; on the two-layer model the token agreement
@@ -109,7 +109,7 @@ def _softmax(logits):
 
 
 # ---------------------------------------------------------------------------------------------
-# Independent NumPy reference of SPEC §5.1 (+ §5.4 boost)
+# Independent NumPy reference of docs/algorithms.md#sampling (+ the think boost)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -119,7 +119,7 @@ def ref_schedule(k: int, n: int) -> list[int]:
 
 
 def ref_think_boost(logits, x, lo, hi, prompt_len, gen_length, think, stats):
-    """SPEC §5.4 on [B, L, V] logits in place: boost the next `</think>` token at the first masked
+    """docs/algorithms.md#the-think-boost on [B, L, V] logits in place: boost the next `</think>` token at the first masked
     slot of the block [lo, hi) while E is absent from the generated part."""
     e_ids, strength, power = think
     m = len(e_ids)
@@ -143,14 +143,14 @@ def ref_think_boost(logits, x, lo, hi, prompt_len, gen_length, think, stats):
 def ref_generate(oracle, prompt, prompt_mask, gen_length, block_length, steps, *, ids=IDS,
                  cfg_scale=0.0, logits_eos_inf=False, confidence_eos_eot_inf=False,
                  think=None, record=None):  # fmt: skip
-    """SPEC §5.1 at temperature 0 with low-confidence remasking. Returns (canvas, stats).
+    """docs/algorithms.md#sampling at temperature 0 with low-confidence remasking. Returns (canvas, stats).
 
     `record` (a dict): filled with "step" (the global step each position was committed at, -1
     for the prompt) and "conf" (the confidence it was committed with, NaN for the prompt)."""
     batch, prompt_len = prompt.shape
     x = np.concatenate([prompt, np.full((batch, gen_length), ids.mask)], axis=1).astype(np.int64)
     key_mask = np.concatenate([prompt_mask, np.ones((batch, gen_length), bool)], axis=1)
-    prompt_index = x != ids.mask  # computed once (SPEC §5.1 step 1)
+    prompt_index = x != ids.mask  # computed once (docs/algorithms.md#sampling step 1)
     num_blocks = gen_length // block_length
     per_block = steps // num_blocks
     counts = ref_schedule(block_length, per_block)
@@ -601,7 +601,7 @@ def test_cache_exact_on_one_layer_model(fields):
 @pytest.mark.parametrize("threshold", [None, 0.9])
 @pytest.mark.parametrize("cache", ["dual", "prefix"])
 def test_cache_generation_agreement(cache, threshold):
-    """Two layers: caches are approximate (SPEC §5.5). Measure the token agreement with the
+    """Two layers: caches are approximate (docs/algorithms.md#caches-and-parallel-decoding). Measure the token agreement with the
     no-cache run; it is at least the first step's commits, which both runs share exactly."""
     plan = dict(block_length=BLOCK, steps=16, threshold=threshold)
     baseline = _generated("blocks8_1tok") if threshold is None else _generate(2, **plan)
@@ -614,7 +614,7 @@ def test_cache_generation_agreement(cache, threshold):
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Variable-length generation (SPEC §5.3)
+# 6. Variable-length generation (docs/algorithms.md#variable-length-decoding)
 # ---------------------------------------------------------------------------------------------
 
 VAR_K, VAR_STEPS = 4, 4  # blocks of 4, one token per step (steps are per block here)
@@ -638,7 +638,7 @@ def _variable_full():
 
 
 def ref_variable(oracle, prompt, prompt_mask, num_blocks):
-    """SPEC §5.3 literally: append one block of K masks (nothing after it) and run §5.1's generate
+    """docs/algorithms.md#variable-length-decoding literally: append one block of K masks (nothing after it) and run the fixed-canvas generate
     on it with gen_length = block_length = K and `steps` steps; the canvas grows block by block."""
     x, mask = prompt, prompt_mask
     for _ in range(num_blocks):
@@ -742,7 +742,7 @@ def test_variable_budget_too_small_raises(requested, prompt_len, max_seq_len, bl
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. The `</think>` boost (SPEC §5.4)
+# 7. The `</think>` boost (docs/algorithms.md#the-think-boost)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -769,7 +769,7 @@ def test_think_boost_forces_the_end_of_thinking_sequence_once():
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. Gumbel noise and temperature sampling (SPEC §9.6)
+# 8. Gumbel noise and temperature sampling (docs/algorithms.md#gumbel-noise)
 # ---------------------------------------------------------------------------------------------
 
 EULER_GAMMA = 0.5772156649015329

@@ -3,7 +3,7 @@
 Forward and backward of the pre-training objective with `attention_impl="splash"`, GQA, bf16
 compute and iLLaDA's two-segment split (segment ids), on an abstract 2x2 v5p slice with a
 (data, tensor) mesh so the kernel runs inside `shard_map`. Runs in a subprocess with libtpu's host
-probing silenced (PLATFORM.md).
+probing silenced (`parallel.topology.quiet_libtpu_on_cpu_host`).
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ import sentencepiece as spm
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from illada_jax import cli
 from illada_jax.config.schema import ModelConfig
 from illada_jax.data import tokenizer as tokenizer_lib
-from illada_jax.data import tokenizer_train
 from illada_jax.data.corpus import embedded_documents
 from illada_jax.data.tokenizer import Tokenizer
 from illada_jax.data.tokenizer_train import train_tokenizer
@@ -330,8 +330,8 @@ def test_cli_trains_bpe(tmp_path, capsys, training_text):
     (tmp_path / "in.txt").write_text(training_text)
     out = tmp_path / "cli.json"
     argv = ["--input", str(tmp_path / "in.txt"), "--vocab-size", "300", "--type", "bpe"]
-    assert tokenizer_train.main([*argv, "--output", str(out)]) == 0
+    assert cli.main(["tokenizer", "train", *argv, "--output", str(out)]) == 0
     assert Tokenizer.load(out).vocab_size == 300
     assert "identity=hf:" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        tokenizer_train.main(["--output", str(out)])
+    assert cli.main(["tokenizer", "train", "--output", str(out)]) == 2  # no input
+    assert "give --input FILE" in capsys.readouterr().err

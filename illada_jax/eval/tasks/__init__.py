@@ -20,6 +20,8 @@ import pathlib
 
 import yaml
 
+from illada_jax.errors import MissingInputError
+
 TASK_NAMES = ("kjv_next_word", "kjv_verse_end")
 TAG = "illada_offline"
 
@@ -59,7 +61,7 @@ def materialize(out_dir: str | pathlib.Path) -> pathlib.Path:
     out.mkdir(parents=True, exist_ok=True)
     yamls = sorted(source.glob("*.yaml"))
     if not yamls:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no task YAML files in {source}: the package data is missing; reinstall illada-jax"
         )
     for path in yamls:

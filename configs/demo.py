@@ -1,0 +1,55 @@
+"""The CPU demo: what `illada train` runs with no arguments, and fine-tuning it in both SFT styles.
+
+`tiny` is built into the package (`illada_jax/config/experiments.py`) so that a plain `pip
+install` has it; it is listed here with the recipes it starts.
+"""
+
+import fiddle as fdl
+
+from illada_jax.config import experiments
+
+
+def tiny() -> fdl.Config:
+    """The quickstart: pre-train a small model on the embedded corpus (Shakespeare and the King
+    James Bible) on a laptop CPU.
+
+    Command:   illada train                      (the same as --config=config:tiny)
+    Hardware:  2 CPU cores (the host is split into one JAX device per core).
+    Expected:  {demo}
+    """
+    return experiments.tiny()
+
+
+def tiny_sft() -> fdl.Config:
+    """iLLaDA-style SFT of the quickstart model on the demo dialogues (chatterbot-corpus):
+    windows of one continuous instruction stream, everything maskable.
+
+    Command:   illada prepare --format sft --input demo --output data/sft
+               illada train --config=config:tiny_sft --workdir=runs/tiny-sft
+               illada chat --checkpoint runs/tiny-sft
+    Hardware:  2 CPU cores; needs the quickstart run in runs/tiny (its parameters start this).
+    """
+    cfg = experiments.tiny()
+    cfg.diffusion.objective = "sft_illada"
+    cfg.diffusion.random_length_mode = "none"
+    cfg.data.datasets = ("data/sft",)
+    cfg.checkpoint.init_from = "runs/tiny"
+    cfg.train.steps = 300
+    cfg.train.eval_every = 0
+    cfg.optim.schedule = "constant"
+    cfg.optim.final_learning_rate = 0.0
+    cfg.optim.learning_rate = 1e-3
+    return cfg
+
+
+def tiny_sft_llada() -> fdl.Config:
+    """LLaDA-style SFT of the quickstart model on the demo dialogues: one (prompt, answer) pair
+    per row, only the answer masked, EOS padding.
+
+    Command:   illada train --config=config:tiny_sft_llada --workdir=runs/tiny-sft-llada
+    Hardware:  2 CPU cores; needs the quickstart run in runs/tiny.
+    """
+    cfg = tiny_sft()
+    cfg.diffusion.objective = "sft_llada"
+    cfg.data.datasets = ("demo",)
+    return cfg

@@ -1,0 +1,104 @@
+"""iLLaDA-8B: pre-training (arXiv:2606.25331) and iLLaDA-style SFT.
+
+Sized for TPU v5p pods with their TPU settings (Pallas splash attention, bf16 compute with fp32
+parameters and optimizer state, FSDP over the slice, full remat), so `illada compile
+--config=config:NAME --topology=T` reports the program `illada train --config=config:NAME` runs
+on T. Throughput figures are estimates from `illada compile` at 40% MFU, not measurements.
+
+Tokenizer: iLLaDA's 155,136-id vocabulary (mask id 5, BOS 0, PAD 1, EOS 2): `tokenizer.json`
+from a local copy of GSAI-ML/iLLaDA-8B-Base, at `tokenizers/illada-8b/tokenizer.json` (or
+`set:data.tokenizer=PATH`).
+"""
+
+import fiddle as fdl
+
+from illada_jax.config.experiments import experiment_for_preset, pod_settings
+
+SEQ_LEN = 8192
+GLOBAL_BATCH = 640  # 5.24M tokens per step (the paper does not give its batch)
+TOKENS_PER_STEP = GLOBAL_BATCH * SEQ_LEN
+TOKENIZER = "tokenizers/illada-8b/tokenizer.json"
+
+
+def _steps(tokens: float) -> int:
+    return round(tokens / TOKENS_PER_STEP)
+
+
+def illada_8b() -> fdl.Config:
+    """iLLaDA-8B pre-training: 12T tokens of 8192-token windows, constant then cosine LR.
+
+    Command:   illada train --config=config:illada_8b --workdir=gs://BUCKET/runs/illada-8b
+    Check:     illada compile --config=config:illada_8b --topology=v5p-256
+    Hardware:  TPU v5p-256 (128 chips): 5 sequences of 8192 tokens per chip.
+    Expected:  {compile}
+    Data:      `data/illada-pretrain` prepared with iLLaDA's tokenizer:
+               illada prepare --format jsonl --input CORPUS/ --tokenizer tokenizers/illada-8b/tokenizer.json --output data/illada-pretrain
+
+    Recipe: grouped-query attention (8 KV heads) and tied embeddings (the model preset);
+    learning rate 0 -> 2e-4 over 2000 steps (the warmup length is not published), held, then a
+    cosine decay to 5e-6 (docs/algorithms.md#learning-rate-schedules). iLLaDA started the decay
+    when the training loss plateaued; here it starts after 11T tokens: resume with
+    `--config=set:optim.decay_start_step=N` to start it elsewhere (the schedule is a function of
+    the step, so a resumed run follows the new one). 30% of the windows are split in two
+    independent segments (docs/algorithms.md#random-length). Result of the paper's run:
+    iLLaDA-8B-Base, average 63.9 over MMLU, BBH, ARC-C, HellaSwag, GSM8K, MATH, HumanEval, MBPP.
+    """
+    cfg = pod_settings(experiment_for_preset("illada_8b"), remat="full")
+    cfg.diffusion.random_length_mode = "illada_split"
+    cfg.diffusion.two_segment_prob = 0.3
+    cfg.data.datasets = ("data/illada-pretrain",)
+    cfg.data.tokenizer = TOKENIZER
+    cfg.optim.learning_rate = 2e-4
+    cfg.optim.warmup_steps = 2000
+    cfg.optim.schedule = "illada"
+    cfg.optim.decay_start_step = _steps(11e12)
+    cfg.optim.final_learning_rate = 5e-6
+    cfg.optim.weight_decay = 0.1
+    cfg.optim.decay_exclude = "norms_and_embeddings"
+    cfg.train.steps = _steps(12e12)
+    cfg.train.batch_size = GLOBAL_BATCH
+    cfg.train.seq_len = SEQ_LEN
+    cfg.train.eval_every = 2000
+    cfg.train.eval_dataset = "data/illada-pretrain-heldout"
+    cfg.checkpoint.every = 1000
+    cfg.checkpoint.keep_every = 20000
+    return cfg
+
+
+def illada_8b_sft() -> fdl.Config:
+    """iLLaDA-8B-Instruct-style SFT from the converted base model: the pre-training objective on
+    8192-token windows of one continuous instruction stream.
+
+    Command:   illada convert --from hf --to native --src iLLaDA-8B-Base --dst runs/illada-8b-base
+               illada prepare --format sft --input dialogues.jsonl --tokenizer tokenizers/illada-8b/tokenizer.json --output data/illada-sft
+               illada train --config=config:illada_8b_sft --workdir=gs://BUCKET/runs/illada-8b-sft
+    Check:     illada compile --config=config:illada_8b_sft --topology=v5p-256
+    Hardware:  TPU v5p-256 (128 chips): 2 windows of 8192 tokens per chip.
+    Expected:  {compile}
+
+    Recipe: every formatted dialogue (prompt, answer, one EOS) is concatenated into one stream;
+    prompt, answer and EOS tokens are all maskable (docs/algorithms.md#sft-illada-style); 25B
+    tokens for 12 epochs (300B tokens) at 256 windows per step; learning rate 0 -> 5e-6, held,
+    then linear to 5e-7 over the last 10% of steps. The paper does not say whether the two-segment
+    split is used in SFT; it is off here.
+    """
+    cfg = pod_settings(experiment_for_preset("illada_8b"), remat="full")
+    cfg.diffusion.objective = "sft_illada"
+    cfg.diffusion.random_length_mode = "none"
+    cfg.data.datasets = ("data/illada-sft",)
+    cfg.data.tokenizer = TOKENIZER
+    cfg.checkpoint.init_from = "runs/illada-8b-base"
+    batch = 256
+    steps = round(300e9 / (batch * SEQ_LEN))
+    cfg.optim.learning_rate = 5e-6
+    cfg.optim.warmup_steps = 50
+    cfg.optim.schedule = "wsd"
+    cfg.optim.decay_steps = steps // 10
+    cfg.optim.final_learning_rate = 5e-7
+    cfg.optim.weight_decay = 0.1
+    cfg.train.steps = steps
+    cfg.train.batch_size = batch
+    cfg.train.seq_len = SEQ_LEN
+    cfg.train.sample_length = 0
+    cfg.checkpoint.every = 1000
+    return cfg

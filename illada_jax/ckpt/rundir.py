@@ -1,0 +1,96 @@
+"""The run directory: where a run keeps what it writes, and how to find it again.
+
+    WORKDIR/
+      config.json              the resolved `Experiment` (`illada train --config=file:` reproduces it)
+      metrics.jsonl            one JSON object per logged step (training, held-out evaluations)
+      events.*                 TensorBoard
+      samples/step_*.txt       text generated at evaluation steps
+      profile/                 `jax.profiler` traces (`train.profile_steps`)
+      checkpoints/<step>/      orbax items: `state` (the train state), `data` (the pipeline
+                               position), `meta` (the resolved config and the runner's controls)
+
+The runner, the converter (`ckpt/convert.py`, which writes checkpoint directories of converted
+weights) and `illada_jax.load` all go through this module, so the layout is defined once.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+
+from illada_jax.config import flags
+from illada_jax.config.schema import Experiment
+from illada_jax.errors import IlladaError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SAMPLES = "samples"
+PROFILE = "profile"
+CHECKPOINTS = "checkpoints"
+ITEMS = ("state", "data", "meta")  # the orbax items of one checkpoint step
+
+
+class LoadError(IlladaError, ValueError):
+    """A path that does not hold what was expected (the message says what was)."""
+
+
+def write_config(workdir: str | pathlib.Path, experiment: Experiment) -> pathlib.Path:
+    """Write `WORKDIR/config.json` (creating WORKDIR); returns its path."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / CONFIG
+    path.write_text(flags.to_json(experiment) + "\n")
+    return path
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+    """The rows of `WORKDIR/metrics.jsonl` (training logs and held-out evaluations)."""
+    path = pathlib.Path(workdir) / METRICS
+    if not path.is_file():
+        raise LoadError(f"{path} does not exist: is {workdir} a run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def checkpoint_meta(
+    experiment: Experiment, *, lr_scale: float = 1.0, recent_losses: Sequence[float] = ()
+) -> dict:
+    """The `meta` item of a checkpoint: the resolved config and the runner's controls."""
+    return {
+        "lr_scale": float(lr_scale),
+        "recent_losses": [float(x) for x in recent_losses],
+        "config": flags.to_dict(experiment),
+    }
+
+
+def find_step_dir(path: str | pathlib.Path) -> pathlib.Path:
+    """The newest checkpoint step under `path`: a run directory, its `checkpoints/` directory, or
+    one `checkpoints/<step>` directory (returned as is)."""
+    path = pathlib.Path(path)
+    if (path / "state").is_dir():
+        return path
+    root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    steps = []
+    if root.is_dir():
+        steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True)
+    for step in steps:
+        if (root / str(step) / "state").is_dir():
+            return root / str(step)
+    raise LoadError(
+        f"{path}: no checkpoint found; give a run directory (with {CHECKPOINTS}/), its "
+        f"{CHECKPOINTS}/ directory or one {CHECKPOINTS}/<step> directory"
+    )
+
+
+def read_experiment(step_dir: str | pathlib.Path) -> Experiment:
+    """The `Experiment` a checkpoint step was written with: its `meta` item, else the run's
+    `config.json` two levels up."""
+    step_dir = pathlib.Path(step_dir)
+    candidates = [step_dir / "meta" / "metadata", step_dir.parent.parent / CONFIG]
+    for candidate in candidates:
+        if not candidate.is_file():
+            continue
+        data = json.loads(candidate.read_text())
+        data = data.get("config", data) if candidate.name == "metadata" else data
+        return flags.build(flags.config_from_dict(Experiment, data))
+    raise LoadError(f"{step_dir}: no stored config (looked for {[str(c) for c in candidates]})")

@@ -1,0 +1,69 @@
+"""Sampling arguments shared by `illada generate` and `illada chat`
+(docs/algorithms.md#sampling)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, gen_length: int,
+                           block_length: int | None) -> None:  # fmt: skip
+    parser.add_argument("--checkpoint", required=True,
+                        help="run directory, checkpoint step or HF directory")  # fmt: skip
+    parser.add_argument("--gen-length", type=int, default=gen_length, help="tokens to generate")
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="denoising steps (total; per block with --variable-length); default: one per token",
+    )  # fmt: skip
+    parser.add_argument(
+        "--block-length", type=int, default=block_length,
+        help="semi-autoregressive block (default: gen length = pure diffusion)",
+    )  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--remasking", choices=["low_confidence", "random"],
+                        default="low_confidence")  # fmt: skip
+    parser.add_argument("--cfg-scale", type=float, default=0.0, help="unsupervised CFG weight")
+    parser.add_argument("--variable-length", action="store_true",
+                        help="iLLaDA variable-length decoding: open blocks until a stop")  # fmt: skip
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="stop string (repeatable; with --variable-length)")  # fmt: skip
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="Fast-dLLM parallel decoding confidence threshold (e.g. 0.9)")  # fmt: skip
+    parser.add_argument("--cache", choices=["none", "prefix", "dual"], default="none",
+                        help="Fast-dLLM K/V cache (needs --block-length < --gen-length to help)")  # fmt: skip
+    parser.add_argument("--logits-eos-inf", action="store_true", help="never sample EOS")
+    parser.add_argument("--confidence-eos-eot-inf", action="store_true",
+                        help="commit EOS / end-of-turn tokens last")  # fmt: skip
+    parser.add_argument("--think-boost", type=float, default=0.0,
+                        help="</think> logit boost B (docs/algorithms.md#the-think-boost; 100 in "
+                        "iLLaDA's scripts)")  # fmt: skip
+    parser.add_argument("--think-power", type=float, default=3.0)
+    parser.add_argument("--think-text", default="</think>")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def sampling_kwargs(args: argparse.Namespace, model) -> dict:
+    """Keyword arguments for `Model.generate_text` / `Model.chat` from the parsed flags."""
+    kwargs = dict(
+        steps=args.steps, block_length=args.block_length, temperature=args.temperature,
+        remasking=args.remasking, cfg_scale=args.cfg_scale,
+        variable_length=args.variable_length, threshold=args.threshold, cache=args.cache,
+        logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
+        seed=args.seed,
+    )  # fmt: skip
+    if args.think_boost:
+        kwargs.update(
+            think_ids=tuple(model.need_tokenizer().encode(args.think_text)),
+            think_boost=args.think_boost,
+            think_power=args.think_power,
+        )
+    return kwargs
+
+
+def load_model(path: str):
+    """Start JAX (one process, CPU cores as devices) and load a model."""
+    from illada_jax.inference import load
+    from illada_jax.parallel.distributed import start_jax
+
+    start_jax(0)
+    return load(path)

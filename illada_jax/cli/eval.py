@@ -1,0 +1,69 @@
+"""`illada eval`: the held-out ELBO bound of a checkpoint, or lm-evaluation-harness tasks."""
+
+from __future__ import annotations
+
+import argparse
+
+from illada_jax.cli._common import positive_int
+from illada_jax.cli._sampling import load_model
+from illada_jax.errors import IlladaError
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="held-out ELBO bound of a checkpoint, or lm-eval tasks",
+        description="Without --tasks: the held-out negative ELBO (nats/token, fixed seeds) on "
+        "prepared shards. With --tasks: lm-evaluation-harness tasks (the [eval] extra). "
+        "Example: illada eval --checkpoint runs/tiny --tasks kjv_next_word --limit 20",
+    )
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint step")
+    parser.add_argument("--dataset", default=None,
+                        help="prepared shards (default: the run's train.eval_dataset)")  # fmt: skip
+    parser.add_argument("--batches", type=positive_int, default=None,
+                        help="default: train.eval_batches")  # fmt: skip
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="default: train.batch_size")  # fmt: skip
+    parser.add_argument("--seq-len", type=positive_int, default=None,
+                        help="default: train.seq_len")  # fmt: skip
+    parser.add_argument("--tasks", default=None, help="comma-separated lm-eval task names")
+    parser.add_argument("--limit", type=positive_int, default=None, help="examples per task")
+    parser.add_argument("--include-path", default=None, help="extra lm-eval task directory")
+    parser.add_argument("--method", choices=["elbo", "confidence"], default="elbo",
+                        help="loglikelihood: the Monte-Carlo ELBO or iLLaDA's confidence score "
+                        "(docs/algorithms.md#likelihood-and-scoring)")  # fmt: skip
+    parser.add_argument("--mc-num", type=positive_int, default=32,
+                        help="MC samples for the ELBO")  # fmt: skip
+    parser.add_argument("--gen-length", type=positive_int, default=64,
+                        help="for generate_until tasks")  # fmt: skip
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args.checkpoint)
+    if args.tasks:
+        return _run_tasks(args, model)
+    from illada_jax.eval.heldout import heldout_bound
+
+    record = heldout_bound(model, dataset=args.dataset, batches=args.batches,
+                           batch_size=args.batch_size, seq_len=args.seq_len)  # fmt: skip
+    print(f"checkpoint step {model.step}: held-out negative ELBO (nats/token)")
+    for key, value in record.items():
+        print(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}")
+    return 0
+
+
+def _run_tasks(args: argparse.Namespace, model) -> int:
+    try:
+        from illada_jax.eval.harness import run_tasks
+    except ImportError as err:  # the [eval] extra is missing: the message says how to install it
+        raise IlladaError(str(err)) from None
+
+    model_args = dict(loglikelihood_method=args.method, mc_num=args.mc_num,
+                      gen_length=args.gen_length)  # fmt: skip
+    results = run_tasks(model, args.tasks.split(","), limit=args.limit,
+                        include_path=args.include_path, **model_args)  # fmt: skip
+    for task, metrics in results["results"].items():
+        shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        print(f"{task}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
+    return 0

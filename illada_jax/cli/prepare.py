@@ -1,0 +1,89 @@
+"""`illada prepare`: documents -> ArrayRecord token shards and a manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+from illada_jax.cli._common import positive_int
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser(
+        "prepare",
+        help="raw text / jsonl / parquet / tfds / seqio / embedded -> token shards",
+        description="Tokenise documents into ArrayRecord shards and a manifest. Example: illada "
+        "prepare --format embedded --input train --output data/embedded",
+    )
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="files or directories (text, jsonl, parquet), DIR[:SPLIT] (tfds), "
+        "TASK[:SPLIT] (seqio), or a split name (embedded)",
+    )
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=["text", "jsonl", "parquet", "tfds", "seqio", "embedded", "sft"],
+        help="sft: chat dialogues (JSONL with messages or prompt/response, or `demo`) as "
+        "iLLaDA-style SFT streams",
+    )
+    parser.add_argument("--field", default="text", help="jsonl field / parquet column / feature")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="SentencePiece .model or HF tokenizer.json (default: the shipped one)",
+    )
+    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument(
+        "--text-unit",
+        default="file",
+        choices=["file", "block"],
+        help="text format: a document per file or per blank-line block",
+    )
+    parser.add_argument(
+        "--max-doc-tokens",
+        type=positive_int,
+        default=1 << 20,
+        help="longer documents are split into records of this many tokens",
+    )
+    parser.add_argument(
+        "--shard-chars",
+        type=positive_int,
+        default=None,
+        help="characters of text per shard (default 16M; 1M for embedded)",
+    )
+    parser.add_argument("--workers", type=positive_int, default=2, help="tokeniser processes")
+    parser.add_argument("--seqio-module", default=None, help="module that registers the task")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from illada_jax.data.prepare import PrepareError, prepare, prepare_sft
+
+    if args.format == "sft":
+        if len(args.input) != 1:
+            raise PrepareError("--format sft takes one --input: a JSONL file of dialogues or demo")
+        manifest = prepare_sft(args.input[0], args.output, tokenizer_path=args.tokenizer)
+    else:
+        manifest = prepare(
+            args.input,
+            args.format,
+            args.output,
+            tokenizer_path=args.tokenizer,
+            field=args.field,
+            text_unit=args.text_unit,
+            seqio_module=args.seqio_module,
+            shard_chars=args.shard_chars,
+            max_doc_tokens=args.max_doc_tokens,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    bad = {k: v for k, v in manifest["bad_records"].items() if v}
+    print(
+        f"prepared {manifest['documents']} documents, {manifest['tokens']} tokens in "
+        f"{len(manifest['shards'])} shards -> {args.output}"
+    )
+    print(f"bad records: {bad or 'none'}")
+    return 0

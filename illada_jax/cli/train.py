@@ -1,0 +1,49 @@
+"""`illada train`: pre-train or fine-tune from a config (docs/architecture.md#a-training-step)."""
+
+from __future__ import annotations
+
+import argparse
+
+from illada_jax.cli._common import add_config
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="pre-train or fine-tune from a config",
+        description="Train from a config. Example: illada train --config=config:tiny "
+        "--config=set:train.steps=200 --workdir=runs/x",
+    )
+    add_config(parser)
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="run directory for config.json, metrics.jsonl and checkpoints "
+        "(default runs/<model name>)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from illada_jax.config import flags
+    from illada_jax.parallel.distributed import start_jax
+
+    experiment = flags.experiment_from_flags(args.config)
+    start_jax(experiment.mesh.cpu_devices)
+    from illada_jax.train.loop import train
+
+    workdir = args.workdir or f"runs/{experiment.model.name}"
+    print(
+        f"training {experiment.model.name} for {experiment.train.steps} steps; "
+        f"run directory {workdir}"
+    )
+    history = train(experiment, workdir)
+    losses = [r["loss"] for r in history if "loss" in r and "event" not in r]
+    if history and history[-1].get("preempted"):
+        print(
+            f"preempted at step {history[-1]['step']}: checkpoint saved, resume with the same "
+            "command"
+        )
+    elif losses:
+        print(f"done: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    return 0

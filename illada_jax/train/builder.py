@@ -1,0 +1,213 @@
+"""One function builds a run: `build_run(experiment, devices=None) -> Run`.
+
+A `Run` is everything about a training job that depends only on its `Experiment` and its devices,
+not on data or progress: the mesh, the resolved rule table, the optimizer and its schedule, the
+network's graph definition, the state's shardings and abstract shapes, the batch's keys and
+shardings, and the jitted train and eval steps. Nothing is allocated.
+
+Both the runner (`train/loop.py`, on the real devices) and the AOT tool (`tools/aot.py`, on a TPU
+topology's abstract devices) build their run here, and both feed the train step inputs made by
+the same methods (`controls`, `step_key`, `global_batch`, or their abstract twins, which are
+`jax.eval_shape` of the very same functions). So `illada compile` lowers exactly the program
+`illada train` runs on that topology (`tests/multidevice/test_run_builder.py` compares the HLO).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from illada_jax.config.schema import Experiment
+from illada_jax.data.pipeline import LladaSftPipeline, Pipeline, PipelineSpec
+from illada_jax.model.transformer import graphdef_and_specs
+from illada_jax.parallel import mesh as mesh_lib
+from illada_jax.parallel.rules import batch_spec
+from illada_jax.parallel.rules import resolve as resolve_rules
+from illada_jax.train import state as state_lib
+from illada_jax.train.optim import learning_rate_schedule, make_optimizer
+from illada_jax.train.step import batch_shardings, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A training job made concrete for a set of devices (see the module docstring)."""
+
+    experiment: Experiment
+    mesh: jax.sharding.Mesh
+    rules: str  # the resolved rule table (`auto` becomes `dp` or `fsdp`)
+    optimizer: optax.GradientTransformation
+    schedule: Callable[[int], Any]  # optimizer update count -> learning rate
+    graphdef: Any
+    state_shardings: Any  # pytree of NamedSharding, the train state's structure
+    abstract_state: Any  # pytree of ShapeDtypeStruct carrying those shardings
+    batch_keys: tuple[str, ...]
+    batch_shardings: dict[str, NamedSharding]
+    train_step: Callable  # (state, batch, key, controls) -> (state, metrics)
+    eval_step: Callable  # (params, batch, key) -> (bound_sum, n_tokens)
+
+    # ------------------------------------------------------------------ step inputs
+
+    def controls(self, *, lr_scale: float, loss_ceiling: float, data_step: int) -> dict:
+        """The train step's scalar controls (see `train/step.py`)."""
+        return {
+            "lr_scale": jnp.float32(lr_scale),
+            "loss_ceiling": jnp.float32(loss_ceiling),
+            "data_step": jnp.int32(data_step),
+        }
+
+    def step_key(self, step: int) -> jax.Array:
+        """The random key of optimizer step `step` (0-based): a function of (seed, step) only,
+        so a resumed run draws the same times and masks."""
+        return jax.random.fold_in(jax.random.key(self.experiment.train.seed), step)
+
+    def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's rows -> global `jax.Array`s with the batch shardings."""
+        rows = self.experiment.train.batch_size
+        return {
+            key: jax.make_array_from_process_local_data(
+                self.batch_shardings[key], value, (rows, *value.shape[1:])
+            )
+            for key, value in local.items()
+        }
+
+    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global batch as ShapeDtypeStructs: int32 `[batch, seq_len]` arrays (and `[batch]`
+        prompt lengths for sft_llada), with the batch shardings."""
+        shape = (self.experiment.train.batch_size, self.experiment.train.seq_len)
+        return {
+            key: jax.ShapeDtypeStruct(
+                shape[:1] if key == "prompt_lengths" else shape,
+                jnp.int32,
+                sharding=self.batch_shardings[key],
+            )
+            for key in self.batch_keys
+        }
+
+    def abstract_step_inputs(self) -> tuple:
+        """(state, batch, key, controls) as ShapeDtypeStructs, for lowering without data."""
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+
+        def placed(tree):
+            return jax.tree.map(
+                lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), tree
+            )
+
+        key = placed(jax.eval_shape(self.step_key, 0))
+        controls = placed(
+            jax.eval_shape(lambda: self.controls(lr_scale=1.0, loss_ceiling=np.inf, data_step=0))
+        )
+        return self.abstract_state, self.abstract_batch(), key, controls
+
+    def lower_train_step(self, *inputs) -> jax.stages.Lowered:
+        """`train_step.lower(...)` on `inputs` (default: the abstract ones), under the mesh."""
+        with jax.set_mesh(self.mesh):
+            return self.train_step.lower(*(inputs or self.abstract_step_inputs()))
+
+    # ------------------------------------------------------------------ state and data
+
+    def init_state(self):
+        """A freshly initialised train state, created already sharded."""
+        cfg = self.experiment
+        return state_lib.create_state(
+            cfg.model, self.optimizer, self.mesh, self.rules, cfg.train.seed
+        )
+
+    def pipeline(self, *, dataset: str | None = None, seed: int | None = None):
+        """This process's data (or one `dataset`, e.g. for evaluation); see `make_pipeline`."""
+        return make_pipeline(self.experiment, dataset=dataset, seed=seed)
+
+
+def pipeline_class(experiment: Experiment) -> type:
+    """The pipeline the experiment's objective reads: dialogues for sft_llada, else shards."""
+    return LladaSftPipeline if experiment.diffusion.objective == "sft_llada" else Pipeline
+
+
+def make_pipeline(experiment: Experiment, *, dataset: str | None = None, seed: int | None = None):
+    """This process's data for `experiment` (or one `dataset`, e.g. for evaluation), checked
+    against the model's vocabulary and special ids: a `Pipeline` over prepared shards, or for
+    objective=sft_llada a `LladaSftPipeline` over dialogues."""
+    data, tcfg = experiment.data, experiment.train
+    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    if pipeline_class(experiment) is LladaSftPipeline and dataset is None:
+        from illada_jax.data.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(data.tokenizer) if data.tokenizer else Tokenizer.default()
+        pipeline = LladaSftPipeline(data.datasets[0], tcfg.seq_len, tcfg.batch_size, tcfg.seed,
+                                    tokenizer, **process)  # fmt: skip
+    else:
+        spec = PipelineSpec(
+            datasets=(dataset,) if dataset else data.datasets,
+            weights=() if dataset else data.weights,
+            seq_len=tcfg.seq_len,
+            global_batch=tcfg.batch_size,
+            seed=tcfg.seed if seed is None else seed,
+            document_aware=data.document_aware,
+            shuffle=data.shuffle,
+            read_threads=data.read_threads,
+            tokenizer=data.tokenizer,
+        )
+        pipeline = Pipeline(spec, cache_dir=data.cache_dir or None, **process)
+    pipeline.check_compatible(experiment.model)
+    return pipeline
+
+
+def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> Run:
+    """The `Run` of `experiment` on `devices` (default: every device of the job). Raises
+    `ConfigError` when the mesh or the batch does not fit the devices."""
+    tcfg = experiment.train
+    devices = list(devices if devices is not None else jax.devices())
+    mesh = mesh_lib.make_mesh(experiment.mesh, devices=devices)
+    mesh_lib.check_batch(mesh, tcfg.batch_size, tcfg.grad_accum)
+    rules = resolve_rules(experiment.mesh.rules, devices[0].platform)
+    optimizer = make_optimizer(experiment.optim, total_steps=tcfg.steps)
+    schedule = learning_rate_schedule(experiment.optim, total_steps=tcfg.steps)
+    graphdef = graphdef_and_specs(experiment.model)[0]
+    abstract_state = state_lib.abstract_state(experiment.model, optimizer, mesh, rules, tcfg.seed)
+    shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
+    keys = pipeline_class(experiment).output_keys
+    with jax.set_mesh(mesh):
+        train_step = make_train_step(
+            graphdef,
+            experiment.diffusion,
+            optimizer,
+            grad_accum=tcfg.grad_accum,
+            inject_nan_step=tcfg.inject_nan_step,
+            state_shardings=shardings,
+            mesh=mesh,
+            rules=rules,
+            global_batch=tcfg.batch_size,
+            batch_keys=keys,
+        )
+        eval_step = make_eval_step(
+            graphdef,
+            param_shardings=shardings["params"],
+            mesh=mesh,
+            rules=rules,
+            global_batch=tcfg.batch_size,
+        )
+    return Run(
+        experiment=experiment,
+        mesh=mesh,
+        rules=rules,
+        optimizer=optimizer,
+        schedule=schedule,
+        graphdef=graphdef,
+        state_shardings=shardings,
+        abstract_state=abstract_state,
+        batch_keys=tuple(keys),
+        batch_shardings=batch_shardings(mesh, rules, tcfg.batch_size, keys),
+        train_step=train_step,
+        eval_step=eval_step,
+    )
+
+
+def eval_rows_sharding(run: Run) -> NamedSharding:
+    """The sharding of an evaluation batch's `[batch, length]` arrays."""
+    return NamedSharding(run.mesh, batch_spec(run.rules, run.mesh, run.experiment.train.batch_size))

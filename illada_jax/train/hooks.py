@@ -1,0 +1,300 @@
+"""The training loop's hooks: everything the loop does besides stepping, each on its own cadence.
+
+The loop (`train/loop.py`) only advances: it takes a batch, runs the train step and updates the
+`LoopState`. Before a step it calls every hook's `before_step`; after it, `on_step` of each hook
+that is `due` at the new step, in order; `on_start` and `on_end` frame the run and `close` always
+runs last. A hook reads the loop's state and may change
+it (a rollback moves `loop.step` back and restarts the data; preemption sets `loop.stop`). When a
+hook moves `loop.step`, the remaining hooks of that iteration are skipped.
+
+Hooks here: `Progress` (console bar), `MetricsLog` (`metrics.jsonl` / TensorBoard / console every
+`train.log_every`), `HeldOutEval` (the held-out ELBO bound every `train.eval_every`, and the
+unigram baseline at the start), `TextSamples` (generated text at each evaluation and at the end),
+`Checkpointing` (every `checkpoint.every` and at the end), `Profile` (`train.profile_steps`).
+Loss health / rollback and preemption live in `train/recovery.py`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from illada_jax.ckpt import rundir
+from illada_jax.obs import flops
+from illada_jax.train.builder import Run, eval_rows_sharding
+from illada_jax.train.evaluate import EVAL_SEED, heldout_bound
+
+
+@dataclasses.dataclass
+class MetricWindow:
+    """Sums of the healthy steps' metrics since the last log line, and the time it covers."""
+
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+    steps: int = 0  # every step, healthy or not (for tokens/s)
+    healthy: int = 0
+    sums: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.steps += 1
+        if metrics["applied"]:
+            self.sums.update(metrics)
+            self.healthy += 1
+
+    def means(self, last: dict[str, float]) -> dict[str, float]:
+        """Means over the healthy steps (the 1/t-weighted loss of one batch is very noisy), or
+        `last` when there were none."""
+        return {k: v / self.healthy for k, v in self.sums.items()} if self.healthy else dict(last)
+
+
+@dataclasses.dataclass
+class LoopState:
+    """What the loop and its hooks share. `step` counts finished optimizer steps."""
+
+    run: Run
+    workdir: Any
+    state: Any
+    step: int
+    next_data_step: int  # the data position: batches already consumed (skipped ones included)
+    lr_scale: float
+    recent_losses: collections.deque  # healthy steps' masked CE (the spike detector's window)
+    pipeline: Any
+    writer: Any  # obs.writers.MetricWriter
+    progress: Any  # obs.progress.TrainProgress
+    batches: Any = None
+    metrics: dict = dataclasses.field(default_factory=dict)  # the last step's, as floats
+    window: MetricWindow = dataclasses.field(default_factory=MetricWindow)
+    history: list = dataclasses.field(default_factory=list)  # what this call logged
+    loss_ceiling: float = float("inf")  # masked CE above this is a spike (recovery.LossHealth)
+    stop: bool = False  # a hook asks the loop to end after this step (preemption)
+
+    @property
+    def total_steps(self) -> int:
+        return self.run.experiment.train.steps
+
+    def restart_data(self) -> None:
+        """(Re)open the batch iterator at `next_data_step`."""
+        self.batches = self.pipeline.iterator(self.next_data_step)
+
+    def record(self, record: dict, *, line: str | None = None) -> None:
+        """Write a record to `metrics.jsonl` / TensorBoard, keep it in `history` and print
+        `line` (default: the standard log line)."""
+        self.writer.write_metrics(record["step"], record)
+        self.history.append(record)
+        if line is None:
+            self.progress.log(record)
+        else:
+            self.progress.write(line)
+
+
+class Hook:
+    """Runs `on_step` after every `every`-th step (0: never on a cadence)."""
+
+    every: int = 0
+
+    def due(self, loop: LoopState) -> bool:
+        return bool(self.every) and loop.step % self.every == 0
+
+    def on_start(self, loop: LoopState) -> None:
+        pass
+
+    def before_step(self, loop: LoopState) -> None:
+        pass
+
+    def on_step(self, loop: LoopState) -> None:
+        pass
+
+    def on_end(self, loop: LoopState) -> None:
+        """After the last step (or after a hook stopped the loop); not after an error."""
+
+    def close(self, loop: LoopState) -> None:
+        """Always, last: release what `on_start` took."""
+
+
+class Progress(Hook):
+    """The console progress bar (process 0, on a terminal)."""
+
+    every = 1
+
+    def on_step(self, loop: LoopState) -> None:
+        loop.progress.advance(loop.step)
+
+
+class MetricsLog(Hook):
+    """Every `train.log_every` steps and at the last step: the window's mean metrics, learning
+    rate, tokens/s, MFU and epoch, to `metrics.jsonl`, TensorBoard and the console."""
+
+    def __init__(self, run: Run):
+        experiment = run.experiment
+        self.every = experiment.train.log_every
+        self.tokens_per_step = experiment.train.batch_size * experiment.train.seq_len
+        self.flops_per_token = flops.train_flops_per_token(
+            experiment.model, experiment.train.seq_len
+        )
+        self.peak, self.peak_source = flops.total_peak_flops(
+            measured_cpu_dtype=experiment.model.compute_dtype
+        )
+
+    def due(self, loop: LoopState) -> bool:
+        return super().due(loop) or loop.step == loop.total_steps
+
+    def on_start(self, loop: LoopState) -> None:
+        loop.progress.write(f"MFU peak: {self.peak_source}")
+
+    def on_step(self, loop: LoopState) -> None:
+        window = loop.window
+        tokens_per_s = window.steps * self.tokens_per_step / (time.perf_counter() - window.start)
+        record = {
+            "step": loop.step,
+            **window.means(loop.metrics),
+            "applied": loop.metrics["applied"],
+            "lr": float(loop.run.schedule(loop.step - 1)) * loop.lr_scale,
+            "tokens_per_s": tokens_per_s,
+            "mfu": flops.mfu(tokens_per_s, self.flops_per_token, self.peak),
+            "epoch": loop.pipeline.epochs(loop.next_data_step)[0],
+        }
+        loop.record(record)
+        loop.window = MetricWindow()
+
+
+class HeldOutEval(Hook):
+    """Every `train.eval_every` steps: the held-out negative ELBO (nats/token, fixed seeds) on
+    `train.eval_dataset`. At the start: the unigram baseline of the same held-out tokens (train
+    split's token frequencies), which a model must beat to have learned more than frequencies."""
+
+    def __init__(self, run: Run):
+        self.every = run.experiment.train.eval_every
+        self.rows = eval_rows_sharding(run)
+
+    def on_start(self, loop: LoopState) -> None:
+        baseline = _unigram_baseline(loop.run)
+        if baseline is not None:
+            loop.record(
+                {"step": loop.step, "unigram_baseline_nats": baseline},
+                line=f"unigram baseline {baseline:.4f} nats/token (held-out tokens scored with "
+                "the train split's token frequencies): the bound must go below it",
+            )
+
+    def on_step(self, loop: LoopState) -> None:
+        run = loop.run
+        pipeline = run.pipeline(dataset=run.experiment.train.eval_dataset, seed=EVAL_SEED)
+        record = heldout_bound(
+            run.eval_step,
+            loop.state["params"],
+            pipeline,
+            run.experiment.train.eval_batches,
+            put=lambda local: {
+                k: jax.make_array_from_process_local_data(
+                    self.rows, v, (run.experiment.train.batch_size, *v.shape[1:])
+                )
+                for k, v in local.items()
+            },
+        )
+        loop.record({"step": loop.step, **record}, line=f"step {loop.step}: held-out {record}")
+
+
+def _unigram_baseline(run: Run) -> float | None:
+    """The unigram baseline when the run evaluates on prepared shards (None otherwise)."""
+    from illada_jax.data.pipeline import resolve_dataset
+    from illada_jax.data.unigram import unigram_baseline
+
+    experiment = run.experiment
+    if not experiment.train.eval_every or experiment.diffusion.objective == "sft_llada":
+        return None
+    data = experiment.data
+
+    def dataset(name: str):
+        return resolve_dataset(name, data.cache_dir or None, data.tokenizer)
+
+    train_sets = [dataset(name) for name in data.datasets]
+    return unigram_baseline(train_sets, data.weights, dataset(experiment.train.eval_dataset))
+
+
+class TextSamples(Hook):
+    """At every evaluation step: greedy samples after `train.sample_prompts` into
+    `WORKDIR/samples/`; at the end, the last ones (made at the final step) are printed."""
+
+    def __init__(self, run: Run, workdir, tokenizer):
+        from illada_jax.train.samples import TrainingSamples
+
+        self.every = run.experiment.train.eval_every
+        self.samples = TrainingSamples(run.experiment, run.graphdef, workdir, tokenizer)
+        self.main = jax.process_index() == 0
+
+    def on_start(self, loop: LoopState) -> None:
+        if self.samples.skipped_reason:
+            loop.progress.write(self.samples.skipped_reason)
+
+    def on_step(self, loop: LoopState) -> None:
+        if self.main:
+            self.samples.write(loop.step, loop.state["params"])
+
+    def on_end(self, loop: LoopState) -> None:
+        if not (self.main and self.samples.enabled) or loop.stop:
+            return
+        if self.samples.step != loop.step:
+            self.samples.write(loop.step, loop.state["params"])
+        for prompt, text in self.samples.last:
+            loop.progress.write(f"sample | {prompt}{text}")
+
+
+class Checkpointing(Hook):
+    """Every `checkpoint.every` steps (before the last) and, forced, at the end: the state, the
+    data position and the runner's controls (`ckpt.manager.RunCheckpoints`)."""
+
+    def __init__(self, run: Run, checkpoints):
+        self.every = run.experiment.checkpoint.every
+        self.checkpoints = checkpoints
+
+    def due(self, loop: LoopState) -> bool:
+        return super().due(loop) and loop.step < loop.total_steps
+
+    def save(self, loop: LoopState, *, force: bool = False) -> None:
+        meta = rundir.checkpoint_meta(
+            loop.run.experiment, lr_scale=loop.lr_scale, recent_losses=loop.recent_losses
+        )
+        self.checkpoints.save(loop.step, loop.state, {"next_data_step": loop.next_data_step},
+                              meta, force=force)  # fmt: skip
+
+    def on_step(self, loop: LoopState) -> None:
+        self.save(loop)
+
+    def on_end(self, loop: LoopState) -> None:
+        if not loop.stop:  # a preempted run saved already
+            self.save(loop, force=True)
+        self.checkpoints.wait()
+
+
+class Profile(Hook):
+    """`jax.profiler` trace of steps `train.profile_steps = (first, last)` into WORKDIR/profile."""
+
+    def __init__(self, run: Run, workdir):
+        self.steps = tuple(run.experiment.train.profile_steps)
+        self.directory = workdir / rundir.PROFILE
+        self.every = 1 if self.steps else 0
+        self.active = False
+
+    def before_step(self, loop: LoopState) -> None:
+        if self.steps and loop.step + 1 == self.steps[0]:
+            jax.profiler.start_trace(str(self.directory))
+            self.active = True
+
+    def on_step(self, loop: LoopState) -> None:
+        if self.active and loop.step == self.steps[1]:
+            jax.block_until_ready(loop.state)
+            jax.profiler.stop_trace()
+            self.active = False
+
+    def close(self, loop: LoopState) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+def host_metrics(metrics: dict) -> dict[str, float]:
+    """Device metrics -> Python floats (one transfer)."""
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
