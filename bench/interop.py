@@ -1,10 +1,10 @@
-"""The interop benchmark of the pods issue: HF conversion memory/time and the 8B AOT compile time.
+"""HF conversion memory/time and the 8B AOT compile time, in one line.
 
     python bench/interop.py
 
 Runs `bench/convert.py` (a synthetic 1B-shaped HF checkpoint converted to a native checkpoint in
-a child process: peak RSS and seconds) and `bench/compile.py` (illada_8b on v5p-256 at global
-batch 640 x 8192, splash attention) as separate processes, prints their outputs, and ends with
+a child process: peak RSS and seconds) and `bench/compile.py` (the illada_8b recipe on v5p-256:
+global batch 640 x 8192, splash attention, full remat) as separate processes, prints their outputs, and ends with
 `RESULT convert_peak_rss_mb=<float> convert_s=<float> aot_compile_s=<float>`.
 """
 

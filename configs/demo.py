@@ -15,7 +15,10 @@ def tiny() -> fdl.Config:
 
     Command:   illada train                      (the same as --config=config:tiny)
     Hardware:  2 CPU cores (the host is split into one JAX device per core).
-    Expected:  {demo}
+    Expected:  about 3 minutes from a fresh cache (preparing the corpus included), ~6,700 tokens/s;
+               the held-out bound falls from 5.95 (step 250) to 5.75 nats/token (step 1000)
+               against a unigram baseline of 5.93; greedy samples are frequent words ("the the,
+               the"): a model this size and this short has learned local statistics, not sense.
     """
     return experiments.tiny()
 
@@ -24,10 +27,11 @@ def tiny_sft() -> fdl.Config:
     """iLLaDA-style SFT of the quickstart model on the demo dialogues (chatterbot-corpus):
     windows of one continuous instruction stream, everything maskable.
 
-    Command:   illada prepare --format sft --input demo --output data/sft
+    Command:   illada prepare --format sft --input demo --tokenizer shipped:sp1k --output data/sft
                illada train --config=config:tiny_sft --workdir=runs/tiny-sft
                illada chat --checkpoint runs/tiny-sft
     Hardware:  2 CPU cores; needs the quickstart run in runs/tiny (its parameters start this).
+    Expected:  about 70 s; the loss falls from 6.4 (mean of the first 100 steps) to 4.6.
     """
     cfg = experiments.tiny()
     cfg.diffusion.objective = "sft_illada"
@@ -48,6 +52,7 @@ def tiny_sft_llada() -> fdl.Config:
 
     Command:   illada train --config=config:tiny_sft_llada --workdir=runs/tiny-sft-llada
     Hardware:  2 CPU cores; needs the quickstart run in runs/tiny.
+    Expected:  about 50 s; the loss (answer tokens only) falls from 4.5 to 2.2.
     """
     cfg = tiny_sft()
     cfg.diffusion.objective = "sft_llada"

@@ -30,7 +30,8 @@ def _finish(figure, path):
 
 
 def training_curves(records: Sequence[dict], title: str = "", path=None):
-    """Training loss (per logged step) and the held-out ELBO bound (per eval step), nats/token.
+    """Training loss (per logged step), the held-out ELBO bound (per eval step) and, when the run
+    logged it, the unigram baseline the bound must go below (a dashed line), nats/token.
 
     records: the run's `metrics.jsonl` rows (`illada_jax.read_metrics(workdir)`).
     """
@@ -43,6 +44,9 @@ def training_curves(records: Sequence[dict], title: str = "", path=None):
     axes.plot(*zip(*train), label="training loss (1/t-weighted masked CE)")
     if held:
         axes.plot(*zip(*held), "o-", label="held-out ELBO bound")
+    baselines = [r["unigram_baseline_nats"] for r in records if "unigram_baseline_nats" in r]
+    if baselines:
+        axes.axhline(baselines[-1], color="grey", ls="--", label="unigram baseline (held-out)")
     axes.set(xlabel="step", ylabel="nats / token", title=title)
     axes.grid(alpha=0.3)
     axes.legend()

@@ -171,6 +171,8 @@ class HeldOutEval(Hook):
         self.rows = eval_rows_sharding(run)
 
     def on_start(self, loop: LoopState) -> None:
+        if not loop.writer.enabled:  # only process 0 logs; the others need not read the data
+            return
         baseline = _unigram_baseline(loop.run)
         if baseline is not None:
             loop.record(

@@ -8,6 +8,7 @@ import sys
 # Overrides that make `illada train` take seconds: a 2-layer tiny model on short batches.
 FAST_TRAIN = [
     "--config=set:train.steps=6",
+    "--config=set:optim.warmup_steps=1",  # tiny warms up over 50 steps; these runs are 6 long
     "--config=set:train.log_every=2",
     "--config=set:train.seq_len=32",
     "--config=set:train.batch_size=2",

@@ -9,15 +9,15 @@ from _cli import FAST_TRAIN, illada
 
 
 @pytest.mark.parametrize(
-    ("preset", "total", "non_embedding"),
+    ("recipe", "total", "non_embedding"),
     [
         ("illada_8b", "7.62e+09", "6.98e+09"),
         ("llada_8b", "8.02e+09", "6.98e+09"),
-        ("llada_1b", "1.49e+09", "9.69e+08"),
+        ("ablation_1b", "1.49e+09", "9.69e+08"),  # the LLaDA-1B shape
     ],
 )
-def test_params_prints_published_counts(preset, total, non_embedding):
-    result = illada("params", f"--config=config:{preset}")
+def test_params_prints_published_counts(recipe, total, non_embedding):
+    result = illada("params", f"--config=config:{recipe}")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert [line.split("=")[0] for line in lines] == ["total_params", "non_embedding_params"]
@@ -31,9 +31,9 @@ def test_train_writes_run_directory_and_reproduces_from_file(tmp_path):
     records = [
         json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert [r["step"] for r in records] == [2, 4, 6]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
     for key in ("loss", "masked_ce", "lr", "grad_norm", "tokens_per_s", "num_masked"):
-        assert all(key in r for r in records), key
+        assert all(key in r for r in records if "loss" in r), key
     config = tmp_path / "a" / "config.json"
     assert json.loads(config.read_text())["model"]["n_layers"] == 2
     again = illada("train", f"--config=file:{config}", f"--workdir={tmp_path / 'b'}")
@@ -42,7 +42,8 @@ def test_train_writes_run_directory_and_reproduces_from_file(tmp_path):
         json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     ]
     # Same config and seed: the same losses (deterministic on CPU).
-    assert [r["loss"] for r in records_b] == pytest.approx([r["loss"] for r in records], rel=1e-5)
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert [r["loss"] for r in records_b if "loss" in r] == pytest.approx(losses, rel=1e-5)
 
 
 def test_bad_config_is_a_clear_error_not_a_traceback():

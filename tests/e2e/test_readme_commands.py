@@ -28,6 +28,7 @@ RUN_MARK = "<!-- readme-test: run -->"
 
 TINY_TRAIN = [
     "--config=set:train.steps=2",
+    "--config=set:optim.warmup_steps=1",
     "--config=set:train.seq_len=32",
     "--config=set:train.batch_size=2",
     "--config=set:model.n_layers=2",

@@ -10,12 +10,14 @@ import sys
 
 import pytest
 
+from illada_jax import cli
 from illada_jax.config.schema import ConfigError
 from illada_jax.train import sweep
 
 # Two-layer tiny model, 4 steps of 2 x 32 tokens, one held-out batch at the end.
 FAST = [
     "--config=set:train.steps=4",
+    "--config=set:optim.warmup_steps=1",
     "--config=set:train.log_every=2",
     "--config=set:train.seq_len=32",
     "--config=set:train.batch_size=2",
@@ -24,13 +26,13 @@ FAST = [
     "--config=set:train.eval_batches=1",
     "--config=set:train.sample_length=0",
 ]
-BASE = "--config=config:illada_jax.config.sweeps.tiny_lr:experiment"
+BASE = "--config=config:tiny_lr"  # a recipe of configs/sweeps.py with tiny_lr_sweep() beside it
 
 
 def test_local_sweep_trains_each_run_and_writes_the_summary(tmp_path):
     workdir = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, "-m", "illada_jax.train.sweep", "--config=config:tiny_lr", *FAST,
+        [sys.executable, "-m", "illada_jax.cli", "sweep", "--config=config:tiny_lr", *FAST,
          f"--workdir={workdir}"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -63,8 +65,8 @@ def test_local_sweep_trains_each_run_and_writes_the_summary(tmp_path):
 
 
 def test_print_gives_one_train_command_per_run(capsys):
-    assert sweep.main(["--config=config:tiny_lr", "--config=set:train.steps=8", "--print",
-                       "--workdir=runs/lr"]) == 0  # fmt: skip
+    assert cli.main(["sweep", "--config=config:tiny_lr", "--config=set:train.steps=8", "--print",
+                     "--workdir=runs/lr"]) == 0  # fmt: skip
     assert capsys.readouterr().out.splitlines() == [
         f"illada train {BASE} --config=set:train.steps=8 "
         "--config=set:optim.learning_rate=0.001 --workdir=runs/lr/lr-1e-3",
@@ -75,7 +77,7 @@ def test_print_gives_one_train_command_per_run(capsys):
 
 def test_print_with_a_launcher_names_each_pod_job(capsys):
     launcher = "python launch/xpk.py --cluster c --workload lr-{run} --tpu-type v5p-8"
-    assert sweep.main(["--config=config:tiny_lr", "--print", f"--launcher={launcher}"]) == 0
+    assert cli.main(["sweep", "--config=config:tiny_lr", "--print", f"--launcher={launcher}"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == (
         "python launch/xpk.py --cluster c --workload lr-lr-3e-3 --tpu-type v5p-8 -- "
         f"illada train {BASE} --config=set:optim.learning_rate=0.003 "
@@ -121,4 +123,4 @@ def test_errors_name_what_to_define(tmp_path):
     path.write_text("def exp():\n    pass\ndef sweep():\n    return [{'a': 1}, 'set:x=1']\n")
     with pytest.raises(ConfigError, match="an override set is a dict"):
         sweep.expand(f"config:{path}:exp")
-    assert sweep.main(["--config=set:train.steps=2"]) == 2
+    assert cli.main(["sweep", "--config=set:train.steps=2"]) == 2

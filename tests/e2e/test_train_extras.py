@@ -30,7 +30,8 @@ def test_sft_objectives_and_init_from(tmp_path):
     base = tmp_path / "base"
     assert illada("train", *QUICK, f"--workdir={base}").returncode == 0
     sft_data = tmp_path / "sft"
-    prepared = illada("prepare", "--format", "sft", "--input", "demo", "--output", str(sft_data))
+    prepared = illada("prepare", "--format", "sft", "--input", "demo", "--tokenizer", "shipped:sp1k",
+                      "--output", str(sft_data))  # fmt: skip
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     illada_sft = illada(
         "train",

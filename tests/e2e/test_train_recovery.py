@@ -21,11 +21,16 @@ import time
 import pytest
 from _cli import FAST_TRAIN
 
+from illada_jax.config import flags
+
 STEPS = 12
-# FAST_TRAIN, then: a real first update, a loss record and a checkpoint every other step.
+# FAST_TRAIN, then: a real first update, a loss record and a checkpoint every other step, and a
+# constant learning rate (runs resumed with more steps keep the same rates for the old steps).
 RUN = [
     *FAST_TRAIN,
     "--config=set:optim.warmup_steps=1",
+    "--config=set:optim.schedule=constant",
+    "--config=set:optim.final_learning_rate=0.0",
     "--config=set:train.log_every=1",
     "--config=set:checkpoint.every=2",
     f"--config=set:train.steps={STEPS}",
@@ -236,8 +241,9 @@ def _assert_one_rollback_then_finish(records: list[dict]) -> None:
     assert not any(r.get("preempted") for r in records)
     last = [r for r in records if "loss" in r and "event" not in r][-1]
     assert last["step"] == 8 and math.isfinite(last["loss"])
-    # After the rollback the learning rate is halved (constant schedule: 3e-3 -> 1.5e-3).
-    assert last["lr"] == pytest.approx(1.5e-3)
+    # After the rollback the learning rate is halved (constant schedule).
+    peak = flags.experiment_from_flags(["config:tiny"]).optim.learning_rate
+    assert last["lr"] == pytest.approx(0.5 * peak)
 
 
 def test_nan_with_rollback_policy_restores_the_last_checkpoint(tmp_path):

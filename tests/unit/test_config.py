@@ -13,7 +13,8 @@ from illada_jax.config.schema import ConfigError, DiffusionConfig, ModelConfig
 def test_default_is_tiny_preset():
     experiment = flags.experiment_from_flags([])
     assert experiment.model.name == "tiny"
-    assert experiment.model.vocab_size == 8192
+    # The CPU demo: the shipped 1024-piece tokenizer, whose size the model matches.
+    assert (experiment.model.vocab_size, experiment.data.tokenizer) == (1024, "shipped:sp1k")
 
 
 def test_set_and_fiddler_apply_in_order():
@@ -85,7 +86,7 @@ def test_illada_8b_preset_matches_spec_table():
         (["set:diffusion.two_segment_prob=1.5"], r"diffusion\.two_segment_prob"),
         (["set:diffusion.objective=dpo"], r"diffusion\.objective.*pretrain, sft_llada"),
         (["set:model.mask_token_id=0"], r"model\.mask_token_id=0.*pad_token_id=0"),
-        (["set:model.mask_token_id=9000"], r"model\.mask_token_id=9000.*vocab_size=8192"),
+        (["set:model.mask_token_id=9000"], r"model\.mask_token_id=9000.*vocab_size=1024"),
         (["set:train.steps=x"], r"train\.steps='x'.*integer >= 1"),
         (["set:train.seq_len=100000"], r"train\.seq_len=100000.*max_seq_len=512"),
         (["set:model.n_layerz=2"], r"no field 'n_layerz'.*n_layers"),
@@ -94,7 +95,7 @@ def test_illada_8b_preset_matches_spec_table():
         (["config:tiny", "fiddler:no_such"], r"unknown fiddler 'no_such'.*antithetic_time"),
         (["frobnicate:x"], r"expected config:NAME"),
         (["set:model.n_layers"], r"expected set:path\.to\.field=VALUE"),
-        (["config:tiny", "set:diffusion.objective=sft_llada"], r"random_length_mode.*'none'"),
+        (["config:small", "set:diffusion.objective=sft_llada"], r"random_length_mode.*'none'"),
     ],
 )
 def test_invalid_configs_name_the_field(directives, expected):

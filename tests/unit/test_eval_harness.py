@@ -19,12 +19,12 @@ pytest.importorskip("lm_eval", reason='lm-eval is not installed: pip install "il
 from flax import nnx  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from illada_jax.api import Model  # noqa: E402
 from illada_jax.config.presets import MODEL_PRESETS  # noqa: E402
 from illada_jax.config.schema import ModelConfig  # noqa: E402
 from illada_jax.data.tokenizer import Tokenizer  # noqa: E402
 from illada_jax.diffusion import likelihood  # noqa: E402
 from illada_jax.eval import harness, run_tasks, tasks  # noqa: E402
+from illada_jax.inference import Model  # noqa: E402
 from illada_jax.model.transformer import Transformer  # noqa: E402
 
 CONTEXT = "In the beginning God"

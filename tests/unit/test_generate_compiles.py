@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 from numpy_reference import tiny_config
 
-from illada_jax.api import PROMPT_BUCKET, Model
+from illada_jax.inference.model import PROMPT_BUCKET, Model
 from illada_jax.model import Transformer
 from illada_jax.sampling import generate as generate_lib
 

@@ -26,10 +26,10 @@ from safetensors.numpy import save_file
 
 import illada_jax
 from illada_jax import cli
-from illada_jax.api import Model
 from illada_jax.ckpt import convert, hf
 from illada_jax.config.presets import MODEL_PRESETS
 from illada_jax.config.schema import ModelConfig
+from illada_jax.inference import Model
 from illada_jax.model.transformer import graphdef_and_specs
 
 D, H, KV, HD, F, V, L = 32, 4, 2, 8, 48, 64, 2

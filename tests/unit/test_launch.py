@@ -316,3 +316,11 @@ def test_dockerfiles_install_the_project_at_its_pinned_jax():
     assert PROJECT["optional-dependencies"]["tpu"] == [f"jax[tpu]=={jax_pin.split('==')[1]}"]
     assert re.search(r"^FROM python:3\.11-slim$", gpu, re.M)
     assert f'"jax[cuda12]=={jax_pin.split("==")[1]}"' in gpu
+
+
+def test_images_carry_the_recipes_where_the_registry_finds_them():
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        text = (REPO / "launch" / name).read_text()
+        assert re.search(r"^COPY configs (\S+)$", text, re.M), name
+        target = re.search(r"^COPY configs (\S+)$", text, re.M).group(1)
+        assert re.search(rf"^ENV ILLADA_CONFIGS={re.escape(target)}$", text, re.M), name

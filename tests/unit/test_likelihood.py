@@ -33,9 +33,9 @@ from numpy_reference import (  # (pytest puts tests/unit on sys.path)
     tiny_config,
 )
 
-from illada_jax.api import Model
 from illada_jax.diffusion import likelihood
 from illada_jax.diffusion.likelihood import ScoringError
+from illada_jax.inference import Model
 
 MASK = 4  # tiny_config's mask_token_id
 PROMPT = [10, 23, 5, 41]
@@ -407,7 +407,7 @@ def test_mc_elbo_with_mask_id_zero():
 
 
 # ---------------------------------------------------------------------------------------------
-# Model wrappers (api.py)
+# Model wrappers (inference/model.py)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -245,3 +245,14 @@ def test_compile_lowers_the_program_the_runner_builds_for_a_pod_recipe(compiled,
     runner = runner_hlo("illada_8b", topology, tmp_path / "runner.hlo")
     assert compiled("illada_8b")["hlo"].startswith("module @jit_train_step")
     assert compiled("illada_8b")["hlo"] == runner
+
+
+CPU_RECIPES = sorted(set(RECIPES) - set(POD_RECIPES) - {"tiny"})  # tiny: tests/unit/test_aot.py
+
+
+@pytest.mark.parametrize("name", CPU_RECIPES)
+def test_every_cpu_recipe_compiles_for_a_small_slice(name, tmp_path):
+    """The CPU recipes (the demo, its SFT, the sweeps' bases) compile for TPU too, as they are."""
+    out = _compile(["illada", "compile", f"--config=config:{name}", "--topology=v5p-8"], tmp_path)
+    assert out["rc"] == 0 and RESULT.match(out["last"]), out["last"]
+    assert out["report"]["attention"] == "xla"  # nothing applied behind the config's back

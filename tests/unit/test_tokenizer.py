@@ -19,7 +19,7 @@ from illada_jax import cli
 from illada_jax.config.schema import ModelConfig
 from illada_jax.data import tokenizer as tokenizer_lib
 from illada_jax.data.corpus import embedded_documents
-from illada_jax.data.tokenizer import Tokenizer
+from illada_jax.data.tokenizer import Tokenizer, TokenizerError
 from illada_jax.data.tokenizer_train import train_tokenizer
 
 CONTRACT_IDS = {"pad": 0, "unk": 1, "bos": 2, "eos": 3, "mask": 4, "eot": 7}
@@ -173,6 +173,23 @@ def test_shipped_model_matches_the_documented_training(tmp_path, default):
     assert [fresh.id_to_piece(i) for i in range(8192)] == [
         shipped.id_to_piece(i) for i in range(8192)
     ]
+
+
+def test_the_demo_tokenizer_is_shipped_and_matches_its_documented_training(tmp_path, default):
+    small = Tokenizer.load("shipped:sp1k")
+    assert small.vocab_size == 1024 and small.special_ids() == default.special_ids()
+    assert Tokenizer.load("shipped:sp8k").identity == default.identity
+    texts = [doc.text for doc in embedded_documents("heldout")][:20]
+    assert tokenizer_lib.chars_per_token(small, texts) < tokenizer_lib.chars_per_token(
+        default, texts
+    )
+    fresh = spm.SentencePieceProcessor(
+        model_file=str(train_tokenizer([], tmp_path / "sp1k", 1024,
+                                       texts=(d.text for d in embedded_documents("train"))))
+    )  # fmt: skip
+    assert [fresh.id_to_piece(i) for i in range(1024)] == [small.piece(i) for i in range(1024)]
+    with pytest.raises(TokenizerError, match="shipped ones are shipped:sp8k, shipped:sp1k"):
+        Tokenizer.load("shipped:sp2k")
 
 
 # ---------------------------------------------------------------- HF byte-level BPE

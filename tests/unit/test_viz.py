@@ -78,3 +78,18 @@ def test_training_curves_need_losses():
                                   {"step": 2, "eval_nll_bound": 8.5}])  # fmt: skip
     lines = figure.axes[0].get_lines()
     assert [line.get_ydata().tolist() for line in lines] == [[9.0, 8.0], [8.5]]
+
+
+def test_training_curves_draw_the_unigram_baseline_when_logged():
+    records = [
+        {"step": 0, "unigram_baseline_nats": 5.9},
+        {"step": 10, "loss": 7.0},
+        {"step": 20, "loss": 6.0},
+        {"step": 20, "eval_nll_bound": 6.1},
+    ]
+    axes = viz.training_curves(records).axes[0]
+    labels = [line.get_label() for line in axes.get_lines()]
+    assert labels[-1] == "unigram baseline (held-out)"
+    assert list(axes.get_lines()[-1].get_ydata()) == [5.9, 5.9]
+    without = viz.training_curves(records[1:]).axes[0]
+    assert "unigram baseline (held-out)" not in [line.get_label() for line in without.get_lines()]
