@@ -45,10 +45,23 @@ class Model:
         self.config = config
         self.graphdef = graphdef
         self.params = params
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # checked against the config (the property below)
         self.step = step
         self.experiment = None  # the run's resolved `Experiment` when loaded from a checkpoint
         self.special_ids = SpecialIds.from_config(config)
+
+    @property
+    def tokenizer(self):
+        """The model's `Tokenizer` (None when none is known: pass token ids)."""
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        # A tokenizer with another vocabulary or other special ids would feed the model ids it
+        # has no embedding for (NaN logits) or masks it does not know: refuse it here.
+        if tokenizer is not None:
+            tokenizer.check_model_config(self.config, allow_larger_model_vocab=True)
+        self._tokenizer = tokenizer
 
     @classmethod
     def from_module(cls, module: nnx.Module, tokenizer=None) -> Model:

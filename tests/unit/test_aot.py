@@ -67,6 +67,7 @@ def oversized_v5e(tmp_path_factory):
         "oversized",
         "--config=config:small",
         "--config=set:model.remat_policy=save_dots",
+        "--config=set:model.max_seq_len=2048",
         "--topology=v5e-1",
         "--global-batch=64",
         "--seq-len=2048",

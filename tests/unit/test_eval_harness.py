@@ -32,7 +32,10 @@ CONTEXT = "In the beginning God"
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = ModelConfig(**{**MODEL_PRESETS["tiny"], "n_layers": 1})
+    # A one-layer model with the default 8192-piece tokenizer (the tests below pick texts by how
+    # that tokenizer splits them).
+    cfg = ModelConfig(**{**MODEL_PRESETS["small"], "n_layers": 1, "d_model": 256, "n_heads": 4,
+                         "n_kv_heads": 2, "mlp_dim": 768, "max_seq_len": 512})  # fmt: skip
     return Model.from_module(Transformer(cfg, rngs=nnx.Rngs(0)), Tokenizer.default())
 
 
