@@ -22,3 +22,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return value
+
+
+def number_in(low: float, high: float, example: str):
+    """An argparse type: a number in (low, high], e.g. `example`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = low
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be a number in ({low:g}, {high:g}], e.g. {example}"
+            )
+        return value
+
+    return parse

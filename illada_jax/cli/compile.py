@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from illada_jax.cli._common import add_config, positive_int
+from illada_jax.cli._common import add_config, number_in, positive_int
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -29,26 +29,6 @@ def _remat_list(text: str) -> tuple[str, ...]:
             f"{text!r}: remat policies are {', '.join(REMAT_POLICIES)}"
         )
     return values
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must lie in (0, 1], e.g. 0.4")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number > 0, e.g. 12e12")
-    return value
 
 
 def add_parser(sub) -> None:
@@ -74,9 +54,10 @@ def add_parser(sub) -> None:
                         help="shorthand for --config=set:train.batch_size=N")  # fmt: skip
     parser.add_argument("--seq-len", type=positive_int, default=None,
                         help="shorthand for --config=set:train.seq_len=N")  # fmt: skip
-    parser.add_argument("--mfu", type=_fraction, default=aot_report.DEFAULT_MFU,
+    parser.add_argument("--mfu", type=number_in(0, 1, "0.4"), default=aot_report.DEFAULT_MFU,
                         help="model FLOPs utilisation for the estimates")  # fmt: skip
-    parser.add_argument("--tokens", type=_positive_float, default=aot_report.DEFAULT_TOKENS,
+    parser.add_argument("--tokens", type=number_in(0, float("inf"), "12e12"),
+                        default=aot_report.DEFAULT_TOKENS,
                         help="token budget for the days estimate")  # fmt: skip
     parser.add_argument("--search", action="store_true",
                         help="compile per-chip batch x remat candidates")  # fmt: skip

@@ -106,5 +106,23 @@ def check_batch(mesh: jax.sharding.Mesh, global_batch: int, grad_accum: int = 1)
         raise ConfigError(
             f"train.batch_size={global_batch} must be a multiple of the data-parallel size "
             f"{dp} (dcn_data×data×fsdp) times train.grad_accum={grad_accum}; use a batch of "
-            f"{dp * grad_accum * max(1, round(global_batch / (dp * grad_accum)))} or change the mesh"
+            f"{dp * grad_accum * max(1, round(global_batch / (dp * grad_accum)))} or change the "
+            f"mesh{_tensor_hint(mesh, global_batch // grad_accum)}"
         )
+
+
+def _tensor_hint(mesh: jax.sharding.Mesh, rows: int) -> str:
+    """`; e.g. ...` directives that give the devices a micro-batch cannot cover to a tensor axis
+    (640 rows on 256 chips: fsdp=128, tensor=2), or "" when that does not help."""
+    shape = mesh.shape
+    outer = shape["dcn_data"] * shape["data"]
+    if rows % outer or shape["tensor"] != 1:
+        return ""
+    fsdp = math.gcd(rows // outer, shape["fsdp"])
+    if fsdp == shape["fsdp"] or fsdp == 0:
+        return ""
+    tensor = shape["fsdp"] // fsdp
+    return (
+        f"; e.g. --config=set:mesh.fsdp={fsdp} --config=set:mesh.tensor={tensor} "
+        "--config=set:mesh.rules=fsdp_tp (tensor parallelism over the remaining devices)"
+    )

@@ -3,9 +3,9 @@
 The loop (`train/loop.py`) only advances: it takes a batch, runs the train step and updates the
 `LoopState`. Before a step it calls every hook's `before_step`; after it, `on_step` of each hook
 that is `due` at the new step, in order; `on_start` and `on_end` frame the run and `close` always
-runs last. A hook reads the loop's state and may change
-it (a rollback moves `loop.step` back and restarts the data; preemption sets `loop.stop`). When a
-hook moves `loop.step`, the remaining hooks of that iteration are skipped.
+runs last. A hook reads the loop's state and may change it (a rollback moves `loop.step` back and
+restarts the data; preemption sets `loop.stop`). When a hook moves `loop.step`, the remaining
+hooks of that iteration are skipped.
 
 Hooks here: `Progress` (console bar), `MetricsLog` (`metrics.jsonl` / TensorBoard / console every
 `train.log_every`), `HeldOutEval` (the held-out ELBO bound every `train.eval_every`, and the

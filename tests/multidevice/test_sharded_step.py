@@ -249,6 +249,9 @@ def test_batch_that_does_not_divide_over_the_data_axes_names_the_field():
     mesh_lib.check_batch(mesh, 16, 2)  # fits: no error
     # tensor is not a data axis.
     mesh_lib.check_batch(AbstractMesh((1, 4, 1, 2), mesh_lib.AXES), 4)
+    # 640 rows cannot cover 256 FSDP chips: the error says how to give the rest to a tensor axis.
+    with pytest.raises(ConfigError, match=r"mesh\.fsdp=128 .*mesh\.tensor=2 .*rules=fsdp_tp"):
+        mesh_lib.check_batch(AbstractMesh((1, 1, 256, 1), mesh_lib.AXES), 640)
 
 
 def test_two_free_mesh_axes_are_invalid():
