@@ -5,9 +5,9 @@
 Measures, in one process (absolute CPU timings are noisy; compare ratios):
 - dense fp32 matmul FLOP/s (jitted 2048x2048, the machine's practical peak);
 - `small` forward (logits) and forward+backward (the pre-training objective with chunked CE) at
-  sequence 512: tokens/s, achieved FLOP/s (docs/architecture.md#flops model: 2N + 4·n_layers·d·S per token forward,
-  6N + 12·n_layers·d·S for forward+backward, N = matmul parameters incl. the output head) and the
-  ratio to the measured matmul FLOP/s;
+  sequence 512: tokens/s, achieved FLOP/s (docs/architecture.md#flops model: 2N + 4·n_layers·d·S per
+  token forward, 6N + 12·n_layers·d·S for forward+backward, N = matmul parameters incl. the output
+  head) and the ratio to the measured matmul FLOP/s;
 - compile time of the forward+backward of a `llada_1b`-shaped model at 4 and 32 layers (lowered
   from abstract shapes, nothing allocated): with scan over layers the 32-layer compile must stay
   within 1.5x of the 4-layer one.
@@ -55,7 +55,8 @@ def matmul_flops_per_s(size: int = 2048, repeats: int = 10) -> float:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> tuple[float, float]:
-    """(forward, forward+backward) FLOPs per token, docs/architecture.md#flops (no causal halving)."""
+    """(forward, forward+backward) FLOPs per token, docs/architecture.md#flops (no causal
+    halving)."""
     _, non_embedding = count_params(cfg)
     matmul_params = non_embedding + cfg.vocab_size * cfg.d_model  # trunk + output head
     attention = 4 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len

@@ -8,7 +8,8 @@
     sampler's overhead over the bare forward time × steps, where the bare forward is the model
     computation one step needs (hidden states over the canvas, head on the generated region),
     jitted and timed alone.
-(b) Dual K/V cache (prefix and suffix, docs/algorithms.md#caches-and-parallel-decoding) with confidence-threshold parallel decoding,
+(b) Dual K/V cache (prefix and suffix, docs/algorithms.md#caches-and-parallel-decoding) with
+confidence-threshold parallel decoding,
     semi-AR blocks of `--block`: speed-up over (a) and the fraction of generated tokens equal to
     (a)'s.
 

@@ -6,9 +6,9 @@
 The real sharded train step (state, optimizer, diffusion objective, chunked CE) on a mesh over
 `--devices` virtual CPU devices (0 = one per core: XLA:CPU runs many non-matmul fusions on one
 thread, so splitting the batch over the cores uses the whole machine) or the accelerator's
-devices. MFU = model FLOPs (docs/architecture.md#flops: 6N + 12·n_layers·d·S per token) / the peak: on CPU the same
-process's measured dense-matmul FLOP/s in the compute dtype, on GPU/TPU the bf16 peak table.
-Final line `RESULT tokens_per_s=<float> mfu=<float>`.
+devices. MFU = model FLOPs (docs/architecture.md#flops: 6N + 12·n_layers·d·S per token) / the peak:
+on CPU the same process's measured dense-matmul FLOP/s in the compute dtype, on GPU/TPU the bf16
+peak table. Final line `RESULT tokens_per_s=<float> mfu=<float>`.
 """
 
 from __future__ import annotations

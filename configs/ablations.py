@@ -11,7 +11,7 @@ from illada_jax.config.experiments import experiment_for_preset, pod_settings
 
 
 def ablation_1b() -> fdl.Config:
-    """The LLaDA-1B MDM shape (22 layers, d 2048, 32 heads / 4 KV heads; P-LLaDA Table 5) for
+    """The LLaDA-1B MDM shape (22 layers, d 2048, 32 heads / 4 KV heads; LLaDA Table 5) for
     42B tokens of 4096-token windows: LLaDA's recipe at 1/5 of its batch.
 
     Command:   illada train --config=config:ablation_1b --workdir=/gcs/BUCKET/runs/ablation-1b

@@ -29,9 +29,9 @@ before any data; the data is then read tensor by tensor with plain positioned re
 see there why not `get_tensor`). BF16 data becomes `ml_dtypes.bfloat16` arrays (what
 safetensors >= 0.6 `get_tensor` returns too; older versions raise on BF16). `param_dtype=None` keeps the checkpoint's dtype
 (BF16 -> bfloat16, F32 -> float32; F16 is upcast to float32, exactly); `compute_dtype` follows the
-parameters (bf16 inference as in the references, docs/models.md#the-block). Memory: each stacked `[L, ...]`
-array is allocated once in the target dtype and filled layer by layer, so the peak is about the
-model in the target dtype plus the largest single tensor.
+parameters (bf16 inference as in the references, docs/models.md#the-block). Memory: each stacked
+`[L, ...]` array is allocated once in the target dtype and filled layer by layer, so the peak is
+about the model in the target dtype plus the largest single tensor.
 
 How config.json maps to a `ModelConfig`: `ckpt/hf_config.py`. Native checkpoint directories,
 `load_hf` and the `illada convert` command: `ckpt/convert.py`.

@@ -89,12 +89,12 @@ def no_random_length(cfg: fdl.Config) -> None:
 
 
 def llada_truncate(cfg: fdl.Config) -> None:
-    """LLaDA's 1%-per-step random-length truncation (docs/algorithms.md#the-pre-training-loss)."""
+    """LLaDA's 1%-per-step random-length truncation (docs/algorithms.md#random-length)."""
     cfg.diffusion.random_length_mode = "llada_truncate"
 
 
 def illada_split(cfg: fdl.Config) -> None:
-    """iLLaDA's 30%-per-sequence two-segment split (docs/algorithms.md#learning-rate-schedules)."""
+    """iLLaDA's 30%-per-sequence two-segment split (docs/algorithms.md#random-length)."""
     cfg.diffusion.random_length_mode = "illada_split"
 
 

@@ -37,7 +37,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(name="small", **_shape(6, 512, 8, 8, 64, 1536, 8192, 1024, True)),
     # 99.5M parameters, GQA with 3 query heads per kv head.
     "100m": dict(name="100m", **_shape(12, 768, 12, 4, 64, 2688, 8192, 2048, True)),
-    # LLaDA-1B MDM (P-LLaDA Tab. 5): 1.49B total / 0.97B non-embedding, untied.
+    # LLaDA-1B MDM (LLaDA, Table 5): 1.49B total / 0.97B non-embedding, untied.
     "llada_1b": dict(
         name="llada_1b",
         **_shape(22, 2048, 32, 4, 64, 5634, 126464, 4096, False),
@@ -54,7 +54,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         **LLADA_SPECIAL_IDS,
     ),
     # iLLaDA-8B: GQA with 8 kv heads, tied embeddings, 7.62B total / 6.98B non-embedding.
-    # rope_theta and norm_eps are unverified (docs/models.md#unverified-values): 500k and the HF class default 1e-6.
+    # rope_theta and norm_eps are unverified (docs/models.md#unverified-values): 500k and the HF
+    # class default 1e-6.
     "illada_8b": dict(
         name="illada_8b",
         **_shape(32, 4096, 32, 8, 128, 14336, 155136, 8192, True),

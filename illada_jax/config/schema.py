@@ -61,7 +61,8 @@ def _check_prob(field: str, value: Any, *, open_low: bool = False, open_high: bo
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The bidirectional transformer (docs/models.md#shapes). Special ids are model properties (docs/models.md#special-ids)."""
+    """The bidirectional transformer (docs/models.md#shapes). Special ids are model properties
+    (docs/models.md#special-ids)."""
 
     name: str = "custom"
     vocab_size: int = 8192
@@ -151,8 +152,8 @@ class ModelConfig:
                 or not (0 <= value < self.vocab_size)
             ):
                 _fail(field, value, f"must be a token id in [0, vocab_size={self.vocab_size})")
-        # docs/models.md#special-ids: masked positions are found by `noisy == mask_id`, so the mask id must
-        # never be a real token the data or padding can produce.
+        # docs/models.md#special-ids: masked positions are found by `noisy == mask_id`, so the mask
+        # id must never be a real token the data or padding can produce.
         for field in ("pad_token_id", "eos_token_id", "bos_token_id"):
             if getattr(self, field) == self.mask_token_id:
                 _fail(
@@ -249,12 +250,15 @@ class OptimConfig:
     `warmup_steps`; T = the run's total steps):
 
     - "constant": then hold `learning_rate`.
-    - "cosine": then cosine decay to `final_learning_rate` at step T (SMDM, docs/algorithms.md#learning-rate-schedules).
-    - "wsd": LLaDA's Warmup-Stable-Decay (docs/algorithms.md#learning-rate-schedules): hold `learning_rate`; from
-      `wsd_drop_step` (0 = no drop) hold `learning_rate * wsd_drop_factor`; then linear decay to
-      `final_learning_rate` over the last `decay_steps` steps (reached at step T).
-    - "illada": iLLaDA's constant -> cosine-to-floor (docs/algorithms.md#learning-rate-schedules): hold `learning_rate` until
-      `decay_start_step`, then cosine decay to `final_learning_rate` at step T.
+    - "cosine": then cosine decay to `final_learning_rate` at step T (SMDM,
+      docs/algorithms.md#learning-rate-schedules).
+    - "wsd": LLaDA's Warmup-Stable-Decay (docs/algorithms.md#learning-rate-schedules): hold
+      `learning_rate`; from `wsd_drop_step` (0 = no drop) hold `learning_rate * wsd_drop_factor`;
+      then linear decay to `final_learning_rate` over the last `decay_steps` steps (reached at step
+      T).
+    - "illada": iLLaDA's constant -> cosine-to-floor (docs/algorithms.md#learning-rate-schedules):
+      hold `learning_rate` until `decay_start_step`, then cosine decay to `final_learning_rate` at
+      step T.
 
     `decay_exclude="norms_and_embeddings"` keeps RMSNorm scales, biases, `embed` and `lm_head` out
     of weight decay. Fields a schedule ignores must stay 0, so a setting never silently does nothing.
@@ -407,8 +411,8 @@ class TrainConfig:
     log_every: int = 10
     # Micro-batches per step: gradients are summed over them before the update.
     grad_accum: int = 1
-    # Held-out ELBO bound (docs/algorithms.md#the-held-out-bound, fixed seeds) every `eval_every` steps
-    # (0 = off) on `eval_batches` batches of `eval_dataset`.
+    # Held-out ELBO bound (docs/algorithms.md#the-held-out-bound, fixed seeds) every `eval_every`
+    # steps (0 = off) on `eval_batches` batches of `eval_dataset`.
     eval_every: int = 0
     eval_batches: int = 4
     eval_dataset: str = "embedded:heldout"

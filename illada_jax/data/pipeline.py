@@ -155,8 +155,9 @@ class Pipeline:
 
 
 class LladaSftPipeline:
-    """`sft_llada` batches (docs/algorithms.md#sft-llada-style): every (prompt, answer) pair of the SFT dialogues, pairs
-    longer than `seq_len` dropped (counted in `dropped`), EOS-padded to a static `seq_len`.
+    """`sft_llada` batches (docs/algorithms.md#sft-llada-style): every (prompt, answer) pair of the
+    SFT dialogues, pairs longer than `seq_len` dropped (counted in `dropped`), EOS-padded to a
+    static `seq_len`.
 
     Same determinism contract as `Pipeline`: the pair of row r at step s is a pure function of
     (seed, s, r) (grain's index shuffle, reshuffled per epoch); process p owns its rows.

@@ -352,8 +352,9 @@ def prepare_sft(
     tokenizer_path: str | None = None,
     dialogues_per_shard: int = 1000,
 ) -> dict:
-    """iLLaDA-style SFT shards (docs/algorithms.md#sft-illada-style): one record per dialogue — the whole chat-formatted
-    dialogue ending with a single EOS — so windows over the stream are the SFT training windows.
+    """iLLaDA-style SFT shards (docs/algorithms.md#sft-illada-style): one record per dialogue — the
+    whole chat-formatted dialogue ending with a single EOS — so windows over the stream are the SFT
+    training windows.
     `source`: a JSONL file of dialogues or `demo`."""
     from illada_jax.data.sft import ChatFormatter, load_dialogues
 

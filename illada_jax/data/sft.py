@@ -1,12 +1,13 @@
-"""Supervised fine-tuning data (docs/algorithms.md#sft-llada-style): chat formatting, LLaDA-style batches, iLLaDA streams.
+"""Supervised fine-tuning data (docs/algorithms.md#sft-llada-style): chat formatting, LLaDA-style
+batches, iLLaDA streams.
 
 Chat template. A `ChatTemplate` is a few tuples of pieces: a `str` piece is encoded as text, a
 `Special` piece is one token id looked up by name in the tokenizer ("bos"/"eos"/"pad"/"eot" or a
 piece such as "<|start_header_id|>"). Special tokens can therefore appear in formatted
 sequences while user text never produces them (the tokenizer guarantees that for control /
 special tokens). Each text piece and each message content is encoded on its own. The default
-is LLaDA's Llama-3-style markup (docs/algorithms.md#sft-llada-style), also our iLLaDA default (its markup is unknown,
-docs/models.md#unverified-values):
+is LLaDA's Llama-3-style markup (docs/algorithms.md#sft-llada-style), also our iLLaDA default (its
+markup is unknown, docs/models.md#unverified-values):
 
     <BOS>[<|start_header_id|>system<|end_header_id|>\\n\\n{system}<|eot_id|>]
     <|start_header_id|>user<|end_header_id|>\\n\\n{user}<|eot_id|>
@@ -23,17 +24,17 @@ one `{"messages": [...]}` or `{"prompt": str, "response": str[, "system": str]}`
 lines are ignored). Rule for bad lines: `on_error="raise"` (default) stops at the first one with
 `path:line: problem`; `on_error="skip"` skips it and records `(line, problem)`.
 
-LLaDA style (docs/algorithms.md#sft-llada-style): `llada_sft_batch` right-pads each prompt+answer+EOS with EOS to the
-batch's longest example (optionally rounded up to a multiple, capped at max_len); the padding is
-part of the answer. Over-long rule: an example longer than max_len is *dropped and counted* by
-`filter_long_pairs` before batching (cutting it would lose either the start of the prompt or the
-answer's EOS, and dropping inside the batch would change the batch size); `llada_sft_batch`
-refuses one that does not fit.
+LLaDA style (docs/algorithms.md#sft-llada-style): `llada_sft_batch` right-pads each
+prompt+answer+EOS with EOS to the batch's longest example (optionally rounded up to a multiple,
+capped at max_len); the padding is part of the answer. Over-long rule: an example longer than
+max_len is *dropped and counted* by `filter_long_pairs` before batching (cutting it would lose
+either the start of the prompt or the answer's EOS, and dropping inside the batch would change the
+batch size); `llada_sft_batch` refuses one that does not fit.
 
-iLLaDA style (docs/algorithms.md#sft-illada-style): each dialogue gives one example, the whole formatted dialogue ending
-in one EOS (= the last pair's prompt + answer); examples are concatenated into one stream cut
-into fixed windows by `illada_stream_windows`. All tokens are maskable; the last partial window
-is padded and marked with segment id 0.
+iLLaDA style (docs/algorithms.md#sft-illada-style): each dialogue gives one example, the whole
+formatted dialogue ending in one EOS (= the last pair's prompt + answer); examples are concatenated
+into one stream cut into fixed windows by `illada_stream_windows`. All tokens are maskable; the last
+partial window is padded and marked with segment id 0.
 
 Demo data: `demo_conversations()` reads the chatterbot-corpus English YAML files.
 """
@@ -275,7 +276,8 @@ def llada_pairs(
     one_per_dialogue: bool = False,
     seed: int = 0,
 ) -> Iterator[SftPair]:
-    """All pairs of every dialogue, or (docs/algorithms.md#sft-llada-style) one pair per dialogue drawn with `seed`."""
+    """All pairs of every dialogue, or (docs/algorithms.md#sft-llada-style) one pair per dialogue
+    drawn with `seed`."""
     rng = random.Random(seed)
     for messages in dialogues:
         pairs = formatter.pairs(messages)
@@ -345,7 +347,8 @@ def illada_stream_windows(
     pad_id: int,
     drop_remainder: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Cut the concatenation of `examples` into consecutive windows (docs/algorithms.md#sft-illada-style).
+    """Cut the concatenation of `examples` into consecutive windows
+    (docs/algorithms.md#sft-illada-style).
 
     Yields `tokens`, `segment_ids` (1 = real token, 0 = padding) and `positions`
     (0..seq_len-1), each int32 [seq_len]. Every token lands in exactly one window, in order;

@@ -10,11 +10,11 @@ split of the embedded corpus (`illada_jax.data.corpus`) and are rebuilt (same pi
     illada tokenizer train --embedded --vocab-size 8192 --output illada_jax/data/assets/default_sp8k
     illada tokenizer train --embedded --vocab-size 1024 --output illada_jax/data/assets/sp1k
 
-Special ids (docs/models.md#special-ids: they are properties of a model, never constants). Resolution order, per
-role: the explicit argument to `load`; for SentencePiece the model's pad/unk/bos/eos ids and the
-first mask piece found; for HF `tokenizer_config.json` (then `special_tokens_map.json`) next to
-`tokenizer.json`, then well-known token names. A missing pad or bos falls back to eos (LLaDA's
-pad is its eos); eos and mask are required.
+Special ids (docs/models.md#special-ids: they are properties of a model, never constants).
+Resolution order, per role: the explicit argument to `load`; for SentencePiece the model's
+pad/unk/bos/eos ids and the first mask piece found; for HF `tokenizer_config.json` (then
+`special_tokens_map.json`) next to `tokenizer.json`, then well-known token names. A missing pad or
+bos falls back to eos (LLaDA's pad is its eos); eos and mask are required.
 
 The mask token can never come out of `encode` (docs/models.md#special-ids), checked at load:
 - SentencePiece: the mask piece must be a control (or unused) symbol, which the encoder never emits.

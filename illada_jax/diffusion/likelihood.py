@@ -38,10 +38,11 @@ def _bucket(n: int, bucket: int = BUCKET) -> int:
 def layout(prompt, answers, mask_id: int, suffix=()):
     """Rows `[prompt, answer_r, suffix, pad...]`, one per candidate answer.
 
-    `suffix` tokens (e.g. iLLaDA's `padd_eos`: one EOS after the whole input, docs/algorithms.md#confidence-scoring) are
-    visible to attention but never masked or scored. Returns tokens int32 [R, L], key mask bool
-    [R, L] (True on prompt, answer and suffix), answer positions int32 [Ab] and answer validity
-    bool [R, Ab]; L and Ab are rounded up to `BUCKET` so requests share compiled programs.
+    `suffix` tokens (e.g. iLLaDA's `padd_eos`: one EOS after the whole input,
+    docs/algorithms.md#confidence-scoring) are visible to attention but never masked or scored.
+    Returns tokens int32 [R, L], key mask bool [R, L] (True on prompt, answer and suffix), answer
+    positions int32 [Ab] and answer validity bool [R, Ab]; L and Ab are rounded up to `BUCKET` so
+    requests share compiled programs.
     """
     prompt, suffix = [int(t) for t in prompt], [int(t) for t in suffix]
     answers = [[int(t) for t in np.asarray(answer).reshape(-1)] for answer in answers]
@@ -83,8 +84,9 @@ def _answer_log_probs(model, tokens, key_mask, positions, targets, cfg_scale, un
 
 
 def stratified_counts(offset, rows: int, answer_len):
-    """docs/algorithms.md#the-monte-carlo-elbo masking counts of one MC batch: l_r = round(linspace(k, k + (b-1)·A/b, b))
-    (round half to even, as torch), wrapped into [1, A] by ((l-1) mod A) + 1. -> int32 [rows]."""
+    """docs/algorithms.md#the-monte-carlo-elbo masking counts of one MC batch: l_r =
+    round(linspace(k, k + (b-1)·A/b, b)) (round half to even, as torch), wrapped into [1, A] by
+    ((l-1) mod A) + 1. -> int32 [rows]."""
     a = jnp.asarray(answer_len, jnp.float32)
     counts = jnp.round(offset + jnp.arange(rows) * (a / rows)).astype(jnp.int32)
     return (counts - 1) % jnp.asarray(answer_len, jnp.int32) + 1
@@ -93,7 +95,8 @@ def stratified_counts(offset, rows: int, answer_len):
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _elbo_batch(graphdef, mask_id: int, cfg_scale: float, params, tokens, key_mask, positions,
                 valid, prompt_len, answer_len, offset, key):  # fmt: skip
-    """Loss of one MC batch of `rows` copies (docs/algorithms.md#the-monte-carlo-elbo). Returns a scalar (nats)."""
+    """Loss of one MC batch of `rows` copies (docs/algorithms.md#the-monte-carlo-elbo). Returns a
+    scalar (nats)."""
     model = nnx.merge(graphdef, params)
     rows = tokens.shape[0]
     a = answer_len.astype(jnp.float32)
@@ -118,7 +121,8 @@ def _elbo_batch(graphdef, mask_id: int, cfg_scale: float, params, tokens, key_ma
 def mc_elbo(graphdef, params, prompt, answer, *, mask_id: int, mc_num: int = 128,
             batch_size: int = 32, cfg_scale: float = 0.0, seed: int = 0,
             suffix=()) -> float:  # fmt: skip
-    """Monte-Carlo ELBO of `answer` given `prompt` (token id lists), in nats (docs/algorithms.md#the-monte-carlo-elbo).
+    """Monte-Carlo ELBO of `answer` given `prompt` (token id lists), in nats
+    (docs/algorithms.md#the-monte-carlo-elbo).
 
     `mc_num` samples in batches of `batch_size` (mc_num % batch_size == 0; a smaller mc_num is
     one batch of mc_num rows). `suffix`: visible, never-scored tokens after the answer.
@@ -148,7 +152,8 @@ def mc_elbo(graphdef, params, prompt, answer, *, mask_id: int, mc_num: int = 128
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _reveal_loop(graphdef, mask_id: int, greedy: bool, cfg_scale: float, params, tokens,
                  key_mask, positions, valid, prompt_len):  # fmt: skip
-    """Reveal the answer one token per pass (docs/algorithms.md#confidence-scoring, #greedy-check) for every row (candidate).
+    """Reveal the answer one token per pass (docs/algorithms.md#confidence-scoring, #greedy-check)
+    for every row (candidate).
 
     Confidence (greedy=False): the position with the highest probability of the candidate's own
     token is revealed with that token; returns the sum of those log-probs [rows].
@@ -218,7 +223,8 @@ def _reveal(graphdef, params, prompt, answers, *, mask_id, greedy, cfg_scale, su
 
 def confidence_score(graphdef, params, prompt, answers, *, mask_id: int,
                      cfg_scale: float = 0.0, suffix=()) -> np.ndarray:  # fmt: skip
-    """iLLaDA's confidence-based score S_conf (docs/algorithms.md#confidence-scoring) of each candidate: float [len(answers)].
+    """iLLaDA's confidence-based score S_conf (docs/algorithms.md#confidence-scoring) of each
+    candidate: float [len(answers)].
 
     Costs len(answer) forward passes (twice with CFG), all candidates in one batch. `suffix`:
     visible, never-scored tokens after each answer (iLLaDA's `padd_eos`).

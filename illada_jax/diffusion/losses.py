@@ -70,7 +70,8 @@ def _masked_stats(ce: jax.Array, is_masked: jax.Array) -> tuple[jax.Array, jax.A
 def pretrain_loss(
     ce: jax.Array, is_masked: jax.Array, mask_prob: jax.Array, valid: jax.Array | None = None
 ) -> LossOutput:
-    """docs/algorithms.md#the-pre-training-loss. ce, is_masked, valid: [batch, length]; mask_prob: [batch].
+    """docs/algorithms.md#the-pre-training-loss. ce, is_masked, valid: [batch, length]; mask_prob:
+    [batch].
 
     valid marks real tokens (None = all); it sets the normaliser (B·L, or B·l when truncated),
     and a masked position outside it is ignored.
@@ -85,7 +86,8 @@ def pretrain_loss(
 def sft_llada_loss(
     ce: jax.Array, is_masked: jax.Array, mask_prob: jax.Array, prompt_lengths: jax.Array
 ) -> LossOutput:
-    """docs/algorithms.md#sft-llada-style. ce, is_masked: [batch, length]; mask_prob, prompt_lengths: [batch].
+    """docs/algorithms.md#sft-llada-style. ce, is_masked: [batch, length]; mask_prob,
+    prompt_lengths: [batch].
 
     The caller never masks prompt positions; answer_len_b = length - prompt_len_b counts the EOS
     padding, which is part of the response.

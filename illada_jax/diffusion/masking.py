@@ -71,9 +71,10 @@ def random_length_valid(key: jax.Array, batch_size: int, length: int, prob: floa
 
 def two_segment_split(key: jax.Array, segment_ids: jax.Array, positions: jax.Array,
                       prob: float) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """iLLaDA's random-length training (docs/algorithms.md#learning-rate-schedules): each sequence, with probability `prob`, is
-    cut at a uniform point c ~ U{1..length-1}; the segment containing c is split in two that do not
-    attend to each other, and its part from c on restarts its positions at 0.
+    """iLLaDA's random-length training (docs/algorithms.md#random-length): each sequence,
+    with probability `prob`, is cut at a uniform point c ~ U{1..length-1}; the segment containing c
+    is split in two that do not attend to each other, and its part from c on restarts its positions
+    at 0.
 
     segment_ids, positions: [batch, length] int32, segment id 0 = padding (kept as is). Plain
     windows pass ones and 0..L-1. Segment k becomes 2k-1 before the cut and 2k after it, so ids
@@ -98,7 +99,8 @@ def two_segment_split(key: jax.Array, segment_ids: jax.Array, positions: jax.Arr
 def mask_exact_count(
     key: jax.Array, tokens: jax.Array, mask_id: int, valid: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The low-variance `l`-form of the forward process (docs/algorithms.md#the-pre-training-loss, P-LLaDA eq. 14).
+    """The low-variance `l`-form of the forward process (docs/algorithms.md#the-held-out-bound,
+    LLaDA eq. 14).
 
     Per row: l ~ U{1..n} with n real tokens, then exactly l of them masked, chosen uniformly
     without replacement. Returns (noisy tokens, is_masked [batch, length], weight [batch] = n / l);

@@ -1,4 +1,5 @@
-"""Benchmark evaluation through lm-evaluation-harness (docs/algorithms.md#lm-evaluation-harness; needs the `eval` extra).
+"""Benchmark evaluation through lm-evaluation-harness (docs/algorithms.md#lm-evaluation-harness;
+needs the `eval` extra).
 
 - `harness.py`: the lm-eval model `illada` (`IlladaLM`) and `run_tasks(model, tasks, ...)`.
 - `tasks/`: small offline task definitions made by this project (`illada_offline` tag).

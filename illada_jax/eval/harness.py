@@ -1,4 +1,5 @@
-"""The lm-evaluation-harness model `illada` (docs/algorithms.md#lm-evaluation-harness): a `Model` behind lm-eval's `LM` API.
+"""The lm-evaluation-harness model `illada` (docs/algorithms.md#lm-evaluation-harness): a `Model`
+behind lm-eval's `LM` API.
 
     from illada_jax.eval import run_tasks
     results = run_tasks("runs/tiny", ["kjv_next_word", "kjv_verse_end"], limit=20, mc_num=32)
@@ -13,18 +14,21 @@ lm-eval's CLI with the shipped tasks on the include path unless `--include_path`
 (lm-eval's `--batch_size`, default 1, is the ELBO's MC batch; do not repeat it in model_args.)
 
 Requests (all processed on this one process; lm-eval's rank / world size stay 0 / 1):
-- `loglikelihood`: each (context, continuation) is tokenised by `_encode_pair` (docs/algorithms.md#lm-evaluation-harness) and
-  scored with the Monte-Carlo ELBO (docs/algorithms.md#the-monte-carlo-elbo, `loglikelihood_method="elbo"`) one request at a
-  time, or with iLLaDA's confidence score (docs/algorithms.md#confidence-scoring, `"confidence"`), where all continuations of
-  one context are scored in one batch. `is_greedy` (docs/algorithms.md#greedy-check) is computed only with
-  `check_greedy=True` (else False, as in the reference evaluations).
+- `loglikelihood`: each (context, continuation) is tokenised by `_encode_pair`
+  (docs/algorithms.md#lm-evaluation-harness) and scored with the Monte-Carlo ELBO
+  (docs/algorithms.md#the-monte-carlo-elbo, `loglikelihood_method="elbo"`) one request at a time, or
+  with iLLaDA's confidence score (docs/algorithms.md#confidence-scoring, `"confidence"`), where all
+  continuations of one context are scored in one batch. `is_greedy`
+  (docs/algorithms.md#greedy-check) is computed only with `check_greedy=True` (else False, as in the
+  reference evaluations).
 - `loglikelihood_rolling`: **a lower bound**, not an exact log-likelihood: the text (no BOS/EOS
   added) is cut into lm-eval's disjoint rolling windows (each window conditioned on the tokens
-  before it, the first on BOS) and the windows' ELBOs (docs/algorithms.md#the-monte-carlo-elbo) are summed, whatever
-  `loglikelihood_method` says.
+  before it, the first on BOS) and the windows' ELBOs (docs/algorithms.md#the-monte-carlo-elbo) are
+  summed, whatever `loglikelihood_method` says.
 - `generate_until`: one unpadded prompt at a time, as iLLaDA's evaluation does: fixed canvas
-  (docs/algorithms.md#sampling) or variable length (docs/algorithms.md#variable-length-decoding), temperature 0 by default; the reply is cut at the
-  first of the request's `until` strings, the EOS string and EoT. The request's `max_gen_toks` is
+  (docs/algorithms.md#sampling) or variable length (docs/algorithms.md#variable-length-decoding),
+  temperature 0 by default; the reply is cut at the first of the request's `until` strings, the EOS
+  string and EoT. The request's `max_gen_toks` is
   ignored: `gen_length` (model args) is the budget, as in the reference harnesses.
 
 Seeds: every ELBO request uses the same `seed`, so a request's score does not depend on its
@@ -145,7 +149,8 @@ class IlladaLM(LM):
     Args (lm-eval `--model_args` strings are accepted for every one):
         checkpoint: run / checkpoint directory for `illada_jax.load`; or `model`: a `Model`.
         tokenizer: a tokenizer path (or `Tokenizer`) when the checkpoint names none.
-        loglikelihood_method: "elbo" (docs/algorithms.md#the-monte-carlo-elbo) or "confidence" (docs/algorithms.md#confidence-scoring).
+        loglikelihood_method: "elbo" (docs/algorithms.md#the-monte-carlo-elbo) or "confidence"
+            (docs/algorithms.md#confidence-scoring).
         mc_num, batch_size: MC samples and samples per forward batch for the ELBO (mc_num=1 is
             exact for single-token continuations). lm-eval's `--batch_size` lands here.
         cfg_scale: unsupervised CFG for the ELBO, the confidence score, the greedy check and
@@ -153,11 +158,13 @@ class IlladaLM(LM):
         add_bos_token: prepend BOS to every context (iLLaDA's `add_bos_token`).
         pad_eos: append one EOS after the whole input in every scoring forward, never scored
             (iLLaDA's `padd_eos`, docs/algorithms.md#confidence-scoring).
-        check_greedy: compute `is_greedy` (docs/algorithms.md#greedy-check; slow: one forward per answer token).
+        check_greedy: compute `is_greedy` (docs/algorithms.md#greedy-check; slow: one forward per
+            answer token).
         max_length: longest sequence (context + continuation, or prompt + generation);
             default the model's `max_seq_len`.
         gen_length, steps, block_length, variable_length, threshold, cache, temperature,
-            remasking: generation (docs/algorithms.md#sampling and the sections after it). `block_length` defaults to
+            remasking: generation (docs/algorithms.md#sampling and the sections after it).
+                `block_length` defaults to
             gen_length on a fixed canvas and to 32 for variable length; `steps` to gen_length
             (fixed: one token per step) or block_length (variable: steps per block).
         seed: seed of the ELBO's MC draws and of sampling.
@@ -233,11 +240,11 @@ class IlladaLM(LM):
         return [self.tokenizer.bos_id] if self.add_bos_token else []
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """docs/algorithms.md#lm-evaluation-harness: move the context's trailing whitespace onto the continuation, encode
-        context + continuation and context; the continuation ids are the joint encoding's
-        suffix beyond the context's length. Returns (context ids [P], continuation ids [A]);
-        the context gets BOS with `add_bos_token` (or when it is empty: nothing to condition on
-        otherwise)."""
+        """docs/algorithms.md#lm-evaluation-harness: move the context's trailing whitespace onto the
+        continuation, encode context + continuation and context; the continuation ids are the joint
+        encoding's suffix beyond the context's length. Returns (context ids [P], continuation ids
+        [A]); the context gets BOS with `add_bos_token` (or when it is empty: nothing to condition
+        on otherwise)."""
         n_spaces = len(context) - len(context.rstrip())
         if n_spaces:
             continuation = context[-n_spaces:] + continuation
@@ -352,8 +359,8 @@ class IlladaLM(LM):
 
     def _generation_plan(self, prompt_len: int) -> tuple[int, int, int]:
         """(gen_length, block_length, steps) for one prompt: the budget is cut to fit
-        max_length and rounded down to whole blocks (docs/algorithms.md#variable-length-decoding); a fixed canvas keeps its
-        tokens-per-step ratio."""
+        max_length and rounded down to whole blocks (docs/algorithms.md#variable-length-decoding); a
+        fixed canvas keeps its tokens-per-step ratio."""
         block = self.block_length or self.gen_length
         available = min(self.gen_length, self.max_length - prompt_len)
         gen_length = available // block * block

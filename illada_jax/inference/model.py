@@ -137,11 +137,12 @@ class Model:
         padding, or a list of id lists of any lengths). Returns int32 [B, P + G].
 
         steps / block_length default to gen_length (one token per step, pure diffusion).
-        `variable_length=True` runs docs/algorithms.md#variable-length-decoding (steps per block) and returns the canvas as far as
-        it was opened, with everything after each row's first stop set to EOS; stop ids default
-        to EOS and EoT; a stop string keeps the tokens through the one that completes it (cut
-        the text at the string, as `generate_text` does). Further `options`: see `SamplingOptions` (threshold, cache, noise,
-        logits_eos_inf, confidence_eos_eot_inf, think_ids, think_boost, think_power).
+        `variable_length=True` runs docs/algorithms.md#variable-length-decoding (steps per block)
+        and returns the canvas as far as it was opened, with everything after each row's first stop
+        set to EOS; stop ids default to EOS and EoT; a stop string keeps the tokens through the one
+        that completes it (cut the text at the string, as `generate_text` does). Further `options`:
+        see `SamplingOptions` (threshold, cache, noise, logits_eos_inf, confidence_eos_eot_inf,
+        think_ids, think_boost, think_power).
         """
         result = self._generate(prompt_ids, gen_length, steps, block_length, temperature,
                                 remasking, cfg_scale, attention_mask, variable_length,
@@ -227,8 +228,8 @@ class Model:
                       chat: bool = False, add_bos: bool = False,
                       stop_strings: Sequence[str] = (), **kwargs) -> str | list[str]:  # fmt: skip
         """Text in, text out. `chat=True` wraps each prompt as one user turn with the chat
-        template (docs/algorithms.md#sampling notes); the reply is cut at the first EOS / EoT / stop string and
-        decoded without special tokens. Other arguments as `generate`."""
+        template (docs/algorithms.md#sampling notes); the reply is cut at the first EOS / EoT / stop
+        string and decoded without special tokens. Other arguments as `generate`."""
         tokenizer = self.need_tokenizer()
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
@@ -284,7 +285,8 @@ class Model:
 
     def log_likelihood(self, prompt, answer, mc_num: int = 128, batch_size: int = 32,
                        cfg_scale: float = 0.0, seed: int = 0, suffix=()) -> float:  # fmt: skip
-        """Monte-Carlo ELBO of `answer` given `prompt` (text or ids), nats (docs/algorithms.md#the-monte-carlo-elbo).
+        """Monte-Carlo ELBO of `answer` given `prompt` (text or ids), nats
+        (docs/algorithms.md#the-monte-carlo-elbo).
         `suffix`: ids after the answer that are seen but never scored (iLLaDA's EOS padding)."""
         return likelihood.mc_elbo(
             self.graphdef, self.params, self._ids(prompt), self._ids(answer),
@@ -293,8 +295,9 @@ class Model:
         )  # fmt: skip
 
     def score_confidence(self, prompt, answer, cfg_scale: float = 0.0, suffix=()):
-        """iLLaDA's confidence score (docs/algorithms.md#confidence-scoring) of one answer (float) or of a list of candidate
-        answers (float array), each text or ids; `suffix` as in `log_likelihood`."""
+        """iLLaDA's confidence score (docs/algorithms.md#confidence-scoring) of one answer (float)
+        or of a list of candidate answers (float array), each text or ids; `suffix` as in
+        `log_likelihood`."""
         single = isinstance(answer, str) or (
             len(answer) > 0 and isinstance(answer[0], int | np.integer)
         )
@@ -306,8 +309,8 @@ class Model:
         return float(scores[0]) if single else scores
 
     def is_greedy(self, prompt, answer, cfg_scale: float = 0.0, suffix=()):
-        """docs/algorithms.md#greedy-check: does confidence-ordered greedy decoding of the answer span reproduce it?
-        One answer -> bool; a list of candidate answers -> bool array."""
+        """docs/algorithms.md#greedy-check: does confidence-ordered greedy decoding of the answer
+        span reproduce it? One answer -> bool; a list of candidate answers -> bool array."""
         single = isinstance(answer, str) or (
             len(answer) > 0 and isinstance(answer[0], int | np.integer)
         )

@@ -136,5 +136,6 @@ class SwiGLU(nnx.Module):
 
 
 def residual_out_std(init_std: float, n_layers: int) -> float:
-    """iLLaDA scales the init of o_proj/down_proj by 1/sqrt(2 n_layers) (docs/models.md#the-block)."""
+    """iLLaDA scales the init of o_proj/down_proj by 1/sqrt(2 n_layers)
+    (docs/models.md#the-block)."""
     return init_std / math.sqrt(2 * n_layers)

@@ -1,4 +1,5 @@
-"""The LLaDA / iLLaDA network: a plain pre-norm transformer without a causal mask (docs/models.md#the-block).
+"""The LLaDA / iLLaDA network: a plain pre-norm transformer without a causal mask
+(docs/models.md#the-block).
 
     h = x + Attn(RMSNorm(x));  y = h + SwiGLU(RMSNorm(h));  logits = Head(RMSNorm(y_L))
 
@@ -81,8 +82,8 @@ class Block(nnx.Module):
 
         x: [B, W, d] holds canvas positions start..start+W-1; kv: (k, v) [B, L, KV, D]. Window
         positions >= `fresh_from` use their freshly computed K/V, earlier ones keep the cached K/V
-        (Fast-dLLM's prefix / dual cache, docs/algorithms.md#caches-and-parallel-decoding). key_mask: [B, L]. Returns ([B, W, d], kv
-        with the window's slots updated).
+        (Fast-dLLM's prefix / dual cache, docs/algorithms.md#caches-and-parallel-decoding).
+        key_mask: [B, L]. Returns ([B, W, d], kv with the window's slots updated).
         """
         q, k, v = self.attn.project_qkv(self.attn_norm(x), cos, sin)
         width = x.shape[1]

@@ -1,7 +1,7 @@
 """FLOPs per token, the peak FLOP/s of the hardware, and model FLOPs utilisation (MFU).
 
-The FLOP model is docs/architecture.md#flops's, for a *bidirectional* transformer (every query attends to all S keys,
-so there is no causal halving of the attention term):
+The FLOP model is docs/architecture.md#flops's, for a *bidirectional* transformer (every query
+attends to all S keys, so there is no causal halving of the attention term):
 
     forward FLOPs / token        = 2·N + 4·n_layers·d·S
     train (fwd + bwd) FLOPs / token = 6·N + 12·n_layers·d·S
@@ -92,12 +92,14 @@ def _attention_width(cfg: ModelConfig) -> int:
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Forward FLOPs per token at sequence length `seq_len`: 2·N + 4·n_layers·d·S (docs/architecture.md#flops)."""
+    """Forward FLOPs per token at sequence length `seq_len`: 2·N + 4·n_layers·d·S
+    (docs/architecture.md#flops)."""
     return float(2 * matmul_params(cfg) + 4 * cfg.n_layers * _attention_width(cfg) * seq_len)
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Forward+backward FLOPs per token: 6·N + 12·n_layers·d·S (docs/architecture.md#flops, no causal halving)."""
+    """Forward+backward FLOPs per token: 6·N + 12·n_layers·d·S (docs/architecture.md#flops, no
+    causal halving)."""
     return float(6 * matmul_params(cfg) + 12 * cfg.n_layers * _attention_width(cfg) * seq_len)
 
 

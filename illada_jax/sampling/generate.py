@@ -1,6 +1,6 @@
 """Generation from a masked-diffusion LM: fixed canvas, semi-autoregressive blocks,
-variable length, the `</think>` boost, Fast-dLLM caches and parallel decoding (docs/algorithms.md#sampling
-and the sections after it).
+variable length, the `</think>` boost, Fast-dLLM caches and parallel decoding
+(docs/algorithms.md#sampling and the sections after it).
 
 The canvas is `[batch, P + G]`: a left-padded prompt (`prompt_mask` marks real prompt tokens,
 `key_mask` every real position) followed by G mask tokens. Blocks of K positions are decoded left
@@ -16,7 +16,8 @@ changed again.
   (exactly as if absent, docs/algorithms.md#sampling), so the length never recompiles.
 - Caches (`cache="prefix" | "dual"`): the block's first step runs the whole canvas and keeps every
   layer's K/V; later steps run only a window (the generated region for `prefix`, the block for
-  `dual`) against that cache. Approximate by design (docs/algorithms.md#caches-and-parallel-decoding).
+  `dual`) against that cache. Approximate by design
+  (docs/algorithms.md#caches-and-parallel-decoding).
 - `threshold`: commit the most confident masked token plus all with confidence >= threshold,
   until the block is full (the per-step schedule is then unused).
 
@@ -56,9 +57,10 @@ class SpecialIds:
 class SamplingOptions:
     """Everything that shapes one generation program (hashable: it is a jit static argument).
 
-    gen_length G, total `steps` N and `block_length` K as in docs/algorithms.md#sampling (for variable length,
-    `steps` is per block, as in docs/algorithms.md#variable-length-decoding). `think_ids`/`think_boost`/`think_power`: the
-    `</think>` boost of docs/algorithms.md#the-think-boost (off when `think_ids` is empty or the boost is 0).
+    gen_length G, total `steps` N and `block_length` K as in docs/algorithms.md#sampling (for
+    variable length, `steps` is per block, as in docs/algorithms.md#variable-length-decoding).
+    `think_ids`/`think_boost`/`think_power`: the `</think>` boost of
+    docs/algorithms.md#the-think-boost (off when `think_ids` is empty or the boost is 0).
     """
 
     gen_length: int = 128
@@ -99,8 +101,9 @@ class SamplingOptions:
 
 
 def _guided(opts: SamplingOptions, run, tokens, uncond_tokens):
-    """Model logits with unsupervised CFG (docs/algorithms.md#classifier-free-guidance): `run` takes a [2B, ...] batch when CFG is
-    on (conditional rows first). Returns (logits [B, ...], run's second output)."""
+    """Model logits with unsupervised CFG (docs/algorithms.md#classifier-free-guidance): `run` takes
+    a [2B, ...] batch when CFG is on (conditional rows first). Returns (logits [B, ...], run's
+    second output)."""
     if opts.cfg_scale == 0.0:
         return run(tokens)
     logits, extra = run(jnp.concatenate([tokens, uncond_tokens], axis=0))
@@ -345,8 +348,9 @@ def _as_prompt(prompt_ids, prompt_mask):
 
 def generate(graphdef, params, ids: SpecialIds, prompt_ids, opts: SamplingOptions, *,
              prompt_mask=None, seed: int = 0) -> np.ndarray:  # fmt: skip
-    """Fixed-canvas generation (docs/algorithms.md#sampling). prompt_ids: int [B, P] left-padded; prompt_mask: bool
-    [B, P] (1 = real token; default all real). Returns the canvas int32 [B, P + G]."""
+    """Fixed-canvas generation (docs/algorithms.md#sampling). prompt_ids: int [B, P] left-padded;
+    prompt_mask: bool [B, P] (1 = real token; default all real). Returns the canvas int32 [B, P +
+    G]."""
     opts.fixed_plan()
     prompt, mask = _as_prompt(prompt_ids, prompt_mask)
     out = _with_precision(
@@ -371,7 +375,8 @@ class VariableResult:
 
 
 def variable_budget(requested: int, prompt_len: int, max_seq_len: int, block_length: int) -> int:
-    """docs/algorithms.md#variable-length-decoding: G = min(requested, max_seq_len − P) rounded down to a multiple of K."""
+    """docs/algorithms.md#variable-length-decoding: G = min(requested, max_seq_len − P) rounded down
+    to a multiple of K."""
     budget = min(requested, max_seq_len - prompt_len) // block_length * block_length
     if budget < block_length:
         raise SamplingError(
@@ -403,8 +408,9 @@ def generate_variable(graphdef, params, ids: SpecialIds, prompt_ids, opts: Sampl
                       stop_fn: Callable[[np.ndarray], int | None] | None = None, seed: int = 0,
                       on_block: Callable[[int, np.ndarray], None] | None = None,
                       ) -> VariableResult:  # fmt: skip
-    """Variable-length generation (docs/algorithms.md#variable-length-decoding): open one block of K masks at a time, decode it with
-    `opts.steps` steps, stop once every row has hit a stop id or `stop_fn`.
+    """Variable-length generation (docs/algorithms.md#variable-length-decoding): open one block of K
+    masks at a time, decode it with `opts.steps` steps, stop once every row has hit a stop id or
+    `stop_fn`.
 
     `opts.gen_length` is the requested budget (clipped by `variable_budget`). `stop_fn(generated
     ids of one row) -> cut index or None` implements stop strings on decoded text (host side).

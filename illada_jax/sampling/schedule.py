@@ -26,8 +26,8 @@ class SamplingError(IlladaError, ValueError):
 def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
     """Tokens committed at each of `steps` steps of one block of `block_length` masks: [steps].
 
-    `base = K // n` everywhere plus one on the first `K % n` steps (docs/algorithms.md#sampling), so the counts sum
-    to K and the earliest steps take the remainder.
+    `base = K // n` everywhere plus one on the first `K % n` steps (docs/algorithms.md#sampling), so
+    the counts sum to K and the earliest steps take the remainder.
     """
     if steps < 1 or block_length < 1:
         raise SamplingError(f"block_length={block_length} and steps={steps} must be >= 1")
@@ -36,7 +36,8 @@ def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
 
 
 def block_plan(gen_length: int, block_length: int, steps: int) -> tuple[int, int]:
-    """(number of blocks, steps per block) for a fixed canvas, validating docs/algorithms.md#sampling's constraints."""
+    """(number of blocks, steps per block) for a fixed canvas, validating
+    docs/algorithms.md#sampling's constraints."""
     if gen_length < 1:
         raise SamplingError(f"gen_length={gen_length} must be >= 1")
     if block_length < 1 or gen_length % block_length:
@@ -54,7 +55,8 @@ def block_plan(gen_length: int, block_length: int, steps: int) -> tuple[int, int
 
 
 def gumbel_noise(key: jax.Array, shape: tuple[int, ...], noise: str) -> jax.Array:
-    """Standard Gumbel draws g = -log(-log u) for Gumbel-max sampling (docs/algorithms.md#gumbel-noise).
+    """Standard Gumbel draws g = -log(-log u) for Gumbel-max sampling
+    (docs/algorithms.md#gumbel-noise).
 
     `fp32_hires`: the uniform is built from two independent 24-bit integers,
     v = (hi + lo·2⁻²⁴)·2⁻²⁴, so it resolves values near 0 down to 2⁻⁴⁸ and the largest draw is ≈33
@@ -103,7 +105,8 @@ def confidences(logits, x0, key, remasking: str, suppressed_ids: tuple[int, ...]
 
     `low_confidence`: softmax(logits)[x0] of the un-noised, un-tempered logits; `random`: U(0,1).
     Candidates whose token is in `suppressed_ids` (EOS/EoT with `confidence_eos_eot_inf`) get 0,
-    so they are committed last (docs/algorithms.md#sampling: the intended behaviour of the reference).
+    so they are committed last (docs/algorithms.md#sampling: the intended behaviour of the
+    reference).
     """
     if remasking == "low_confidence":
         # softmax(logits)[x0] = exp(logits[x0] - logsumexp(logits)): one pass over the
@@ -143,8 +146,9 @@ def select_top_k(conf, eligible, k):
 
 
 def select_threshold(conf, eligible, threshold: float):
-    """Fast-dLLM parallel decoding (docs/algorithms.md#caches-and-parallel-decoding): the most confident eligible position plus every
-    eligible position whose confidence is >= `threshold`. Shapes as `select_top_k`."""
+    """Fast-dLLM parallel decoding (docs/algorithms.md#caches-and-parallel-decoding): the most
+    confident eligible position plus every eligible position whose confidence is >= `threshold`.
+    Shapes as `select_top_k`."""
     scores = jnp.where(eligible, conf, -jnp.inf)
     best = descending_rank(scores) == 0
     return eligible & (best | (conf >= threshold))

@@ -1,11 +1,11 @@
 """The reverse process, recorded: which token was committed at which step, and how confident the
 sampler was (for figures of a sample being unmasked, and for teaching).
 
-`trace_fixed` replays the fixed-canvas sampler of `generate.py` (docs/algorithms.md#sampling) one step at a time
-from the host with the same per-step rule (`generate._commit`) and the same key sequence, so its
-final canvas equals `generate(...)` for the same options and seed (tested). It runs the whole
-canvas every step (no Fast-dLLM cache: a cache changes the logits, and the trace is meant to show
-the exact process); threshold decoding and CFG are supported. One jitted step program per
+`trace_fixed` replays the fixed-canvas sampler of `generate.py` (docs/algorithms.md#sampling) one
+step at a time from the host with the same per-step rule (`generate._commit`) and the same key
+sequence, so its final canvas equals `generate(...)` for the same options and seed (tested). It runs
+the whole canvas every step (no Fast-dLLM cache: a cache changes the logits, and the trace is meant
+to show the exact process); threshold decoding and CFG are supported. One jitted step program per
 (batch, length, options); the host loop costs one dispatch per step, fine for figures.
 """
 

@@ -1,4 +1,5 @@
-"""Wires the forward process, the network and the loss into one scalar objective (docs/algorithms.md#the-pre-training-loss).
+"""Wires the forward process, the network and the loss into one scalar objective
+(docs/algorithms.md#the-pre-training-loss).
 
 This is the only place where diffusion meets the model. A batch is a dict of arrays:
 - `tokens [batch, length] int32` (always);

@@ -9,12 +9,13 @@ the run's total number of updates `T` and, like optax's own schedules, reach
 hold it afterwards:
 
 - `constant`: hold the peak.
-- `cosine` (SMDM, docs/algorithms.md#learning-rate-schedules): cosine decay from the peak at `warmup_steps` to the floor at `T`.
-- `wsd` (LLaDA pre-training and SFT, docs/algorithms.md#learning-rate-schedules): hold the peak; from `wsd_drop_step` (if not
-  0) hold `peak * wsd_drop_factor`; linear decay to the floor over the last `decay_steps` updates,
-  i.e. from `T - decay_steps` to `T`.
-- `illada` (docs/algorithms.md#learning-rate-schedules): hold the peak until `decay_start_step`, then cosine decay to the floor
-  at `T`.
+- `cosine` (SMDM, docs/algorithms.md#learning-rate-schedules): cosine decay from the peak at
+  `warmup_steps` to the floor at `T`.
+- `wsd` (LLaDA pre-training and SFT, docs/algorithms.md#learning-rate-schedules): hold the peak;
+  from `wsd_drop_step` (if not 0) hold `peak * wsd_drop_factor`; linear decay to the floor over the
+  last `decay_steps` updates, i.e. from `T - decay_steps` to `T`.
+- `illada` (docs/algorithms.md#learning-rate-schedules): hold the peak until `decay_start_step`,
+  then cosine decay to the floor at `T`.
 
 Weight decay applies to every parameter unless `decay_exclude="norms_and_embeddings"`, which
 leaves RMSNorm scales, biases, `embed` and `lm_head` undecayed (`weight_decay_mask`).

@@ -1,9 +1,10 @@
 """Text samples during training: the run shows what the model says, not only its loss.
 
 At every eval step the runner calls `TrainingSamples.write(step, params)`: greedy fixed-canvas
-generation (one token per step, pure diffusion, docs/algorithms.md#sampling) after each of `train.sample_prompts`,
-written to `WORKDIR/samples/step_<step>.txt`; the last ones are printed when training ends.
-Prompts are plain text for pre-training and one user turn in the chat template for SFT.
+generation (one token per step, pure diffusion, docs/algorithms.md#sampling) after each of
+`train.sample_prompts`, written to `WORKDIR/samples/step_<step>.txt`; the last ones are printed when
+training ends. Prompts are plain text for pre-training and one user turn in the chat template for
+SFT.
 
 Single-process runs only: under `jax.distributed` the prompt would have to be a global array on
 every process; multi-process runs skip samples and say so once.

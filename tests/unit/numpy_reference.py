@@ -1,8 +1,8 @@
 """Shared test helpers: tiny random models and an independent float64 NumPy forward pass.
 
-The reference (`ref_forward`) is written from docs/models.md#the-block and never calls `illada_jax` code; it only
-reads parameters out of a model (`model_params_f64`). Used by the model, sampling and scoring
-tests (`from numpy_reference import ...`; pytest puts this directory on sys.path).
+The reference (`ref_forward`) is written from docs/models.md#the-block and never calls `illada_jax`
+code; it only reads parameters out of a model (`model_params_f64`). Used by the model, sampling and
+scoring tests (`from numpy_reference import ...`; pytest puts this directory on sys.path).
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def ref_silu(x):
 
 
 def ref_forward(p, cfg: ModelConfig, tokens, positions=None, key_mask=None, segment_ids=None):
-    """tokens: [B, L] int -> logits [B, L, V] float64 (pre-norm blocks, docs/models.md#the-block)."""
+    """tokens: [B, L] int -> logits [B, L, V] float64 (pre-norm blocks,
+    docs/models.md#the-block)."""
     tokens = np.asarray(tokens)
     batch, length = tokens.shape
     if positions is None:

@@ -1,8 +1,9 @@
 """The lm-eval model `illada` and the shipped offline tasks (needs the `eval` extra).
 
 A one-layer random `tiny` model with the default tokenizer: the harness must hand exactly the
-ids of docs/algorithms.md#lm-evaluation-harness's `_encode_pair` to the scorers and return their numbers unchanged; the EOS pad
-(docs/algorithms.md#confidence-scoring `padd_eos`) is checked against logits computed directly on `[prompt, MASK, EOS]`.
+ids of docs/algorithms.md#lm-evaluation-harness's `_encode_pair` to the scorers and return their
+numbers unchanged; the EOS pad (docs/algorithms.md#confidence-scoring `padd_eos`) is checked against
+logits computed directly on `[prompt, MASK, EOS]`.
 """
 
 import json
@@ -59,7 +60,8 @@ def test_encode_pair_moves_trailing_whitespace(model):
     assert lm._encode_pair(CONTEXT, " created") == (context_ids, continuation_ids)
     # Several whitespace characters move together, and the continuation is the joint encoding's
     # suffix: "Answer:\n \n42" encodes as An|swer|:\n| |\n|4|2 while "Answer:" is An|swer|:, so
-    # the newline merged into ":\n" is not part of the continuation (docs/algorithms.md#lm-evaluation-harness, as lm-eval does).
+    # the newline merged into ":\n" is not part of the continuation
+    # (docs/algorithms.md#lm-evaluation-harness, as lm-eval does).
     context_ids, continuation_ids = lm._encode_pair("Answer:\n \n", "42")
     assert tok.decode(context_ids) == "Answer:"
     assert tok.decode(continuation_ids) == " \n42"

@@ -1,6 +1,6 @@
-"""Compilation behaviour of the sampler (docs/algorithms.md#sampling): prompts of different lengths inside one
-bucket share a program, and variable-length generation compiles one block program for every
-length it reaches. Counts come from the jitted functions' own caches."""
+"""Compilation behaviour of the sampler (docs/algorithms.md#sampling): prompts of different lengths
+inside one bucket share a program, and variable-length generation compiles one block program for
+every length it reaches. Counts come from the jitted functions' own caches."""
 
 from __future__ import annotations
 

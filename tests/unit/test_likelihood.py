@@ -1,5 +1,6 @@
-"""Scoring a continuation under a masked-diffusion LM (docs/algorithms.md#likelihood-and-scoring): `mc_elbo`,
-`stratified_counts`, `confidence_score`, `greedy_check` and the `Model` wrappers over them.
+"""Scoring a continuation under a masked-diffusion LM (docs/algorithms.md#likelihood-and-scoring):
+`mc_elbo`, `stratified_counts`, `confidence_score`, `greedy_check` and the `Model` wrappers over
+them.
 
 Every reference is float64 NumPy written here from the spec; log-probabilities come from
 `numpy_reference.ref_forward`, an independent forward pass that only reads the model's parameters.
@@ -69,7 +70,8 @@ def ref_log_probs(seqs, cfg=CFG, p64=P64):
 
 
 def np_stratified_counts(k, b, a):
-    """docs/algorithms.md#the-monte-carlo-elbo: round(linspace(k, k + (b-1)·A/b, b)) (half to even), wrapped into [1, A]."""
+    """docs/algorithms.md#the-monte-carlo-elbo: round(linspace(k, k + (b-1)·A/b, b)) (half to even),
+    wrapped into [1, A]."""
     counts = np.round(np.linspace(k, k + (b - 1) * a / b, b)).astype(np.int64)
     return (counts - 1) % a + 1
 
@@ -86,7 +88,8 @@ def subset_values(prompt, answer, mask_id=MASK):
 
 
 def estimator_moments(values, a, b):
-    """Exact mean and variance of one MC batch of `b` rows (docs/algorithms.md#the-monte-carlo-elbo) from the enumeration.
+    """Exact mean and variance of one MC batch of `b` rows (docs/algorithms.md#the-monte-carlo-elbo)
+    from the enumeration.
 
     Given the offset k, row r has count l_r(k) and an independent uniform subset of that size, so
     the batch mean has mean m(k) = mean_r g(l_r) and variance v(k) = Σ_r w(l_r) / b², with g(l),
@@ -106,7 +109,8 @@ def estimator_moments(values, a, b):
 
 
 def ref_confidence(prompt, answer, cfg=CFG, p64=P64, mask_id=MASK):
-    """docs/algorithms.md#confidence-scoring loop. Returns (score, smallest gap between the best and runner-up position)."""
+    """docs/algorithms.md#confidence-scoring loop. Returns (score, smallest gap between the best and
+    runner-up position)."""
     p, a = len(prompt), len(answer)
     canvas, still, total, gap = [mask_id] * a, list(range(a)), 0.0, np.inf
     for _ in range(a):
@@ -122,7 +126,8 @@ def ref_confidence(prompt, answer, cfg=CFG, p64=P64, mask_id=MASK):
 
 
 def ref_greedy(prompt, length, cfg=CFG, p64=P64, mask_id=MASK):
-    """docs/algorithms.md#greedy-check decode: argmax everywhere masked, commit only the most confident position.
+    """docs/algorithms.md#greedy-check decode: argmax everywhere masked, commit only the most
+    confident position.
 
     Returns (decoded tokens, Σ committed log-probs, smallest decision margin)."""
     p = len(prompt)
@@ -263,7 +268,8 @@ def test_mc_elbo_single_token_is_exact(prompt, mc_num, batch_size, seed):
 
 @pytest.mark.parametrize("cfg_scale", [0.5, 2.0])
 def test_mc_elbo_cfg_single_token(cfg_scale):
-    """docs/algorithms.md#classifier-free-guidance: logits = un + (w+1)(cond − un), `un` from the prompt replaced by mask ids."""
+    """docs/algorithms.md#classifier-free-guidance: logits = un + (w+1)(cond − un), `un` from the
+    prompt replaced by mask ids."""
     answer, p = [27], len(PROMPT)
     logits = ref_forward(P64, CFG, np.array([PROMPT + [MASK], [MASK] * p + [MASK]]))[:, p]
     cond, un = logits

@@ -1,4 +1,5 @@
-"""Chunked cross-entropy keeps [batch, length, vocab] fp32 logits out of memory (docs/algorithms.md#the-pre-training-loss).
+"""Chunked cross-entropy keeps [batch, length, vocab] fp32 logits out of memory
+(docs/algorithms.md#the-pre-training-loss).
 
 Compiles forward+backward of the pre-training objective and reads XLA's own buffer accounting: with
 small chunks the temporary memory must stay well below the size of the full logits tensor, while

@@ -328,7 +328,7 @@ def test_importance_weight_is_unbiased(method):
 
 
 # ---------------------------------------------------------------------------------------------
-# l-form masking for the held-out ELBO bound (docs/algorithms.md#the-pre-training-loss, eq. 14)
+# l-form masking for the held-out ELBO bound (docs/algorithms.md#the-held-out-bound, LLaDA eq. 14)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -17,9 +17,11 @@ from illada_jax.config.presets import MODEL_PRESETS
 from illada_jax.config.schema import ModelConfig
 from illada_jax.obs import flops, progress, writers
 
-# --- FLOPs per token (docs/architecture.md#flops) ------------------------------------------------------------------
+# --- FLOPs per token (docs/architecture.md#flops)
+# ------------------------------------------------------------------
 
-# Hand numbers: the papers' non-embedding counts (docs/models.md#shapes) plus the output head vocab x d.
+# Hand numbers: the papers' non-embedding counts (docs/models.md#shapes) plus the output head vocab
+# x d.
 ILLADA_NON_EMBEDDING = 6_979_588_096
 LLADA_NON_EMBEDDING = 6_979_588_096
 
@@ -132,8 +134,8 @@ def test_mfu_arithmetic():
     assert math.isnan(flops.mfu(2_000.0, 3e9, None))
     assert math.isnan(flops.mfu(2_000.0, 3e9, 0.0))
     assert math.isnan(flops.mfu(2_000.0, 3e9, math.inf))
-    # docs/architecture.md#flops anchor: LLaDA-8B at ~4.9k tokens/s/GPU on 989 TFLOP/s is 24-27% once bidirectional
-    # attention at S=4096 is counted.
+    # docs/architecture.md#flops anchor: LLaDA-8B at ~4.9k tokens/s/GPU on 989 TFLOP/s is 24-27%
+    # once bidirectional attention at S=4096 is counted.
     cfg = ModelConfig(**MODEL_PRESETS["llada_8b"])
     value = flops.mfu(4_900.0, flops.train_flops_per_token(cfg, 4096), 989e12)
     assert 0.24 < value < 0.27

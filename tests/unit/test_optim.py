@@ -1,4 +1,5 @@
-"""Optimiser: the learning-rate schedules of docs/algorithms.md#learning-rate-schedules, the weight-decay mask, clipping, config.
+"""Optimiser: the learning-rate schedules of docs/algorithms.md#learning-rate-schedules, the
+weight-decay mask, clipping, config.
 
 Expected learning rates are written out by hand (LLaDA's 4e-4 -> 1e-4 -> 1e-5, iLLaDA's
 2e-4 -> 5e-6) and, over whole runs, compared with independent numpy formulas.
@@ -118,7 +119,8 @@ def test_llada_wsd_key_steps():
 
 
 def test_wsd_without_drop_is_llada_sft():
-    """docs/algorithms.md#sft-llada-style: warmup 50 to 2.5e-5, hold, linear decay to 2.5e-6 over the last 10%."""
+    """docs/algorithms.md#sft-llada-style: warmup 50 to 2.5e-5, hold, linear decay to 2.5e-6 over
+    the last 10%."""
     cfg = OptimConfig(
         learning_rate=2.5e-5,
         warmup_steps=50,
@@ -210,7 +212,8 @@ def test_illada_decay_right_after_warmup():
 
 
 def test_cosine_smdm():
-    """docs/algorithms.md#learning-rate-schedules: warmup, then cosine to the floor at the last step (2e-4 -> 2e-5)."""
+    """docs/algorithms.md#learning-rate-schedules: warmup, then cosine to the floor at the last step
+    (2e-4 -> 2e-5)."""
     cfg = OptimConfig(
         learning_rate=2e-4, warmup_steps=100, schedule="cosine", final_learning_rate=2e-5
     )

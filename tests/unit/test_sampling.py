@@ -3,9 +3,9 @@
 How it is tested:
 
 - Fixed-canvas generation at temperature 0 is compared token for token with an independent NumPy
-  re-implementation of docs/algorithms.md#sampling written here (`ref_generate`): canvas, blocks, the transfer
-  schedule, argmax candidates (mask logit set to -inf first: the documented deviation in
-  `generate.py`), float64 softmax confidences, -inf outside the current block and at committed
+  re-implementation of docs/algorithms.md#sampling written here (`ref_generate`): canvas, blocks,
+  the transfer schedule, argmax candidates (mask logit set to -inf first: the documented deviation
+  in `generate.py`), float64 softmax confidences, -inf outside the current block and at committed
   positions, top-k with ties to the lower index. The per-step logits come from the JAX network
   itself (a jitted forward used as an oracle; the network is checked against the float64 NumPy
   forward in `test_model.py`), so what is re-implemented is the sampling algorithm. Cases: pure
@@ -13,11 +13,11 @@ How it is tested:
   all on a LEFT-padded batch. The `</think>` boost and the variable-length loop ("append
   one block, run generate on it") have their own reference loops.
 - Schedule helpers against tables and brute-force NumPy selections.
-- Caches (docs/algorithms.md#caches-and-parallel-decoding): the cached forward paths are exact where they must be (unchanged canvas; a
-  one-layer model, whose K/V depend only on token and position, with the canvas changed only where
-  K/V are recomputed) and approximate by a bounded amount otherwise. Generation with a cache on a
-  one-layer model equals no-cache generation exactly; on the two-layer model the token agreement
-  is measured and printed (`pytest -s`).
+- Caches (docs/algorithms.md#caches-and-parallel-decoding): the cached forward paths are exact where
+  they must be (unchanged canvas; a one-layer model, whose K/V depend only on token and position,
+  with the canvas changed only where K/V are recomputed) and approximate by a bounded amount
+  otherwise. Generation with a cache on a one-layer model equals no-cache generation exactly; on the
+  two-layer model the token agreement is measured and printed (`pytest -s`).
 - Gumbel noise and temperature sampling: moments, the tail beyond the 24-bit-uniform cap, and
   draw frequencies against softmax(logits/τ) with chi-square tolerances at fixed keys.
 
@@ -119,8 +119,9 @@ def ref_schedule(k: int, n: int) -> list[int]:
 
 
 def ref_think_boost(logits, x, lo, hi, prompt_len, gen_length, think, stats):
-    """docs/algorithms.md#the-think-boost on [B, L, V] logits in place: boost the next `</think>` token at the first masked
-    slot of the block [lo, hi) while E is absent from the generated part."""
+    """docs/algorithms.md#the-think-boost on [B, L, V] logits in place: boost the next `</think>`
+    token at the first masked slot of the block [lo, hi) while E is absent from the generated
+    part."""
     e_ids, strength, power = think
     m = len(e_ids)
     for r in range(x.shape[0]):
@@ -143,7 +144,8 @@ def ref_think_boost(logits, x, lo, hi, prompt_len, gen_length, think, stats):
 def ref_generate(oracle, prompt, prompt_mask, gen_length, block_length, steps, *, ids=IDS,
                  cfg_scale=0.0, logits_eos_inf=False, confidence_eos_eot_inf=False,
                  think=None, record=None):  # fmt: skip
-    """docs/algorithms.md#sampling at temperature 0 with low-confidence remasking. Returns (canvas, stats).
+    """docs/algorithms.md#sampling at temperature 0 with low-confidence remasking. Returns (canvas,
+    stats).
 
     `record` (a dict): filled with "step" (the global step each position was committed at, -1
     for the prompt) and "conf" (the confidence it was committed with, NaN for the prompt)."""
@@ -601,8 +603,9 @@ def test_cache_exact_on_one_layer_model(fields):
 @pytest.mark.parametrize("threshold", [None, 0.9])
 @pytest.mark.parametrize("cache", ["dual", "prefix"])
 def test_cache_generation_agreement(cache, threshold):
-    """Two layers: caches are approximate (docs/algorithms.md#caches-and-parallel-decoding). Measure the token agreement with the
-    no-cache run; it is at least the first step's commits, which both runs share exactly."""
+    """Two layers: caches are approximate (docs/algorithms.md#caches-and-parallel-decoding). Measure
+    the token agreement with the no-cache run; it is at least the first step's commits, which both
+    runs share exactly."""
     plan = dict(block_length=BLOCK, steps=16, threshold=threshold)
     baseline = _generated("blocks8_1tok") if threshold is None else _generate(2, **plan)
     got = _generate(2, cache=cache, **plan)
@@ -638,8 +641,9 @@ def _variable_full():
 
 
 def ref_variable(oracle, prompt, prompt_mask, num_blocks):
-    """docs/algorithms.md#variable-length-decoding literally: append one block of K masks (nothing after it) and run the fixed-canvas generate
-    on it with gen_length = block_length = K and `steps` steps; the canvas grows block by block."""
+    """docs/algorithms.md#variable-length-decoding literally: append one block of K masks (nothing
+    after it) and run the fixed-canvas generate on it with gen_length = block_length = K and `steps`
+    steps; the canvas grows block by block."""
     x, mask = prompt, prompt_mask
     for _ in range(num_blocks):
         x, _ = ref_generate(oracle, x, mask, VAR_K, VAR_K, VAR_STEPS)
