@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.config or not args.config[0].startswith("config:"):
         raise sweep.SweepError(
-            "illada sweep needs --config=config:SWEEP first, e.g. "
+            "give --config=config:SWEEP first, e.g. "
             f"--config=config:tiny_lr (named sweeps: {', '.join(sweep.named_sweeps())})"
         )
     if args.launcher and not args.print_only:

@@ -48,7 +48,7 @@ def run_train(args: argparse.Namespace) -> int:
     from illada_jax.data.tokenizer_train import train_tokenizer
 
     if not args.input and not args.embedded:
-        raise TokenizerError("illada tokenizer train: give --input FILE ... and/or --embedded")
+        raise TokenizerError("give --input FILE ... and/or --embedded")
     texts: Iterable[str] = ()
     if args.embedded:
         from illada_jax.data.corpus import embedded_documents

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from illada_jax.data.tokenizer import TOKEN_NAMES, TokenizerError
+from illada_jax.errors import MissingInputError
 
 DEFAULT_SPECIAL_TOKENS = (
     "<pad>",
@@ -53,6 +54,8 @@ def read_training_texts(files: Iterable[str | pathlib.Path]) -> Iterator[str]:
     "text" field of each line)."""
     for file in files:
         path = pathlib.Path(file)
+        if not path.is_file():
+            raise MissingInputError(f"--input {path}: no such file (give text or .jsonl files)")
         if path.suffix == ".jsonl":
             with path.open(encoding="utf-8") as f:
                 for number, line in enumerate(f, 1):

@@ -1,8 +1,8 @@
 """Starting JAX for a job: join a multi-process run when launched as one, split a CPU host.
 
 `start_jax(cpu_devices)` must run before anything touches JAX's backends (device queries,
-arrays, compiles). The command line calls it first thing; `illada_jax.run_training` and sweeps
-call it too.
+arrays, compiles). `illada train`, `generate`, `chat`, `eval` and local sweeps call it first thing
+(`illada_jax.run_training`, for notebooks, only splits a CPU host into devices).
 
 - `ILLADA_COORDINATOR`, `ILLADA_NUM_PROCESSES`, `ILLADA_PROCESS_ID` (set by `launch/local.py` or
   any launcher): `jax.distributed.initialize` with those values (local processes on 127.0.0.1);

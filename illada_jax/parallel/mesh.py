@@ -80,6 +80,12 @@ def make_mesh(cfg: MeshConfig, devices=None) -> jax.sharding.Mesh:
     ici = (1, sizes["data"], sizes["fsdp"], sizes["tensor"])
     dcn = (sizes["dcn_data"], 1, 1, 1)
     slices = {getattr(d, "slice_index", 0) for d in devices}
+    if len(slices) > 1 and sizes["dcn_data"] == 1:
+        raise ConfigError(
+            f"the devices span {len(slices)} slices joined by the data-center network, and "
+            "mesh.dcn_data=1 would shard the parameters across it; set "
+            f"--config=set:mesh.dcn_data={len(slices)} (data parallelism across slices)"
+        )
     if sizes["dcn_data"] > 1 and len(slices) > 1:  # a real multi-slice job: DCN outermost
         if len(slices) != sizes["dcn_data"]:
             raise ConfigError(

@@ -175,6 +175,8 @@ def run_search(target: Target, batches, remats, **estimates) -> list[Report]:
             continue
         if report.remat not in per_token:
             add_flop_probes(report, candidate, build_target_run(candidate))
+            if not report.flops_source.startswith("loop-corrected"):
+                continue  # the probes failed (noted in the report): nothing to scale
             per_token[report.remat] = report.compiled_flops_per_step / report.tokens_per_step
         report.compiled_flops_per_step = per_token[report.remat] * report.tokens_per_step
         report.compiled_flops_per_device = report.compiled_flops_per_step / report.chips

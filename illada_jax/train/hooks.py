@@ -163,22 +163,27 @@ class MetricsLog(Hook):
 
 class HeldOutEval(Hook):
     """Every `train.eval_every` steps: the held-out negative ELBO (nats/token, fixed seeds) on
-    `train.eval_dataset`. At the start: the unigram baseline of the same held-out tokens (train
-    split's token frequencies), which a model must beat to have learned more than frequencies."""
+    `train.eval_dataset`. At a fresh start: the unigram baseline, the held-out dataset's tokens
+    scored with the training data's token frequencies (`data/unigram.py`), which a model must
+    beat to have learned more than frequencies."""
 
     def __init__(self, run: Run):
         self.every = run.experiment.train.eval_every
         self.rows = eval_rows_sharding(run)
 
     def on_start(self, loop: LoopState) -> None:
-        if not loop.writer.enabled:  # only process 0 logs; the others need not read the data
+        if self.every:  # refuse held-out data that does not fit the model now, on every process
+            run = loop.run
+            run.pipeline(dataset=run.experiment.train.eval_dataset, seed=EVAL_SEED)
+        # Logged once, at a fresh start (a resumed run has it in metrics.jsonl), by process 0.
+        if loop.step or not loop.writer.enabled:
             return
         baseline = _unigram_baseline(loop.run)
         if baseline is not None:
             loop.record(
                 {"step": loop.step, "unigram_baseline_nats": baseline},
                 line=f"unigram baseline {baseline:.4f} nats/token (held-out tokens scored with "
-                "the train split's token frequencies): the bound must go below it",
+                "the training data's token frequencies): the bound must go below it",
             )
 
     def on_step(self, loop: LoopState) -> None:

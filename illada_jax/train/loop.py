@@ -57,6 +57,7 @@ def train(
         hooks = default_hooks(run, workdir, checkpoints)
         for hook in hooks:
             hook.on_start(loop)
+        loop.window = hooks_lib.MetricWindow()  # tokens/s counts from the first step on
         while loop.step < experiment.train.steps and not loop.stop:
             advance(loop, hooks)
         for hook in hooks:
@@ -119,9 +120,9 @@ def default_hooks(run: Run, workdir, checkpoints) -> list[Hook]:
         recovery.LossHealth(run, checkpoints),  # may roll back: the hooks after it then skip
         hooks_lib.Progress(),
         hooks_lib.MetricsLog(run),
+        checkpointing,  # before evaluation and samples: the final save does not wait on them
         hooks_lib.HeldOutEval(run),
         hooks_lib.TextSamples(run, workdir, tokenizer),
-        checkpointing,
         recovery.Preemption(checkpointing),
     ]
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -259,3 +260,11 @@ def test_two_free_mesh_axes_are_invalid():
         MeshConfig(fsdp=-1, data=-1)
     with pytest.raises(ConfigError, match="tensor"):
         MeshConfig(tensor=0)
+
+
+def test_devices_spanning_slices_need_a_dcn_axis():
+    """Two slices without `mesh.dcn_data`: FSDP would shard parameters across the data-center
+    network; the mesh refuses and names the fix (checked before any device is used)."""
+    devices = [types.SimpleNamespace(id=i, slice_index=i // 4) for i in range(8)]
+    with pytest.raises(ConfigError, match=r"span 2 slices.*set:mesh\.dcn_data=2"):
+        mesh_lib.make_mesh(MeshConfig(), devices=devices)

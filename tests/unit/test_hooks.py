@@ -279,3 +279,17 @@ def test_the_pod_preemption_notice_also_stops_the_loop():
     loop.step = 6
     preemption.on_step(loop)
     assert loop.stop and checkpoints.forced == [6]
+
+
+def test_the_unigram_baseline_is_logged_at_a_fresh_start_only(monkeypatch):
+    loop = make_loop(steps=10)
+    evaluation = hooks.HeldOutEval.__new__(hooks.HeldOutEval)
+    evaluation.every = 0  # no held-out data to check in this fake run
+    monkeypatch.setattr(hooks, "_unigram_baseline", lambda run: 5.5)
+    loop.step = 4  # resumed
+    evaluation.on_start(loop)
+    assert loop.writer.records == []
+    loop.step = 0
+    evaluation.on_start(loop)
+    assert loop.writer.records == [{"step": 0, "unigram_baseline_nats": 5.5}]
+    assert "unigram baseline 5.5000 nats/token" in loop.progress.lines[-1]
