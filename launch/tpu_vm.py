@@ -16,13 +16,23 @@ root) or run in order
 2. ship the code (`--skip-install` skips it): build a wheel of this project and copy it to every
    worker, then install it with its `[tpu]` extra into `~/illada` (a Python 3.11 venv made with uv:
    the TPU VM images ship an older Python) — or, with `--image`, pull that Docker image there;
-3. run the command after `--` on every worker (`ssh --worker=all`, and `--node=all` for a
-   queued resource) with `ILLADA_DISTRIBUTED=auto`, so `illada train` calls
-   `jax.distributed.initialize()`, which finds the workers from the TPU metadata; across slices the
-   TPU runtime sets the MEGASCALE_* variables itself (set `mesh.dcn_data` to the slice count).
-   All workers' output streams back through gcloud and is also appended to `~/illada-train.log` on
-   each worker. The command runs in the home directory, so a relative `--workdir=runs/x` is
-   `~/runs/x` on each worker (with `--image` the same directory is mounted into the container).
+3. (`--gcsfuse BUCKET`) install gcsfuse and mount `gs://BUCKET` at `/gcs/BUCKET` on every
+   worker: prepared ArrayRecord shards on that bucket are then read through the mount (the data
+   reader uses it for `gs://BUCKET/...` paths by itself);
+4. start the job on every worker, detached: a supervisor script (`worker_script`) is written to
+   `~/illada-job.sh` and run as the systemd service `illada-job` (it survives the client's
+   disconnect and a reboot of the worker). The script runs the command after `--` with
+   `ILLADA_DISTRIBUTED=auto` (`jax.distributed.initialize()` finds the workers from the TPU
+   metadata), appends its output to `~/illada-train.log` (copied to `WORKDIR/logs/` when the
+   workdir is on gs://), and restarts it after a preemption (the job exits 75: it saved and
+   stopped) or a crash (at most `--max-failures` times), until it exits 0 (its last step saved).
+   Across slices (`--num-slices`) the launcher starts the processes, so it sets the MEGASCALE_*
+   variables the TPU runtime needs: the coordinator (worker 0 of slice 0), slice count and id.
+
+The command runs in the home directory. A multi-host run needs a `--workdir` all workers share:
+`gs://BUCKET/runs/NAME` (or a mounted filesystem with `checkpoint.shared_filesystem=True`).
+Watch it with `gcloud ... ssh --worker=0 --command='tail -f ~/illada-train.log'` or TensorBoard on
+the gs:// run directory; stop it with `--stop` (runs `systemctl stop illada-job` on every worker).
 
 Teardown is separate: `--delete` prints (or with `--execute` runs) only the delete command.
 """
@@ -30,6 +40,7 @@ Teardown is separate: `--delete` prints (or with `--execute` runs) only the dele
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import pathlib
 import re
@@ -42,6 +53,10 @@ import tomllib
 REPO = pathlib.Path(__file__).resolve().parent.parent
 VENV = "~/illada"  # on each worker
 LOG = "~/illada-train.log"
+SCRIPT = "~/illada-job.sh"
+SERVICE = "illada-job"
+PREEMPTED_EXIT_CODE = 75  # `illada train` exits with it after a preemption save (EX_TEMPFAIL)
+MEGASCALE_PORT = 8080
 UV = "~/.local/bin/uv"
 # The TPU software version matching each generation (TPU docs, "TPU software versions").
 RUNTIME_VERSIONS = {
@@ -202,17 +217,163 @@ def _gcp_registry(host: str) -> bool:
     return host.endswith(("gcr.io", "docker.pkg.dev"))
 
 
-def worker_command(command: list[str], image: str | None) -> str:
-    """The shell line each worker runs: the job with ILLADA_DISTRIBUTED=auto, logged to LOG."""
+def job_line(command: list[str], image: str | None) -> str:
+    """The job as a shell line, with ILLADA_DISTRIBUTED=auto (inside the image with --image)."""
     job = shlex.join(command)
     if image:
-        job = (
+        megascale = " ".join(f"-e {name}" for name in MEGASCALE_VARS)
+        return (
             "sudo docker run --rm --net=host --privileged -e ILLADA_DISTRIBUTED=auto "
-            f'-v "$HOME/runs:/work/runs" {image} {job}'
+            f'-e ILLADA_PREEMPTED_EXIT_CODE {megascale} -v "$HOME/runs:/work/runs" {image} {job}'
         )
-    else:
-        job = f". {VENV}/bin/activate && ILLADA_DISTRIBUTED=auto {job}"
-    return f"set -o pipefail; cd ~ && {job} 2>&1 | tee -a {LOG}"
+    return f". {VENV}/bin/activate && ILLADA_DISTRIBUTED=auto {job}"
+
+
+MEGASCALE_VARS = (
+    "MEGASCALE_COORDINATOR_ADDRESS",
+    "MEGASCALE_NUM_SLICES",
+    "MEGASCALE_SLICE_ID",
+    "MEGASCALE_PORT",
+)
+
+
+def workdir_of(command: list[str]) -> str | None:
+    """The `--workdir` of an `illada train` command, if given."""
+    for index, arg in enumerate(command):
+        if arg.startswith("--workdir="):
+            return arg.split("=", 1)[1]
+        if arg == "--workdir" and index + 1 < len(command):
+            return command[index + 1]
+    return None
+
+
+def worker_script(command: list[str], image: str | None, *, max_failures: int = 10,
+                  gcsfuse_bucket: str | None = None) -> str:  # fmt: skip
+    """The supervisor each worker runs (bash): the job, restarted until it completes.
+
+    Exit 0 of the job: done (a marker file stops later starts, e.g. after a reboot). Exit 75: the
+    job was preempted and saved; restart without counting a failure. Anything else: a crash;
+    restart after `ILLADA_RESTART_DELAY` seconds (default 30), giving up after `max_failures`.
+    `~/illada-job.env` (written by the launcher for multi-slice jobs) is read first.
+    """
+    workdir = workdir_of(command) or ""
+    logs = f"{workdir.rstrip('/')}/logs" if workdir.startswith("gs://") else ""
+    mount = ""
+    if gcsfuse_bucket:
+        point = f"/gcs/{gcsfuse_bucket}"
+        mount = f"mountpoint -q {point} || gcsfuse --implicit-dirs {gcsfuse_bucket} {point}\n"
+    return f"""#!/usr/bin/env bash
+# Generated by launch/tpu_vm.py: run the illada job until it completes (see its docstring).
+set -u
+cd ~
+LOG={LOG}
+DONE=~/illada-job.done
+LOGS_URL={shlex.quote(logs)}
+[ -f ~/illada-job.env ] && set -a && . ~/illada-job.env && set +a
+[ -f "$DONE" ] && {{ echo "job already completed ($DONE)" >> $LOG; exit 0; }}
+{mount}export ILLADA_PREEMPTED_EXIT_CODE={PREEMPTED_EXIT_CODE}
+upload_log() {{
+  [ -n "$LOGS_URL" ] && gcloud storage cp -q $LOG "$LOGS_URL/$(hostname).log" > /dev/null 2>&1
+  return 0
+}}
+failures=0
+attempt=0
+while true; do
+  attempt=$((attempt + 1))
+  echo "=== illada job attempt $attempt at $(date -u +%FT%TZ)" >> $LOG
+  ( {job_line(command, image)} ) >> $LOG 2>&1
+  code=$?
+  echo "=== exit code $code at $(date -u +%FT%TZ)" >> $LOG
+  upload_log
+  if [ $code -eq 0 ]; then
+    touch "$DONE"
+    exit 0
+  elif [ $code -ne {PREEMPTED_EXIT_CODE} ]; then
+    failures=$((failures + 1))
+    if [ $failures -gt {max_failures} ]; then
+      echo "=== giving up after $failures failures" >> $LOG
+      exit $code
+    fi
+  fi
+  sleep "${{ILLADA_RESTART_DELAY:-30}}"
+done
+"""
+
+
+def start_command(script: str, env: dict[str, str] | None = None) -> str:
+    """Install `script` as the systemd service SERVICE and (re)start it, detached."""
+    encoded = base64.b64encode(script.encode()).decode()
+    env_file = "".join(f"{k}={v}\\n" for k, v in (env or {}).items())
+    unit = (
+        "[Unit]\\nDescription=illada job\\nAfter=network-online.target\\n"
+        "[Service]\\nUser=%s\\nExecStart=/bin/bash %s/illada-job.sh\\nRestart=on-failure\\n"
+        "RestartSec=30\\n[Install]\\nWantedBy=multi-user.target\\n"
+    )
+    return (
+        f"echo {encoded} | base64 -d > {SCRIPT} && rm -f ~/illada-job.done && "
+        f"printf '{env_file}' > ~/illada-job.env && "
+        f'printf \'{unit}\' "$USER" "$HOME" | sudo tee /etc/systemd/system/{SERVICE}.service '
+        f"> /dev/null && sudo systemctl daemon-reload && sudo systemctl enable {SERVICE} && "
+        f"sudo systemctl restart {SERVICE}"
+    )
+
+
+def gcsfuse_command(bucket: str) -> str:
+    """Install gcsfuse (Google's apt repository) and mount `bucket` at /gcs/BUCKET."""
+    point = f"/gcs/{bucket}"
+    install = (
+        '(command -v gcsfuse > /dev/null || (echo "deb [signed-by=/usr/share/keyrings/'
+        "cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) "
+        'main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -fsS '
+        "https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee "
+        "/usr/share/keyrings/cloud.google.asc > /dev/null && sudo apt-get update -q && "
+        "sudo apt-get install -y -q gcsfuse))"
+    )
+    return (
+        f'{install} && sudo mkdir -p {point} && sudo chown "$USER" {point} && '
+        f"(mountpoint -q {point} || gcsfuse --implicit-dirs {bucket} {point})"
+    )
+
+
+def run_steps(target: Target, command: list[str], image: str | None, *, max_failures: int = 10,
+              gcsfuse_bucket: str | None = None) -> list[Step]:  # fmt: skip
+    """Start the supervised job on every worker; per slice with MEGASCALE_* across slices."""
+    script = worker_script(command, image, max_failures=max_failures,
+                           gcsfuse_bucket=gcsfuse_bucket)  # fmt: skip
+    if target.num_slices == 1:
+        return [ssh_step(target, start_command(script))]
+    # Worker 0 of slice 0 coordinates the slices (the launcher, not XPK, starts the processes):
+    # its address is looked up here, on the client, and written into each worker's env file.
+    describe = (
+        "gcloud", "compute", "tpus", "tpu-vm", "describe", f"{target.name}-0", *target.location,
+        "--format=value(networkEndpoints[0].ipAddress)",
+    )  # fmt: skip
+    steps = []
+    for slice_id in range(target.num_slices):
+        env = {
+            "MEGASCALE_COORDINATOR_ADDRESS": f"@COORDINATOR@:{MEGASCALE_PORT}",
+            "MEGASCALE_NUM_SLICES": str(target.num_slices),
+            "MEGASCALE_SLICE_ID": str(slice_id),
+            "MEGASCALE_PORT": str(MEGASCALE_PORT),
+        }
+        before, after = start_command(script, env).split("@COORDINATOR@")
+        ssh = (*target.group, "ssh", target.name, *target.location, f"--node={slice_id}",
+               "--worker=all")  # fmt: skip
+        # The client's shell fills in $COORDINATOR between the single-quoted halves.
+        line = (
+            f"COORDINATOR=$({shlex.join(describe)}) && {shlex.join(ssh)} "
+            f"'--command={_in_single_quotes(before)}'\"$COORDINATOR\"'{_in_single_quotes(after)}'"
+        )
+        steps.append(Step(shell=line))
+    return steps
+
+
+def _in_single_quotes(text: str) -> str:
+    return text.replace("'", "'\"'\"'")
+
+
+def stop_steps(target: Target) -> list[Step]:
+    return [ssh_step(target, f"sudo systemctl stop {SERVICE} && sudo systemctl disable {SERVICE}")]
 
 
 def delete_steps(target: Target) -> list[Step]:
@@ -227,12 +388,17 @@ def plan(
     image: str | None = None,
     skip_create: bool = False,
     skip_install: bool = False,
+    gcsfuse_bucket: str | None = None,
+    max_failures: int = 10,
 ) -> list[Step]:
     """Every command of a launch, in order."""
     steps = [] if skip_create else create_steps(target)
     if not skip_install:
         steps += install_steps(target, image)
-    return [*steps, ssh_step(target, worker_command(command, image))]
+    if gcsfuse_bucket:
+        steps.append(ssh_step(target, gcsfuse_command(gcsfuse_bucket)))
+    return [*steps, *run_steps(target, command, image, max_failures=max_failures,
+                               gcsfuse_bucket=gcsfuse_bucket)]  # fmt: skip
 
 
 def wait_until_active(target: Target) -> int:
@@ -314,6 +480,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-create", action="store_true", help="the TPU exists already")
     parser.add_argument("--skip-install", action="store_true", help="the code is there already")
     parser.add_argument("--delete", action="store_true", help="only tear the TPU down")
+    parser.add_argument("--stop", action="store_true", help="only stop the job on every worker")
+    parser.add_argument(
+        "--gcsfuse",
+        metavar="BUCKET",
+        default=None,
+        help="mount gs://BUCKET at /gcs/BUCKET on every worker (data reads)",
+    )
+    parser.add_argument("--max-failures", type=int, default=10,
+                        help="crashes (not preemptions) after which a worker stops restarting")  # fmt: skip
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--dry-run",
@@ -354,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.delete:
         steps = delete_steps(target)
+    elif args.stop:
+        steps = stop_steps(target)
     elif not command:
         parser.error(
             "give the job after --, e.g. -- illada train --config=config:small "
@@ -366,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
             image=args.image,
             skip_create=args.skip_create,
             skip_install=args.skip_install,
+            gcsfuse_bucket=args.gcsfuse,
+            max_failures=args.max_failures,
         )
     if not args.execute:
         for step in steps:

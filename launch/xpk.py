@@ -2,7 +2,7 @@
 
     python launch/xpk.py --cluster my-cluster --workload illada-small --tpu-type v5p-16 \\
         --docker-image us-docker.pkg.dev/PROJECT/illada/illada:latest \\
-        -- illada train --config=config:small --workdir=/gcs/runs/small       # prints it
+        -- illada train --config=config:small --workdir=gs://BUCKET/runs/small  # prints it
     python launch/xpk.py ... --execute -- illada train ...                      # submits it
     python launch/xpk.py --cluster my-cluster --workload illada-small --delete # removes it
 
@@ -13,7 +13,10 @@ finds the slice's hosts, and across slices (`--num-slices`; set `mesh.dcn_data` 
 and the TPU runtime provide the MEGASCALE_* settings. XPK restarts the whole JobSet up to
 `--max-restarts` times when a slice is preempted or fails (add `--restart-on-user-code-failure` to
 also restart after the job itself exits non-zero); each restart resumes from the newest checkpoint
-in `--workdir`, so that directory must outlive the pods (a GCS FUSE or other persistent mount).
+in `--workdir`, so that directory must outlive the pods: `gs://BUCKET/runs/NAME` (read and
+written directly) or a persistent mount with `checkpoint.shared_filesystem=True`. A pod that is
+told to stop (SIGTERM) saves at the step all hosts agree on and exits 75
+(`ILLADA_PREEMPTED_EXIT_CODE`), not 0, so the JobSet sees a disruption, not a finished job.
 """
 
 from __future__ import annotations
@@ -28,9 +31,15 @@ import sys
 WORKLOAD_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
 
 
+PREEMPTED_EXIT_CODE = 75  # as launch/tpu_vm.py: a saved preemption is not a completed run
+
+
 def workload_command(command: list[str]) -> str:
     """The shell line each pod runs."""
-    return f"ILLADA_DISTRIBUTED=auto {shlex.join(command)}"
+    return (
+        f"ILLADA_DISTRIBUTED=auto ILLADA_PREEMPTED_EXIT_CODE={PREEMPTED_EXIT_CODE} "
+        f"{shlex.join(command)}"
+    )
 
 
 def create_argv(args: argparse.Namespace, command: list[str]) -> list[str]:

@@ -8,3 +8,29 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ILLADA_CACHE", tempfile.mkdtemp(prefix="illada-test-cache-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def _gcs_emulator_env():
+    """Start a GCS emulator on 127.0.0.1 (a subprocess) and yield the environment that points
+    gcsfs, google-cloud-storage and tensorstore at it, with the bucket name under BUCKET."""
+    from illada_jax.tools import gcs_emulator
+
+    bucket = "illada-test"
+    server, url = gcs_emulator.start(bucket)
+    env = {
+        "STORAGE_EMULATOR_HOST": url,
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        "TENSORSTORE_GCS_HTTP_URL": url,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        "BUCKET": bucket,
+    }
+    try:
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+import pytest  # noqa: E402 (the environment above is set before anything imports JAX)
+
+gcs_emulator = pytest.fixture(scope="module")(_gcs_emulator_env)

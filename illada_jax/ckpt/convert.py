@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pathlib
-import shutil
 
 import numpy as np
 
+from illada_jax import storage
 from illada_jax.ckpt import rundir
 from illada_jax.ckpt.hf import (
     DEFAULT_SHARD_BYTES,
@@ -33,14 +32,16 @@ from illada_jax.config.schema import ModelConfig
 log = logging.getLogger(__name__)
 
 
-def copy_tokenizer(src_dir: pathlib.Path, dst_dir: pathlib.Path) -> bool:
-    """Copy the tokenizer files present in `src_dir` into `dst_dir`; False when there are none."""
+def copy_tokenizer(src_dir: storage.PathLike, dst_dir: storage.PathLike) -> bool:
+    """Copy the tokenizer files present in `src_dir` into `dst_dir` (local or object storage);
+    False when there are none."""
+    src_dir, dst_dir = storage.path(src_dir), storage.path(dst_dir)
     present = [src_dir / n for n in TOKENIZER_FILES if (src_dir / n).is_file()]
     if not any(p.name in ("tokenizer.json", "tokenizer.model") for p in present):
         return False
     dst_dir.mkdir(parents=True, exist_ok=True)
     for path in present:
-        shutil.copy2(path, dst_dir / path.name)
+        storage.atomic_write(dst_dir / path.name, path.read_bytes())
     return True
 
 
@@ -62,8 +63,8 @@ def _numpy_saved_in_place():
         handlers.register_type_handler(np.ndarray, original, override=True)
 
 
-def save_native(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
-                tokenizer_dir: str | pathlib.Path | None = None) -> pathlib.Path:  # fmt: skip
+def save_native(cfg: ModelConfig, params: dict, dst_dir: storage.PathLike, *,
+                tokenizer_dir: storage.PathLike | None = None) -> storage.Path:  # fmt: skip
     """Write a native checkpoint `illada_jax.load(dst_dir)` reads (layout: module docstring).
 
     With `tokenizer_dir` holding tokenizer.json (or tokenizer.model), its files are copied to
@@ -74,12 +75,12 @@ def save_native(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
 
     from illada_jax.config.schema import DataConfig, Experiment, TrainConfig
 
-    dst = pathlib.Path(dst_dir).expanduser().absolute()
+    dst = storage.path(dst_dir)
     if (dst / "checkpoints").exists():
         raise HfFormatError(f"{dst} already holds checkpoints/; choose a new directory")
     dst.mkdir(parents=True, exist_ok=True)
     tokenizer = ""
-    if tokenizer_dir is not None and copy_tokenizer(pathlib.Path(tokenizer_dir), dst / "tokenizer"):
+    if tokenizer_dir is not None and copy_tokenizer(tokenizer_dir, dst / "tokenizer"):
         tokenizer = str(dst / "tokenizer")
     train = TrainConfig(seq_len=min(TrainConfig.seq_len, cfg.max_seq_len))
     experiment = Experiment(model=cfg, data=DataConfig(tokenizer=tokenizer), train=train)
@@ -100,9 +101,9 @@ def save_native(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
     return dst
 
 
-def is_hf_checkpoint(path: str | pathlib.Path) -> bool:
+def is_hf_checkpoint(path: storage.PathLike) -> bool:
     """A directory with config.json and *.safetensors and no native checkpoints/."""
-    path = pathlib.Path(path)
+    path = storage.path(path)
     return (
         (path / "config.json").is_file()
         and any(path.glob("*.safetensors"))
@@ -110,13 +111,13 @@ def is_hf_checkpoint(path: str | pathlib.Path) -> bool:
     )
 
 
-def load_hf(path: str | pathlib.Path, *, param_dtype: str | None = None):
+def load_hf(path: storage.PathLike, *, param_dtype: str | None = None):
     """(ModelConfig, params as numpy pure dict, Tokenizer or None) of an HF checkpoint directory,
     for `illada_jax.load`. The tokenizer is loaded when tokenizer.json / tokenizer.model is there
     and its special ids match the config (else None, with a warning)."""
     from illada_jax.data.tokenizer import Tokenizer, TokenizerError
 
-    path = pathlib.Path(path).expanduser()
+    path = storage.path(path)
     cfg, params = hf_to_native(path, param_dtype=param_dtype)
     tokenizer = None
     if (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():
@@ -135,7 +136,7 @@ def default_layout(cfg: ModelConfig) -> str:
     return "llada" if llada_ok and not cfg.tie_embeddings else "illada"
 
 
-def native_dir_to_hf(src: str | pathlib.Path, dst: str | pathlib.Path, *,
+def native_dir_to_hf(src: storage.PathLike, dst: storage.PathLike, *,
                      layout: str | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:  # fmt: skip
     """Write the newest checkpoint under `src` (a run or step directory) as an HF directory
     `dst` in `layout` (default: `default_layout`), with its tokenizer when the run has one.
@@ -146,13 +147,13 @@ def native_dir_to_hf(src: str | pathlib.Path, dst: str | pathlib.Path, *,
     experiment, _, params = restore_checkpoint_params(src)
     cfg = experiment.model
     layout = layout or default_layout(cfg)
-    dst = pathlib.Path(dst)
+    dst = storage.path(dst)
     native_to_hf(cfg, _to_numpy(params), dst, layout=layout, shard_bytes=shard_bytes)
     tokenizer, _ = Tokenizer.for_model(experiment.data.tokenizer, cfg)
     if tokenizer is not None and tokenizer.kind == "hf":
-        copy_tokenizer(pathlib.Path(tokenizer.path).parent, dst)
+        copy_tokenizer(tokenizer.path.parent, dst)
     elif tokenizer is not None:  # SentencePiece: HF's slow-tokenizer file name
-        shutil.copy2(tokenizer.path, dst / "tokenizer.model")
+        storage.atomic_write(dst / "tokenizer.model", tokenizer.path.read_bytes())
     return layout
 
 

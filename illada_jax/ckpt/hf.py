@@ -49,6 +49,7 @@ from collections.abc import Iterator
 import ml_dtypes
 import numpy as np
 
+from illada_jax import storage
 from illada_jax.ckpt.hf_config import (  # noqa: F401  (re-exported: the converter's public names)
     LAYOUTS,
     HfFormatError,
@@ -189,25 +190,38 @@ def _safetensors_files(src: pathlib.Path) -> list[pathlib.Path]:
     )
 
 
-def _scan_headers(src: pathlib.Path) -> dict[str, _Entry]:
-    """Name -> (file, shape, dtype) of every tensor, from the file headers only (no data read)."""
+def _tensor_headers(file) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype) of one shard. Local files: validated by safetensors' safe_open;
+    object storage (which safe_open cannot map): the JSON header, read with a ranged read."""
+    if not storage.is_local(file):
+        _, header = _file_header(file)
+        return {
+            n: (tuple(i["shape"]), i["dtype"]) for n, i in header.items() if n != "__metadata__"
+        }
     from safetensors import safe_open
 
+    with safe_open(str(file), framework="numpy") as handle:
+        return {
+            name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
+            for name in handle.keys()  # noqa: SIM118 (safe_open is not iterable)
+        }
+
+
+def _scan_headers(src: pathlib.Path) -> dict[str, _Entry]:
+    """Name -> (file, shape, dtype) of every tensor, from the file headers only (no data read)."""
     entries: dict[str, _Entry] = {}
     for file in _safetensors_files(src):
-        with safe_open(str(file), framework="numpy") as handle:
-            for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
-                view = handle.get_slice(name)
-                if name in entries:
-                    raise HfFormatError(f"tensor {name} is stored twice ({entries[name].file.name}"
-                                        f" and {file.name})")  # fmt: skip
-                entries[name] = _Entry(file, tuple(view.get_shape()), view.get_dtype())
+        for name, (shape, dtype) in _tensor_headers(file).items():
+            if name in entries:
+                raise HfFormatError(f"tensor {name} is stored twice ({entries[name].file.name}"
+                                    f" and {file.name})")  # fmt: skip
+            entries[name] = _Entry(file, shape, dtype)
     return entries
 
 
 def _file_header(file: pathlib.Path) -> tuple[int, dict]:
     """(byte offset of the data, JSON header) of a safetensors file."""
-    with open(file, "rb") as stream:
+    with storage.path(file).open("rb") as stream:
         header_len = int.from_bytes(stream.read(8), "little")
         return 8 + header_len, json.loads(stream.read(header_len))
 
@@ -223,6 +237,11 @@ def _read_raw(file: pathlib.Path, name: str, header: tuple[int, dict] | None = N
     info = entries[name]
     dtype = np.dtype(_RAW_DTYPES[info["dtype"]])
     begin, end = info["data_offsets"]
+    if not storage.is_local(file):  # a ranged read of this tensor's bytes
+        with storage.path(file).open("rb") as stream:
+            stream.seek(data_start + begin)
+            data = np.frombuffer(stream.read(end - begin), dtype=dtype).copy()
+        return data.reshape(info["shape"])
     data = np.fromfile(file, dtype=dtype, count=(end - begin) // dtype.itemsize,
                        offset=data_start + begin)  # fmt: skip
     return data.reshape(info["shape"])
@@ -294,7 +313,7 @@ def hf_to_native(src_dir: str | pathlib.Path, *,
     Returns (ModelConfig, params): params is the native pure dict of numpy arrays in
     `param_dtype` (None: the checkpoint's, see the module docstring). Raises `HfFormatError`.
     """
-    src = pathlib.Path(src_dir).expanduser()
+    src = storage.path(src_dir)
     config_path = src / "config.json"
     if not config_path.is_file():
         raise HfFormatError(f"{src}: no config.json; give an HF checkpoint directory")
@@ -380,9 +399,9 @@ def native_to_hf(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
     `model-0000k-of-0000n.safetensors` + `model.safetensors.index.json` when over `shard_bytes`)
     with the layout's names and `[out, in]` Linear weights, in the parameters' dtype. A tied
     config writes no head tensor. Returns the directory."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save, save_file
 
-    dst = pathlib.Path(dst_dir).expanduser()
+    dst = storage.path(dst_dir)
     hf_config = config_to_hf(cfg, layout)
     specs = tensor_specs(cfg, layout)
     sizes = []
@@ -398,7 +417,10 @@ def native_to_hf(cfg: ModelConfig, params: dict, dst_dir: str | pathlib.Path, *,
     weight_map = {}
     for file, shard in zip(files, shards):
         batch = dict(next(tensors) for _ in shard)
-        save_file(batch, str(dst / file), metadata={"format": "pt"})
+        if storage.is_local(dst):
+            save_file(batch, str(dst / file), metadata={"format": "pt"})
+        else:  # object storage: one upload of the serialised shard
+            (dst / file).write_bytes(save(batch, metadata={"format": "pt"}))
         weight_map.update(dict.fromkeys(batch, file))
         del batch
     if len(files) > 1:

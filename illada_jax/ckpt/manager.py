@@ -4,19 +4,30 @@
 - `data`: the data pipeline's position (the next data step; batches are a pure function of it);
 - `meta`: the resolved config and the runner's controls (learning-rate scale after rollbacks).
 
+The directory may be local or on object storage (`gs://...`; orbax writes through tensorstore).
 Saves are asynchronous and committed atomically by orbax (a half-written step directory is never
-listed). Retention: the last `keep` steps plus every `keep_every`-th step. Restore takes the
-newest step that restores cleanly: a damaged latest checkpoint makes it fall back to the previous
-one, with a warning naming both.
+listed). Retention: the last `keep` steps plus every `keep_every`-th step.
+
+Restore (`restore_latest`) tells two failures apart, before anything is written:
+- incompatible: the newest checkpoint holds another model shape, optimizer structure or tokenizer
+  (its stored tree or config differs from this run's): `IncompatibleCheckpointError` naming the
+  difference and the two ways out (a new workdir, or `checkpoint.init_from` to start from its
+  weights);
+- damaged: it cannot be read (a truncated or missing file): the previous step is tried, with a
+  warning naming both. A damaged step is never deleted or overwritten: retention keeps it and a
+  save at its step is skipped, so it stays there for inspection.
+All processes agree on the outcome (each reads its own shards).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import pathlib
 
+import numpy as np
 import orbax.checkpoint as ocp
 
+from illada_jax import storage
 from illada_jax.ckpt import rundir
 from illada_jax.config.schema import CheckpointConfig
 from illada_jax.errors import IlladaError
@@ -28,19 +39,44 @@ class CheckpointError(IlladaError, RuntimeError):
     """No usable checkpoint where one was required."""
 
 
+class IncompatibleCheckpointError(CheckpointError):
+    """The workdir's checkpoint belongs to a different model, optimizer or tokenizer."""
+
+
+@dataclasses.dataclass
+class _KeepSteps(ocp.checkpoint_managers.PreservationPolicy):
+    """Retention never deletes these steps (the damaged ones, which may be inspected)."""
+
+    steps: set[int]
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        return [c.step in self.steps for c in checkpoints]
+
+
+_OK, _DAMAGED, _INCOMPATIBLE = 0, 1, 2
+
+
 class RunCheckpoints:
-    def __init__(self, workdir: str | pathlib.Path, cfg: CheckpointConfig):
-        self.directory = pathlib.Path(workdir).absolute() / rundir.CHECKPOINTS
+    def __init__(self, workdir: storage.PathLike, cfg: CheckpointConfig):
+        self.directory = storage.path(workdir) / rundir.CHECKPOINTS
+        self.damaged: set[int] = set()  # steps that failed to restore; kept, never replaced
+        policies = [ocp.checkpoint_managers.LatestN(n=cfg.keep), _KeepSteps(self.damaged)]
+        if cfg.keep_every:
+            policies.append(ocp.checkpoint_managers.EveryNSteps(cfg.keep_every))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=cfg.keep,
-            keep_period=cfg.keep_every or None,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=cfg.async_save,
             create=True,
         )
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        }
+        assert set(handlers) == set(rundir.ITEMS)
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=rundir.ITEMS
+            self.directory, options=options, item_handlers=handlers
         )
-        self.damaged: set[int] = set()  # steps that failed to restore
 
     def steps(self) -> list[int]:
         self.manager.reload()  # see steps committed by other processes or earlier runs
@@ -48,12 +84,10 @@ class RunCheckpoints:
 
     def save(self, step: int, state, data: dict, meta: dict, *, force: bool = False) -> bool:
         if step in self.damaged:
-            # A damaged checkpoint is worse than any: replace it with the retrained step.
-            log.warning("replacing damaged checkpoint %d", step)
-            self.manager.delete(step)
-            self.damaged.discard(step)
-        elif step in self.manager.all_steps():
-            return False  # never overwrite a good committed checkpoint
+            log.warning("not saving step %d: the damaged checkpoint there is kept", step)
+            return False
+        if step in self.manager.all_steps():
+            return False  # never overwrite a committed checkpoint
         return self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -64,30 +98,30 @@ class RunCheckpoints:
             force=force,
         )
 
-    def restore_latest(self, abstract_state, *, before: int | None = None):
+    def restore_latest(self, abstract_state, *, before: int | None = None, config=None):
         """(step, state, data, meta) of the newest checkpoint that restores (optionally only
-        steps < `before`), or None when there is none. Damaged ones are skipped with a warning."""
+        steps < `before`), or None when there is none. Damaged ones are skipped with a warning;
+        an incompatible one (tree shapes, or `config`'s model/tokenizer, differ) raises
+        `IncompatibleCheckpointError`."""
         damaged = []
         for step in reversed(self.steps()):
             if before is not None and step >= before:
                 continue
-            try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=ocp.args.JsonRestore(),
-                        meta=ocp.args.JsonRestore(),
-                    ),
+            status, detail, restored = self._try_restore(step, abstract_state, config)
+            status = _agree(status)
+            if status == _INCOMPATIBLE:
+                raise IncompatibleCheckpointError(
+                    f"checkpoint {step} in {self.directory} does not fit this run: "
+                    f"{detail or 'another process found a difference (see its log)'}. Nothing "
+                    "was changed. Either train in a new --workdir, or keep this workdir's "
+                    "weights as a starting point: a new --workdir with "
+                    f"set:checkpoint.init_from={self.directory / str(step)}"
                 )
-            except Exception as err:  # orbax/tensorstore raise many types for damaged files
+            if status == _DAMAGED:
                 log.warning(
-                    "checkpoint %d in %s is damaged (%s: %s); trying an older one",
-                    step,
-                    self.directory,
-                    type(err).__name__,
-                    str(err)[:200],
-                )
+                    "checkpoint %d in %s is damaged (%s); trying an older one (the damaged "
+                    "step is kept, not deleted)", step, self.directory, detail or "on another process",
+                )  # fmt: skip
                 damaged.append(step)
                 self.damaged.add(step)
                 continue
@@ -102,6 +136,35 @@ class RunCheckpoints:
             )
         return None
 
+    def _try_restore(self, step: int, abstract_state, config):
+        """(status, detail, restored) for one step: read the stored tree and config first (so an
+        incompatible checkpoint is named, not mistaken for a damaged one), then the arrays."""
+        try:
+            stored = self.manager.item_metadata(step)["state"]
+            if stored is None:
+                raise FileNotFoundError("no readable metadata for the train state")
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as err:  # orbax/tensorstore raise many types for damaged files
+            return _DAMAGED, f"{type(err).__name__}: {str(err)[:200]}", None
+        problems = []
+        if config is not None:
+            problems += config_differences(meta["meta"].get("config", {}), config)
+        problems += tree_differences(stored, abstract_state)
+        if problems:
+            return _INCOMPATIBLE, "; ".join(problems[:6]), None
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as err:
+            return _DAMAGED, f"{type(err).__name__}: {str(err)[:200]}", None
+        return _OK, "", restored
+
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)
 
@@ -112,9 +175,80 @@ class RunCheckpoints:
         self.manager.close()
 
 
-def restore_params(path: str | pathlib.Path, abstract_params):
+def _agree(status: int) -> int:
+    """The worst status over all processes (each process reads only its own shards)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return status
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(status))))
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """{"a/b/c": (shape, dtype)} of a tree of arrays, abstract arrays or orbax metadata."""
+    import jax
+
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    out = {}
+    for key_path, leaf in flat:
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                        for k in key_path)  # fmt: skip
+        if hasattr(leaf, "shape"):
+            out[name] = (tuple(leaf.shape), str(np.dtype(leaf.dtype)) if leaf.dtype else "")
+    return out
+
+
+def tree_differences(stored, expected) -> list[str]:
+    """What differs between a checkpoint's stored state tree and this run's: missing or extra
+    entries (optimizer structure) and shapes (model shape)."""
+    have, want = _shapes(stored), _shapes(expected)
+    problems = []
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing:
+        problems.append(
+            f"this run has {len(missing)} entries the checkpoint lacks ({missing[0]}, ...)"
+        )
+    if extra:
+        problems.append(f"the checkpoint has {len(extra)} entries this run lacks ({extra[0]}, ...)")
+    reshaped = [n for n in sorted(set(have) & set(want)) if have[n][0] != want[n][0]]
+    if reshaped:
+        name = reshaped[0]
+        problems.append(f"{len(reshaped)} arrays differ in shape (e.g. {name}: "
+                        f"{have[name][0]} in the checkpoint, {want[name][0]} here)")  # fmt: skip
+    return problems
+
+
+# Model fields that decide parameter shapes, and the tokenizer's ids the model was trained with.
+_MODEL_FIELDS = (
+    "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim", "tie_embeddings",
+    "vocab_size", "mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id",
+)  # fmt: skip
+
+
+def config_differences(stored: dict, experiment) -> list[str]:
+    """Model-shape and tokenizer fields that differ between a checkpoint's stored config and
+    `experiment` (the shapes are also checked through the state tree)."""
+    from illada_jax.config import flags
+
+    current = flags.to_dict(experiment)
+    problems = []
+    old_model, new_model = stored.get("model", {}), current.get("model", {})
+    for key in _MODEL_FIELDS:
+        if old_model.get(key) != new_model.get(key):
+            problems.append(f"model.{key} is {old_model.get(key)!r} in the checkpoint, "
+                            f"{new_model.get(key)!r} here")  # fmt: skip
+    old_tok = stored.get("data", {}).get("tokenizer")
+    new_tok = current.get("data", {}).get("tokenizer")
+    if old_tok != new_tok:
+        problems.append(f"data.tokenizer is {old_tok!r} in the checkpoint, {new_tok!r} here")
+    return problems
+
+
+def restore_params(path: storage.PathLike, abstract_params):
     """Parameters only, from a checkpoint step directory or a run directory (its latest step)."""
-    path = pathlib.Path(path).absolute()
+    path = storage.path(path)
     if not path.is_dir():
         raise CheckpointError(
             f"checkpoint.init_from={path} does not exist; give a run directory "
@@ -145,7 +279,7 @@ def restore_params(path: str | pathlib.Path, abstract_params):
     return restored["params"]
 
 
-def restore_checkpoint_params(path: str | pathlib.Path):
+def restore_checkpoint_params(path: storage.PathLike):
     """(experiment, step, params) of the newest checkpoint under `path` (a run directory, its
     `checkpoints/` directory or one step directory), parameters only (no optimiser state)."""
     from illada_jax.model.transformer import graphdef_and_specs

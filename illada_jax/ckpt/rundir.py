@@ -16,9 +16,9 @@ weights) and `illada_jax.load` all go through this module, so the layout is defi
 from __future__ import annotations
 
 import json
-import pathlib
 from collections.abc import Sequence
 
+from illada_jax import storage
 from illada_jax.config import flags
 from illada_jax.config.schema import Experiment
 from illada_jax.errors import IlladaError
@@ -35,18 +35,18 @@ class LoadError(IlladaError, ValueError):
     """A path that does not hold what was expected (the message says what was)."""
 
 
-def write_config(workdir: str | pathlib.Path, experiment: Experiment) -> pathlib.Path:
+def write_config(workdir: storage.PathLike, experiment: Experiment) -> storage.Path:
     """Write `WORKDIR/config.json` (creating WORKDIR); returns its path."""
-    workdir = pathlib.Path(workdir)
+    workdir = storage.path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / CONFIG
-    path.write_text(flags.to_json(experiment) + "\n")
+    storage.atomic_write(path, flags.to_json(experiment) + "\n")
     return path
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+def read_metrics(workdir: storage.PathLike) -> list[dict]:
     """The rows of `WORKDIR/metrics.jsonl` (training logs and held-out evaluations)."""
-    path = pathlib.Path(workdir) / METRICS
+    path = storage.path(workdir) / METRICS
     if not path.is_file():
         raise LoadError(f"{path} does not exist: is {workdir} a run directory?")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -63,10 +63,10 @@ def checkpoint_meta(
     }
 
 
-def find_step_dir(path: str | pathlib.Path) -> pathlib.Path:
+def find_step_dir(path: storage.PathLike) -> storage.Path:
     """The newest checkpoint step under `path`: a run directory, its `checkpoints/` directory, or
     one `checkpoints/<step>` directory (returned as is)."""
-    path = pathlib.Path(path)
+    path = storage.path(path)
     if (path / "state").is_dir():
         return path
     root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
@@ -82,10 +82,10 @@ def find_step_dir(path: str | pathlib.Path) -> pathlib.Path:
     )
 
 
-def read_experiment(step_dir: str | pathlib.Path) -> Experiment:
+def read_experiment(step_dir: storage.PathLike) -> Experiment:
     """The `Experiment` a checkpoint step was written with: its `meta` item, else the run's
     `config.json` two levels up."""
-    step_dir = pathlib.Path(step_dir)
+    step_dir = storage.path(step_dir)
     candidates = [step_dir / "meta" / "metadata", step_dir.parent.parent / CONFIG]
     for candidate in candidates:
         if not candidate.is_file():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
+
+from illada_jax import storage
 
 
 def parse_size(text: str) -> int:
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from illada_jax.ckpt.convert import native_dir_to_hf, save_native
     from illada_jax.ckpt.hf import HfFormatError, detect_layout, hf_to_native
 
-    src, dst = pathlib.Path(args.src).expanduser(), pathlib.Path(args.dst).expanduser()
+    src, dst = storage.path(args.src), storage.path(args.dst)
     direction = (args.source_format, args.target_format)
     if direction not in (("hf", "native"), ("native", "hf")):
         raise HfFormatError(f"--from {direction[0]} --to {direction[1]}: convert between hf "
@@ -64,6 +65,6 @@ def run(args: argparse.Namespace) -> int:
         layout = detect_layout(json.loads((src / "config.json").read_text()))
         print(f"converted {src} ({layout} layout, {cfg.param_dtype}) -> native checkpoint {dst}")
         return 0
-    layout = native_dir_to_hf(src.absolute(), dst, layout=args.layout, shard_bytes=args.shard_size)
+    layout = native_dir_to_hf(src, dst, layout=args.layout, shard_bytes=args.shard_size)
     print(f"converted {src} -> HF {layout} checkpoint {dst}")
     return 0

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import pathlib
+
+from illada_jax import storage
 
 HELP = "expand and run an experiment's sweep (or print one command per run)"
 DESCRIPTION = (
@@ -63,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
         raise sweep.SweepError("--launcher only applies with --print")
     name = sweep.sweep_name(args.config[0])
     runs = sweep.expand_runs(args.config[0], args.config[1:])
-    workdir = pathlib.Path(args.workdir or f"runs/sweeps/{name}")
+    workdir_text = args.workdir or f"runs/sweeps/{name}"
     if args.print_only:
-        sweep.print_commands(runs, workdir, args.launcher)
+        sweep.print_commands(runs, workdir_text, args.launcher)
         return 0
+    workdir = storage.path(workdir_text)
     statuses = None if args.summary_only else sweep.run_local(runs, workdir)
     rows = sweep.write_summary(runs, workdir, name, statuses)
     print(sweep.markdown_table(rows), end="")
-    print(f"summary: {workdir / 'summary.md'}")
+    print(f"summary: {workdir_text.rstrip('/')}/summary.md")
     return 0 if all(row["status"] == "ok" for row in rows) else 1

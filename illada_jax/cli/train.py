@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from illada_jax.cli._common import add_config
 
@@ -44,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
             f"preempted at step {history[-1]['step']}: checkpoint saved, resume with the same "
             "command"
         )
+        # 0 by default; supervisors (launch/tpu_vm.py) set another code to tell a preemption
+        # (restart) from a completed run (stop).
+        return int(os.environ.get("ILLADA_PREEMPTED_EXIT_CODE", "0"))
     elif losses:
         print(f"done: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return 0

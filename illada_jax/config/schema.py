@@ -393,6 +393,9 @@ class CheckpointConfig:
     # A checkpoint (a step directory or a run directory) whose parameters initialise this run,
     # e.g. a pre-trained model for SFT. Optimiser state and step start fresh.
     init_from: str = ""
+    # A multi-host run needs a workdir every host sees: object storage (gs://...) or, with this
+    # set, a local path on a shared filesystem (NFS, Lustre, a gcsfuse mount) mounted on all hosts.
+    shared_filesystem: bool = False
 
     def __post_init__(self) -> None:
         _check_int("every", self.every, 1)

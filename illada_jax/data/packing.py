@@ -16,12 +16,13 @@ Every window is returned as
 
 from __future__ import annotations
 
+import io
 import json
-import pathlib
 import threading
 
 import numpy as np
 
+from illada_jax import storage
 from illada_jax.data.manifest import FORMAT_VERSION, MANIFEST
 from illada_jax.errors import IlladaError
 
@@ -33,8 +34,8 @@ class DataError(IlladaError, ValueError):
 class PreparedDataset:
     """A directory written by `illada prepare`: manifest, shards (opened lazily), record lengths."""
 
-    def __init__(self, directory: str | pathlib.Path):
-        self.directory = pathlib.Path(directory)
+    def __init__(self, directory: storage.PathLike):
+        self.directory = storage.path(directory)
         manifest_path = self.directory / MANIFEST
         if not manifest_path.is_file():
             raise DataError(
@@ -52,9 +53,10 @@ class PreparedDataset:
                 f"{FORMAT_VERSION}; re-run illada prepare"
             )
         self.shards = self.manifest["shards"]
+        present = {p.name for p in self.directory.iterdir()}  # one listing, also on gs://
         for shard in self.shards:
             for key in ("file", "lengths_file"):
-                if not (self.directory / shard[key]).is_file():
+                if shard[key] not in present:
                     raise DataError(
                         f"shard file {self.directory / shard[key]} listed in the "
                         "manifest is missing; restore it or re-run illada prepare"
@@ -97,7 +99,11 @@ class PreparedDataset:
     def offsets(self, shard: int) -> np.ndarray:
         """int64 [records + 1]: stream offset of each record's first token in the shard."""
         if shard not in self._offsets:
-            lengths = np.load(self.directory / self.shards[shard]["lengths_file"], mmap_mode="r")
+            lengths_path = self.directory / self.shards[shard]["lengths_file"]
+            if storage.is_local(lengths_path):
+                lengths = np.load(lengths_path, mmap_mode="r")
+            else:
+                lengths = np.load(io.BytesIO(lengths_path.read_bytes()))
             if (
                 len(lengths) != self.shards[shard]["records"]
                 or lengths.sum() != self.shard_tokens[shard]
@@ -112,11 +118,13 @@ class PreparedDataset:
     def _reader(self, shard: int):
         from array_record.python import array_record_module
 
+        from illada_jax.data.remote import readable_path
+
         readers = self._local.__dict__.setdefault("readers", {})
         if shard not in readers:
             path = self.directory / self.shards[shard]["file"]
             try:
-                reader = array_record_module.ArrayRecordReader(str(path))
+                reader = array_record_module.ArrayRecordReader(readable_path(path))
             except Exception as err:  # array_record raises plain RuntimeError/ValueError
                 raise DataError(f"cannot open shard {path}: {err}; re-run illada prepare") from err
             if reader.num_records() != self.shards[shard]["records"]:

@@ -23,6 +23,7 @@ import numpy as np
 from illada_jax.data.manifest import MANIFEST
 from illada_jax.data.mixture import Mixture
 from illada_jax.data.packing import DataError, PreparedDataset, TokenWindows
+from illada_jax.storage import default_cache_dir
 
 EMBEDDED = "embedded"  # dataset name: the embedded corpus, prepared on first use into a cache
 
@@ -42,13 +43,6 @@ class PipelineSpec:
     # The tokenizer the embedded corpus is prepared with (empty = the shipped default); prepared
     # dataset directories carry their own.
     tokenizer: str = ""
-
-
-def default_cache_dir() -> pathlib.Path:
-    import os
-
-    root = os.environ.get("ILLADA_CACHE") or pathlib.Path.home() / ".cache" / "illada_jax"
-    return pathlib.Path(root)
 
 
 def embedded_dataset_dir(

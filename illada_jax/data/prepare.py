@@ -15,14 +15,18 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import hashlib
+import io
 import json
 import multiprocessing
 import os
 import pathlib
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from illada_jax import storage
 from illada_jax.data import sources
 from illada_jax.data.manifest import FORMAT_VERSION, MANIFEST
 from illada_jax.errors import IlladaError
@@ -46,12 +50,6 @@ class PrepareError(IlladaError, ValueError):
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
-
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _chunk_documents(documents: Iterator[str], shard_chars: int) -> Iterator[list[str]]:
@@ -109,7 +107,7 @@ def _write_shard(
     tokenizer = _worker_tokenizer(tokenizer_path, overrides)
     records, split_docs = tokenize_documents(tokenizer, texts, max_doc_tokens)
     return write_records(
-        pathlib.Path(out_dir),
+        storage.path(out_dir),
         index,
         records,
         tokenizer.mask_id,
@@ -120,7 +118,7 @@ def _write_shard(
 
 
 def write_records(
-    directory: pathlib.Path,
+    directory: storage.Path,
     index: int,
     records: Sequence[np.ndarray],
     mask_id: int,
@@ -141,14 +139,24 @@ def write_records(
         )
     name = shard_name(index)
     final = directory / f"{name}.arrayrecord"
-    tmp = directory / f".{name}.arrayrecord.tmp-{os.getpid()}"
-    writer = array_record_module.ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
-    for record in records:
-        writer.write(np.asarray(record, "<i4").tobytes())
-    writer.close()
-    os.replace(tmp, final)
+    # ArrayRecord writes local files only: write next to the target, or in a local temporary
+    # directory for object storage, then move/upload (the stats marker is written last).
+    local_dir = directory if storage.is_local(directory) else None
+    with tempfile.TemporaryDirectory(prefix=".tmp-", dir=local_dir) as d:
+        tmp = pathlib.Path(d) / final.name
+        writer = array_record_module.ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
+        for record in records:
+            writer.write(np.asarray(record, "<i4").tobytes())
+        writer.close()
+        if storage.is_local(directory):
+            os.replace(tmp, final)
+        else:
+            with tmp.open("rb") as src, final.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
     lengths = np.asarray([len(r) for r in records], np.int32)
-    np.save(directory / f"{name}.lengths.npy", lengths)
+    buffer = io.BytesIO()
+    np.save(buffer, lengths)
+    storage.atomic_write(directory / f"{name}.lengths.npy", buffer.getvalue())
     stats = {
         "file": final.name,
         "lengths_file": f"{name}.lengths.npy",
@@ -158,12 +166,12 @@ def write_records(
         "overlong_split": overlong_split,
         "fingerprint": fingerprint,
     }
-    _atomic_write(directory / f"{name}.stats.json", json.dumps(stats).encode())
+    storage.atomic_write(directory / f"{name}.stats.json", json.dumps(stats).encode())
     return stats
 
 
 def write_manifest(
-    directory: pathlib.Path,
+    directory: storage.Path,
     shards: list[dict],
     tokenizer_info: dict,
     source: dict,
@@ -187,13 +195,13 @@ def write_manifest(
         "bad_records": {key: int(bad_records.get(key, 0)) for key in RULES},
         "rules": RULES,
     }
-    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+    storage.atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
     return manifest
 
 
 def prepare_token_documents(
     documents: Sequence[Sequence[int]],
-    output: str | pathlib.Path,
+    output: storage.PathLike,
     *,
     vocab_size: int,
     special_ids: dict,
@@ -205,7 +213,7 @@ def prepare_token_documents(
     missing = {"mask", "pad", "bos", "eos"} - set(special_ids)
     if missing:
         raise PrepareError(f"special_ids lacks {sorted(missing)}")
-    directory = pathlib.Path(output)
+    directory = storage.path(output)
     directory.mkdir(parents=True, exist_ok=True)
     fingerprint = hashlib.sha256(f"{identity}:{vocab_size}".encode()).hexdigest()[:16]
     eos = np.asarray([special_ids["eos"]], np.int32)
@@ -224,7 +232,7 @@ def prepare_token_documents(
     return write_manifest(directory, shards, info, {"format": "tokens"}, options, {}, fingerprint)
 
 
-def _finished_shard(directory: pathlib.Path, index: int, fingerprint: str) -> dict | None:
+def _finished_shard(directory: storage.Path, index: int, fingerprint: str) -> dict | None:
     stats_path = directory / f"{shard_name(index)}.stats.json"
     if not stats_path.exists():
         return None
@@ -251,9 +259,9 @@ def _tokenizer_info(tokenizer) -> dict:
     }
 
 
-def _file_sha256(path: pathlib.Path) -> str:
+def _file_sha256(path: storage.PathLike) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with storage.path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -262,7 +270,7 @@ def _file_sha256(path: pathlib.Path) -> str:
 def prepare(
     inputs: Sequence[str],
     fmt: str,
-    output: str | pathlib.Path,
+    output: storage.PathLike,
     *,
     tokenizer_path: str | None = None,
     tokenizer_overrides: dict | None = None,
@@ -303,7 +311,7 @@ def prepare(
         ).encode()
     ).hexdigest()[:16]
 
-    out_dir = pathlib.Path(output)
+    out_dir = storage.path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = collections.Counter()
     documents = sources.iter_documents(
@@ -347,7 +355,7 @@ def prepare(
 
 def prepare_sft(
     source: str,
-    output: str | pathlib.Path,
+    output: storage.PathLike,
     *,
     tokenizer_path: str | None = None,
     dialogues_per_shard: int = 1000,
@@ -361,7 +369,7 @@ def prepare_sft(
     tokenizer = _worker_tokenizer(tokenizer_path, {})
     formatter = ChatFormatter(tokenizer)
     records = [np.asarray(formatter.example(d), np.int32) for d in load_dialogues(source)]
-    directory = pathlib.Path(output)
+    directory = storage.path(output)
     directory.mkdir(parents=True, exist_ok=True)
     fingerprint = hashlib.sha256(f"sft:{source}:{tokenizer.identity}".encode()).hexdigest()[:16]
     shards = [

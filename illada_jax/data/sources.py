@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import collections
 import json
-import pathlib
+import os
 import re
 from collections.abc import Iterator, Sequence
 
+from illada_jax import storage
 from illada_jax.errors import IlladaError
 
 FORMATS = ("text", "jsonl", "parquet", "tfds", "seqio", "embedded")
@@ -56,12 +57,13 @@ def _keep(text: str, stats: collections.Counter) -> bool:
     return False
 
 
-def _existing_files(inputs: Sequence[str]) -> list[pathlib.Path]:
+def _existing_files(inputs: Sequence[str]) -> list[storage.Path]:
+    """Input files (local or object storage); a directory stands for every file under it."""
     paths = []
     for item in inputs:
-        path = pathlib.Path(item)
+        path = storage.path(item)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+            paths.extend(storage.files_under(path))
         elif path.is_file():
             paths.append(path)
         else:
@@ -69,12 +71,20 @@ def _existing_files(inputs: Sequence[str]) -> list[pathlib.Path]:
     return paths
 
 
+def _size_and_mtime(path: storage.Path) -> tuple[int, int]:
+    if storage.is_local(path):
+        stat = os.stat(path)
+        return stat.st_size, stat.st_mtime_ns
+    stat = path.stat()  # epath's StatResult on object storage
+    return int(stat.length), int(stat.mtime)
+
+
 def file_signature(fmt: str, inputs: Sequence[str]) -> list:
     """(path, size, mtime) of every input file for file formats, so a re-run notices edited
     inputs; raises SourceError early for a missing input. Empty for tfds/seqio/embedded."""
     if fmt not in ("text", "jsonl", "parquet"):
         return []
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _existing_files(inputs)]
+    return [(str(p), *_size_and_mtime(p)) for p in _existing_files(inputs)]
 
 
 def text_documents(inputs, stats, text_unit: str = "file") -> Iterator[str]:
@@ -126,7 +136,7 @@ def parquet_documents(inputs, stats, field: str) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     for path in _existing_files(inputs):
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path.open("rb") if not storage.is_local(path) else path)
         if field not in parquet.schema_arrow.names:
             raise SourceError(
                 f"{path} has no column {field!r}; columns are "

@@ -35,6 +35,7 @@ import pathlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from illada_jax import storage
 from illada_jax.errors import IlladaError, MissingInputError
 
 DEFAULT_MODEL = "default_sp8k.model"
@@ -198,9 +199,33 @@ def _hf_configured_tokens(path: pathlib.Path) -> dict[str, str]:
     return found
 
 
+# Files a tokenizer directory may hold; a remote one is copied (these small files only) to a
+# local cache, since SentencePiece and `tokenizers` read local files.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                    "special_tokens_map.json")  # fmt: skip
+
+
+def _local_copy(remote) -> pathlib.Path:
+    """A local copy of a remote tokenizer file, or of the tokenizer files of a remote directory."""
+    key = hashlib.sha256(str(remote).encode()).hexdigest()[:16]
+    local_dir = storage.default_cache_dir() / "remote-tokenizers" / key
+    local_dir.mkdir(parents=True, exist_ok=True)
+    if not remote.exists():
+        raise MissingInputError(f"no tokenizer at {remote}")
+    if not remote.is_dir():
+        storage.atomic_write(local_dir / remote.name, remote.read_bytes())
+        return local_dir / remote.name
+    for name in _TOKENIZER_FILES:
+        if (remote / name).exists():
+            storage.atomic_write(local_dir / name, (remote / name).read_bytes())
+    return local_dir
+
+
 def _resolve_path(path: str | pathlib.Path) -> tuple[pathlib.Path, type]:
     if str(path).startswith(SHIPPED_PREFIX):
         return shipped_model_path(str(path)[len(SHIPPED_PREFIX) :]), _SentencePieceBackend
+    if not storage.is_local(path):
+        path = _local_copy(storage.path(path))
     path = pathlib.Path(path)
     if path.is_dir():
         for name, backend in (("tokenizer.json", _HFBackend), ("tokenizer.model", None)):

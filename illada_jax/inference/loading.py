@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 
+from illada_jax import storage
 from illada_jax.ckpt import convert
 from illada_jax.ckpt.manager import restore_checkpoint_params
 from illada_jax.ckpt.rundir import LoadError
@@ -15,11 +14,12 @@ from illada_jax.inference.model import Model
 from illada_jax.model.transformer import graphdef_and_specs
 
 
-def load(path: str | pathlib.Path) -> Model:
+def load(path: storage.PathLike) -> Model:
     """A `Model` from a native checkpoint (a run directory (its latest checkpoint), its
     `checkpoints/` directory or one `checkpoints/<step>` directory) or an HF directory
-    (`config.json` + safetensors in the LLaDA or iLLaDA layout, converted on the fly)."""
-    path = pathlib.Path(path).expanduser().absolute()
+    (`config.json` + safetensors in the LLaDA or iLLaDA layout, converted on the fly); local or on
+    object storage (`gs://...`)."""
+    path = storage.path(path)
     if not path.is_dir():
         raise LoadError(f"{path} does not exist; give a run directory or a checkpoint directory")
     if convert.is_hf_checkpoint(path):  # config.json + *.safetensors (LLaDA / iLLaDA layouts)

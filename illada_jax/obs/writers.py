@@ -25,10 +25,13 @@ import json
 import logging
 import numbers
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from illada_jax import storage
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +90,13 @@ class MetricWriter:
         self._closed = False
         if not self.enabled:
             return
-        os.makedirs(self.run_dir, exist_ok=True)
+        self.remote = not storage.is_local(self.run_dir)
+        storage.path(self.run_dir).mkdir(parents=True, exist_ok=True)
         self.metrics_path = os.path.join(self.run_dir, METRICS_FILE)
-        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if self.remote:
+            self._jsonl = ObjectAppender(self.metrics_path)
+        else:
+            self._jsonl = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -98,8 +105,8 @@ class MetricWriter:
             self._wandb_run = _start_wandb(
                 wandb_project,
                 wandb_config,
-                wandb_run_name or os.path.basename(os.path.abspath(self.run_dir)),
-                self.run_dir,
+                wandb_run_name or os.path.basename(self.run_dir.rstrip("/")),
+                None if self.remote else self.run_dir,  # wandb keeps its files locally
             )
 
     def write_metrics(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Scalar]:
@@ -121,7 +128,8 @@ class MetricWriter:
         if self._tensorboard is not None:
             for key, value in numeric.items():
                 self._tensorboard.add_scalar(key, value, global_step=record["step"])
-            self._tensorboard.flush()
+            if not self.remote:  # on object storage every flush re-uploads the event file
+                self._tensorboard.flush()
         if self._wandb_run is not None:
             self._wandb_run.log(
                 {k: v for k, v in record.items() if k != "step"}, step=record["step"]
@@ -166,8 +174,34 @@ class MetricWriter:
         self.close()
 
 
+class ObjectAppender:
+    """Append-only text file on object storage, which cannot append: the lines are kept and the
+    whole object is rewritten at most every `flush_secs` (and at `close`). A resumed run starts
+    from the object's current content, so nothing already flushed is lost."""
+
+    def __init__(self, target: str, flush_secs: float = 10.0):
+        self.path = storage.path(target)
+        self.flush_secs = flush_secs
+        self._text = self.path.read_text() if self.path.exists() else ""
+        self._dirty = False
+        self._flushed_at = time.monotonic()
+
+    def write(self, text: str) -> None:
+        self._text += text
+        self._dirty = True
+
+    def flush(self, force: bool = False) -> None:
+        if self._dirty and (force or time.monotonic() - self._flushed_at >= self.flush_secs):
+            self.path.write_text(self._text)
+            self._dirty = False
+            self._flushed_at = time.monotonic()
+
+    def close(self) -> None:
+        self.flush(force=True)
+
+
 def _start_wandb(
-    project: str, config: Mapping[str, Any] | None, name: str, run_dir: str
+    project: str, config: Mapping[str, Any] | None, name: str, run_dir: str | None
 ) -> Any | None:
     """A W&B run, or None (with a warning) when `wandb` is not installed. Optional by design."""
     try:

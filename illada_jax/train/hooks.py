@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import pathlib
+import tempfile
 import time
 from typing import Any
 
 import jax
 import numpy as np
 
+from illada_jax import storage
 from illada_jax.ckpt import rundir
 from illada_jax.obs import flops
 from illada_jax.train.builder import Run, eval_rows_sharding
@@ -281,25 +284,42 @@ class Profile(Hook):
 
     def __init__(self, run: Run, workdir):
         self.steps = tuple(run.experiment.train.profile_steps)
-        self.directory = workdir / rundir.PROFILE
+        self.directory = storage.path(workdir) / rundir.PROFILE
         self.every = 1 if self.steps else 0
         self.active = False
+        self._local = None  # the profiler writes local files; uploaded to a remote workdir
 
     def before_step(self, loop: LoopState) -> None:
         if self.steps and loop.step + 1 == self.steps[0]:
-            jax.profiler.start_trace(str(self.directory))
+            if storage.is_local(self.directory):
+                target = str(self.directory)
+            else:
+                self._local = tempfile.TemporaryDirectory(prefix="illada-profile-")
+                target = self._local.name
+            jax.profiler.start_trace(target)
             self.active = True
 
     def on_step(self, loop: LoopState) -> None:
         if self.active and loop.step == self.steps[1]:
             jax.block_until_ready(loop.state)
-            jax.profiler.stop_trace()
-            self.active = False
+            self._stop()
+
+    def _stop(self) -> None:
+        jax.profiler.stop_trace()
+        self.active = False
+        if self._local is not None:
+            root = pathlib.Path(self._local.name)
+            for file in root.rglob("*"):
+                if file.is_file():
+                    target = self.directory / file.relative_to(root).as_posix()
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(file.read_bytes())
+            self._local.cleanup()
+            self._local = None
 
     def close(self, loop: LoopState) -> None:
         if self.active:
-            jax.profiler.stop_trace()
-            self.active = False
+            self._stop()
 
 
 def host_metrics(metrics: dict) -> dict[str, float]:

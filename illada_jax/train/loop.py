@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import collections
 import logging
-import pathlib
 
+from illada_jax import storage
 from illada_jax.ckpt import rundir
 from illada_jax.ckpt.manager import RunCheckpoints, restore_params
 from illada_jax.config import flags
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def train(
-    experiment: Experiment, workdir: str | pathlib.Path | None = None, print_fn=print
+    experiment: Experiment, workdir: storage.PathLike | None = None, print_fn=print
 ) -> list[dict]:
     """Train (or resume) `experiment` in `workdir`; returns the records logged by this call.
 
@@ -44,7 +44,8 @@ def train(
     """
     import jax
 
-    workdir = pathlib.Path(workdir or f"runs/{experiment.model.name}")
+    workdir = storage.path(workdir or f"runs/{experiment.model.name}")
+    check_shared_workdir(workdir, experiment.checkpoint.shared_filesystem, jax.process_count())
     is_main = jax.process_index() == 0
     if is_main:
         rundir.write_config(workdir, experiment)
@@ -72,11 +73,24 @@ def train(
     return loop.history
 
 
+def check_shared_workdir(workdir, shared_filesystem: bool, process_count: int) -> None:
+    """A multi-host run writes one run directory that every host must see: refuse a local path
+    (each host would write its own) unless the user says it is a shared filesystem."""
+    if process_count > 1 and storage.is_local(workdir) and not shared_filesystem:
+        raise storage.StorageError(
+            f"--workdir={workdir} is a local path, but this run has {process_count} processes: "
+            "each host would write checkpoints to its own disk and a restart could not find "
+            "them. Use object storage (--workdir=gs://BUCKET/runs/NAME), or, if this path is a "
+            "filesystem mounted on every host (NFS, Lustre, gcsfuse), say so with "
+            "--config=set:checkpoint.shared_filesystem=True"
+        )
+
+
 def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
     """The loop's state: resumed from a checkpoint, or fresh (optionally from `init_from`)."""
     experiment = run.experiment
     tcfg, ccfg = experiment.train, experiment.checkpoint
-    restored = checkpoints.restore_latest(run.abstract_state)
+    restored = checkpoints.restore_latest(run.abstract_state, config=experiment)
     if restored is not None:
         step, state, data_position, meta = restored
         next_data_step, lr_scale = int(data_position["next_data_step"]), float(meta["lr_scale"])

@@ -9,8 +9,14 @@ loss is heavy-tailed by design). On an unhealthy step it logs an `unhealthy_loss
 from there to the bad one (the data position keeps moving forward) and multiplies the learning
 rate by `train.rollback_lr_factor`. More than `MAX_ROLLBACKS` rollbacks in one call stop the run.
 
-`Preemption` (every step): SIGTERM (or a pod's preemption notice, through orbax) makes the run save
-the current step and stop; the CLI then exits 0 and the same command resumes.
+`Preemption` (every step): SIGTERM (or a pod's preemption notice) makes the run save the current
+step and stop; the CLI then exits 0 and the same command resumes. In a multi-process run every
+process must stop at the same step (the save is collective), so the hook leaves SIGTERM to JAX's
+preemption notifier, which `jax.distributed` installs in every process: a SIGTERM to any one
+process (or the TPU maintenance notice) starts JAX's agreement protocol, and
+`reached_preemption_sync_point` (through orbax's `reached_preemption`, called every step) turns
+True on all processes at the same step. A single process has no notifier: the hook's own SIGTERM
+handler sets a flag checked at the next step.
 """
 
 from __future__ import annotations
@@ -82,6 +88,13 @@ class LossHealth(Hook):
         return {"restored_step": good_step, "lr_scale": loop.lr_scale, "skipped_batches": skipped}
 
 
+def jax_preemption_service_active() -> bool:
+    """True when `jax.distributed` runs with its preemption service (multi-process jobs)."""
+    import jax
+
+    return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
+
+
 class Preemption(Hook):
     """SIGTERM sets a flag (the handler does nothing else); at the next step boundary the run
     saves and stops. Pods: orbax's `reached_preemption` (JAX's preemption sync point)."""
@@ -97,6 +110,8 @@ class Preemption(Hook):
         self.requested = True
 
     def on_start(self, loop: LoopState) -> None:
+        if jax_preemption_service_active():
+            return  # never replace JAX's notifier: it makes all processes agree on the step
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: rely on the pod's preemption notice

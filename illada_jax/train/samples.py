@@ -12,11 +12,10 @@ every process; multi-process runs skip samples and say so once.
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import numpy as np
 
+from illada_jax import storage
 from illada_jax.ckpt import rundir
 from illada_jax.config.schema import Experiment
 from illada_jax.sampling.generate import (
@@ -29,7 +28,7 @@ from illada_jax.sampling.generate import (
 
 
 class TrainingSamples:
-    def __init__(self, experiment: Experiment, graphdef, out_dir: pathlib.Path, tokenizer):
+    def __init__(self, experiment: Experiment, graphdef, out_dir, tokenizer):
         tcfg = experiment.train
         self.enabled = bool(tcfg.sample_length and tcfg.sample_prompts and tokenizer)
         self.skipped_reason = None
@@ -37,7 +36,7 @@ class TrainingSamples:
             self.enabled = False
             self.skipped_reason = "samples are skipped in multi-process runs"
         self.graphdef = graphdef
-        self.dir = pathlib.Path(out_dir) / rundir.SAMPLES
+        self.dir = storage.path(out_dir) / rundir.SAMPLES
         self.tokenizer = tokenizer
         self.prompts = list(tcfg.sample_prompts)
         self.ids = SpecialIds.from_config(experiment.model)
@@ -73,5 +72,5 @@ class TrainingSamples:
         self.step = step
         self.dir.mkdir(parents=True, exist_ok=True)
         text = "".join(f"### {p}\n{p}{t}\n\n" for p, t in self.last)
-        (self.dir / f"step_{step:08d}.txt").write_text(text, encoding="utf-8")
+        storage.atomic_write(self.dir / f"step_{step:08d}.txt", text.encode("utf-8"))
         return self.last

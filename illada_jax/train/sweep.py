@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import io
 import json
 import pathlib
 import re
@@ -40,6 +41,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from illada_jax import storage
 from illada_jax.ckpt import rundir
 from illada_jax.config import registry
 from illada_jax.config.schema import ConfigError
@@ -179,23 +181,24 @@ def _check_name(name: Any, spec: str) -> str:
 # --- running ----------------------------------------------------------------------------------
 
 
-def train_command(run: Run, workdir: pathlib.Path) -> list[str]:
+def train_command(run: Run, workdir: str) -> list[str]:
+    """The `illada train` command of one run (`workdir` as the user wrote it: local or gs://)."""
     return [
         "illada",
         "train",
         *(f"--config={d}" for d in run.directives),
-        f"--workdir={workdir / run.name}",
+        f"--workdir={workdir.rstrip('/')}/{run.name}",
     ]
 
 
-def print_commands(runs: Sequence[Run], workdir: pathlib.Path, launcher: str | None) -> None:
+def print_commands(runs: Sequence[Run], workdir: str, launcher: str | None) -> None:
     """One `illada train` command per run, behind `LAUNCHER --` when given ({run} = run name)."""
     for run in runs:
         command = shlex.join(train_command(run, workdir))
         print(f"{launcher.replace('{run}', run.name)} -- {command}" if launcher else command)
 
 
-def run_local(runs: Sequence[Run], workdir: pathlib.Path, print_fn=print) -> dict[str, str]:
+def run_local(runs: Sequence[Run], workdir: storage.Path, print_fn=print) -> dict[str, str]:
     """Train every run here, one after another; returns run name -> status (`ok` or the error)."""
     from illada_jax.config import flags
     from illada_jax.parallel.distributed import start_jax
@@ -228,12 +231,12 @@ def run_local(runs: Sequence[Run], workdir: pathlib.Path, print_fn=print) -> dic
 # --- summary ----------------------------------------------------------------------------------
 
 
-def read_metrics(run_dir: pathlib.Path) -> list[dict]:
+def read_metrics(run_dir: storage.Path) -> list[dict]:
     """The run's metrics rows; none when it has not started."""
     return rundir.read_metrics(run_dir) if (run_dir / rundir.METRICS).is_file() else []
 
 
-def summarise_run(run: Run, run_dir: pathlib.Path, status: str | None) -> dict:
+def summarise_run(run: Run, run_dir: storage.Path, status: str | None) -> dict:
     """The summary row of one run, from its `metrics.jsonl`."""
     records = read_metrics(run_dir)
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r and "event" not in r]
@@ -272,7 +275,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_loss_curves(rows: Sequence[dict], path: pathlib.Path, title: str) -> bool:
+def plot_loss_curves(rows: Sequence[dict], path: storage.Path, title: str) -> bool:
     """Loss against step, one line per run (matplotlib, Agg backend); False when unavailable."""
     try:
         import matplotlib
@@ -296,20 +299,24 @@ def plot_loss_curves(rows: Sequence[dict], path: pathlib.Path, title: str) -> bo
     if any(row["loss_curve"] for row in rows):
         axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=120)
     plt.close(figure)
+    storage.atomic_write(path, image.getvalue())
     return True
 
 
 def write_summary(
-    runs: Sequence[Run], workdir: pathlib.Path, name: str, statuses: dict[str, str] | None = None
+    runs: Sequence[Run], workdir: storage.Path, name: str, statuses: dict[str, str] | None = None
 ) -> list[dict]:
     """`summary.json`, `summary.md` and `loss_curves.png` in `workdir`; returns the rows."""
     statuses = statuses or {}
     rows = [summarise_run(run, workdir / run.name, statuses.get(run.name)) for run in runs]
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "summary.json").write_text(json.dumps({"sweep": name, "runs": rows}, indent=2))
+    storage.atomic_write(
+        workdir / "summary.json", json.dumps({"sweep": name, "runs": rows}, indent=2)
+    )
     png = plot_loss_curves(rows, workdir / "loss_curves.png", f"sweep {name}")
     image = "\n![loss curves](loss_curves.png)\n" if png else ""
-    (workdir / "summary.md").write_text(f"# Sweep {name}\n\n{markdown_table(rows)}{image}")
+    storage.atomic_write(workdir / "summary.md", f"# Sweep {name}\n\n{markdown_table(rows)}{image}")
     return rows

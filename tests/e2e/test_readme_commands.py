@@ -112,6 +112,15 @@ COVERED = {
     r"^python launch/tpu_vm\.py .* --execute -- illada train": (
         "tests/unit/test_launch.py::test_tpu_vm_execute_runs_the_printed_commands_in_order"
     ),
+    r"^illada prepare --format jsonl --input gs://BUCKET/raw/ --output gs://": (
+        "tests/multiprocess/test_pod_storage.py::test_prepare_reads_and_writes_the_bucket"
+    ),
+    r"^python launch/tpu_vm\.py .* --stop --execute$": (
+        "tests/unit/test_launch.py::test_tpu_vm_stop_stops_the_service_on_every_worker"
+    ),
+    r"^tensorboard --logdir gs://": (
+        "tests/multiprocess/test_pod_storage.py::test_the_run_directory_is_on_the_bucket"
+    ),
     r"^illada convert --from hf --to native --src LLaDA-8B-Instruct": (
         "tests/unit/test_hf_convert.py::test_cli_round_trip"
     ),
@@ -179,7 +188,7 @@ RUN = [(section, words) for marked, section, words in readme_commands() if marke
 
 def test_readme_has_run_blocks_in_every_concept_section():
     sections = {section for section, _ in RUN}
-    for concept in ("Configs and overrides", "Data preparation", "Training", "Training on a pod",
+    for concept in ("Configs and overrides", "Data preparation", "Training", "Running on a pod",
                     "Checkpoints and conversion", "Sampling and evaluation", "Benchmarks"):  # fmt: skip
         assert concept in sections, f"README section {concept!r} has no command run by this test"
 

@@ -157,10 +157,12 @@ def damaged(tmp_path_factory, reference):
     workdir = tmp_path_factory.mktemp("damaged") / "run"
     shutil.copytree(reference, workdir)
     state = workdir / "checkpoints" / "12" / "state"
-    files = [p for p in state.rglob("*") if p.is_file()]
+    # The tensorstore (OCDBT) data files; the metadata stays readable, so only reading the arrays
+    # fails, as after a full disk or a dying host.
+    files = [p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"]
     assert files
     for path in files:
-        path.write_bytes(b"")  # truncated, as by a full disk or a dying host
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     before = len(_records(workdir))
     result = _train(workdir, f"--config=set:train.steps={STEPS + 2}")
     return workdir, result, _records(workdir)[before:]
@@ -178,12 +180,37 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(damaged, refer
     assert STEPS + 2 in _checkpoint_steps(workdir)
 
 
-def test_retrained_step_replaces_the_damaged_checkpoint(damaged):
+def test_the_damaged_checkpoint_is_kept_not_deleted_or_overwritten(damaged, reference):
     workdir, _, _ = damaged
-    step_dir = workdir / "checkpoints" / "12"
-    if step_dir.exists():  # replaced or removed are both fine; damaged is not
-        empty = [p for p in (step_dir / "state").rglob("*") if p.is_file() and not p.stat().st_size]
-        assert not empty, f"checkpoint 12 is still damaged: {empty}"
+    state, original = (root / "checkpoints" / "12" / "state" for root in (workdir, reference))
+    files = [p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files and all(
+        p.stat().st_size == (original / p.relative_to(state)).stat().st_size // 2 for p in files
+    ), "checkpoint 12 was rewritten"
+    assert _checkpoint_steps(workdir) == [10, 12, 14]  # keep=3 counts it; retention keeps it
+
+
+def _tree(workdir: pathlib.Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(workdir)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in (workdir / "checkpoints").rglob("*") if p.is_file()}  # fmt: skip
+
+
+def test_an_incompatible_checkpoint_is_refused_and_left_untouched(tmp_path, reference):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    before = _tree(workdir)
+    result = subprocess.run(
+        _command(workdir, "--config=set:model.d_model=64", f"--config=set:train.steps={STEPS + 2}"),
+        capture_output=True, text=True, timeout=300, env=ENV,
+    )  # fmt: skip
+    assert result.returncode != 0
+    message = result.stderr
+    assert f"checkpoint 12 in {workdir}/checkpoints does not fit this run" in message
+    assert "model.d_model is 128 in the checkpoint, 64 here" in message
+    assert "arrays differ in shape" in message
+    assert "new --workdir" in message and "checkpoint.init_from=" in message
+    assert "Traceback" not in message
+    assert _tree(workdir) == before  # every step is still there, unchanged
 
 
 def _unhealthy(workdir: pathlib.Path) -> list[dict]:

@@ -66,7 +66,8 @@ def _lines(capsys) -> list[str]:
 def test_tpu_vm_single_slice_dry_run_prints_every_gcloud_command(no_subprocess, capsys):
     argv = ["--name", "illada-v5p", "--zone", "us-east5-a", "--accelerator-type", "v5p-16"]
     assert tpu_vm.main([*argv, *TRAIN]) == 0
-    assert _lines(capsys) == [
+    lines = _lines(capsys)
+    assert lines[:4] == [
         "gcloud compute tpus tpu-vm create illada-v5p --zone=us-east5-a "
         "--accelerator-type=v5p-16 --version=v2-alpha-tpuv5",
         "python3 -m pip wheel --no-deps --wheel-dir=dist .",
@@ -76,11 +77,30 @@ def test_tpu_vm_single_slice_dry_run_prints_every_gcloud_command(no_subprocess, 
         "&& ~/.local/bin/uv venv --allow-existing --python 3.11 ~/illada && ~/.local/bin/uv pip "
         "install --python ~/illada/bin/python --reinstall-package illada-jax "
         f'"$HOME/{WHEEL}[tpu]"\'',
-        "gcloud compute tpus tpu-vm ssh illada-v5p --zone=us-east5-a --worker=all "
-        "'--command=set -o pipefail; cd ~ && . ~/illada/bin/activate && ILLADA_DISTRIBUTED=auto "
-        "illada train --config=config:small --workdir=runs/small 2>&1 | tee -a "
-        "~/illada-train.log'",
     ]
+    assert len(lines) == 5
+    script, env = _started_script(lines[4], "gcloud compute tpus tpu-vm ssh illada-v5p "
+                                  "--zone=us-east5-a --worker=all")  # fmt: skip
+    assert env == ""
+    assert script == tpu_vm.worker_script(TRAIN[1:], None)
+    assert "cd ~\n" in script and "ILLADA_DISTRIBUTED=auto illada train --config=config:small " \
+        "--workdir=runs/small ) >> $LOG 2>&1" in script  # fmt: skip
+
+
+def _started_script(line: str, ssh_prefix: str) -> tuple[str, str]:
+    """(the supervisor script, the env file) that a plan's start line installs; checks that the
+    line runs it as an enabled systemd service (detached from the ssh session)."""
+    import base64
+    import shlex
+
+    assert line.startswith(ssh_prefix + " '--command=echo ")
+    remote = shlex.split(line[len(ssh_prefix) :])[0].removeprefix("--command=")
+    encoded = remote.split()[1]
+    assert remote.startswith(f"echo {encoded} | base64 -d > ~/illada-job.sh && ")
+    assert "sudo systemctl enable illada-job && sudo systemctl restart illada-job" in remote
+    assert "Restart=on-failure" in remote and "WantedBy=multi-user.target" in remote
+    env = remote.split("printf '", 1)[1].split("'", 1)[0]
+    return base64.b64decode(encoded).decode(), env
 
 
 def test_tpu_vm_multi_slice_uses_a_queued_resource_and_the_image(no_subprocess, capsys):
@@ -91,7 +111,8 @@ def test_tpu_vm_multi_slice_uses_a_queued_resource_and_the_image(no_subprocess, 
             "--workdir=runs/ms"]  # fmt: skip
     assert tpu_vm.main(argv) == 0
     where = "--zone=us-east5-a --project=my-proj"
-    assert _lines(capsys) == [
+    lines = _lines(capsys)
+    assert lines[:3] == [
         f"gcloud compute tpus queued-resources create illada-ms {where} "
         "--accelerator-type=v5p-16 --runtime-version=v2-alpha-tpuv5 --node-count=2 "
         "--node-prefix=illada-ms --spot",
@@ -100,10 +121,86 @@ def test_tpu_vm_multi_slice_uses_a_queued_resource_and_the_image(no_subprocess, 
         f"gcloud compute tpus queued-resources ssh illada-ms {where} --node=all --worker=all "
         "'--command=sudo gcloud auth configure-docker us-docker.pkg.dev --quiet && "
         f"sudo docker pull {image}'",
-        f"gcloud compute tpus queued-resources ssh illada-ms {where} --node=all --worker=all "
-        "'--command=set -o pipefail; cd ~ && sudo docker run --rm --net=host --privileged "
-        f'-e ILLADA_DISTRIBUTED=auto -v "$HOME/runs:/work/runs" {image} illada train '
-        "--config=set:mesh.dcn_data=2 --workdir=runs/ms 2>&1 | tee -a ~/illada-train.log'",
+    ]
+    describe = ("gcloud compute tpus tpu-vm describe illada-ms-0 --zone=us-east5-a --project=my-proj "
+                "'--format=value(networkEndpoints[0].ipAddress)'")  # fmt: skip
+    assert len(lines) == 5
+    for slice_id, line in enumerate(lines[3:]):
+        prefix = (f"COORDINATOR=$({describe}) && gcloud compute tpus queued-resources ssh "
+                  f"illada-ms {where} --node={slice_id} --worker=all")  # fmt: skip
+        # The client's shell puts the coordinator's address into each worker's env file.
+        filled = line.replace("'\"$COORDINATOR\"'", "10.0.0.2")
+        script, env = _started_script(filled, prefix)
+        assert env == (
+            "MEGASCALE_COORDINATOR_ADDRESS=10.0.0.2:8080\\nMEGASCALE_NUM_SLICES=2\\n"
+            f"MEGASCALE_SLICE_ID={slice_id}\\nMEGASCALE_PORT=8080\\n"
+        )
+        assert (
+            "sudo docker run --rm --net=host --privileged -e ILLADA_DISTRIBUTED=auto "
+            "-e ILLADA_PREEMPTED_EXIT_CODE -e MEGASCALE_COORDINATOR_ADDRESS -e "
+            "MEGASCALE_NUM_SLICES -e MEGASCALE_SLICE_ID -e MEGASCALE_PORT "
+            f'-v "$HOME/runs:/work/runs" {image} illada train --config=set:mesh.dcn_data=2 '
+            "--workdir=runs/ms" in script
+        )
+
+
+def _stub_worker_home(tmp_path, exit_codes: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """A HOME whose ~/illada venv puts a stub `illada` first on PATH; the stub records each call
+    and exits with the next code of `exit_codes` (the last one repeats)."""
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    (home / "illada" / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    (home / "illada" / "bin" / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    stub = bin_dir / "illada"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "call $ILLADA_DISTRIBUTED $ILLADA_PREEMPTED_EXIT_CODE $*" >> {tmp_path}/calls\n'
+        f"n=$(wc -l < {tmp_path}/calls)\n"
+        f"codes=({exit_codes})\n"
+        "i=$((n - 1)); [ $i -ge ${#codes[@]} ] && i=$((${#codes[@]} - 1))\n"
+        "exit ${codes[$i]}\n"
+    )
+    stub.chmod(0o755)
+    return home, tmp_path / "calls"
+
+
+def _run_worker_script(script: str, home: pathlib.Path) -> subprocess.CompletedProcess:
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "ILLADA_RESTART_DELAY": "0"}
+    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+
+
+def test_the_worker_script_restarts_the_job_until_it_completes(tmp_path):
+    home, calls = _stub_worker_home(tmp_path, "1 75 0")  # a crash, a preemption, then done
+    script = tpu_vm.worker_script(["illada", "train", "--workdir=runs/x"], None, max_failures=1)
+    assert _run_worker_script(script, home).returncode == 0
+    assert calls.read_text().splitlines() == ["call auto 75 train --workdir=runs/x"] * 3
+    log = (home / "illada-train.log").read_text()
+    for attempt, code in ((1, 1), (2, 75), (3, 0)):
+        assert f"=== illada job attempt {attempt} at " in log
+        assert f"=== exit code {code} at " in log
+    # Completed: a later start (a reboot, systemd) does not run the job again.
+    assert _run_worker_script(script, home).returncode == 0
+    assert len(calls.read_text().splitlines()) == 3
+    assert "job already completed" in (home / "illada-train.log").read_text()
+
+
+def test_the_worker_script_gives_up_after_max_failures_but_not_on_preemptions(tmp_path):
+    home, calls = _stub_worker_home(tmp_path, "75 75 3 3 3")
+    script = tpu_vm.worker_script(["illada", "train"], None, max_failures=1)
+    result = _run_worker_script(script, home)
+    assert result.returncode == 3
+    assert len(calls.read_text().splitlines()) == 4  # 2 preemptions (free) + 2 crashes (1 allowed)
+    assert "=== giving up after 2 failures" in (home / "illada-train.log").read_text()
+    assert not (home / "illada-job.done").exists()
+
+
+def test_tpu_vm_stop_stops_the_service_on_every_worker(no_subprocess, capsys):
+    argv = ["--name", "q1", "--zone", "z", "--accelerator-type", "v5p-16", "--queued", "--stop"]
+    assert tpu_vm.main(argv) == 0
+    assert _lines(capsys) == [
+        "gcloud compute tpus queued-resources ssh q1 --zone=z --node=all --worker=all "
+        "'--command=sudo systemctl stop illada-job && sudo systemctl disable illada-job'"
     ]
 
 
@@ -188,13 +285,14 @@ def test_xpk_single_slice_dry_run(no_subprocess, capsys):
     argv = ["--cluster", "my-cluster", "--workload", "illada-small", "--tpu-type", "v5p-16",
             "--docker-image", "us-docker.pkg.dev/p/illada/illada:latest",
             "--", "illada", "train", "--config=config:small",
-            "--workdir=/gcs/runs/small"]  # fmt: skip
+            "--workdir=gs://bkt/runs/small"]  # fmt: skip
     assert xpk.main(argv) == 0
     assert _lines(capsys) == [
         "xpk workload create --cluster=my-cluster --workload=illada-small --tpu-type=v5p-16 "
         "--num-slices=1 --docker-image=us-docker.pkg.dev/p/illada/illada:latest "
-        "--max-restarts=3 --priority=medium '--command=ILLADA_DISTRIBUTED=auto illada train "
-        "--config=config:small --workdir=/gcs/runs/small'"
+        "--max-restarts=3 --priority=medium '--command=ILLADA_DISTRIBUTED=auto "
+        "ILLADA_PREEMPTED_EXIT_CODE=75 illada train --config=config:small "
+        "--workdir=gs://bkt/runs/small'"
     ]
 
 
@@ -209,7 +307,8 @@ def test_xpk_multi_slice_dry_run(no_subprocess, capsys):
         "xpk workload create --cluster=c --workload=illada-ms --tpu-type=v5litepod-16 "
         "--num-slices=4 --docker-image=img:1 --max-restarts=10 --priority=medium --project=p "
         "--zone=us-west4-a --restart-on-user-code-failure '--command=ILLADA_DISTRIBUTED=auto "
-        "illada train --config=set:mesh.dcn_data=4 --workdir=/gcs/runs/ms'"
+        "ILLADA_PREEMPTED_EXIT_CODE=75 illada train --config=set:mesh.dcn_data=4 "
+        "--workdir=/gcs/runs/ms'"
     ]
 
 

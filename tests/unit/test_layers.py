@@ -35,8 +35,10 @@ def imports_of(path: pathlib.Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("illada_jax")}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("illada_jax"):
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names} & MODULES.keys()
+            submodules = {f"{node.module}.{a.name}" for a in node.names} & MODULES.keys()
+            found |= submodules
+            if len(submodules) < len(node.names):  # some names are attributes of the module
+                found.add(node.module)
     return found
 
 

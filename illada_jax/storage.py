@@ -1,0 +1,105 @@
+"""One path type for every file the project reads or writes: local disk or object storage.
+
+`path("gs://bucket/runs/x")` and `path("runs/x")` both return an `etils.epath.Path` (what orbax
+uses): local paths are absolute `pathlib`-like paths, `gs://` goes through gcsfs (or TensorFlow's
+gfile where TensorFlow is installed), `s3://` through s3fs when installed. Code that writes files
+uses the helpers below instead of `os` calls, so the same run works on a laptop and on a pod.
+
+- `atomic_write(path, data)`: local files are written to a temporary name and renamed; an object
+  store write is already atomic (an object appears whole or not at all), so it is written directly.
+- `is_local(path)`: False for any `scheme://` path; the run checks that a multi-host run's workdir
+  is shared (docs/pods.md).
+- `mounted_view(path)`: the local file behind `gs://BUCKET/...` when the bucket is mounted with
+  gcsfuse at `$ILLADA_GCSFUSE_ROOT/BUCKET` (default `/gcs/BUCKET`, the Vertex AI convention).
+  ArrayRecord's reader opens local files only; on pods the field mounts buckets with gcsfuse
+  (`launch/tpu_vm.py --gcsfuse` does), and without a mount the data reader caches shards
+  (`data/remote.py`).
+- Test and emulator support: `STORAGE_EMULATOR_HOST` (gcsfs, google-cloud-storage) and
+  `TENSORSTORE_GCS_HTTP_URL` (orbax's tensorstore) point the clients at a local GCS emulator;
+  `use_gcs_emulator(url)` sets all of them before the clients start.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+from etils import epath
+
+from illada_jax.errors import IlladaError
+
+Path = epath.Path
+PathLike = str | os.PathLike
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+class StorageError(IlladaError, OSError):
+    """A path cannot be used as asked (e.g. a multi-host workdir that is not shared)."""
+
+
+def is_local(p: PathLike) -> bool:
+    """True for a local path (no `scheme://`)."""
+    return not _SCHEME.match(os.fspath(p))
+
+
+def path(p: PathLike) -> epath.Path:
+    """`p` as an `epath.Path`; a local path is made absolute (orbax requires it)."""
+    text = os.fspath(p)
+    if is_local(text):
+        return epath.Path(os.path.abspath(os.path.expanduser(text)))
+    return epath.Path(text)
+
+
+def files_under(directory: PathLike) -> list[epath.Path]:
+    """Every file below `directory` (recursively), sorted. (`epath` has no recursive glob, and its
+    `walk` drops the `gs://` scheme from the paths it yields.)"""
+    files, pending = [], [path(directory)]
+    while pending:
+        for entry in pending.pop().iterdir():
+            (pending if entry.is_dir() else files).append(entry)
+    return sorted(files)
+
+
+def default_cache_dir() -> pathlib.Path:
+    """This host's local cache (`$ILLADA_CACHE`, default ~/.cache/illada_jax): the embedded corpus
+    prepared on first use, remote tokenizer files and shards."""
+    root = os.environ.get("ILLADA_CACHE") or pathlib.Path.home() / ".cache" / "illada_jax"
+    return pathlib.Path(root)
+
+
+def atomic_write(target: PathLike, data: bytes | str) -> None:
+    """Write `data` to `target` so that readers see the old file or the new one, never half."""
+    target = path(target)
+    raw = data.encode() if isinstance(data, str) else data
+    if not is_local(target):
+        target.write_bytes(raw)  # object writes are atomic
+        return
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(raw)
+    os.replace(tmp, target)
+
+
+def mounted_view(p: PathLike) -> epath.Path | None:
+    """The gcsfuse-mounted local path of `gs://BUCKET/rest`, or None without a mount."""
+    text = os.fspath(p)
+    if not text.startswith("gs://"):
+        return None
+    bucket, _, rest = text[len("gs://") :].partition("/")
+    root = os.path.join(os.environ.get("ILLADA_GCSFUSE_ROOT", "/gcs"), bucket)
+    if not os.path.ismount(root) and not os.environ.get("ILLADA_GCSFUSE_ROOT"):
+        return None
+    local = os.path.join(root, rest)
+    return epath.Path(local) if os.path.exists(local) else None
+
+
+def use_gcs_emulator(url: str) -> None:
+    """Point gcsfs, google-cloud-storage and tensorstore at a GCS emulator at `url`
+    (`http://127.0.0.1:PORT`). Call before the first storage access of the process."""
+    os.environ.update(
+        STORAGE_EMULATOR_HOST=url,
+        # gcsfs otherwise probes the bucket type over gRPC+TLS, which emulators do not speak.
+        GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+        TENSORSTORE_GCS_HTTP_URL=url,
+        GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",
+    )
