@@ -1,6 +1,9 @@
 """Start N local processes joined by `jax.distributed` on 127.0.0.1 — what a pod does, on a laptop.
 
-    python launch/local.py --num-processes 2 --devices-per-process 4 -- illada train --workdir runs/x
+    python launch/local.py --num-processes 2 --devices-per-process 4 -- illada train \
+        --workdir runs/x --config=set:checkpoint.shared_filesystem=True
+
+(A local --workdir is one disk every process sees here; on a pod use gs://, see docs/pods.md.)
 
 Each process gets ILLADA_COORDINATOR / ILLADA_NUM_PROCESSES / ILLADA_PROCESS_ID (read by
 `illada train` before JAX starts) and, on CPU, `--xla_force_host_platform_device_count`. Output

@@ -104,6 +104,8 @@ def two_processes(tmp_path_factory, single) -> tuple[pathlib.Path, subprocess.Co
             "illada",
             *TRAIN,
             "--config=set:train.steps=6",
+            # Both processes write to this machine's disk: a shared filesystem for them.
+            "--config=set:checkpoint.shared_filesystem=True",
             f"--workdir={workdir}",
         ],
         capture_output=True,
