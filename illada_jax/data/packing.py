@@ -6,6 +6,13 @@ concatenated form that shard's token stream. Window `w` of a shard covers stream
 cross shards, so locating a window needs only per-shard token counts (from the manifest) and that
 shard's record lengths (memory-mapped `.lengths.npy`) — nothing global grows with the corpus.
 
+Start-up reads the manifest only: no shard is opened or stat-ed until a window in it is read (a
+missing or damaged shard is reported then, naming the file), so opening a dataset of 100k shards
+costs what parsing its manifest costs. Open shard readers are bounded: each reading thread keeps
+at most `MAX_OPEN_READERS` (least recently used closed first), and at most `MAX_CACHED_OFFSETS`
+shards' record offsets are kept, so a global shuffle over any number of shards holds a fixed
+number of file descriptors and a fixed amount of memory.
+
 Every window is returned as
 - `tokens [L] int32` (padding = pad id),
 - `segment_ids [L] int32`: 0 marks padding; real tokens are 1 in plain windows, or 1, 2, … one id
@@ -16,6 +23,7 @@ Every window is returned as
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import threading
@@ -25,6 +33,9 @@ import numpy as np
 from illada_jax import storage
 from illada_jax.data.manifest import FORMAT_VERSION, MANIFEST
 from illada_jax.errors import IlladaError
+
+MAX_OPEN_READERS = 32  # per reading thread
+MAX_CACHED_OFFSETS = 4096
 
 
 class DataError(IlladaError, ValueError):
@@ -53,14 +64,6 @@ class PreparedDataset:
                 f"{FORMAT_VERSION}; re-run illada prepare"
             )
         self.shards = self.manifest["shards"]
-        present = {p.name for p in self.directory.iterdir()}  # one listing, also on gs://
-        for shard in self.shards:
-            for key in ("file", "lengths_file"):
-                if shard[key] not in present:
-                    raise DataError(
-                        f"shard file {self.directory / shard[key]} listed in the "
-                        "manifest is missing; restore it or re-run illada prepare"
-                    )
         if not self.shards:
             raise DataError(
                 f"{self.directory} holds no documents (all inputs empty or skipped: "
@@ -69,8 +72,9 @@ class PreparedDataset:
         self.shard_tokens = np.asarray([s["tokens"] for s in self.shards], np.int64)
         self.special_ids = self.manifest["tokenizer"]["special_ids"]
         self.vocab_size = self.manifest["tokenizer"]["vocab_size"]
-        self._offsets: dict[int, np.ndarray] = {}
-        self._local = threading.local()  # one reader per thread and shard
+        self._offsets: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._offsets_lock = threading.Lock()
+        self._local = threading.local()  # each reading thread's open readers (an LRU)
 
     @property
     def tokens(self) -> int:
@@ -96,45 +100,70 @@ class PreparedDataset:
                 "tokenizer or change the model config."
             )
 
+    def _missing(self, path) -> DataError:
+        return DataError(
+            f"shard file {path} listed in the manifest is missing; restore it or re-run "
+            "illada prepare"
+        )
+
     def offsets(self, shard: int) -> np.ndarray:
         """int64 [records + 1]: stream offset of each record's first token in the shard."""
-        if shard not in self._offsets:
-            lengths_path = self.directory / self.shards[shard]["lengths_file"]
+        with self._offsets_lock:
+            if shard in self._offsets:
+                self._offsets.move_to_end(shard)
+                return self._offsets[shard]
+        lengths_path = self.directory / self.shards[shard]["lengths_file"]
+        try:
             if storage.is_local(lengths_path):
-                lengths = np.load(lengths_path, mmap_mode="r")
+                lengths = np.load(lengths_path)
             else:
                 lengths = np.load(io.BytesIO(lengths_path.read_bytes()))
-            if (
-                len(lengths) != self.shards[shard]["records"]
-                or lengths.sum() != self.shard_tokens[shard]
-            ):
-                raise DataError(
-                    f"{self.shards[shard]['lengths_file']} disagrees with the manifest; "
-                    "the shard is damaged, re-run illada prepare"
-                )
-            self._offsets[shard] = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-        return self._offsets[shard]
+        except FileNotFoundError:
+            raise self._missing(lengths_path) from None
+        if (
+            len(lengths) != self.shards[shard]["records"]
+            or lengths.sum() != self.shard_tokens[shard]
+        ):
+            raise DataError(
+                f"{self.shards[shard]['lengths_file']} disagrees with the manifest; "
+                "the shard is damaged, re-run illada prepare"
+            )
+        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        with self._offsets_lock:
+            self._offsets[shard] = offsets
+            while len(self._offsets) > MAX_CACHED_OFFSETS:
+                self._offsets.popitem(last=False)
+        return offsets
 
     def _reader(self, shard: int):
         from array_record.python import array_record_module
 
         from illada_jax.data.remote import readable_path
 
-        readers = self._local.__dict__.setdefault("readers", {})
-        if shard not in readers:
-            path = self.directory / self.shards[shard]["file"]
-            try:
-                reader = array_record_module.ArrayRecordReader(readable_path(path))
-            except Exception as err:  # array_record raises plain RuntimeError/ValueError
-                raise DataError(f"cannot open shard {path}: {err}; re-run illada prepare") from err
-            if reader.num_records() != self.shards[shard]["records"]:
-                raise DataError(
-                    f"shard {path} has {reader.num_records()} records, the manifest "
-                    f"says {self.shards[shard]['records']}; it is truncated or "
-                    "damaged, re-run illada prepare"
-                )
-            readers[shard] = reader
-        return readers[shard]
+        readers = self._local.__dict__.setdefault("readers", collections.OrderedDict())
+        if shard in readers:
+            readers.move_to_end(shard)
+            return readers[shard]
+        path = self.directory / self.shards[shard]["file"]
+        if storage.is_local(path) and not path.exists():
+            raise self._missing(path)
+        try:
+            reader = array_record_module.ArrayRecordReader(readable_path(path))
+        except FileNotFoundError:
+            raise self._missing(path) from None
+        except Exception as err:  # array_record raises plain RuntimeError/ValueError
+            raise DataError(f"cannot open shard {path}: {err}; re-run illada prepare") from err
+        if (found := reader.num_records()) != self.shards[shard]["records"]:
+            reader.close()
+            raise DataError(
+                f"shard {path} has {found} records, the manifest "
+                f"says {self.shards[shard]['records']}; it is truncated or "
+                "damaged, re-run illada prepare"
+            )
+        readers[shard] = reader
+        while len(readers) > MAX_OPEN_READERS:
+            readers.popitem(last=False)[1].close()
+        return reader
 
     def read(self, shard: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Stream tokens [start, stop) of a shard and the record index of each token."""

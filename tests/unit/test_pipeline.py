@@ -186,8 +186,18 @@ def test_missing_manifest_and_missing_shard_are_clear_errors(dataset, tmp_path):
         PreparedDataset(tmp_path / "nothing")
     ds, _ = dataset
     (ds.directory / ds.shards[1]["file"]).unlink()
-    with pytest.raises(DataError, match=r"shard-00001.arrayrecord.*missing"):
-        PreparedDataset(ds.directory)
+    fresh = PreparedDataset(ds.directory)  # start-up reads the manifest only
+    TokenWindows(fresh, 16, document_aware=False)[0]  # shard 0 is fine
+    first_of_shard_1 = -(-int(fresh.shard_tokens[0]) // 16)
+    with pytest.raises(
+        DataError, match=r"shard-00001.arrayrecord listed in the manifest is missing"
+    ):
+        TokenWindows(fresh, 16, document_aware=False)[first_of_shard_1]
+    (ds.directory / ds.shards[0]["lengths_file"]).unlink()
+    with pytest.raises(
+        DataError, match=r"shard-00000.lengths.npy listed in the manifest is missing"
+    ):
+        TokenWindows(PreparedDataset(ds.directory), 16, document_aware=False)[0]
 
 
 def test_corrupt_shard_is_a_clear_error(dataset):
