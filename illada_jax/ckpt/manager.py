@@ -186,8 +186,8 @@ def _agree(status: int) -> int:
     return int(np.max(multihost_utils.process_allgather(np.int32(status))))
 
 
-def _shapes(tree) -> dict[str, tuple]:
-    """{"a/b/c": (shape, dtype)} of a tree of arrays, abstract arrays or orbax metadata."""
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{"a/b/c": shape} of a tree of arrays, abstract arrays or orbax array metadata."""
     import jax
 
     flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
@@ -196,7 +196,7 @@ def _shapes(tree) -> dict[str, tuple]:
         name = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
                         for k in key_path)  # fmt: skip
         if hasattr(leaf, "shape"):
-            out[name] = (tuple(leaf.shape), str(np.dtype(leaf.dtype)) if leaf.dtype else "")
+            out[name] = tuple(leaf.shape)
     return out
 
 
@@ -212,11 +212,11 @@ def tree_differences(stored, expected) -> list[str]:
         )
     if extra:
         problems.append(f"the checkpoint has {len(extra)} entries this run lacks ({extra[0]}, ...)")
-    reshaped = [n for n in sorted(set(have) & set(want)) if have[n][0] != want[n][0]]
+    reshaped = [n for n in sorted(set(have) & set(want)) if have[n] != want[n]]
     if reshaped:
         name = reshaped[0]
         problems.append(f"{len(reshaped)} arrays differ in shape (e.g. {name}: "
-                        f"{have[name][0]} in the checkpoint, {want[name][0]} here)")  # fmt: skip
+                        f"{have[name]} in the checkpoint, {want[name]} here)")  # fmt: skip
     return problems
 
 
