@@ -2,6 +2,9 @@
 
 - `state`: the sharded train state (every process writes its own shards);
 - `data`: the data pipeline's position (the next data step; batches are a pure function of it);
+- `data_streams` (runs with on-the-fly datasets only): each process's position in its raw-file
+  streams, grain's iterator state, one `process_<i>-of-<n>.json` per process (grain's orbax
+  handler);
 - `meta`: the resolved config and the runner's controls (learning-rate scale after rollbacks).
 
 The directory may be local or on object storage (`gs://...`; orbax writes through tensorstore).
@@ -24,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import grain
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -72,8 +76,9 @@ class RunCheckpoints:
             "state": ocp.StandardCheckpointHandler(),
             "data": ocp.JsonCheckpointHandler(),
             "meta": ocp.JsonCheckpointHandler(),
+            "data_streams": grain.checkpoint.CheckpointHandler(),
         }
-        assert set(handlers) == set(rundir.ITEMS)
+        assert set(handlers) == {*rundir.ITEMS, "data_streams"}
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
@@ -82,21 +87,30 @@ class RunCheckpoints:
         self.manager.reload()  # see steps committed by other processes or earlier runs
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state, data: dict, meta: dict, *, force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        state,
+        data: dict,
+        meta: dict,
+        *,
+        force: bool = False,
+        streams: str | None = None,
+    ) -> bool:
+        """`streams`: this process's on-the-fly data position (a JSON string), if any."""
         if step in self.damaged:
             log.warning("not saving step %d: the damaged checkpoint there is kept", step)
             return False
         if step in self.manager.all_steps():
             return False  # never overwrite a committed checkpoint
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=force,
-        )
+        items = {
+            "state": ocp.args.StandardSave(state),
+            "data": ocp.args.JsonSave(data),
+            "meta": ocp.args.JsonSave(meta),
+        }
+        if streams is not None:
+            items["data_streams"] = grain.checkpoint.CheckpointSave(_StreamPosition(streams))
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore_latest(self, abstract_state, *, before: int | None = None, config=None):
         """(step, state, data, meta) of the newest checkpoint that restores (optionally only
@@ -163,7 +177,25 @@ class RunCheckpoints:
             )
         except Exception as err:
             return _DAMAGED, f"{type(err).__name__}: {str(err)[:200]}", None
+        restored["data"]["streams"] = self._stream_position(step)
         return _OK, "", restored
+
+    def _stream_position(self, step: int) -> str | None:
+        """This process's saved on-the-fly data position at `step`, or None (none saved, or
+        saved by a run with another process count: the pipeline then starts its streams over)."""
+        if not (self.directory / str(step) / "data_streams").exists():
+            return None
+        position = _StreamPosition()
+        try:
+            self.manager.restore(
+                step,
+                args=ocp.args.Composite(data_streams=grain.checkpoint.CheckpointRestore(position)),
+            )
+        except Exception as err:  # grain: no file for this process index and count
+            log.warning("checkpoint %d has no on-the-fly data position for this process: %s",
+                        step, str(err)[:200])  # fmt: skip
+            return None
+        return position.state
 
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)
@@ -173,6 +205,23 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class _StreamPosition:
+    """What grain's checkpoint handler saves and restores: an iterator-like holder of a JSON
+    position (a snapshot, so an asynchronous save writes the position of its own step)."""
+
+    def __init__(self, state: str | None = None):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return self.state.encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.state = state.decode()
+
+    def start_prefetch(self) -> None:
+        pass
 
 
 def _agree(status: int) -> int:

@@ -200,9 +200,11 @@ class DiffusionConfig:
 class DataConfig:
     """Training data (`illada_jax.data.pipeline`): prepared datasets mixed with weights.
 
-    A dataset is a directory written by `illada prepare`, or `embedded` / `embedded:heldout`:
-    the embedded corpus, prepared with the default tokenizer on first use into `cache_dir`
-    (default `$ILLADA_CACHE` or `~/.cache/illada_jax`).
+    A dataset is a directory written by `illada prepare`; `embedded` / `embedded:heldout`: the
+    embedded corpus, prepared with the default tokenizer on first use into `cache_dir` (default
+    `$ILLADA_CACHE` or `~/.cache/illada_jax`); or `raw:FORMAT:PATHS`, raw files (jsonl, text,
+    parquet, arrayrecord; files, directories or globs, local or gs://) tokenised with `tokenizer`
+    while training (docs/data.md#on-the-fly-tokenisation).
     """
 
     datasets: tuple[str, ...] = ("embedded",)
@@ -215,8 +217,14 @@ class DataConfig:
     read_threads: int = 4
     cache_dir: str = ""
     # objective=sft_llada reads dialogues (datasets[0]: a JSONL file or `demo`) and formats them
-    # with this tokenizer (empty = the shipped default).
+    # with this tokenizer (empty = the shipped default); raw: datasets are tokenised with it.
     tokenizer: str = ""
+    # raw: datasets: the jsonl field / parquet column holding the document; text files as one
+    # document per file or per blank-line block; tokeniser worker processes per raw dataset (0 =
+    # in the reading thread). The worker count is part of the data order (like the seed).
+    raw_field: str = "text"
+    raw_text_unit: str = "file"
+    tokenize_workers: int = 2
 
     def __post_init__(self) -> None:
         if (
@@ -238,6 +246,10 @@ class DataConfig:
             ):
                 _fail("weights", self.weights, "must be non-negative numbers with a positive sum")
         _check_int("read_threads", self.read_threads, 1)
+        _check_int("tokenize_workers", self.tokenize_workers, 0)
+        _check_choice("raw_text_unit", self.raw_text_unit, ("file", "block"))
+        if not isinstance(self.raw_field, str) or not self.raw_field:
+            _fail("raw_field", self.raw_field, "must be a non-empty field or column name")
 
 
 @dataclasses.dataclass(frozen=True)

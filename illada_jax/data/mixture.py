@@ -34,17 +34,20 @@ def batch_allocation(weights: Sequence[float], global_batch: int) -> np.ndarray:
     return counts
 
 
-def _dataset_seed(seed: int, index: int) -> int:
-    """A 32-bit shuffle seed per (run seed, dataset), as grain requires."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+def dataset_seed(seed: int, index: int, *more: int) -> int:
+    """A 32-bit shuffle seed per (run seed, dataset, …), as grain requires."""
+    return int(np.random.SeedSequence([seed, index, *more]).generate_state(1)[0])
 
 
 class Mixture:
-    """Maps (step, global row) -> (dataset index, window index)."""
+    """Maps (step, global row) -> (dataset index, window index).
+
+    A dataset of length None is a stream (read in order): its rows are allocated the same way,
+    its window index is just its running sample count."""
 
     def __init__(
         self,
-        lengths: Sequence[int],
+        lengths: Sequence[int | None],
         weights: Sequence[float],
         global_batch: int,
         seed: int,
@@ -52,14 +55,16 @@ class Mixture:
     ):
         if len(lengths) != len(weights):
             raise ValueError(f"{len(lengths)} datasets but {len(weights)} weights")
-        self.lengths = [int(n) for n in lengths]
+        self.lengths = [None if n is None else int(n) for n in lengths]
         self.counts = batch_allocation(weights, global_batch)
         self.first_row = np.concatenate([[0], np.cumsum(self.counts)])
         self.global_batch = global_batch
         self.seed = seed
         self.shuffle = shuffle
         self._orders = [
-            grain.MapDataset.range(n).shuffle(seed=_dataset_seed(seed, i)) if shuffle else None
+            grain.MapDataset.range(n).shuffle(seed=dataset_seed(seed, i))
+            if shuffle and n is not None
+            else None
             for i, n in enumerate(self.lengths)
         ]
 
@@ -74,9 +79,11 @@ class Mixture:
         dataset = int(np.searchsorted(self.first_row, slot, side="right")) - 1
         sample = step * int(self.counts[dataset]) + slot - int(self.first_row[dataset])
         n = self.lengths[dataset]
+        if n is None:
+            return dataset, sample
         window = self._orders[dataset][sample] if self.shuffle else sample % n
         return dataset, int(window)
 
-    def epochs(self, step: int) -> list[float]:
-        """Epochs of each dataset consumed before `step`."""
-        return [step * int(c) / n for c, n in zip(self.counts, self.lengths)]
+    def epochs(self, step: int) -> list[float | None]:
+        """Epochs of each dataset consumed before `step` (None for streams)."""
+        return [None if n is None else step * int(c) / n for c, n in zip(self.counts, self.lengths)]

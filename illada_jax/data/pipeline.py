@@ -9,21 +9,32 @@ Reading runs in a grain pipeline over this process's rows (`MapDataset` → `bat
 `to_iter_dataset` with reader threads and prefetch), so batches are assembled while the
 accelerator computes. Output per process: numpy `tokens`, `segment_ids`, `positions`, each
 `[per_process_batch, seq_len] int32` (segment id 0 = padding; see `packing.py`).
+
+On-the-fly datasets (`raw:FORMAT:PATHS`, `onthefly.py`) take part in the same mixture: the rows
+each one fills in every batch are still a pure function of (seed, step), so proportions stay
+exact, but their windows are read in order from a stream (raw files tokenised while training).
+Such a pipeline's iterator (`StreamBatches`) therefore has a position beyond the step: grain's
+iterator state of every stream, saved in checkpoints (`state()`) and given back to `iterator`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import pathlib
 from collections.abc import Iterator, Sequence
 
 import grain
 import numpy as np
 
+from illada_jax.data import onthefly
 from illada_jax.data.manifest import MANIFEST
-from illada_jax.data.mixture import Mixture
+from illada_jax.data.mixture import Mixture, dataset_seed
 from illada_jax.data.packing import DataError, PreparedDataset, TokenWindows
 from illada_jax.storage import default_cache_dir
+
+log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"  # dataset name: the embedded corpus, prepared on first use into a cache
 
@@ -40,9 +51,14 @@ class PipelineSpec:
     document_aware: bool = False
     shuffle: bool = True
     read_threads: int = 4
-    # The tokenizer the embedded corpus is prepared with (empty = the shipped default); prepared
-    # dataset directories carry their own.
+    # The tokenizer the embedded corpus is prepared with and on-the-fly datasets are tokenised
+    # with (empty = the shipped default); prepared dataset directories carry their own.
     tokenizer: str = ""
+    # On-the-fly datasets: the jsonl field / parquet column, text documents per file or block,
+    # and the tokeniser worker processes per stream (0 = in the reading thread).
+    raw_field: str = "text"
+    raw_text_unit: str = "file"
+    tokenize_workers: int = 2
 
 
 def embedded_dataset_dir(
@@ -101,17 +117,38 @@ class Pipeline:
         if len(weights) != len(spec.datasets):
             raise DataError(f"{len(spec.datasets)} datasets but {len(weights)} weights")
         self.spec = spec
-        self.datasets = list(
-            datasets or [resolve_dataset(n, cache_dir, spec.tokenizer) for n in spec.datasets]
-        )
+        self.datasets = list(datasets or [self._open(n, cache_dir) for n in spec.datasets])
         self.windows = [
-            TokenWindows(d, spec.seq_len, document_aware=spec.document_aware) for d in self.datasets
+            TokenWindows(d, spec.seq_len, document_aware=spec.document_aware)
+            if isinstance(d, PreparedDataset)
+            else None  # an on-the-fly stream: read in order, not by index
+            for d in self.datasets
         ]
+        self.streams = [i for i, w in enumerate(self.windows) if w is None]
         self.mixture = Mixture(
-            [len(w) for w in self.windows], weights, spec.global_batch, spec.seed, spec.shuffle
+            [None if w is None else len(w) for w in self.windows],
+            weights,
+            spec.global_batch,
+            spec.seed,
+            spec.shuffle,
         )
         self.process_index, self.process_count = process_index, process_count
         self.per_process_batch = spec.global_batch // process_count
+
+    def _open(self, name: str, cache_dir) -> PreparedDataset | onthefly.RawStream:
+        spec = self.spec
+        if not onthefly.is_raw(name):
+            return resolve_dataset(name, cache_dir, spec.tokenizer)
+        return onthefly.RawStream(
+            name,
+            seq_len=spec.seq_len,
+            document_aware=spec.document_aware,
+            tokenizer=spec.tokenizer,
+            field=spec.raw_field,
+            text_unit=spec.raw_text_unit,
+            workers=spec.tokenize_workers,
+            shuffle=spec.shuffle,
+        )
 
     def check_compatible(self, model_cfg) -> None:
         for dataset in self.datasets:
@@ -120,6 +157,11 @@ class Pipeline:
     def window(self, step: int, row: int) -> dict[str, np.ndarray]:
         """Row `row` of global batch `step`."""
         dataset, window = self.mixture.locate(step, row)
+        if self.windows[dataset] is None:
+            raise DataError(
+                f"{self.spec.datasets[dataset]} is read on the fly, in order: its rows come "
+                "from iterator(), not by step"
+            )
         return self.windows[dataset][window]
 
     def global_batch(self, step: int) -> dict[str, np.ndarray]:
@@ -136,16 +178,114 @@ class Pipeline:
         step, j = divmod(k, self.per_process_batch)
         return self.window(step, self.process_index * self.per_process_batch + j)
 
-    def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """This process's batches for steps start_step, start_step + 1, … (prefetched)."""
+    def _mixed_row(self, k: int) -> dict[str, np.ndarray]:
+        """A prepared row as `_process_row`, or for a stream's row an empty placeholder; the
+        `stream` key names the dataset filling it (-1: already filled)."""
+        step, j = divmod(k, self.per_process_batch)
+        dataset, window = self.mixture.locate(step, self.process_index * self.per_process_batch + j)
+        if self.windows[dataset] is not None:
+            return {**self.windows[dataset][window], "stream": np.int32(-1)}
+        empty = np.zeros(self.spec.seq_len, np.int32)
+        return {key: empty for key in self.output_keys} | {"stream": np.int32(dataset)}
+
+    def _row_batches(self, start_step: int, row_fn) -> Iterator[dict[str, np.ndarray]]:
         bp = self.per_process_batch
         rows = grain.MapDataset.range(start_step * bp, np.iinfo(np.int64).max // 2)
-        batches = rows.map(self._process_row).batch(bp, drop_remainder=True)
+        batches = rows.map(row_fn).batch(bp, drop_remainder=True)
         options = grain.ReadOptions(num_threads=self.spec.read_threads, prefetch_buffer_size=4 * bp)
         return iter(batches.to_iter_dataset(options))
 
-    def epochs(self, step: int) -> list[float]:
+    def iterator(
+        self, start_step: int = 0, state: str | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """This process's batches for steps start_step, start_step + 1, … (prefetched).
+
+        With on-the-fly datasets: a `StreamBatches`, resumed at `state` (its `state()` saved
+        at `start_step`) when given."""
+        if not self.streams:
+            return self._row_batches(start_step, self._process_row)
+        return StreamBatches(self, start_step, state)
+
+    def epochs(self, step: int) -> list[float | None]:
+        """Epochs of each dataset consumed before `step` (None for on-the-fly datasets)."""
         return self.mixture.epochs(step)
+
+
+class StreamBatches:
+    """The batches of a pipeline with on-the-fly datasets (see the module docstring).
+
+    Prepared rows come from grain by step as in `Pipeline`; each stream's rows are filled, in
+    row order, with that stream's next windows. `state()` is a JSON string: the step, the
+    process and worker counts and every stream's grain iterator state. A state saved with other
+    counts (or none, past step 0) cannot place the streams: they start at a fresh shuffle of
+    their files, seeded by this step, and a warning says so."""
+
+    def __init__(self, pipeline: Pipeline, start_step: int, state: str | None):
+        self.pipeline, self.step = pipeline, start_step
+        saved = json.loads(state) if state else None
+        here = {
+            "process_count": pipeline.process_count,
+            "tokenize_workers": pipeline.spec.tokenize_workers,
+            "datasets": [pipeline.spec.datasets[i] for i in pipeline.streams],
+        }
+        if saved is not None and {k: saved.get(k) for k in here} == here:
+            if saved["step"] != start_step:
+                raise DataError(
+                    f"on-the-fly data position saved at step {saved['step']} given for step "
+                    f"{start_step}"
+                )
+            self.reshard_step = int(saved["reshard_step"])
+        else:
+            self.reshard_step = start_step
+            if saved is not None or start_step:
+                log.warning(
+                    "on-the-fly datasets %s: no saved position for this run's %s at step %d "
+                    "(saved: %s); their streams start over at a fresh shuffle of their files, "
+                    "so documents read before may be read again",
+                    here["datasets"], here, start_step, saved and {k: saved.get(k) for k in here},
+                )  # fmt: skip
+            saved = None
+        self.streams = {}
+        for position, index in enumerate(pipeline.streams):
+            seed = dataset_seed(pipeline.spec.seed, index, self.reshard_step)
+            windows = pipeline.datasets[index].windows(
+                pipeline.process_index, pipeline.process_count, seed
+            )
+            iterator = iter(windows)
+            if saved is not None:
+                iterator.set_state(saved["streams"][position])
+            self.streams[index] = iterator
+        self.rows = pipeline._row_batches(start_step, pipeline._mixed_row)
+
+    def __iter__(self) -> StreamBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self.rows)
+        stream = batch.pop("stream")
+        for row in np.flatnonzero(stream >= 0):
+            window = next(self.streams[int(stream[row])])
+            for key in self.pipeline.output_keys:
+                batch[key][row] = window[key]
+        self.step += 1
+        return batch
+
+    def state(self) -> str:
+        """The position after the batches returned so far (JSON)."""
+        return json.dumps(
+            {
+                "step": self.step,
+                "reshard_step": self.reshard_step,
+                "process_count": self.pipeline.process_count,
+                "tokenize_workers": self.pipeline.spec.tokenize_workers,
+                "datasets": [self.pipeline.spec.datasets[i] for i in self.pipeline.streams],
+                "streams": [self.streams[i].get_state() for i in self.pipeline.streams],
+            }
+        )
+
+    def close(self) -> None:
+        for iterator in self.streams.values():
+            iterator.close()
 
 
 class LladaSftPipeline:

@@ -152,6 +152,9 @@ def make_pipeline(experiment: Experiment, *, dataset: str | None = None, seed: i
             shuffle=data.shuffle,
             read_threads=data.read_threads,
             tokenizer=data.tokenizer,
+            raw_field=data.raw_field,
+            raw_text_unit=data.raw_text_unit,
+            tokenize_workers=data.tokenize_workers,
         )
         pipeline = Pipeline(spec, cache_dir=data.cache_dir or None, **process)
     pipeline.check_compatible(experiment.model)

@@ -69,6 +69,9 @@ class LoopState:
     writer: Any  # obs.writers.MetricWriter
     progress: Any  # obs.progress.TrainProgress
     batches: Any = None
+    # The saved position of on-the-fly datasets (pipeline.StreamBatches.state()), for the first
+    # `restart_data` after a resume; later restarts take the live iterator's.
+    data_state: str | None = None
     metrics: dict = dataclasses.field(default_factory=dict)  # the last step's, as floats
     window: MetricWindow = dataclasses.field(default_factory=MetricWindow)
     history: list = dataclasses.field(default_factory=list)  # what this call logged
@@ -80,8 +83,15 @@ class LoopState:
         return self.run.experiment.train.steps
 
     def restart_data(self) -> None:
-        """(Re)open the batch iterator at `next_data_step`."""
-        self.batches = self.pipeline.iterator(self.next_data_step)
+        """(Re)open the batch iterator at `next_data_step` (on-the-fly streams where they are)."""
+        state = self.stream_state() if self.batches is not None else self.data_state
+        if hasattr(self.batches, "close"):
+            self.batches.close()
+        self.batches = self.pipeline.iterator(self.next_data_step, state)
+
+    def stream_state(self) -> str | None:
+        """The on-the-fly datasets' position after the batches consumed (None without any)."""
+        return self.batches.state() if hasattr(self.batches, "state") else None
 
     def record(self, record: dict, *, line: str | None = None) -> None:
         """Write a record to `metrics.jsonl` / TensorBoard, keep it in `history` and print
@@ -158,8 +168,10 @@ class MetricsLog(Hook):
             "lr": float(loop.run.schedule(loop.step - 1)) * loop.lr_scale,
             "tokens_per_s": tokens_per_s,
             "mfu": flops.mfu(tokens_per_s, self.flops_per_token, self.peak),
-            "epoch": loop.pipeline.epochs(loop.next_data_step)[0],
         }
+        epoch = loop.pipeline.epochs(loop.next_data_step)[0]
+        if epoch is not None:  # None: the first dataset is read on the fly
+            record["epoch"] = epoch
         loop.record(record)
         loop.window = MetricWindow()
 
@@ -209,6 +221,7 @@ class HeldOutEval(Hook):
 
 def _unigram_baseline(run: Run) -> float | None:
     """The unigram baseline when the run evaluates on prepared shards (None otherwise)."""
+    from illada_jax.data import onthefly
     from illada_jax.data.pipeline import resolve_dataset
     from illada_jax.data.unigram import unigram_baseline
 
@@ -220,8 +233,15 @@ def _unigram_baseline(run: Run) -> float | None:
     def dataset(name: str):
         return resolve_dataset(name, data.cache_dir or None, data.tokenizer)
 
-    train_sets = [dataset(name) for name in data.datasets]
-    return unigram_baseline(train_sets, data.weights, dataset(experiment.train.eval_dataset))
+    # Token frequencies come from the prepared training datasets (raw ones are not counted).
+    weights = data.weights or (1.0,) * len(data.datasets)
+    prepared = [(n, w) for n, w in zip(data.datasets, weights) if not onthefly.is_raw(n)]
+    if not prepared or onthefly.is_raw(experiment.train.eval_dataset):
+        return None
+    train_sets = [dataset(name) for name, _ in prepared]
+    return unigram_baseline(
+        train_sets, [w for _, w in prepared], dataset(experiment.train.eval_dataset)
+    )
 
 
 class TextSamples(Hook):
@@ -267,8 +287,14 @@ class Checkpointing(Hook):
         meta = rundir.checkpoint_meta(
             loop.run.experiment, lr_scale=loop.lr_scale, recent_losses=loop.recent_losses
         )
-        self.checkpoints.save(loop.step, loop.state, {"next_data_step": loop.next_data_step},
-                              meta, force=force)  # fmt: skip
+        self.checkpoints.save(
+            loop.step,
+            loop.state,
+            {"next_data_step": loop.next_data_step},
+            meta,
+            force=force,
+            streams=loop.stream_state(),
+        )
 
     def on_step(self, loop: LoopState) -> None:
         self.save(loop)

@@ -94,10 +94,11 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
     if restored is not None:
         step, state, data_position, meta = restored
         next_data_step, lr_scale = int(data_position["next_data_step"]), float(meta["lr_scale"])
+        data_state = data_position.get("streams")
         recent = meta.get("recent_losses", ())
         print_fn(f"resumed from checkpoint {step} in {checkpoints.directory}")
     else:
-        step, next_data_step, lr_scale, recent = 0, 0, 1.0, ()
+        step, next_data_step, lr_scale, recent, data_state = 0, 0, 1.0, (), None
         state = run.init_state()
         if ccfg.init_from:
             params = restore_params(ccfg.init_from, run.abstract_state["params"])
@@ -114,6 +115,7 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
         lr_scale=lr_scale,
         recent_losses=collections.deque(recent, maxlen=tcfg.spike_window),
         pipeline=run.pipeline(),
+        data_state=data_state,
         writer=writer,
         progress=progress,
     )

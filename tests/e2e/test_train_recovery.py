@@ -281,3 +281,32 @@ def test_nan_with_rollback_policy_restores_the_last_checkpoint(tmp_path):
 def test_nan_with_rollback_policy_and_synchronous_saves_finishes(tmp_path):
     _, records = _run_rollback(tmp_path / "run", "--config=set:checkpoint.async_save=False")
     _assert_one_rollback_then_finish(records)
+
+
+def test_an_on_the_fly_run_killed_with_9_resumes_its_streams_exactly(tmp_path):
+    """Raw jsonl tokenised while training (2 tokeniser workers): the position in the raw files
+    is saved with every checkpoint, so the resumed run logs the uninterrupted run's losses."""
+    from illada_jax.data.corpus import embedded_documents
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    docs = [d.text[:4000] for d, _ in zip(embedded_documents("train"), range(30))]
+    for part in range(3):
+        lines = [json.dumps({"text": text}) for text in docs[part::3]]
+        (raw / f"part-{part}.jsonl").write_text("\n".join(lines) + "\n")
+    dataset = f"--config=set:data.datasets=('raw:jsonl:{raw}/*.jsonl',)"
+    reference = tmp_path / "reference"
+    _train(reference, dataset)
+    assert "data_streams" in {p.name for p in (reference / "checkpoints" / "12").iterdir()}
+
+    workdir = tmp_path / "run"
+    proc, log = _start(workdir, dataset)
+    _wait_for(workdir / "checkpoints" / "6", proc, log)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    result = _train(workdir, dataset)
+    resumed = _resumed_from(result.stdout)
+    assert 6 <= resumed < STEPS
+    assert "start over" not in result.stderr  # the saved stream position was used
+    assert _losses(workdir) == _losses(reference)

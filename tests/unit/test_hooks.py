@@ -53,7 +53,8 @@ class FakeCheckpoints:
         self.preempt_at = preempt_at
         self.waits = 0
 
-    def save(self, step, state, data, meta, *, force=False):
+    def save(self, step, state, data, meta, *, force=False, streams=None):
+        assert streams is None  # prepared data only: no on-the-fly position
         self.saved[step] = (state, data, meta)
         if force:
             self.forced.append(step)
@@ -77,7 +78,8 @@ class FakePipeline:
     def __init__(self):
         self.started_at = []
 
-    def iterator(self, start):
+    def iterator(self, start, state=None):
+        assert state is None
         self.started_at.append(start)
         return iter(())
 
