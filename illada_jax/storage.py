@@ -1,8 +1,10 @@
 """One path type for every file the project reads or writes: local disk or object storage.
 
 `path("gs://bucket/runs/x")` and `path("runs/x")` both return an `etils.epath.Path` (what orbax
-uses): local paths are absolute `pathlib`-like paths, `gs://` goes through gcsfs (or TensorFlow's
-gfile where TensorFlow is installed), `s3://` through s3fs when installed. Code that writes files
+uses): local paths are absolute `pathlib`-like paths, `gs://` goes through gcsfs, `s3://` through
+s3fs when installed. etils would switch `gs://` to TensorFlow's gfile wherever TensorFlow is
+installed (the `[seqio]` extra brings it); `EPATH_USE_TF=false` is set (unless the user set it)
+so one client, with one set of credentials and emulator settings, serves every environment. Code that writes files
 uses the helpers below instead of `os` calls, so the same run works on a laptop and on a pod.
 
 - `atomic_write(path, data)`: local files are written to a temporary name and renamed; an object
@@ -25,7 +27,9 @@ import os
 import pathlib
 import re
 
-from etils import epath
+os.environ.setdefault("EPATH_USE_TF", "false")  # before etils decides (see the docstring)
+
+from etils import epath  # noqa: E402
 
 from illada_jax.errors import IlladaError
 

@@ -18,8 +18,10 @@ def add_parser(sub) -> None:
         "--input",
         nargs="+",
         required=True,
-        help="files or directories (text, jsonl, parquet), DIR[:SPLIT] (tfds), "
-        "TASK[:SPLIT] (seqio), or a split name (embedded)",
+        help="files or directories (text, jsonl, parquet); tfds: a prepared dataset by name, "
+        "NAME[/CONFIG][:VERSION][:SPLIT] as in tfds.load (e.g. mnist:3.*.*:test, "
+        "wiki/20230601.en:1.0.0:train[:10%%]; split default train), or its directory "
+        "DIR[:SPLIT]; seqio: TASK_OR_MIXTURE[:SPLIT]; embedded: a split name",
     )
     parser.add_argument(
         "--format",
@@ -28,7 +30,14 @@ def add_parser(sub) -> None:
         help="sft: chat dialogues (JSONL with messages or prompt/response, or `demo`) as "
         "iLLaDA-style SFT streams",
     )
-    parser.add_argument("--field", default="text", help="jsonl field / parquet column / feature")
+    parser.add_argument(
+        "--field",
+        default="text",
+        help="jsonl field / parquet column / tfds feature; seqio: a feature or a comma-separated "
+        "list concatenated into one document (e.g. inputs,targets; default text, or targets when "
+        "the task has no text); token ids in our tokenizer's vocabulary are used as ids, others "
+        "re-tokenised from FEATURE_pretokenized",
+    )
     parser.add_argument(
         "--tokenizer",
         default=None,
@@ -53,8 +62,36 @@ def add_parser(sub) -> None:
         default=None,
         help="characters of text per shard (default 16M; 1M for embedded)",
     )
-    parser.add_argument("--workers", type=positive_int, default=2, help="tokeniser processes")
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=2,
+        help="tokeniser processes (--runner beam on this machine: Beam worker processes)",
+    )
     parser.add_argument("--seqio-module", default=None, help="module that registers the task")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="TFDS data dir where tfds names are prepared (default $TFDS_DATA_DIR or "
+        "~/tensorflow_datasets; nothing is downloaded); seqio: TFDS data dir of its tasks",
+    )
+    parser.add_argument(
+        "--runner",
+        default="local",
+        choices=["local", "beam"],
+        help="local: this machine's processes; beam: an Apache Beam pipeline ([beam] extra), "
+        "locally on Beam's DirectRunner with --workers processes, on a cluster with the runner "
+        "--beam-option names (docs/data.md)",
+    )
+    parser.add_argument(
+        "--beam-option",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="a Beam pipeline option, passed through unchanged; repeatable; write it with '=' "
+        "(--beam-option=--runner=DataflowRunner), since argparse takes a separate --runner=... "
+        "for an option of its own",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -62,10 +99,32 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from illada_jax.data.prepare import PrepareError, prepare, prepare_sft
 
+    if args.beam_option and args.runner != "beam":
+        raise PrepareError("--beam-option needs --runner beam (or drop the Beam options)")
     if args.format == "sft":
+        if args.runner == "beam":
+            raise PrepareError("--format sft runs on this machine only: drop --runner beam")
         if len(args.input) != 1:
             raise PrepareError("--format sft takes one --input: a JSONL file of dialogues or demo")
         manifest = prepare_sft(args.input[0], args.output, tokenizer_path=args.tokenizer)
+    elif args.runner == "beam":
+        from illada_jax.data.beam_prepare import prepare_beam
+
+        manifest = prepare_beam(
+            args.input,
+            args.format,
+            args.output,
+            tokenizer_path=args.tokenizer,
+            field=args.field,
+            text_unit=args.text_unit,
+            seqio_module=args.seqio_module,
+            data_dir=args.data_dir,
+            shard_chars=args.shard_chars,
+            max_doc_tokens=args.max_doc_tokens,
+            beam_options=args.beam_option,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
     else:
         manifest = prepare(
             args.input,
@@ -75,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             field=args.field,
             text_unit=args.text_unit,
             seqio_module=args.seqio_module,
+            data_dir=args.data_dir,
             shard_chars=args.shard_chars,
             max_doc_tokens=args.max_doc_tokens,
             workers=args.workers,

@@ -31,7 +31,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import re
+import threading
+import time
 from collections.abc import Iterator
 
 import grain
@@ -39,7 +42,7 @@ import grain.experimental as grain_exp
 import numpy as np
 
 from illada_jax import storage
-from illada_jax.data import sources
+from illada_jax.data import records, sources
 from illada_jax.data.packing import DataError
 
 RAW_PREFIX = "raw:"
@@ -107,14 +110,14 @@ def _jsonl_texts(path: str, position: int, field: str) -> Iterator[tuple[str | N
 
 def _jsonl_line_text(raw_line: bytes, field: str, stats: collections.Counter) -> str | None:
     """A jsonl line's document, or None for a blank or bad line (same rules as prepare)."""
-    raw_line = raw_line.removeprefix(sources._BOM)
+    raw_line = raw_line.removeprefix(records.BOM)
     if not raw_line.strip():
         return None
     try:
-        record = json.loads(sources._decode(raw_line, stats))
+        record = json.loads(records.decode(raw_line, stats))
     except (ValueError, RecursionError):
         return None
-    return sources._field_text(record, field, stats) if isinstance(record, dict) else None
+    return records.field_text(record, field, stats) if isinstance(record, dict) else None
 
 
 def _text_texts(path: str, position: int, text_unit: str) -> Iterator[tuple[str | None, int]]:
@@ -137,7 +140,7 @@ def _parquet_texts(path: str, position: int, field: str) -> Iterator[tuple[str |
         if first + rows > position:
             values = parquet.read_row_group(group, columns=[field]).column(0).to_pylist()
             for row in range(max(position - first, 0), rows):
-                yield sources._field_text({field: values[row]}, field, stats), first + row + 1
+                yield records.field_text({field: values[row]}, field, stats), first + row + 1
         first += rows
 
 
@@ -153,7 +156,7 @@ def _arrayrecord_texts(path: str, position: int) -> Iterator[tuple[str | None, i
         for start in range(position, total, 256):
             stop = min(start + 256, total)
             for offset, raw in enumerate(reader.read(list(range(start, stop)))):
-                text = sources._decode(raw, stats)
+                text = records.decode(raw, stats)
                 yield (text if text.strip() else None), start + offset + 1
     finally:
         reader.close()
@@ -259,6 +262,19 @@ class _Window(grain.transforms.Map):
         return {"tokens": tokens, "segment_ids": segments, "positions": positions.astype(np.int32)}
 
 
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """In a grain worker: exit when the training process is gone (killed with -9, grain's own
+    shutdown never runs and its workers would otherwise stay forever)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _absl_flags_parsed() -> None:
     from absl import flags
 
@@ -322,7 +338,10 @@ class RawStream:
         tokens = documents.map(_Tokenize(self.tokenizer_path))
         if self.workers > 0:
             _absl_flags_parsed()  # grain's worker processes read absl flags
-            tokens = tokens.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
+            tokens = tokens.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=self.workers),
+                worker_init_fn=_exit_with_parent,
+            )
         packed = grain_exp.ConcatThenSplitIterDataset(
             tokens, length_struct={"tokens": self.seq_len}
         )

@@ -77,15 +77,22 @@ def _worker_tokenizer(path: str | None, overrides: dict):
 
 
 def tokenize_documents(
-    tokenizer, texts: list[str], max_doc_tokens: int
+    tokenizer, texts: Sequence[str | np.ndarray | Sequence[int]], max_doc_tokens: int
 ) -> tuple[list[np.ndarray], int]:
     """Token records for `texts` (EOS appended, over-long documents split).
 
+    A document is a `str`, tokenised here (in one `encode_batch` call for all strings), or token
+    ids (an int array or list: already tokenised in this tokenizer's vocabulary, e.g. a seqio
+    task's, without EOS), used as they are.
     Returns (records as int32 arrays, number of documents that were split).
     """
+    strings = [i for i, doc in enumerate(texts) if isinstance(doc, str)]
+    batch = tokenizer.encode_batch([texts[i] for i in strings]) if strings else []
+    encoded = dict(zip(strings, batch, strict=True))
     records, split_docs = [], 0
-    for ids in tokenizer.encode_batch(texts):
-        ids = np.asarray([*ids, tokenizer.eos_id], dtype="<i4")
+    for index, doc in enumerate(texts):
+        ids = encoded[index] if index in encoded else np.asarray(doc, dtype="<i4").reshape(-1)
+        ids = np.concatenate([np.asarray(ids, dtype="<i4"), np.asarray([tokenizer.eos_id], "<i4")])
         if len(ids) > max_doc_tokens:
             split_docs += 1
             records.extend(ids[i : i + max_doc_tokens] for i in range(0, len(ids), max_doc_tokens))
@@ -232,6 +239,18 @@ def prepare_token_documents(
     return write_manifest(directory, shards, info, {"format": "tokens"}, options, {}, fingerprint)
 
 
+def run_fingerprint(
+    identity: str, overrides: dict, source: dict, options: dict, files: list
+) -> str:
+    """What makes two prepare runs the same run (shards of one may complete the other): format
+    version, tokenizer identity and overrides, source and options, input files' sizes and mtimes."""
+    return hashlib.sha256(
+        json.dumps(
+            [FORMAT_VERSION, identity, overrides, source, options, files], sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
+
+
 def _finished_shard(directory: storage.Path, index: int, fingerprint: str) -> dict | None:
     stats_path = directory / f"{shard_name(index)}.stats.json"
     if not stats_path.exists():
@@ -277,12 +296,16 @@ def prepare(
     field: str = "text",
     text_unit: str = "file",
     seqio_module: str | None = None,
+    data_dir: str | None = None,
     shard_chars: int | None = None,
     max_doc_tokens: int = 1 << 20,
     workers: int = 2,
     progress: bool = True,
 ) -> dict:
-    """Prepare shards; returns the manifest dict (also written to `output/manifest.json`)."""
+    """Prepare shards; returns the manifest dict (also written to `output/manifest.json`).
+
+    `data_dir`: the TFDS data dir for `tfds` names and seqio tasks that read TFDS; tfds and seqio
+    inputs are described in the manifest's `source` (`sources.describe`)."""
     if fmt not in sources.FORMATS:
         raise PrepareError(f"--format {fmt!r} is not one of {', '.join(sources.FORMATS)}")
     if max_doc_tokens < 2:
@@ -302,20 +325,33 @@ def prepare(
         "max_doc_tokens": max_doc_tokens,
         "writer_options": WRITER_OPTIONS,
     }
+    if fmt in ("tfds", "seqio"):  # what the names resolve to (versions, vocabularies, modes)
+        source.update(
+            sources.describe(
+                fmt,
+                inputs,
+                field=field,
+                tokenizer=tokenizer,
+                seqio_module=seqio_module,
+                data_dir=data_dir,
+            )
+        )
     # Inputs are checked (and their sizes and mtimes fingerprinted) before anything is written.
     files = sources.file_signature(fmt, inputs)
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            [FORMAT_VERSION, tokenizer.identity, overrides, source, options, files],
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:16]
+    fingerprint = run_fingerprint(tokenizer.identity, overrides, source, options, files)
 
     out_dir = storage.path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = collections.Counter()
     documents = sources.iter_documents(
-        fmt, inputs, stats, field=field, text_unit=text_unit, seqio_module=seqio_module
+        fmt,
+        inputs,
+        stats,
+        field=field,
+        text_unit=text_unit,
+        seqio_module=seqio_module,
+        tokenizer=tokenizer,
+        data_dir=data_dir,
     )
     shard_results: dict[int, dict] = {}
     bar = _progress_bar(progress)

@@ -5,18 +5,16 @@ Formats (`illada prepare --format`):
   block (`text_unit="block"`);
 - `jsonl`: one JSON object per line, the document in `field`;
 - `parquet`: the string column `field` (pyarrow);
-- `tfds`: a local TFDS dataset directory in ArrayRecord format (`[tfds]` extra, no TensorFlow),
-  `PATH` or `PATH:SPLIT` (default split `train`), the document in feature `field`;
-- `seqio`: a registered seqio task or mixture (`[seqio]` extra), `NAME` or `NAME:SPLIT`, the
-  document in feature `field` (import the module that registers it with `--seqio-module`);
+- `tfds` (`[tfds]` extra): a TFDS dataset by name (`NAME[/CONFIG][:VERSION][:SPLIT]`, prepared
+  under `--data-dir`) or directory (`DIR[:SPLIT]`); see `tfds_source.py`;
+- `seqio` (`[seqio]` extra): a registered task or mixture `NAME[:SPLIT]`, token-id features read
+  as ids or re-tokenised, text features tokenised; see `seqio_source.py`;
 - `embedded`: the embedded default corpus; `PATH` is the split (`train`, `heldout`, `all`).
 
-Rules for bad records (each counted under its key in the manifest, never silent):
-- `invalid_utf8_replaced`: bytes that are not UTF-8 are decoded with U+FFFD replacements and the
-  document is kept;
-- `empty_skipped`: a document that is empty or only whitespace is dropped;
-- `bad_json_skipped`: a jsonl line that does not parse as a JSON object is dropped;
-- `missing_field_skipped`: a record without a string in `field` is dropped.
+A document is a `str`, or for seqio `ids` (and multi-feature) documents an int32 array of token
+ids without EOS; `prepare.tokenize_documents` takes both.
+
+Rules for bad records: `records.py` (each counted in the manifest, never silent).
 (Over-long documents are split after tokenisation; see `prepare.py`.)
 """
 
@@ -28,33 +26,16 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 
+import numpy as np
+
 from illada_jax import storage
-from illada_jax.errors import IlladaError
+from illada_jax.data import seqio_source, tfds_source
+from illada_jax.data.records import BOM, SourceError, decode, field_text, keep
 
 FORMATS = ("text", "jsonl", "parquet", "tfds", "seqio", "embedded")
 TEXT_UNITS = ("file", "block")
 # One or more blank (or whitespace-only) lines separate blocks.
 _BLANK_LINES = re.compile(rb"\r?\n(?:[ \t\r]*\r?\n)+")
-_BOM = b"\xef\xbb\xbf"
-
-
-class SourceError(IlladaError, ValueError):
-    """An input cannot be read at all (missing file, unknown format, missing extra)."""
-
-
-def _decode(raw: bytes, stats: collections.Counter) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        stats["invalid_utf8_replaced"] += 1
-        return raw.decode("utf-8", errors="replace")
-
-
-def _keep(text: str, stats: collections.Counter) -> bool:
-    if text.strip():
-        return True
-    stats["empty_skipped"] += 1
-    return False
 
 
 def _existing_files(inputs: Sequence[str]) -> list[storage.Path]:
@@ -91,24 +72,14 @@ def text_documents(inputs, stats, text_unit: str = "file") -> Iterator[str]:
     if text_unit not in TEXT_UNITS:
         raise SourceError(f"text_unit={text_unit!r} is not one of {', '.join(TEXT_UNITS)}")
     for path in _existing_files(inputs):
-        raw = path.read_bytes().removeprefix(_BOM)
+        raw = path.read_bytes().removeprefix(BOM)
         pieces = (
             [raw] if text_unit == "file" else [p.strip(b"\r\n") for p in _BLANK_LINES.split(raw)]
         )
         for piece in pieces:
-            text = _decode(piece, stats)
-            if _keep(text, stats):
+            text = decode(piece, stats)
+            if keep(text, stats):
                 yield text
-
-
-def _field_text(record, field: str, stats: collections.Counter) -> str | None:
-    value = record.get(field) if isinstance(record, dict) else None
-    if isinstance(value, bytes):
-        value = _decode(value, stats)
-    if not isinstance(value, str):
-        stats["missing_field_skipped"] += 1
-        return None
-    return value if _keep(value, stats) else None
 
 
 def jsonl_documents(inputs, stats, field: str) -> Iterator[str]:
@@ -116,18 +87,18 @@ def jsonl_documents(inputs, stats, field: str) -> Iterator[str]:
         with path.open("rb") as f:
             for number, raw_line in enumerate(f):
                 if number == 0:
-                    raw_line = raw_line.removeprefix(_BOM)  # files saved by Windows editors
+                    raw_line = raw_line.removeprefix(BOM)  # files saved by Windows editors
                 if not raw_line.strip():
                     continue  # blank lines separate nothing in jsonl; not a record
                 try:
-                    record = json.loads(_decode(raw_line, stats))
+                    record = json.loads(decode(raw_line, stats))
                 except (ValueError, RecursionError):  # JSONDecodeError, huge ints, deep nesting
                     stats["bad_json_skipped"] += 1
                     continue
                 if not isinstance(record, dict):
                     stats["bad_json_skipped"] += 1
                     continue
-                text = _field_text(record, field, stats)
+                text = field_text(record, field, stats)
                 if text is not None:
                     yield text
 
@@ -144,53 +115,28 @@ def parquet_documents(inputs, stats, field: str) -> Iterator[str]:
             )
         for batch in parquet.iter_batches(columns=[field], batch_size=4096):
             for value in batch.column(0).to_pylist():
-                text = _field_text({field: value}, field, stats)
+                text = field_text({field: value}, field, stats)
                 if text is not None:
                     yield text
 
 
-def _name_and_split(spec: str) -> tuple[str, str]:
-    name, _, split = spec.partition(":")
-    return name, split or "train"
-
-
-def tfds_documents(inputs, stats, field: str) -> Iterator[str]:
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as err:
-        raise SourceError(
-            "--format tfds needs the [tfds] extra: pip install 'illada-jax[tfds]'"
-        ) from err
-    for spec in inputs:
-        directory, split = _name_and_split(spec)
-        builder = tfds.builder_from_directory(directory)
-        for record in builder.as_data_source(split=split):
-            text = _field_text(record, field, stats)
-            if text is not None:
-                yield text
-
-
-def seqio_documents(inputs, stats, field: str, module: str | None = None) -> Iterator[str]:
-    try:
-        import seqio
-    except ImportError as err:
-        raise SourceError(
-            "--format seqio needs the [seqio] extra: pip install 'illada-jax[seqio]'"
-        ) from err
-    if module:
-        import importlib
-
-        importlib.import_module(module)
-    for spec in inputs:
-        name, split = _name_and_split(spec)
-        provider = seqio.get_mixture_or_task(name)
-        dataset = provider.get_dataset(
-            sequence_length=None, split=split, shuffle=False, num_epochs=1
-        )
-        for record in dataset.as_numpy_iterator():
-            text = _field_text(record, field, stats)
-            if text is not None:
-                yield text
+def describe(
+    fmt: str,
+    inputs: Sequence[str],
+    *,
+    field: str = "text",
+    tokenizer=None,
+    seqio_module: str | None = None,
+    data_dir: str | None = None,
+) -> dict:
+    """What tfds and seqio inputs resolve to, for the manifest's `source` (and so the run's
+    fingerprint); raises SourceError for an input that cannot be read, before anything is
+    written. Empty for the other formats."""
+    if fmt == "tfds":
+        return tfds_source.describe(inputs, field, data_dir)
+    if fmt == "seqio":
+        return seqio_source.describe(inputs, field, tokenizer, seqio_module, data_dir)
+    return {}
 
 
 def embedded_documents_text(inputs, stats) -> Iterator[str]:
@@ -202,7 +148,7 @@ def embedded_documents_text(inputs, stats) -> Iterator[str]:
                 f"--format embedded takes a split ({', '.join(SPLITS)}) as --input, got {split!r}"
             )
         for doc in embedded_documents(split):
-            if _keep(doc.text, stats):
+            if keep(doc.text, stats):
                 yield doc.text
 
 
@@ -214,8 +160,14 @@ def iter_documents(
     field: str = "text",
     text_unit: str = "file",
     seqio_module: str | None = None,
-) -> Iterator[str]:
-    """Document texts from `inputs` in a deterministic order; bad records counted in `stats`."""
+    tokenizer=None,
+    data_dir: str | None = None,
+) -> Iterator[str | np.ndarray]:
+    """Documents from `inputs` in a deterministic order; bad records counted in `stats`.
+
+    A document is a text, or (seqio token ids) an int32 array without EOS. `tokenizer`: ours,
+    which seqio token ids are compared with (needed for token-id features); `data_dir`: the TFDS
+    data dir (tfds names; seqio tasks that read TFDS)."""
     if fmt == "text":
         return text_documents(inputs, stats, text_unit)
     if fmt == "jsonl":
@@ -223,9 +175,11 @@ def iter_documents(
     if fmt == "parquet":
         return parquet_documents(inputs, stats, field)
     if fmt == "tfds":
-        return tfds_documents(inputs, stats, field)
+        return tfds_source.tfds_documents(inputs, stats, field, data_dir)
     if fmt == "seqio":
-        return seqio_documents(inputs, stats, field, seqio_module)
+        return seqio_source.seqio_documents(
+            inputs, stats, field, seqio_module, tokenizer=tokenizer, data_dir=data_dir
+        )
     if fmt == "embedded":
         return embedded_documents_text(inputs, stats)
     raise SourceError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")

@@ -43,7 +43,16 @@ TINY_ARGS = {
     ("illada", "compile"): ["--no-probes"],
     ("python", "launch/"): TINY_TRAIN,  # printed into the plan (dry runs), never run
     ("python", "bench/forward.py"): ["--batch", "1", "--seq", "32", "--repeats", "1"],
-    ("python", "bench/data.py"): ["--seq", "64", "--batch", "2", "--batches", "2"],
+    ("python", "bench/data.py"): [
+        "--seq",
+        "64",
+        "--batch",
+        "2",
+        "--batches",
+        "2",
+        "--shards",
+        "1000",
+    ],
     ("python", "bench/train.py"): [
         "--preset",
         "tiny",
@@ -94,6 +103,9 @@ OUTPUT_FLAGS = ("--output", "--dst", "--workdir")
 
 # command (a regex on the joined words) -> the test that exercises it ("path::function").
 COVERED = {
+    r"^illada prepare --runner beam .*--beam-option=--runner=DataflowRunner": (
+        "tests/unit/test_beam_prepare.py::test_pipeline_options_defaults_and_pass_through"
+    ),
     r"^python3 -m venv \.venv && \.venv/bin/pip install -e \. && \.venv/bin/illada train$": (
         "tests/e2e/test_cli.py::test_train_writes_run_directory_and_reproduces_from_file"
     ),

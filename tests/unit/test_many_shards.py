@@ -1,14 +1,16 @@
 """A prepared dataset of 100k shards: opening it and reaching the first batch costs no per-shard
 work, and a global shuffle over all of them holds a bounded number of open files.
 
-The shards are real ArrayRecord files (one written by `write_records`, hard-linked 100k times, so
-the test builds in seconds); each holds one 7-token document, so every 8-token window is known.
+The shards are real ArrayRecord files (one written by `write_records`, hard-linked 100k times by
+bench/data.py's `many_shards`, so the test builds in seconds); each holds one 7-token document,
+so every 8-token window is known.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
+import pathlib
 import time
 
 import numpy as np
@@ -16,30 +18,15 @@ import numpy as np
 from illada_jax.data import packing
 from illada_jax.data.packing import PreparedDataset
 from illada_jax.data.pipeline import Pipeline, PipelineSpec
-from illada_jax.data.prepare import shard_name, write_manifest, write_records
+
+# bench/data.py: the shard maker (and the start-up figure of the benchmark).
+_BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "data.py"
+_spec = importlib.util.spec_from_file_location("bench_data", _BENCH)
+bench_data = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_data)
 
 SHARDS = 100_000
-DOC = np.arange(10, 16, dtype=np.int32)  # 6 tokens + EOS (3) = 7 per shard
-SPECIAL = {"mask": 4, "pad": 0, "bos": 2, "eos": 3}
-
-
-def _many_shards(directory) -> None:
-    record = np.concatenate([DOC, [SPECIAL["eos"]]]).astype(np.int32)
-    first = write_records(directory, 0, [record], SPECIAL["mask"], "fp")
-    shards = [first]
-    for index in range(1, SHARDS):
-        name = shard_name(index)
-        # A file takes at most ~65k hard links (ext4): every 50k shards start from a fresh copy.
-        if index % 50_000 == 0:
-            make, source = shutil.copyfile, shard_name(0)
-        else:
-            make, source = os.link, shard_name(index - index % 50_000)
-        for suffix in (".arrayrecord", ".lengths.npy"):
-            make(directory / f"{source}{suffix}", directory / f"{name}{suffix}")
-        shards.append({**first, "file": f"{name}.arrayrecord",
-                       "lengths_file": f"{name}.lengths.npy"})  # fmt: skip
-    info = {"identity": "test", "kind": "pretokenized", "vocab_size": 64, "special_ids": SPECIAL}
-    write_manifest(directory, shards, info, {"format": "tokens"}, {}, {}, "fp")
+DOC, SPECIAL = bench_data.SHARD_DOC, bench_data.SHARD_SPECIAL  # 6 tokens + EOS (3) per shard
 
 
 def _open_files() -> int:
@@ -47,7 +34,7 @@ def _open_files() -> int:
 
 
 def test_100k_shards_start_fast_and_keep_open_files_bounded(tmp_path):
-    _many_shards(tmp_path)
+    bench_data.many_shards(tmp_path, SHARDS)
     threads, batch = 4, 16
     spec = PipelineSpec(datasets=("many",), weights=(), seq_len=8, global_batch=batch, seed=0,
                         read_threads=threads)  # fmt: skip

@@ -215,6 +215,14 @@ if __name__ == "__main__":
 """
 
 
+def _children(pid: int) -> list[int]:
+    """Direct child processes of `pid` (Linux /proc)."""
+    found = []
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def test_kill_9_then_resume_gives_the_uninterrupted_batches(raw_dir, tmp_path):
     script = tmp_path / "reader.py"
     script.write_text(_KILLABLE)
@@ -230,8 +238,14 @@ def test_kill_9_then_resume_gives_the_uninterrupted_batches(raw_dir, tmp_path):
     ):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
+    workers = _children(proc.pid)
+    assert workers, "the tokeniser worker processes were not found"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(pathlib.Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, f"worker processes {workers} outlived the kill"
+        time.sleep(0.1)
     done = json.loads((interrupted / "state.json").read_text())["step"]
     print(f"killed after step {done}")
     assert done < 30

@@ -208,17 +208,11 @@ def test_block_mode_invalid_utf8_and_whitespace_blocks(tmp_path, tok):
     assert manifest["documents"] == 3
 
 
-def test_jsonl_bad_lines_and_overlong_documents(tmp_path, tok):
-    long_text = " ".join(f"word{i} and sentence number {i}." for i in range(40))
-    long_ids = [*tok.encode(long_text), EOS]
-    assert len(long_ids) > 120 and len(long_ids) % 50 != 0
-    # 49 tokens + EOS = 50: at the limit, not split.
-    edge_text = next(
-        text
-        for text in (f"at the limit{' x' * k}{'.' * d}" for k in range(60) for d in range(3))
-        if len(tok.encode(text)) == 49
-    )
-    lines = [
+def messy_jsonl_lines(long_text: str, edge_text: str) -> list[bytes]:
+    """jsonl lines with every kind of bad record around the documents "one", "caf\ufffd",
+    `long_text`, `edge_text`, "three" (also used by test_beam_prepare.py). Bad records:
+    invalid_utf8_replaced=1, empty_skipped=1, bad_json_skipped=4, missing_field_skipped=4."""
+    return [
         b'{"text": "one"}',
         b"",
         b'{"text": "two"',  # broken json
@@ -236,6 +230,19 @@ def test_jsonl_bad_lines_and_overlong_documents(tmp_path, tok):
         json.dumps({"text": edge_text}).encode(),
         b'{"text": "three", "other": {"nested": true}}',
     ]
+
+
+def test_jsonl_bad_lines_and_overlong_documents(tmp_path, tok):
+    long_text = " ".join(f"word{i} and sentence number {i}." for i in range(40))
+    long_ids = [*tok.encode(long_text), EOS]
+    assert len(long_ids) > 120 and len(long_ids) % 50 != 0
+    # 49 tokens + EOS = 50: at the limit, not split.
+    edge_text = next(
+        text
+        for text in (f"at the limit{' x' * k}{'.' * d}" for k in range(60) for d in range(3))
+        if len(tok.encode(text)) == 49
+    )
+    lines = messy_jsonl_lines(long_text, edge_text)
     write(tmp_path / "in.jsonl", b"\n".join(lines) + b"\n\n")
     write(tmp_path / "in2.jsonl", b'{"text": "four"}\r\n{"text": ""}\r\n')
     out = tmp_path / "out"
