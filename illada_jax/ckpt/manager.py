@@ -177,24 +177,29 @@ class RunCheckpoints:
             )
         except Exception as err:
             return _DAMAGED, f"{type(err).__name__}: {str(err)[:200]}", None
-        restored["data"]["streams"] = self._stream_position(step)
+        try:
+            restored["data"]["streams"] = self._stream_position(step)
+        except Exception as err:  # the file is there but cannot be read
+            return _DAMAGED, f"on-the-fly data position: {type(err).__name__}: {err}", None
         return _OK, "", restored
 
     def _stream_position(self, step: int) -> str | None:
-        """This process's saved on-the-fly data position at `step`, or None (none saved, or
-        saved by a run with another process count: the pipeline then starts its streams over)."""
-        if not (self.directory / str(step) / "data_streams").exists():
+        """This process's saved on-the-fly data position at `step`, or None: none saved, or saved
+        by a run with another process count (the pipeline then starts its streams over)."""
+        import jax
+
+        saved = self.directory / str(step) / "data_streams"
+        mine = saved / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if not saved.exists():
+            return None
+        if not mine.exists():
+            log.warning("checkpoint %d has no on-the-fly data position for %s (saved by a run "
+                        "with another process count)", step, mine.name)  # fmt: skip
             return None
         position = _StreamPosition()
-        try:
-            self.manager.restore(
-                step,
-                args=ocp.args.Composite(data_streams=grain.checkpoint.CheckpointRestore(position)),
-            )
-        except Exception as err:  # grain: no file for this process index and count
-            log.warning("checkpoint %d has no on-the-fly data position for this process: %s",
-                        step, str(err)[:200])  # fmt: skip
-            return None
+        self.manager.restore(
+            step, args=ocp.args.Composite(data_streams=grain.checkpoint.CheckpointRestore(position))
+        )
         return position.state
 
     def reached_preemption(self, step: int) -> bool:

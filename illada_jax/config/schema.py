@@ -461,6 +461,13 @@ class TrainConfig:
             _check_int(field, getattr(self, field), 1)
         _check_int("seed", self.seed, 0)
         _check_int("eval_every", self.eval_every, 0)
+        if str(self.eval_dataset).startswith("raw:"):
+            _fail(
+                "eval_dataset",
+                self.eval_dataset,
+                "held-out evaluation reads fixed batches of a prepared dataset; prepare it with "
+                "`illada prepare` and name the directory",
+            )
         _check_int("sample_length", self.sample_length, 0)
         _check_choice("health_policy", self.health_policy, HEALTH_POLICIES)
         if not self.spike_sigma > 0:

@@ -21,8 +21,8 @@ same window format as prepared data (`packing.py`).
 Determinism: at a fixed (seed, process count, worker count) the k-th window of a process is a
 pure function of k; the pipeline's position is grain's iterator state (files, offsets in them,
 the packer's remainder), saved in every checkpoint, so a resume is bit-exact. With another process
-or worker count the files are dealt out differently and no saved position applies: the stream
-then starts over at a fresh shuffle of its files (seeded by the step of the change), so documents
+or worker count, other files (a glob matching new ones) or other window settings no saved position
+applies (`Pipeline.stream_identity`): the stream then starts over at a fresh shuffle of its files (seeded by the step of the change), so documents
 seen before the change may be seen again; prepared datasets are unaffected (`pipeline.py`).
 """
 
@@ -90,8 +90,8 @@ def _expand(pattern: str) -> list[str]:
             raise DataError(f"{pattern}: only the last path component may hold a wildcard")
         return [str(p) for p in storage.path(head or ".").glob(tail) if p.is_file()]
     path = storage.path(pattern)
-    if path.is_dir():
-        return [str(p) for p in storage.files_under(path)]
+    if path.is_dir():  # every data file under it: not markers such as _SUCCESS, .crc
+        return [str(p) for p in storage.files_under(path) if not p.name.startswith(("_", "."))]
     return [str(path)] if path.is_file() else []
 
 
@@ -130,18 +130,21 @@ def _parquet_texts(path: str, position: int, field: str) -> Iterator[tuple[str |
     import pyarrow.parquet as pq
 
     stats = collections.Counter()
-    file = storage.path(path)
-    parquet = pq.ParquetFile(file.open("rb") if not storage.is_local(file) else path)
-    if field not in parquet.schema_arrow.names:
-        raise DataError(f"{path} has no column {field!r} (columns {parquet.schema_arrow.names})")
-    first = 0
-    for group in range(parquet.num_row_groups):
-        rows = parquet.metadata.row_group(group).num_rows
-        if first + rows > position:
-            values = parquet.read_row_group(group, columns=[field]).column(0).to_pylist()
-            for row in range(max(position - first, 0), rows):
-                yield records.field_text({field: values[row]}, field, stats), first + row + 1
-        first += rows
+    with storage.path(path).open("rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        if field not in parquet.schema_arrow.names:
+            raise DataError(
+                f"{path} has no column {field!r} (columns {parquet.schema_arrow.names}); set "
+                "data.raw_field"
+            )
+        first = 0
+        for group in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if first + rows > position:
+                values = parquet.read_row_group(group, columns=[field]).column(0).to_pylist()
+                for row in range(max(position - first, 0), rows):
+                    yield records.field_text({field: values[row]}, field, stats), first + row + 1
+            first += rows
 
 
 def _arrayrecord_texts(path: str, position: int) -> Iterator[tuple[str | None, int]]:
@@ -167,6 +170,7 @@ class _ReadOptions:
     fmt: str
     field: str
     text_unit: str
+    files: int = 1  # files of the process: this many in a row without a document is an error
 
 
 def _file_texts(path: str, position: int, options: _ReadOptions):
@@ -177,6 +181,10 @@ def _file_texts(path: str, position: int, options: _ReadOptions):
     if options.fmt == "parquet":
         return _parquet_texts(path, position, options.field)
     return _arrayrecord_texts(path, position)
+
+
+# Per process (each grain worker has its own): files finished in a row without a document.
+_files_without_documents = 0
 
 
 class _FileDocuments(grain.IterDataset):
@@ -198,12 +206,24 @@ class _FileDocumentsIterator(grain.DatasetIterator):
         self._texts = None
 
     def __next__(self) -> str:
+        global _files_without_documents
         if self._texts is None:
             self._texts = _file_texts(self.path, self.position, self.options)
         for text, position in self._texts:
             self.position = position
             if text is not None:
+                _files_without_documents = 0
                 return text
+        # The files repeat forever: a whole round of them without a document would spin (and
+        # hang the run) instead of failing.
+        _files_without_documents += 1
+        if _files_without_documents > self.options.files:
+            options = self.options
+            raise DataError(
+                f"raw {options.fmt} files ({self.path} and the others read here) hold no usable "
+                f"document: no string field {options.field!r} (data.raw_field), or every "
+                "record empty or malformed; fix data.raw_field / the format, or remove the files"
+            )
         raise StopIteration
 
     def get_state(self) -> dict:
@@ -310,7 +330,7 @@ class RawStream:
         tok = load_tokenizer(tokenizer)
         self.special_ids, self.vocab_size = tok.special_ids(), tok.vocab_size
         self._tokenizer = tok
-        self.options = _ReadOptions(self.spec.fmt, field, text_unit)
+        self.options = _ReadOptions(self.spec.fmt, field, text_unit, len(self.files))
         self.seq_len, self.document_aware = seq_len, document_aware
         self.workers, self.shuffle = workers, shuffle
 
@@ -323,15 +343,18 @@ class RawStream:
     def windows(self, process_index: int, process_count: int, seed: int) -> grain.IterDataset:
         """This process's window stream (infinite: files repeat, reshuffled every epoch)."""
         files = self.files[process_index::process_count]
-        if not files:
+        if len(self.files) < process_count:  # every process fails alike, none waits in a step
             raise DataError(
                 f"{self.name} has {len(self.files)} files but the run has {process_count} "
                 "processes: every process reads whole files, so split the input into at least "
                 f"{process_count} files"
             )
-        order = grain.MapDataset.source(files).repeat()
+        # Every epoch a fresh permutation of the files (shuffle, then repeat: grain reseeds the
+        # shuffle per epoch; the other way round would draw files with replacement).
+        order = grain.MapDataset.source(files)
         if self.shuffle:
             order = order.shuffle(seed=seed)
+        order = order.repeat()
         documents = grain_exp.InterleaveIterDataset(
             order.map(_OpenFile(self.options)), cycle_length=1
         )

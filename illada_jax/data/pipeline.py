@@ -206,6 +206,24 @@ class Pipeline:
             return self._row_batches(start_step, self._process_row)
         return StreamBatches(self, start_step, state)
 
+    def stream_identity(self) -> dict:
+        """What a saved on-the-fly position is only valid for: the process and worker counts,
+        the streams' files (a hash of the expanded list: new files under a glob move every
+        position) and every setting that changes their windows."""
+        import hashlib
+
+        spec = self.spec
+        files = [self.datasets[i].files for i in self.streams]
+        settings = [spec.seed, spec.shuffle, spec.seq_len, spec.document_aware, spec.tokenizer,
+                    spec.raw_field, spec.raw_text_unit]  # fmt: skip
+        digest = hashlib.sha256(json.dumps([files, settings]).encode()).hexdigest()[:16]
+        return {
+            "process_count": self.process_count,
+            "tokenize_workers": spec.tokenize_workers,
+            "datasets": [spec.datasets[i] for i in self.streams],
+            "inputs": digest,
+        }
+
     def epochs(self, step: int) -> list[float | None]:
         """Epochs of each dataset consumed before `step` (None for on-the-fly datasets)."""
         return self.mixture.epochs(step)
@@ -216,18 +234,14 @@ class StreamBatches:
 
     Prepared rows come from grain by step as in `Pipeline`; each stream's rows are filled, in
     row order, with that stream's next windows. `state()` is a JSON string: the step, the
-    process and worker counts and every stream's grain iterator state. A state saved with other
-    counts (or none, past step 0) cannot place the streams: they start at a fresh shuffle of
-    their files, seeded by this step, and a warning says so."""
+    process and worker counts, the inputs' identity and every stream's grain iterator state. A
+    state saved for other counts, files or settings (or none, past step 0) cannot place them:
+    they start at a fresh shuffle of their files, seeded by this step, and a warning says so."""
 
     def __init__(self, pipeline: Pipeline, start_step: int, state: str | None):
         self.pipeline, self.step = pipeline, start_step
         saved = json.loads(state) if state else None
-        here = {
-            "process_count": pipeline.process_count,
-            "tokenize_workers": pipeline.spec.tokenize_workers,
-            "datasets": [pipeline.spec.datasets[i] for i in pipeline.streams],
-        }
+        here = pipeline.stream_identity()
         if saved is not None and {k: saved.get(k) for k in here} == here:
             if saved["step"] != start_step:
                 raise DataError(
@@ -276,14 +290,13 @@ class StreamBatches:
             {
                 "step": self.step,
                 "reshard_step": self.reshard_step,
-                "process_count": self.pipeline.process_count,
-                "tokenize_workers": self.pipeline.spec.tokenize_workers,
-                "datasets": [self.pipeline.spec.datasets[i] for i in self.pipeline.streams],
+                **self.pipeline.stream_identity(),
                 "streams": [self.streams[i].get_state() for i in self.pipeline.streams],
             }
         )
 
     def close(self) -> None:
+        self.rows.close()
         for iterator in self.streams.values():
             iterator.close()
 
@@ -350,7 +363,8 @@ class LladaSftPipeline:
         rows = [self.pairs[self.order[first + j]] for j in range(self.per_process_batch)]
         return llada_sft_batch(rows, self.tokenizer, self.seq_len, pad_multiple=self.seq_len)
 
-    def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    def iterator(self, start_step: int = 0, state: None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Batches from `start_step` on (`state`: always None, the step is the whole position)."""
         step = start_step
         while True:
             yield self.process_batch(step)

@@ -68,6 +68,8 @@ def train(
             hook.close(loop)
         if loop is not None:
             loop.progress.close()
+            if hasattr(loop.batches, "close"):  # on-the-fly streams: their worker processes
+                loop.batches.close()
         writer.close()
         checkpoints.close()
     return loop.history

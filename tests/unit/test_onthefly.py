@@ -255,3 +255,48 @@ def test_kill_9_then_resume_gives_the_uninterrupted_batches(raw_dir, tmp_path):
     resumed = dict(line.split() for line in (interrupted / "hashes.txt").read_text().splitlines())
     expected = dict(line.split() for line in (reference / "hashes.txt").read_text().splitlines())
     assert resumed == expected and len(expected) == 30
+
+
+def test_a_wrong_field_is_an_error_not_a_hang(raw_dir):
+    stream = RawStream(f"raw:jsonl:{raw_dir}/*.jsonl", seq_len=SEQ, document_aware=False,
+                       field="content", workers=0)  # fmt: skip
+    iterator = iter(stream.windows(0, 1, seed=0))
+    with pytest.raises(DataError, match="no usable document.*'content'"):
+        next(iterator)
+    iterator.close()
+
+
+def test_every_epoch_reads_every_file_once_in_a_new_order(tmp_path):
+    """One single-line file per letter: the documents of each epoch are a permutation."""
+    for letter in "abcdefgh":
+        (tmp_path / f"{letter}.jsonl").write_text(json.dumps({"text": letter * 3}) + "\n")
+    (tmp_path / "_SUCCESS").write_text("")  # a marker file under a directory is not data
+    stream = RawStream(f"raw:jsonl:{tmp_path}", seq_len=SEQ, document_aware=True, workers=0)
+    assert len(stream.files) == 8
+    tok = Tokenizer.default()
+    first_token = {tok.encode(letter * 3)[0]: letter for letter in "abcdefgh"}
+    window = next(iter(stream.windows(0, 1, seed=3)))
+    starts = np.flatnonzero(np.diff(window["segment_ids"], prepend=0))
+    order = "".join(first_token[int(window["tokens"][s])] for s in starts)
+    assert len(order) >= 16, order
+    epochs = [order[0:8], order[8:16]]
+    assert all(sorted(epoch) == list("abcdefgh") for epoch in epochs), order
+    assert len(set(epochs)) > 1, order  # reshuffled
+
+
+def test_a_saved_position_is_not_applied_to_other_files(raw_dir, tmp_path, caplog):
+    for part in range(3):
+        (tmp_path / f"part-{part}.jsonl").write_text((raw_dir / f"part-{part}.jsonl").read_text())
+    spec = _spec(f"raw:jsonl:{tmp_path}/*.jsonl", tokenize_workers=0)
+    _, saved = _batches(Pipeline(spec), 0, 2)
+    (tmp_path / "part-3.jsonl").write_text(json.dumps({"text": "new file"}) + "\n")
+    with caplog.at_level(logging.WARNING):
+        _batches(Pipeline(spec), 2, 1, saved)
+    assert "start over at a fresh shuffle" in caplog.text
+
+
+def test_held_out_evaluation_refuses_a_raw_dataset():
+    from illada_jax.config.schema import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="eval_dataset"):
+        TrainConfig(eval_dataset="raw:jsonl:/data/x.jsonl")
