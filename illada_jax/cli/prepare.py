@@ -107,29 +107,8 @@ def run(args: argparse.Namespace) -> int:
         if len(args.input) != 1:
             raise PrepareError("--format sft takes one --input: a JSONL file of dialogues or demo")
         manifest = prepare_sft(args.input[0], args.output, tokenizer_path=args.tokenizer)
-    elif args.runner == "beam":
-        from illada_jax.data.beam_prepare import prepare_beam
-
-        manifest = prepare_beam(
-            args.input,
-            args.format,
-            args.output,
-            tokenizer_path=args.tokenizer,
-            field=args.field,
-            text_unit=args.text_unit,
-            seqio_module=args.seqio_module,
-            data_dir=args.data_dir,
-            shard_chars=args.shard_chars,
-            max_doc_tokens=args.max_doc_tokens,
-            beam_options=args.beam_option,
-            workers=args.workers,
-            progress=not args.quiet,
-        )
     else:
-        manifest = prepare(
-            args.input,
-            args.format,
-            args.output,
+        common = dict(
             tokenizer_path=args.tokenizer,
             field=args.field,
             text_unit=args.text_unit,
@@ -140,6 +119,14 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.quiet,
         )
+        if args.runner == "beam":
+            from illada_jax.data.beam_prepare import prepare_beam
+
+            manifest = prepare_beam(
+                args.input, args.format, args.output, beam_options=args.beam_option, **common
+            )
+        else:
+            manifest = prepare(args.input, args.format, args.output, **common)
     bad = {k: v for k, v in manifest["bad_records"].items() if v}
     print(
         f"prepared {manifest['documents']} documents, {manifest['tokens']} tokens in "
