@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     bad = {k: v for k, v in manifest["bad_records"].items() if v}
     print(
         f"prepared {manifest['documents']} documents, {manifest['tokens']} tokens in "
-        f"{len(manifest['shards'])} shards -> {args.output}"
+        f"{manifest['shards']['count']} shards -> {args.output}"
     )
     print(f"bad records: {bad or 'none'}")
     return 0

@@ -204,7 +204,8 @@ class DataConfig:
     embedded corpus, prepared with the default tokenizer on first use into `cache_dir` (default
     `$ILLADA_CACHE` or `~/.cache/illada_jax`); or `raw:FORMAT:PATHS`, raw files (jsonl, text,
     parquet, arrayrecord; files, directories or globs, local or gs://) tokenised with `tokenizer`
-    while training (docs/data.md#on-the-fly-tokenisation).
+    while training, or `raw:seqio:TASK_OR_MIXTURE[:SPLIT]`, registered seqio tasks read while
+    training (docs/data.md#on-the-fly-tokenisation).
     """
 
     datasets: tuple[str, ...] = ("embedded",)
@@ -225,6 +226,10 @@ class DataConfig:
     raw_field: str = "text"
     raw_text_unit: str = "file"
     tokenize_workers: int = 2
+    # raw:seqio: datasets: the module that registers the tasks (imported in every tokeniser
+    # worker) and seqio's TFDS data dir for tasks that read TFDS.
+    seqio_module: str = ""
+    tfds_data_dir: str = ""
 
     def __post_init__(self) -> None:
         if (

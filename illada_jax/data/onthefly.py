@@ -8,6 +8,8 @@ A training dataset named `raw:FORMAT:PATHS` is read straight from raw files:
   (`gs://bucket/c4/*.jsonl`), local or on object storage.
 The same bad-record rules as `illada prepare` apply (docs/data.md): undecodable bytes replaced,
 empty documents, bad JSON lines and records without the field dropped.
+`raw:seqio:TASK_OR_MIXTURE[:SPLIT][,...]` reads registered seqio tasks instead of files
+(`seqio_stream.py`); everything after the documents is shared.
 
 The grain pipeline per process (docs/data.md#on-the-fly-tokenisation):
 `files[p::P]` (process p of P reads every P-th file of the sorted list), in a per-epoch shuffled
@@ -46,7 +48,7 @@ from illada_jax.data import records, sources
 from illada_jax.data.packing import DataError
 
 RAW_PREFIX = "raw:"
-RAW_FORMATS = ("jsonl", "text", "parquet", "arrayrecord")
+RAW_FORMATS = ("jsonl", "text", "parquet", "arrayrecord", "seqio")
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -68,12 +70,16 @@ class RawSpec:
             raise DataError(
                 f"dataset {name!r}: an on-the-fly dataset is raw:FORMAT:PATHS with FORMAT one of "
                 f"{', '.join(RAW_FORMATS)} and PATHS comma-separated files, directories or globs "
-                "(e.g. raw:jsonl:gs://bucket/c4/*.jsonl)"
+                "(e.g. raw:jsonl:gs://bucket/c4/*.jsonl), or for seqio comma-separated "
+                "TASK_OR_MIXTURE[:SPLIT] (e.g. raw:seqio:my_task:train)"
             )
         return cls(fmt, tuple(p for p in paths.split(",") if p))
 
     def files(self) -> list[str]:
-        """Every input file, sorted (the order processes deal files out in)."""
+        """Every input file, sorted (the order processes deal files out in); for seqio, the
+        task specs as given."""
+        if self.fmt == "seqio":
+            return list(self.patterns)
         found: list[str] = []
         for pattern in self.patterns:
             matches = _expand(pattern)
@@ -242,7 +248,8 @@ class _OpenFile:
 
 
 class _Tokenize(grain.transforms.Map):
-    """text -> {"tokens": int32 [n + 1]} (EOS appended); the tokenizer loads once per worker."""
+    """text, or int32 token ids (seqio), -> {"tokens": int32 [n + 1]} (EOS appended); the
+    tokenizer loads once per worker."""
 
     def __init__(self, tokenizer: str):
         self.tokenizer_path = tokenizer
@@ -254,6 +261,8 @@ class _Tokenize(grain.transforms.Map):
     def map(self, text: str) -> dict[str, np.ndarray]:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.tokenizer_path)
+        if isinstance(text, np.ndarray):
+            return {"tokens": np.append(text, self._tokenizer.eos_id).astype(np.int32)}
         ids = self._tokenizer.encode(text)
         ids.append(self._tokenizer.eos_id)
         return {"tokens": np.asarray(ids, np.int32)}
@@ -322,6 +331,8 @@ class RawStream:
         text_unit: str = "file",
         workers: int = 2,
         shuffle: bool = True,
+        seqio_module: str = "",
+        tfds_data_dir: str = "",
     ):
         self.name = name
         self.spec = RawSpec.parse(name)
@@ -333,6 +344,13 @@ class RawStream:
         self.options = _ReadOptions(self.spec.fmt, field, text_unit, len(self.files))
         self.seq_len, self.document_aware = seq_len, document_aware
         self.workers, self.shuffle = workers, shuffle
+        self.seqio = None
+        if self.spec.fmt == "seqio":
+            from illada_jax.data.seqio_stream import SeqioSettings
+
+            self.seqio = SeqioSettings(self.spec.patterns, field, tokenizer, seqio_module,
+                                       tfds_data_dir)  # fmt: skip
+            self.seqio.resolve()  # fail here, not in a worker: unknown task, feature, vocabulary
 
     def check_compatible(self, model_cfg) -> None:
         try:
@@ -342,6 +360,11 @@ class RawStream:
 
     def windows(self, process_index: int, process_count: int, seed: int) -> grain.IterDataset:
         """This process's window stream (infinite: files repeat, reshuffled every epoch)."""
+        if self.seqio is not None:
+            from illada_jax.data.seqio_stream import SeqioExamples
+
+            documents = SeqioExamples(self.seqio, process_index, process_count, seed, self.shuffle)
+            return self._packed(documents)
         files = self.files[process_index::process_count]
         if len(self.files) < process_count:  # every process fails alike, none waits in a step
             raise DataError(
@@ -358,6 +381,10 @@ class RawStream:
         documents = grain_exp.InterleaveIterDataset(
             order.map(_OpenFile(self.options)), cycle_length=1
         )
+        return self._packed(documents)
+
+    def _packed(self, documents: grain.IterDataset) -> grain.IterDataset:
+        """Documents -> tokenised in the worker processes -> packed windows."""
         tokens = documents.map(_Tokenize(self.tokenizer_path))
         if self.workers > 0:
             _absl_flags_parsed()  # grain's worker processes read absl flags

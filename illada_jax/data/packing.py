@@ -31,7 +31,7 @@ import threading
 import numpy as np
 
 from illada_jax import storage
-from illada_jax.data.manifest import FORMAT_VERSION, MANIFEST
+from illada_jax.data.manifest import MANIFEST, READABLE_VERSIONS, shard_table
 from illada_jax.errors import IlladaError
 
 MAX_OPEN_READERS = 32  # per reading thread
@@ -57,19 +57,25 @@ class PreparedDataset:
             self.manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as err:
             raise DataError(f"{manifest_path} is damaged ({err}); re-run illada prepare") from err
-        if self.manifest.get("format_version") != FORMAT_VERSION:
+        if self.manifest.get("format_version") not in READABLE_VERSIONS:
             raise DataError(
                 f"{manifest_path} has format_version "
                 f"{self.manifest.get('format_version')}, this code reads "
-                f"{FORMAT_VERSION}; re-run illada prepare"
+                f"{' and '.join(map(str, READABLE_VERSIONS))}; re-run illada prepare "
+                "(or use the illada-jax version that wrote it)"
             )
-        self.shards = self.manifest["shards"]
-        if not self.shards:
+        try:
+            self.shards = shard_table(self.manifest)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(
+                f"{manifest_path} has a damaged shard table ({err!r}); re-run illada prepare"
+            ) from err
+        if not len(self.shards):
             raise DataError(
                 f"{self.directory} holds no documents (all inputs empty or skipped: "
                 f"{self.manifest.get('bad_records')})"
             )
-        self.shard_tokens = np.asarray([s["tokens"] for s in self.shards], np.int64)
+        self.shard_tokens = self.shards.tokens
         self.special_ids = self.manifest["tokenizer"]["special_ids"]
         self.vocab_size = self.manifest["tokenizer"]["vocab_size"]
         self._offsets: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
@@ -112,7 +118,7 @@ class PreparedDataset:
             if shard in self._offsets:
                 self._offsets.move_to_end(shard)
                 return self._offsets[shard]
-        lengths_path = self.directory / self.shards[shard]["lengths_file"]
+        lengths_path = self.directory / self.shards.lengths_file(shard)
         try:
             if storage.is_local(lengths_path):
                 lengths = np.load(lengths_path)
@@ -120,12 +126,9 @@ class PreparedDataset:
                 lengths = np.load(io.BytesIO(lengths_path.read_bytes()))
         except FileNotFoundError:
             raise self._missing(lengths_path) from None
-        if (
-            len(lengths) != self.shards[shard]["records"]
-            or lengths.sum() != self.shard_tokens[shard]
-        ):
+        if len(lengths) != self.shards.records[shard] or lengths.sum() != self.shard_tokens[shard]:
             raise DataError(
-                f"{self.shards[shard]['lengths_file']} disagrees with the manifest; "
+                f"{self.shards.lengths_file(shard)} disagrees with the manifest; "
                 "the shard is damaged, re-run illada prepare"
             )
         offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
@@ -144,7 +147,7 @@ class PreparedDataset:
         if shard in readers:
             readers.move_to_end(shard)
             return readers[shard]
-        path = self.directory / self.shards[shard]["file"]
+        path = self.directory / self.shards.file(shard)
         if storage.is_local(path) and not path.exists():
             raise self._missing(path)
         try:
@@ -153,11 +156,11 @@ class PreparedDataset:
             raise self._missing(path) from None
         except Exception as err:  # array_record raises plain RuntimeError/ValueError
             raise DataError(f"cannot open shard {path}: {err}; re-run illada prepare") from err
-        if (found := reader.num_records()) != self.shards[shard]["records"]:
+        if (found := reader.num_records()) != self.shards.records[shard]:
             reader.close()
             raise DataError(
                 f"shard {path} has {found} records, the manifest "
-                f"says {self.shards[shard]['records']}; it is truncated or "
+                f"says {self.shards.records[shard]}; it is truncated or "
                 "damaged, re-run illada prepare"
             )
         readers[shard] = reader
@@ -170,7 +173,7 @@ class PreparedDataset:
         offsets = self.offsets(shard)
         first = int(np.searchsorted(offsets, start, side="right")) - 1
         last = int(np.searchsorted(offsets, stop, side="left"))  # exclusive
-        path = self.directory / self.shards[shard]["file"]
+        path = self.directory / self.shards.file(shard)
         try:
             raw = self._reader(shard).read(list(range(first, last)))
         except DataError:

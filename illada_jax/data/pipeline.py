@@ -59,6 +59,9 @@ class PipelineSpec:
     raw_field: str = "text"
     raw_text_unit: str = "file"
     tokenize_workers: int = 2
+    # raw:seqio: datasets: the module registering the tasks, seqio's TFDS data dir.
+    seqio_module: str = ""
+    tfds_data_dir: str = ""
 
 
 def embedded_dataset_dir(
@@ -148,6 +151,8 @@ class Pipeline:
             text_unit=spec.raw_text_unit,
             workers=spec.tokenize_workers,
             shuffle=spec.shuffle,
+            seqio_module=spec.seqio_module,
+            tfds_data_dir=spec.tfds_data_dir,
         )
 
     def check_compatible(self, model_cfg) -> None:
@@ -215,7 +220,8 @@ class Pipeline:
         spec = self.spec
         files = [self.datasets[i].files for i in self.streams]
         settings = [spec.seed, spec.shuffle, spec.seq_len, spec.document_aware, spec.tokenizer,
-                    spec.raw_field, spec.raw_text_unit]  # fmt: skip
+                    spec.raw_field, spec.raw_text_unit, spec.seqio_module,
+                    spec.tfds_data_dir]  # fmt: skip
         digest = hashlib.sha256(json.dumps([files, settings]).encode()).hexdigest()[:16]
         return {
             "process_count": self.process_count,

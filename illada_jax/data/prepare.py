@@ -28,7 +28,13 @@ import numpy as np
 
 from illada_jax import storage
 from illada_jax.data import sources
-from illada_jax.data.manifest import FORMAT_VERSION, MANIFEST
+from illada_jax.data.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SHARD_FORMAT_VERSION,
+    shard_name,
+    shard_table_json,
+)
 from illada_jax.errors import IlladaError
 
 # ArrayRecord: one record per group so that a window can read single documents; zstd keeps
@@ -46,10 +52,6 @@ RULES = {
 
 class PrepareError(IlladaError, ValueError):
     """The output directory or the options are inconsistent; the message says what to do."""
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}"
 
 
 def _chunk_documents(documents: Iterator[str], shard_chars: int) -> Iterator[list[str]]:
@@ -186,23 +188,30 @@ def write_manifest(
     bad_records: dict,
     fingerprint: str,
 ) -> dict:
+    """Write `manifest.json` for `shards`: the stats of shards 0..n-1 in index order."""
+    misnamed = [
+        s["file"] for i, s in enumerate(shards) if s["file"] != f"{shard_name(i)}.arrayrecord"
+    ]
+    if misnamed:
+        raise PrepareError(f"shards out of order or misnamed: {misnamed[:3]}")
     manifest = {
         "format_version": FORMAT_VERSION,
         "fingerprint": fingerprint,
         "tokenizer": tokenizer_info,
         "source": source,
         "options": options,
-        "shards": [
-            {k: s[k] for k in ("file", "lengths_file", "documents", "records", "tokens")}
-            for s in shards
-        ],
+        "shards": shard_table_json(shards),
         "documents": sum(s["documents"] for s in shards),
         "records": sum(s["records"] for s in shards),
         "tokens": sum(s["tokens"] for s in shards),
         "bad_records": {key: int(bad_records.get(key, 0)) for key in RULES},
         "rules": RULES,
     }
-    storage.atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+    # Indented for reading, except the shard table: one line, a few bytes per shard.
+    text = json.dumps({**manifest, "shards": "SHARD_TABLE"}, indent=2).replace(
+        '"SHARD_TABLE"', json.dumps(manifest["shards"], separators=(",", ":"))
+    )
+    storage.atomic_write(directory / MANIFEST, text.encode())
     return manifest
 
 
@@ -246,7 +255,7 @@ def run_fingerprint(
     version, tokenizer identity and overrides, source and options, input files' sizes and mtimes."""
     return hashlib.sha256(
         json.dumps(
-            [FORMAT_VERSION, identity, overrides, source, options, files], sort_keys=True
+            [SHARD_FORMAT_VERSION, identity, overrides, source, options, files], sort_keys=True
         ).encode()
     ).hexdigest()[:16]
 

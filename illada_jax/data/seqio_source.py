@@ -37,12 +37,13 @@ import numpy as np
 from illada_jax.data.records import SourceError, common, decode, keep, spec_parts
 
 
-def _import_seqio(module: str | None, data_dir: str | None):
+def import_seqio(module: str | None, data_dir: str | None):
     try:
         import seqio
     except ImportError as err:
         raise SourceError(
-            "--format seqio needs the [seqio] extra: pip install 'illada-jax[seqio]'"
+            "seqio data (--format seqio, raw:seqio:) needs the [seqio] extra: "
+            "pip install 'illada-jax[seqio]'"
         ) from err
     if module:
         importlib.import_module(module)
@@ -166,7 +167,7 @@ def _seqio_task(spec: str, task, split: str, rate, tokenizer, field: str) -> _Se
     return _SeqioTask(spec, task, split, rate, dataset, modes, vocabularies, eos)
 
 
-def _seqio_tasks(seqio, spec: str, tokenizer, field: str) -> list[_SeqioTask]:
+def seqio_tasks(seqio, spec: str, tokenizer, field: str) -> list[_SeqioTask]:
     parts = spec_parts(spec)
     if len(parts) > 2 or not parts[0]:
         raise SourceError(f"seqio input {spec!r}: expected TASK_OR_MIXTURE[:SPLIT]")
@@ -190,43 +191,48 @@ def _seqio_tasks(seqio, spec: str, tokenizer, field: str) -> list[_SeqioTask]:
 
 
 def _seqio_task_documents(plan: _SeqioTask, stats, tokenizer) -> Iterator[str | np.ndarray]:
-    one_text = len(plan.modes) == 1 and "ids" not in plan.modes.values()
     for record in plan.dataset.as_numpy_iterator():
-        parts = []
-        for feature, mode in plan.modes.items():
-            if mode == "ids":
-                ids = np.asarray(record[feature], np.int32)
-                if ids.size and ids[-1] == plan.eos[feature]:
-                    ids = ids[:-1]  # seqio's append_eos: we append our EOS
-                parts.append(ids)
-            else:
-                key = feature if mode == "text" else f"{feature}_pretokenized"
-                parts.append(decode(record[key], stats))
-        if one_text:  # a string: tokenised (in batches) by the prepare workers
-            if keep(parts[0], stats):
-                yield parts[0]
-            continue
-        ids = np.concatenate(
-            [
-                p if isinstance(p, np.ndarray) else np.asarray(tokenizer.encode(p), np.int32)
-                for p in parts
-            ]
+        document = example_document(plan, record, stats, tokenizer)
+        if document is not None:
+            yield document
+
+
+def example_document(plan: _SeqioTask, record: dict, stats, tokenizer) -> str | np.ndarray | None:
+    """One seqio example's document: a string (one text feature: the caller tokenises it) or
+    int32 token ids without EOS; None for a dropped example (counted in `stats`)."""
+    parts = []
+    for feature, mode in plan.modes.items():
+        if mode == "ids":
+            ids = np.asarray(record[feature], np.int32)
+            if ids.size and ids[-1] == plan.eos[feature]:
+                ids = ids[:-1]  # seqio's append_eos: we append our EOS
+            parts.append(ids)
+        else:
+            key = feature if mode == "text" else f"{feature}_pretokenized"
+            parts.append(decode(record[key], stats))
+    if len(parts) == 1 and isinstance(parts[0], str):  # tokenised (in batches) by the caller
+        return parts[0] if keep(parts[0], stats) else None
+    ids = np.concatenate(
+        [
+            p if isinstance(p, np.ndarray) else np.asarray(tokenizer.encode(p), np.int32)
+            for p in parts
+        ]
+    )
+    if not ids.size:
+        stats["empty_skipped"] += 1
+        return None
+    if ids.min() < 0 or ids.max() >= tokenizer.vocab_size:
+        raise SourceError(
+            f"seqio task {plan.task.name!r}: token id outside our vocabulary "
+            f"[0, {tokenizer.vocab_size}): {ids[(ids < 0) | (ids >= tokenizer.vocab_size)][0]}"
         )
-        if not ids.size:
-            stats["empty_skipped"] += 1
-            continue
-        if ids.min() < 0 or ids.max() >= tokenizer.vocab_size:
-            raise SourceError(
-                f"seqio task {plan.task.name!r}: token id outside our vocabulary "
-                f"[0, {tokenizer.vocab_size}): {ids[(ids < 0) | (ids >= tokenizer.vocab_size)][0]}"
-            )
-        if np.any(ids == tokenizer.mask_id):
-            raise SourceError(
-                f"seqio task {plan.task.name!r}: its token ids contain our mask id "
-                f"{tokenizer.mask_id}, which data must never hold (a preprocessor inserted it?); "
-                "remove it or pass --field a text feature"
-            )
-        yield ids
+    if np.any(ids == tokenizer.mask_id):
+        raise SourceError(
+            f"seqio task {plan.task.name!r}: its token ids contain our mask id "
+            f"{tokenizer.mask_id}, which data must never hold (a preprocessor inserted it?); "
+            "remove it or pass --field a text feature"
+        )
+    return ids
 
 
 def seqio_documents(
@@ -238,8 +244,8 @@ def seqio_documents(
     tokenizer=None,
     data_dir: str | None = None,
 ) -> Iterator[str | np.ndarray]:
-    seqio = _import_seqio(module, data_dir)
-    plans = [plan for spec in inputs for plan in _seqio_tasks(seqio, spec, tokenizer, field)]
+    seqio = import_seqio(module, data_dir)
+    plans = [plan for spec in inputs for plan in seqio_tasks(seqio, spec, tokenizer, field)]
     for plan in plans:
         yield from _seqio_task_documents(plan, stats, tokenizer)
 
@@ -247,8 +253,8 @@ def seqio_documents(
 def describe(inputs: Sequence[str], field: str, tokenizer, module: str | None,
              data_dir: str | None) -> dict:  # fmt: skip
     """What seqio inputs resolve to (features, mode, vocabulary, per task), for the manifest."""
-    seqio = _import_seqio(module, data_dir)
-    tasks = [t.info() for spec in inputs for t in _seqio_tasks(seqio, spec, tokenizer, field)]
+    seqio = import_seqio(module, data_dir)
+    tasks = [t.info() for spec in inputs for t in seqio_tasks(seqio, spec, tokenizer, field)]
     summary = {
         "features": common([t["features"] for t in tasks]),
         "mode": common([t["mode"] for t in tasks]),

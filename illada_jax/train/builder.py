@@ -155,6 +155,8 @@ def make_pipeline(experiment: Experiment, *, dataset: str | None = None, seed: i
             raw_field=data.raw_field,
             raw_text_unit=data.raw_text_unit,
             tokenize_workers=data.tokenize_workers,
+            seqio_module=data.seqio_module,
+            tfds_data_dir=data.tfds_data_dir,
         )
         pipeline = Pipeline(spec, cache_dir=data.cache_dir or None, **process)
     pipeline.check_compatible(experiment.model)

@@ -27,9 +27,9 @@ def _shard_tokens(directory) -> np.ndarray:
 
     manifest = json.loads((directory / "manifest.json").read_text())
     pieces = []
-    for shard in manifest["shards"]:
-        reader = array_record_module.ArrayRecordReader(str(directory / shard["file"]))
-        pieces += [np.frombuffer(r, "<i4") for r in reader.read(list(range(shard["records"])))]
+    for index, records in enumerate(manifest["shards"]["records"]):  # shard i: shard-{i:05d}
+        reader = array_record_module.ArrayRecordReader(f"{directory}/shard-{index:05d}.arrayrecord")
+        pieces += [np.frombuffer(r, "<i4") for r in reader.read(list(range(records)))]
     return np.concatenate(pieces)
 
 

@@ -153,16 +153,15 @@ def check_same_data(local: pathlib.Path, beam: pathlib.Path) -> dict:
     )
     assert beam_records == local_records  # the order guarantee: same records, same order
     shards = read_shards(beam)
-    assert [s["file"] for s in got["shards"]] == [
-        f"shard-{i:05d}.arrayrecord" for i in range(len(shards))
-    ]
-    assert [s["records"] for s in got["shards"]] == [len(s) for s in shards]
-    assert [s["tokens"] for s in got["shards"]] == [sum(map(len, s)) for s in shards]
+    table = got["shards"]  # columnar: shard i is shard-{i:05d}
+    assert table["count"] == len(shards)
+    assert table["records"] == [len(s) for s in shards]
+    assert table["tokens"] == [sum(map(len, s)) for s in shards]
     assert got["records"] == len(beam_records)
     assert got["tokens"] == sum(map(len, beam_records))
-    for s in got["shards"]:
-        lengths = np.load(beam / s["lengths_file"])
-        assert lengths.sum() == s["tokens"] and len(lengths) == s["records"]
+    for i, (n_records, n_tokens) in enumerate(zip(table["records"], table["tokens"])):
+        lengths = np.load(beam / f"shard-{i:05d}.lengths.npy")
+        assert lengths.sum() == n_tokens and len(lengths) == n_records
     # Nothing but shards and the manifest is left behind (no summary, no temporary files).
     names = {p.name for p in beam.iterdir()}
     assert names == {"manifest.json"} | {
@@ -180,7 +179,7 @@ def test_several_files_same_counts_and_records_as_single_host(multi_jsonl):
     assert manifest["bad_records"]["bad_json_skipped"] >= 4 + 2
     assert manifest["tokens"] > 400_000 and manifest["records"] > manifest["documents"]
     # Shards never span work units, so they are cut differently from the single-host ones.
-    assert len(manifest["shards"]) > len(read_manifest(multi_jsonl["local"])["shards"])
+    assert manifest["shards"]["count"] > read_manifest(multi_jsonl["local"])["shards"]["count"]
 
 
 def test_worker_count_does_not_change_a_byte(multi_jsonl):
@@ -202,9 +201,9 @@ def test_one_file_gives_the_single_host_shards_and_batches(single_jsonl, tok):
     local, beam = single_jsonl["local"], single_jsonl["beam"]
     check_same_data(local, beam)
     manifest = read_manifest(beam)
-    assert len(manifest["shards"]) >= 4
-    for shard in manifest["shards"]:
-        for name in (shard["file"], shard["lengths_file"]):
+    assert manifest["shards"]["count"] >= 4
+    for i in range(manifest["shards"]["count"]):
+        for name in (f"shard-{i:05d}.arrayrecord", f"shard-{i:05d}.lengths.npy"):
             assert (beam / name).read_bytes() == (local / name).read_bytes(), name
     assert read_shards(beam) == read_shards(local)
     assert records(beam) == expected_records(tok, single_jsonl["texts"], MAX_DOC_TOKENS)
@@ -240,14 +239,17 @@ def test_cli_writes_to_gcs(single_jsonl, gcs_emulator):
     fs = GCSFileSystem(endpoint_url=gcs_emulator["STORAGE_EMULATOR_HOST"], token="anon")
     manifest = json.loads(fs.cat(f"{out}/manifest.json"))
     assert manifest["shards"] == read_manifest(single_jsonl["beam"])["shards"]
-    for shard in manifest["shards"]:
-        for name in (shard["file"], shard["lengths_file"]):
-            assert fs.cat(f"{out}/{name}") == (single_jsonl["local"] / name).read_bytes(), name
+    stems = [f"shard-{i:05d}" for i in range(manifest["shards"]["count"])]
+    for name in (f"{stem}.{ext}" for stem in stems for ext in ("arrayrecord", "lengths.npy")):
+        assert fs.cat(f"{out}/{name}") == (single_jsonl["local"] / name).read_bytes(), name
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(out)) == sorted(
         ["manifest.json"]
-        + [f"{s['file'][:-12]}.{ext}" for s in manifest["shards"]
-           for ext in ("arrayrecord", "lengths.npy", "stats.json")]
-    )  # fmt: skip
+        + [
+            f"{stem}.{ext}"
+            for stem in stems
+            for ext in ("arrayrecord", "lengths.npy", "stats.json")
+        ]
+    )
 
 
 def _stamps(out: pathlib.Path) -> dict[str, tuple[int, int]]:

@@ -35,6 +35,10 @@ def _open_files() -> int:
 
 def test_100k_shards_start_fast_and_keep_open_files_bounded(tmp_path):
     bench_data.many_shards(tmp_path, SHARDS)
+    # The manifest is compact: a columnar shard table, a few bytes per shard.
+    manifest_bytes = (tmp_path / "manifest.json").stat().st_size
+    print(f"100k shards: manifest {manifest_bytes / 1e6:.2f} MB")
+    assert manifest_bytes < 16 * SHARDS
     threads, batch = 4, 16
     spec = PipelineSpec(datasets=("many",), weights=(), seq_len=8, global_batch=batch, seed=0,
                         read_threads=threads)  # fmt: skip

@@ -185,7 +185,7 @@ def test_missing_manifest_and_missing_shard_are_clear_errors(dataset, tmp_path):
     with pytest.raises(DataError, match="no manifest.json.*illada prepare"):
         PreparedDataset(tmp_path / "nothing")
     ds, _ = dataset
-    (ds.directory / ds.shards[1]["file"]).unlink()
+    (ds.directory / "shard-00001.arrayrecord").unlink()
     fresh = PreparedDataset(ds.directory)  # start-up reads the manifest only
     TokenWindows(fresh, 16, document_aware=False)[0]  # shard 0 is fine
     first_of_shard_1 = -(-int(fresh.shard_tokens[0]) // 16)
@@ -193,16 +193,57 @@ def test_missing_manifest_and_missing_shard_are_clear_errors(dataset, tmp_path):
         DataError, match=r"shard-00001.arrayrecord listed in the manifest is missing"
     ):
         TokenWindows(fresh, 16, document_aware=False)[first_of_shard_1]
-    (ds.directory / ds.shards[0]["lengths_file"]).unlink()
+    (ds.directory / "shard-00000.lengths.npy").unlink()
     with pytest.raises(
         DataError, match=r"shard-00000.lengths.npy listed in the manifest is missing"
     ):
         TokenWindows(PreparedDataset(ds.directory), 16, document_aware=False)[0]
 
 
+def test_a_version_1_manifest_reads_the_same_batches(dataset):
+    """Directories prepared before the columnar shard table (one JSON object per shard naming
+    its files) still train, batch for batch."""
+    ds, _ = dataset
+    manifest_path = ds.directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    table = manifest["shards"]
+    want = Pipeline(spec(), [PreparedDataset(ds.directory)])
+    manifest["format_version"] = 1
+    manifest["shards"] = [
+        {"file": f"shard-{i:05d}.arrayrecord", "lengths_file": f"shard-{i:05d}.lengths.npy",
+         "documents": table["documents"][i], "records": table["records"][i],
+         "tokens": table["tokens"][i]}
+        for i in range(table["count"])
+    ]  # fmt: skip
+    manifest_path.write_text(json.dumps(manifest))
+    got = Pipeline(spec(), [PreparedDataset(ds.directory)])
+    for step in (0, 5):
+        for key, value in want.global_batch(step).items():
+            np.testing.assert_array_equal(got.global_batch(step)[key], value)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda m: m.update(format_version=3), "format_version 3, this code reads 1 and 2"),
+        (lambda m: m["shards"]["tokens"].pop(), "damaged shard table.*do not all have 9 rows"),
+        (lambda m: m["shards"].pop("records"), "damaged shard table.*records"),
+    ],
+)
+def test_damaged_or_unknown_manifest_is_a_clear_error(dataset, damage, message):
+    ds, _ = dataset
+    manifest_path = ds.directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["shards"]["count"] == 9  # 60 documents, 7 per shard
+    damage(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=message):
+        PreparedDataset(ds.directory)
+
+
 def test_corrupt_shard_is_a_clear_error(dataset):
     ds, _ = dataset
-    path = ds.directory / ds.shards[0]["file"]
+    path = ds.directory / "shard-00000.arrayrecord"
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     fresh = PreparedDataset(ds.directory)
     with pytest.raises(DataError, match=r"shard-00000.arrayrecord.*(damaged|truncated)"):

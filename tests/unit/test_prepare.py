@@ -77,12 +77,11 @@ def write(path: pathlib.Path, data: bytes | str) -> pathlib.Path:
 
 def check_manifest_counts(manifest: dict, shards: list[list[list[int]]], documents: list[int]):
     """Per-shard and total counts of `manifest` agree with the records read back."""
-    assert [s["file"] for s in manifest["shards"]] == [
-        f"shard-{i:05d}.arrayrecord" for i in range(len(shards))
-    ]
-    assert [s["records"] for s in manifest["shards"]] == [len(s) for s in shards]
-    assert [s["tokens"] for s in manifest["shards"]] == [sum(map(len, s)) for s in shards]
-    assert [s["documents"] for s in manifest["shards"]] == documents
+    table = manifest["shards"]  # columnar: shard i is shard-{i:05d}
+    assert table["count"] == len(shards)
+    assert table["records"] == [len(s) for s in shards]
+    assert table["tokens"] == [sum(map(len, s)) for s in shards]
+    assert table["documents"] == documents
     assert manifest["documents"] == sum(documents)
     assert manifest["records"] == sum(len(s) for s in shards)
     assert manifest["tokens"] == sum(len(r) for s in shards for r in s)
@@ -119,7 +118,7 @@ def test_text_file_mode_records_and_manifest(tmp_path, tok):
     check_manifest_counts(manifest, shards, [4])
     assert manifest["tokens"] == sum(len(tok.encode(t)) + 1 for t in FILE_TEXTS.values())
     assert manifest["bad_records"] == bad()
-    lengths = np.load(out / manifest["shards"][0]["lengths_file"])
+    lengths = np.load(out / "shard-00000.lengths.npy")
     assert lengths.tolist() == [len(r) for r in want]
 
     info = manifest["tokenizer"]
@@ -350,7 +349,7 @@ def test_several_shards_by_two_workers(tmp_path, tok):
     )
     shards = read_shards(out)
     assert len(shards) >= 3
-    assert len(manifest["shards"]) == len(shards)
+    assert manifest["shards"]["count"] == len(shards)
     want = expected_records(tok, texts)
     assert [r for s in shards for r in s] == want
     check_manifest_counts(manifest, shards, [len(s) for s in shards])
@@ -378,7 +377,7 @@ def test_rerun_skips_finished_shards_and_refuses_another_run(tmp_path, tok):
     out = tmp_path / "out"
     args = ([str(tmp_path / "in")], "text", out)
     first = prepare(*args, shard_chars=150, workers=1, progress=False)
-    assert len(first["shards"]) >= 3
+    assert first["shards"]["count"] >= 3
     manifest_text = (out / "manifest.json").read_text()
     stamps = _stamps(out)
 
