@@ -8,7 +8,15 @@ The real sharded train step (state, optimizer, diffusion objective, chunked CE) 
 thread, so splitting the batch over the cores uses the whole machine) or the accelerator's
 devices. MFU = model FLOPs (docs/architecture.md#flops: 6N + 12·n_layers·d·S per token) / the peak:
 on CPU the same process's measured dense-matmul FLOP/s in the compute dtype, on GPU/TPU the bf16
-peak table. Final line `RESULT tokens_per_s=<float> mfu=<float>`.
+peak table.
+
+`--loop-steps N` (default 12; 0 = skip) also times the real training loop (`train/loop.py`: data
+pipeline, train step, hooks) on `config:small` at the same batch and sequence length, once with
+`train.log_every=1` (metrics fetched and logged every step) and once with `log_every=50` (each
+step's metrics fetched one step late, so the host prepares the next batch while a step runs):
+`loop_step_s_log1`, `loop_step_s_log50`.
+
+Final line `RESULT tokens_per_s=<float> mfu=<float> [loop_log1_over_log50=<float>]`.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ def main() -> None:
     parser.add_argument(
         "--no-fuse", action="store_true", help="separate q/k/v and gate/up matmuls (A/B)"
     )
+    parser.add_argument("--loop-steps", type=int, default=12, help="timed loop steps (0: skip)")
     parser.add_argument("--json", default=None)
     parser.add_argument(
         "--profile", default=None, help="write a jax.profiler trace of one step here"
@@ -127,12 +136,59 @@ def main() -> None:
         "peak_source": source,
         "mfu": flops.mfu(tokens_per_s, flops_per_token, peak),
     }
+    if args.loop_steps:
+        for log_every in (1, 50):
+            results[f"loop_step_s_log{log_every}"] = loop_step_seconds(args, log_every)
     for key, value in results.items():
         print(f"{key:<20} {value:.4g}" if isinstance(value, float) else f"{key:<20} {value}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-    print(f"RESULT tokens_per_s={tokens_per_s:.6g} mfu={results['mfu']:.4f}")
+    line = f"RESULT tokens_per_s={tokens_per_s:.6g} mfu={results['mfu']:.4f}"
+    if args.loop_steps:
+        line += f" loop_log1_over_log50={results['loop_step_s_log1'] / results['loop_step_s_log50']:.3f}"
+    print(line)
+
+
+def loop_step_seconds(args, log_every: int) -> float:
+    """Median seconds per step of `train/loop.py`'s `advance` (hooks included) on `config:small`
+    with this `log_every`, after 3 warm-up steps; no checkpoints, evaluation or samples."""
+    import tempfile
+
+    import jax
+
+    from illada_jax.ckpt.manager import RunCheckpoints
+    from illada_jax.config import flags
+    from illada_jax.obs.writers import MetricWriter
+    from illada_jax.train.builder import build_run
+    from illada_jax.train.loop import advance, default_hooks, start
+
+    warmup = 3
+    experiment = flags.build(flags.resolve([
+        "config:small", f"set:train.batch_size={args.batch}", f"set:train.seq_len={args.seq}",
+        f"set:model.compute_dtype={args.compute_dtype!r}", f"set:mesh.rules={args.rules!r}",
+        f"set:train.steps={warmup + args.loop_steps}", f"set:train.log_every={log_every}",
+        "set:checkpoint.every=100000", "set:train.sample_prompts=()",
+    ]))  # fmt: skip
+    with tempfile.TemporaryDirectory() as workdir:
+        run = build_run(experiment)
+        checkpoints = RunCheckpoints(workdir, experiment.checkpoint)
+        writer = MetricWriter(workdir, enabled=False)
+        loop = start(run, workdir, checkpoints, writer, print_fn=lambda *_: None)
+        hooks = default_hooks(run, workdir, checkpoints)
+        for hook in hooks:
+            hook.on_start(loop)
+        times = []
+        for i in range(warmup + args.loop_steps - 1):  # the last step: logged by every setting
+            start_time = time.perf_counter()
+            advance(loop, hooks)
+            if i >= warmup:
+                times.append(time.perf_counter() - start_time)
+        jax.block_until_ready(loop.state)
+        loop.progress.close()
+        checkpoints.close()
+        writer.close()
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

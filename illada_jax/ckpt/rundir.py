@@ -53,12 +53,19 @@ def read_metrics(workdir: storage.PathLike) -> list[dict]:
 
 
 def checkpoint_meta(
-    experiment: Experiment, *, lr_scale: float = 1.0, recent_losses: Sequence[float] = ()
+    experiment: Experiment,
+    *,
+    lr_scale: float = 1.0,
+    recent_losses: Sequence[float] = (),
+    unresolved_metrics: Sequence[tuple[int, dict]] = (),
 ) -> dict:
-    """The `meta` item of a checkpoint: the resolved config and the runner's controls."""
+    """The `meta` item of a checkpoint: the resolved config and the runner's controls (the
+    learning-rate scale, the spike detector's window, steps whose metrics the loop had not yet
+    read, as [step, {name: float}])."""
     return {
         "lr_scale": float(lr_scale),
         "recent_losses": [float(x) for x in recent_losses],
+        "unresolved_metrics": [[int(s), dict(m)] for s, m in unresolved_metrics],
         "config": flags.to_dict(experiment),
     }
 

@@ -72,7 +72,11 @@ class LoopState:
     # The saved position of on-the-fly datasets (pipeline.StreamBatches.state()), for the first
     # `restart_data` after a resume; later restarts take the live iterator's.
     data_state: str | None = None
-    metrics: dict = dataclasses.field(default_factory=dict)  # the last step's, as floats
+    metrics: dict = dataclasses.field(default_factory=dict)  # the last resolved step's, floats
+    # Steps whose metrics are not yet on the host: (step, device or host metrics), oldest first.
+    # The loop fetches a step's metrics one step late (or at once when a hook needs them), so the
+    # host never waits for the step it has just dispatched.
+    unresolved: collections.deque = dataclasses.field(default_factory=collections.deque)
     window: MetricWindow = dataclasses.field(default_factory=MetricWindow)
     history: list = dataclasses.field(default_factory=list)  # what this call logged
     loss_ceiling: float = float("inf")  # masked CE above this is a spike (recovery.LossHealth)
@@ -105,12 +109,20 @@ class LoopState:
 
 
 class Hook:
-    """Runs `on_step` after every `every`-th step (0: never on a cadence)."""
+    """Runs `on_step` after every `every`-th step (0: never on a cadence), and `on_metrics` for
+    every step once its metrics reach the host (one step late unless a hook `needs_metrics`)."""
 
     every: int = 0
 
     def due(self, loop: LoopState) -> bool:
         return bool(self.every) and loop.step % self.every == 0
+
+    def needs_metrics(self, loop: LoopState) -> bool:
+        """Whether `on_step` of this step needs this step's metrics (a host sync)."""
+        return False
+
+    def on_metrics(self, loop: LoopState, step: int, metrics: dict[str, float]) -> None:
+        """Step `step`'s metrics as floats, in step order (step may be before `loop.step`)."""
 
     def on_start(self, loop: LoopState) -> None:
         pass
@@ -154,6 +166,9 @@ class MetricsLog(Hook):
 
     def due(self, loop: LoopState) -> bool:
         return super().due(loop) or loop.step == loop.total_steps
+
+    def needs_metrics(self, loop: LoopState) -> bool:
+        return self.due(loop)
 
     def on_start(self, loop: LoopState) -> None:
         loop.progress.write(f"MFU peak: {self.peak_source}")
@@ -284,8 +299,14 @@ class Checkpointing(Hook):
         return super().due(loop) and loop.step < loop.total_steps
 
     def save(self, loop: LoopState, *, force: bool = False) -> None:
+        # Metrics not yet resolved travel with the checkpoint (as floats: saving syncs anyway),
+        # so a resumed run resolves them at the same step as the uninterrupted one.
+        loop.unresolved = collections.deque((s, host_metrics(m)) for s, m in loop.unresolved)
         meta = rundir.checkpoint_meta(
-            loop.run.experiment, lr_scale=loop.lr_scale, recent_losses=loop.recent_losses
+            loop.run.experiment,
+            lr_scale=loop.lr_scale,
+            recent_losses=loop.recent_losses,
+            unresolved_metrics=list(loop.unresolved),
         )
         self.checkpoints.save(
             loop.step,
@@ -349,5 +370,21 @@ class Profile(Hook):
 
 
 def host_metrics(metrics: dict) -> dict[str, float]:
-    """Device metrics -> Python floats (one transfer)."""
+    """Device metrics -> Python floats (one transfer; waits for the step that makes them)."""
     return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+def resolve_metrics(loop: LoopState, hooks: list[Hook], *, keep_last: bool) -> None:
+    """Fetch the unresolved steps' metrics in order (all, or all but the newest) and give each
+    to the hooks' `on_metrics`. A hook that moves the run (rollback) drops the rest: they belong
+    to steps that no longer count."""
+    while len(loop.unresolved) > (1 if keep_last else 0):
+        step, metrics = loop.unresolved.popleft()
+        loop.metrics = host_metrics(metrics)
+        loop.window.add(loop.metrics)
+        here = loop.step
+        for hook in hooks:
+            hook.on_metrics(loop, step, loop.metrics)
+            if loop.step != here:
+                loop.unresolved.clear()
+                return

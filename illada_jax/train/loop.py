@@ -5,7 +5,8 @@
 2. `start`: resume from the newest good checkpoint in `WORKDIR/checkpoints` (state, data position,
    learning-rate scale, spike window), else initialise (parameters from `checkpoint.init_from`
    when set).
-3. The loop: take this process's rows of the next global batch, run the train step, then the
+3. The loop: take this process's rows of the next global batch, dispatch the train step, fetch
+   the previous step's metrics (this step's only when a hook needs them: logging), then the
    hooks that are due (train/hooks.py, train/recovery.py): logging, held-out evaluation, text
    samples, checkpoints, loss health / rollback, profiling, preemption.
 
@@ -29,7 +30,7 @@ from illada_jax.obs.writers import MetricWriter
 from illada_jax.train import hooks as hooks_lib
 from illada_jax.train import recovery
 from illada_jax.train.builder import Run, build_run
-from illada_jax.train.hooks import Hook, LoopState, host_metrics
+from illada_jax.train.hooks import Hook, LoopState, resolve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,11 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
         next_data_step, lr_scale = int(data_position["next_data_step"]), float(meta["lr_scale"])
         data_state = data_position.get("streams")
         recent = meta.get("recent_losses", ())
+        unresolved = [(int(s), m) for s, m in meta.get("unresolved_metrics", ())]
         print_fn(f"resumed from checkpoint {step} in {checkpoints.directory}")
     else:
         step, next_data_step, lr_scale, recent, data_state = 0, 0, 1.0, (), None
+        unresolved = []
         state = run.init_state()
         if ccfg.init_from:
             params = restore_params(ccfg.init_from, run.abstract_state["params"])
@@ -120,6 +123,7 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
         data_state=data_state,
         writer=writer,
         progress=progress,
+        unresolved=collections.deque(unresolved),
     )
     loop.restart_data()
     return loop
@@ -157,11 +161,15 @@ def advance(loop: LoopState, hooks: list[Hook]) -> None:
     loop.state, metrics = run.train_step(
         loop.state, run.global_batch(local), run.step_key(loop.step), controls
     )
-    loop.metrics = host_metrics(metrics)
     loop.step += 1
     loop.next_data_step += 1
-    loop.window.add(loop.metrics)
     step = loop.step
+    # No host sync on the step just dispatched unless a hook needs its metrics now (logging):
+    # fetching the previous step's waits only for that one, so the host takes the next batch
+    # while this step runs.
+    loop.unresolved.append((step, metrics))
+    fresh = any(hook.needs_metrics(loop) for hook in hooks)
+    resolve_metrics(loop, hooks, keep_last=not fresh)
     for hook in hooks:
         if loop.step != step:  # a hook moved the run (rollback): the rest wait for the next step
             break

@@ -4,7 +4,9 @@
 norm not finite, or the masked cross-entropy above `loop.loss_ceiling`) and reports `applied=0`
 (`train/step.py`). The hook keeps the rolling window of healthy steps' masked CE and sets the next
 step's ceiling to its mean + `train.spike_sigma`·std (the unweighted masked CE: the 1/t-weighted
-loss is heavy-tailed by design). On an unhealthy step it logs an `unhealthy_loss` event and, with
+loss is heavy-tailed by design). It sees each step's metrics when the loop fetches them — one step
+late, so the host never waits for the step it just dispatched (`train/loop.py`) — so a step's
+ceiling comes from the steps up to two before it (one before, after a logging step). On an unhealthy step it logs an `unhealthy_loss` event and, with
 `train.health_policy=rollback`, restores the newest checkpoint before the step, skips the batches
 from there to the bad one (the data position keeps moving forward) and multiplies the learning
 rate by `train.rollback_lr_factor`. More than `MAX_ROLLBACKS` rollbacks in one call stop the run.
@@ -31,7 +33,8 @@ MAX_ROLLBACKS = 10  # per call of train(): beyond this the run is diverging, not
 
 
 class LossHealth(Hook):
-    every = 1
+    """Acts on every step's metrics as they reach the host (`on_metrics`, usually one step
+    late: the ceiling a step runs under then comes from the steps two and more before it)."""
 
     def __init__(self, run, checkpoints):
         tcfg = run.experiment.train
@@ -51,33 +54,32 @@ class LossHealth(Hook):
     def on_start(self, loop: LoopState) -> None:
         loop.loss_ceiling = self.ceiling(loop.recent_losses)
 
-    def on_step(self, loop: LoopState) -> None:
-        metrics = loop.metrics
+    def on_metrics(self, loop: LoopState, step: int, metrics: dict[str, float]) -> None:
         if metrics["applied"]:
             loop.recent_losses.append(metrics["masked_ce"])
         elif self.policy != "none":
             event = {
-                "step": loop.step,
+                "step": step,
                 "event": "unhealthy_loss",
                 "loss": metrics["loss"],
                 "grad_norm": metrics["grad_norm"],
                 "policy": self.policy,
             }
             if self.policy == "rollback":
-                event.update(self._roll_back(loop))
+                event.update(self._roll_back(loop, step))
             loop.record(event, line=f"loss health: {event}")
         loop.loss_ceiling = self.ceiling(loop.recent_losses)
 
-    def _roll_back(self, loop: LoopState) -> dict:
+    def _roll_back(self, loop: LoopState, bad_step: int) -> dict:
         self.rollbacks += 1
         if self.rollbacks > MAX_ROLLBACKS:
             raise FloatingPointError(
-                f"training diverged {self.rollbacks} times (last at step {loop.step}); "
+                f"training diverged {self.rollbacks} times (last at step {bad_step}); "
                 "stopping instead of rolling back again: lower optim.learning_rate or inspect "
                 "the data around this step"
             )
         self.checkpoints.wait()  # a save still in flight may be the last good one
-        back = self.checkpoints.restore_latest(loop.run.abstract_state, before=loop.step)
+        back = self.checkpoints.restore_latest(loop.run.abstract_state, before=bad_step)
         if back is None:
             return {}
         good_step, loop.state, _, _ = back

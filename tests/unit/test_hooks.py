@@ -142,7 +142,22 @@ def test_checkpoints_every_n_steps_but_not_the_last_then_forced_at_the_end():
     _, data, meta = checkpoints.saved[8]
     assert data == {"next_data_step": 13}
     assert meta["recent_losses"] == [2.0, 3.0] and meta["lr_scale"] == 1.0
+    assert meta["unresolved_metrics"] == []
     assert meta["config"]["train"]["steps"] == 8
+
+
+def test_a_checkpoint_carries_the_metrics_not_yet_read():
+    """Saved at step 6 with step 6's metrics still on the device: they go into the checkpoint
+    as floats (and stay queued), so a resumed run reads them at step 7 like this one."""
+    loop = make_loop(steps=8)
+    hook = hooks.Checkpointing(types.SimpleNamespace(experiment=loop.run.experiment),
+                               checkpoints := FakeCheckpoints())  # fmt: skip
+    loop.step = 6
+    loop.unresolved.append((6, {"masked_ce": np.float32(2.5), "applied": np.int32(1)}))
+    hook.save(loop)
+    _, _, meta = checkpoints.saved[6]
+    assert meta["unresolved_metrics"] == [[6, {"masked_ce": 2.5, "applied": 1.0}]]
+    assert list(loop.unresolved) == [(6, {"masked_ce": 2.5, "applied": 1.0})]
 
 
 def test_metrics_log_averages_healthy_steps_and_logs_the_last_step():
@@ -172,8 +187,7 @@ def test_loss_ceiling_is_mean_plus_sigma_std_once_the_window_is_half_full():
     health = recovery.LossHealth(loop.run, FakeCheckpoints())
     losses = [2.0, 2.5, 3.0, 2.2, 2.8, 2.4, 2.6, 2.1]
     for i, ce in enumerate(losses):
-        loop.metrics = healthy(ce)
-        health.on_step(loop)
+        health.on_metrics(loop, i + 1, healthy(ce))
         if i < 7:
             assert loop.loss_ceiling == float("inf")  # fewer than max(8, 16 / 2) steps
     values = np.asarray(losses, np.float64)
@@ -183,11 +197,11 @@ def test_loss_ceiling_is_mean_plus_sigma_std_once_the_window_is_half_full():
 def test_skip_policy_records_the_event_and_keeps_going():
     loop = make_loop(health_policy="skip")
     health = recovery.LossHealth(loop.run, FakeCheckpoints())
-    loop.step, loop.metrics = 5, healthy(float("nan"), applied=0)
-    health.on_step(loop)
+    loop.step = 6  # metrics reach the hook one step late
+    health.on_metrics(loop, 5, healthy(float("nan"), applied=0))
     event = loop.writer.records[-1]
     assert event["event"] == "unhealthy_loss" and event["policy"] == "skip" and event["step"] == 5
-    assert loop.step == 5 and loop.lr_scale == 1.0
+    assert loop.step == 6 and loop.lr_scale == 1.0
     assert list(loop.recent_losses) == []  # unhealthy losses never enter the window
 
 
@@ -197,14 +211,14 @@ def test_rollback_restores_the_last_checkpoint_skips_batches_and_lowers_the_rate
     checkpoints.save(4, {"params": "good"}, {"next_data_step": 4}, {})
     checkpoints.save(8, {"params": "later"}, {"next_data_step": 8}, {})
     health = recovery.LossHealth(loop.run, checkpoints)
-    loop.step, loop.next_data_step = 7, 7
-    loop.metrics = healthy(1e9, applied=0)
-    health.on_step(loop)
+    loop.step, loop.next_data_step = 8, 8  # step 7's metrics arrive after step 8 ran
+    health.on_metrics(loop, 7, healthy(1e9, applied=0))
     assert loop.step == 4 and loop.state == {"params": "good"}  # the newest before step 7
     assert loop.lr_scale == 0.5
-    assert loop.pipeline.started_at == [7]  # data moves on: batches 4..6 are skipped
+    assert loop.pipeline.started_at == [8]  # data moves on: batches 4..7 are skipped
     event = loop.writer.records[-1]
-    assert (event["restored_step"], event["skipped_batches"], event["lr_scale"]) == (4, 3, 0.5)
+    assert event["step"] == 7
+    assert (event["restored_step"], event["skipped_batches"], event["lr_scale"]) == (4, 4, 0.5)
     assert checkpoints.waits == 1  # an in-flight save is waited for first
 
 
@@ -215,15 +229,65 @@ def test_too_many_rollbacks_stop_the_run():
     health = recovery.LossHealth(loop.run, checkpoints)
     with pytest.raises(FloatingPointError, match="diverged 11 times"):
         for _ in range(recovery.MAX_ROLLBACKS + 1):
-            loop.step, loop.metrics = 3, healthy(float("inf"), applied=0)
-            health.on_step(loop)
+            loop.step = 3
+            health.on_metrics(loop, 3, healthy(float("inf"), applied=0))
+
+
+def _stepping_run(loop, losses: list[float], fetched: list[int]):
+    """A run whose train step returns step k's metrics as a lazy object that records when the
+    loop fetches it (stands in for device arrays: fetching is the host sync)."""
+
+    class Lazy:
+        def __init__(self, step, value):
+            self.step, self.value = step, value
+
+        def __array__(self, dtype=None, copy=None):
+            fetched.append(self.step)
+            return np.asarray(self.value, dtype)
+
+    def train_step(state, batch, key, controls):
+        ce = losses[key]
+        applied = int(np.isfinite(ce))
+        return state, {k: Lazy(key + 1, v) for k, v in healthy(ce, applied).items()}
+
+    return types.SimpleNamespace(
+        experiment=loop.run.experiment,
+        controls=lambda **kw: kw,
+        global_batch=lambda local: local,
+        step_key=lambda step: step,
+        train_step=train_step,
+        abstract_state=None,
+        schedule=lambda s: 1e-3,
+    )
+
+
+def test_metrics_are_fetched_one_step_late_unless_a_hook_needs_them_now():
+    loop = make_loop(steps=10)
+    fetched, seen = [], []
+    loop.run = _stepping_run(loop, [2.0] * 10, fetched)
+    loop.batches = iter([{"tokens": np.zeros((1, 1))}] * 10)
+
+    class Watch(hooks.Hook):
+        def needs_metrics(self, loop):
+            return loop.step == 4  # e.g. a logging step
+
+        def on_metrics(self, loop, step, metrics):
+            seen.append((loop.step, step))
+
+    for _ in range(5):
+        advance(loop, [Watch()])
+    # Step 1 is fetched while step 2 is in flight, ...; at step 4 both 3 and 4 are fetched.
+    assert seen == [(2, 1), (3, 2), (4, 3), (4, 4)]
+    assert set(fetched) == {1, 2, 3, 4} and [s for s, _ in loop.unresolved] == [5]
 
 
 def test_a_rollback_skips_the_rest_of_the_hooks_of_that_step():
+    """Step 4 is unhealthy; its metrics arrive after step 5 ran: the run rolls back to the
+    checkpoint before step 4, step 5's hooks do not run and its metrics are dropped."""
     loop = make_loop(steps=10, health_policy="rollback")
     checkpoints = FakeCheckpoints()
     checkpoints.save(2, {"params": "good"}, {}, {})
-    loop.batches = iter([{"tokens": np.zeros((1, 1))}])
+    loop.batches = iter([{"tokens": np.zeros((1, 1))}] * 2)
     loop.next_data_step = 3
     loop.step = 3
     calls = []
@@ -234,19 +298,15 @@ def test_a_rollback_skips_the_rest_of_the_hooks_of_that_step():
         def on_step(self, loop):
             calls.append(loop.step)
 
-    run = types.SimpleNamespace(
-        experiment=loop.run.experiment,
-        controls=lambda **kw: kw,
-        global_batch=lambda local: local,
-        step_key=lambda step: step,
-        train_step=lambda state, batch, key, controls: (state, healthy(float("nan"), 0)),
-        abstract_state=None,
-        schedule=lambda s: 1e-3,
-    )
-    loop.run = run
-    advance(loop, [recovery.LossHealth(run, checkpoints), Spy()])
-    assert loop.step == 2 and calls == []  # rolled back to 2; the spy did not run
-    assert loop.next_data_step == 4
+    loop.run = _stepping_run(loop, {3: float("nan"), 4: 2.0}, [])
+    health = recovery.LossHealth(loop.run, checkpoints)
+    advance(loop, [health, Spy()])
+    assert loop.step == 4 and calls == [4]  # step 4's metrics are not read yet
+    advance(loop, [health, Spy()])
+    assert loop.step == 2 and calls == [4]  # rolled back to 2; the spy did not run for step 5
+    assert loop.next_data_step == 5 and loop.pipeline.started_at == [5]
+    assert not loop.unresolved  # step 5's metrics belong to a discarded step
+    assert loop.writer.records[-1]["step"] == 4
 
 
 # ------------------------------------------------------------------------------ preemption
