@@ -68,7 +68,7 @@ def main() -> None:
     from illada_jax.parallel.rules import batch_spec
     from illada_jax.train import state as state_lib
     from illada_jax.train.optim import make_optimizer
-    from illada_jax.train.step import make_train_step
+    from illada_jax.train.step import make_train_step, weights_compute_dtype
 
     cfg = dataclasses.replace(
         ModelConfig(**MODEL_PRESETS[args.preset]),
@@ -100,6 +100,7 @@ def main() -> None:
             mesh=mesh,
             rules=args.rules,
             global_batch=args.batch,
+            compute_dtype=weights_compute_dtype(cfg),
         )
     tokens = np.random.default_rng(0).integers(5, cfg.vocab_size, (args.batch, args.seq), np.int32)
     batch = {"tokens": jax.make_array_from_process_local_data(rows, tokens)}

@@ -25,6 +25,7 @@ from illada_jax.model.layers import (
     TENSOR_MESH_AXIS,
     apply_rope,
     can_fuse_projections,
+    einsum_f32,
     param,
     zeros_param,
 )
@@ -60,12 +61,12 @@ def xla_attention(q, k, v, mask):
     # run both products as plain batched matmuls (about 25% faster than contracting in place).
     q = q.reshape(batch, length, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D]
-    scores = jnp.einsum("bkgld,bksd->bkgls", q, k, preferred_element_type=jnp.float32)
+    scores = einsum_f32("bkgld,bksd->bkgls", q, k)
     scores = scores * (head_dim**-0.5)
     if mask is not None:
         scores = jnp.where(mask[:, :, None], scores, _MASKED_SCORE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgls,bksd->bkgld", probs, v, preferred_element_type=jnp.float32)
+    out = einsum_f32("bkgls,bksd->bkgld", probs, v)
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, n_heads, head_dim).astype(q.dtype)
 
 

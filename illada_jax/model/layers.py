@@ -7,6 +7,7 @@ mesh axes lives in `illada_jax.parallel` (rules), never here: this module never 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -14,6 +15,36 @@ import jax.numpy as jnp
 from flax import nnx
 
 DTYPE_BY_NAME = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def einsum_f32(subscripts: str, a, b):
+    """`jnp.einsum(subscripts, a, b)` accumulated and returned in fp32 (logits, attention
+    scores). With low-precision operands (bf16) the backward pass casts the fp32 cotangent to the
+    operands' dtype first, so both gradient products are low-precision matmuls too — plain
+    autodiff would upcast the operands and run them in fp32 (the slowest matmuls of the step:
+    the output head's). fp32 operands: exactly `jnp.einsum`."""
+    if a.dtype == jnp.float32 and b.dtype == jnp.float32:
+        return jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32)
+    return _einsum_f32_low(subscripts, a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum_f32_low(subscripts, a, b):
+    return jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32)
+
+
+def _einsum_f32_low_fwd(subscripts, a, b):
+    return _einsum_f32_low(subscripts, a, b), (a, b)
+
+
+def _einsum_f32_low_bwd(subscripts, residuals, cotangent):
+    a, b = residuals
+    # The low-precision einsum's own transpose (its forward is dead code under jit).
+    _, transpose = jax.vjp(lambda x, y: jnp.einsum(subscripts, x, y), a, b)
+    return transpose(cotangent.astype(jnp.result_type(a, b)))
+
+
+_einsum_f32_low.defvjp(_einsum_f32_low_fwd, _einsum_f32_low_bwd)
 
 
 def param(

@@ -27,6 +27,7 @@ from illada_jax.model.layers import (
     DTYPE_BY_NAME,
     RMSNorm,
     SwiGLU,
+    einsum_f32,
     param,
     residual_out_std,
     rope_angles,
@@ -165,18 +166,8 @@ class Transformer(nnx.Module):
         cd = self.compute_dtype
         hidden = hidden.astype(cd)
         if self.cfg.tie_embeddings:
-            return jnp.einsum(
-                "...d,vd->...v",
-                hidden,
-                self.embed[...].astype(cd),
-                preferred_element_type=jnp.float32,
-            )
-        return jnp.einsum(
-            "...d,dv->...v",
-            hidden,
-            self.lm_head[...].astype(cd),
-            preferred_element_type=jnp.float32,
-        )
+            return einsum_f32("...d,vd->...v", hidden, self.embed[...].astype(cd))
+        return einsum_f32("...d,dv->...v", hidden, self.lm_head[...].astype(cd))
 
     def _positions(self, batch: int, start, width: int):
         positions = start + jnp.arange(width, dtype=jnp.int32)

@@ -32,7 +32,12 @@ from illada_jax.parallel.rules import batch_spec
 from illada_jax.parallel.rules import resolve as resolve_rules
 from illada_jax.train import state as state_lib
 from illada_jax.train.optim import learning_rate_schedule, make_optimizer
-from illada_jax.train.step import batch_shardings, make_eval_step, make_train_step
+from illada_jax.train.step import (
+    batch_shardings,
+    make_eval_step,
+    make_train_step,
+    weights_compute_dtype,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +194,7 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
             rules=rules,
             global_batch=tcfg.batch_size,
             batch_keys=keys,
+            compute_dtype=weights_compute_dtype(experiment.model),
         )
         eval_step = make_eval_step(
             graphdef,

@@ -13,6 +13,12 @@
   (`controls["data_step"]`, the 0-based index of the batch) equals it — tied to the batch, as a
   real bad batch is, so a rollback that skips the batch does not meet it again.
 
+Mixed precision: with `compute_dtype` (bf16) the fp32 parameters are cast once per step, before
+the model is built, so every layer (and, under FSDP, every all-gather) reads bf16 weights instead
+of casting fp32 ones at each use (once more in each rematerialised pass); gradients flow back
+through the cast into fp32, the optimiser state and the master weights stay fp32. Norms, softmax
+and the cross-entropy compute in fp32 inside the model whatever the weights' dtype.
+
 `eval_step(params, batch, key) -> (bound_sum, n_tokens)`: the held-out ELBO bound.
 """
 
@@ -38,6 +44,25 @@ def _micro_batches(batch: dict, accum: int) -> dict:
     return jax.tree.map(split, batch)
 
 
+def weights_compute_dtype(model_cfg):
+    """The dtype a train step casts the weights to once (None when they are stored in it)."""
+    from illada_jax.model.layers import DTYPE_BY_NAME
+
+    if model_cfg.compute_dtype == model_cfg.param_dtype:
+        return None
+    return DTYPE_BY_NAME[model_cfg.compute_dtype]
+
+
+def cast_params(params, dtype):
+    """Floating-point parameters in `dtype` (None: unchanged). Differentiable: the gradient of
+    the cast is the incoming gradient cast back to each parameter's dtype."""
+    if dtype is None:
+        return params
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params
+    )
+
+
 def batch_shardings(mesh, rules: str, global_batch: int, keys) -> dict:
     """Row shardings of a batch dict: [batch, length] arrays, and [batch] `prompt_lengths`."""
     rows = batch_spec(rules, mesh, global_batch)
@@ -59,13 +84,17 @@ def make_train_step(
     rules="fsdp",
     global_batch: int | None = None,
     batch_keys=None,
+    compute_dtype=None,
 ):
     """Jitted train step. With `mesh`, inputs/outputs carry explicit shardings; `batch_keys`
-    names the batch's arrays when they are not all [batch, length] (e.g. `prompt_lengths`)."""
+    names the batch's arrays when they are not all [batch, length] (e.g. `prompt_lengths`);
+    `compute_dtype` (e.g. jnp.bfloat16; None = as stored) is the dtype the weights are cast to
+    once per step (module doc)."""
 
     def loss_and_grads(params, batch, key, data_step):
         def objective(p):
-            loss, metrics = diffusion_loss(nnx.merge(graphdef, p), batch, key, diffusion)
+            model = nnx.merge(graphdef, cast_params(p, compute_dtype))
+            loss, metrics = diffusion_loss(model, batch, key, diffusion)
             poison = jnp.where(data_step == inject_nan_step, jnp.nan, 1.0)
             return loss * poison, {**metrics, "loss": metrics["loss"] * poison}
 
