@@ -11,7 +11,8 @@ on CPU the same process's measured dense-matmul FLOP/s in the compute dtype, on 
 peak table.
 
 `--loop-steps N` (default 12; 0 = skip) also times the real training loop (`train/loop.py`: data
-pipeline, train step, hooks) on `config:small` at the same batch and sequence length, once with
+pipeline, train step, hooks) on the recipe named like `--preset` (`config:small`, `config:tiny`)
+at the same batch, sequence length, dtype and rules, once with
 `train.log_every=1` (metrics fetched and logged every step) and once with `log_every=50` (each
 step's metrics fetched one step late, so the host prepares the next batch while a step runs):
 `loop_step_s_log1`, `loop_step_s_log50`.
@@ -48,6 +49,14 @@ def main() -> None:
         "--profile", default=None, help="write a jax.profiler trace of one step here"
     )
     args = parser.parse_args()
+    if args.loop_steps:
+        from illada_jax.config import registry
+
+        if args.preset not in registry.recipes():
+            parser.error(
+                f"--loop-steps times the recipe config:{args.preset}, which does not "
+                "exist; pass --loop-steps 0 or a preset with a recipe (tiny, small)"
+            )
 
     from illada_jax.parallel.mesh import configure_cpu_devices
 
@@ -152,8 +161,9 @@ def main() -> None:
 
 
 def loop_step_seconds(args, log_every: int) -> float:
-    """Median seconds per step of `train/loop.py`'s `advance` (hooks included) on `config:small`
-    with this `log_every`, after 3 warm-up steps; no checkpoints, evaluation or samples."""
+    """Median seconds per step of `train/loop.py`'s `advance` (hooks included) on the recipe
+    `config:<preset>` with this `log_every`, after 3 warm-up steps; no checkpoints, evaluation or
+    samples."""
     import tempfile
 
     import jax
@@ -166,7 +176,7 @@ def loop_step_seconds(args, log_every: int) -> float:
 
     warmup = 3
     experiment = flags.build(flags.resolve([
-        "config:small", f"set:train.batch_size={args.batch}", f"set:train.seq_len={args.seq}",
+        f"config:{args.preset}", f"set:train.batch_size={args.batch}", f"set:train.seq_len={args.seq}",
         f"set:model.compute_dtype={args.compute_dtype!r}", f"set:mesh.rules={args.rules!r}",
         f"set:train.steps={warmup + args.loop_steps}", f"set:train.log_every={log_every}",
         "set:checkpoint.every=100000", "set:train.sample_prompts=()",
