@@ -7,9 +7,9 @@ step's ceiling to its mean + `train.spike_sigma`·std (the unweighted masked CE:
 loss is heavy-tailed by design). It sees each step's metrics when the loop fetches them — one step
 late, so the host never waits for the step it just dispatched (`train/loop.py`) — so a step's
 ceiling comes from the steps up to two before it (one before, after a logging step). On an
-unhealthy step it logs an `unhealthy_loss` event and, with `train.health_policy=rollback`, restores the newest checkpoint before the step, skips the batches
-from there to the bad one (the data position keeps moving forward) and multiplies the learning
-rate by `train.rollback_lr_factor`. More than `MAX_ROLLBACKS` rollbacks in one call stop the run.
+unhealthy step it logs an `unhealthy_loss` event and, with `train.health_policy=rollback`,
+restores the newest checkpoint before the step, skips the batches from there to the bad one (the
+data position keeps moving forward) and multiplies the learning rate by `train.rollback_lr_factor`. More than `MAX_ROLLBACKS` rollbacks in one call stop the run.
 
 `Preemption` (every step): SIGTERM (or a pod's preemption notice) makes the run save the current
 step and stop; the CLI then exits 0 and the same command resumes. In a multi-process run every
