@@ -406,15 +406,29 @@ def test_slurm_rejects_a_bad_time(no_subprocess, capsys):
 # --- Dockerfiles ------------------------------------------------------------------------------
 
 
-def test_dockerfiles_install_the_project_at_its_pinned_jax():
-    jax_pin = next(d for d in PROJECT["dependencies"] if d.startswith("jax=="))
+def _jax_pins(requirements: list[str], name: str) -> dict[str, str]:
+    """{"< '3.12'": version, ">= '3.12'": version} of `name==version; python_version ...`."""
+    pins = {}
+    for requirement in requirements:
+        found = re.fullmatch(rf"{re.escape(name)}==([\w.]+); python_version (.+)", requirement)
+        if found:
+            pins[found.group(2)] = found.group(1)
+    return pins
+
+
+def test_each_python_gets_one_pinned_jax_and_the_images_the_current_one():
+    jax = _jax_pins(PROJECT["dependencies"], "jax")
+    assert jax == _jax_pins(PROJECT["dependencies"], "jaxlib")
+    assert jax == _jax_pins(PROJECT["optional-dependencies"]["tpu"], "jax[tpu]")
+    assert set(jax) == {"< '3.12'", ">= '3.12'"}
+    current = jax[">= '3.12'"]
+    assert tuple(map(int, current.split("."))) > tuple(map(int, jax["< '3.12'"].split(".")))
     tpu = (REPO / "launch" / "Dockerfile").read_text()
     gpu = (REPO / "launch" / "Dockerfile.gpu").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", tpu, re.M)
+    assert re.search(r"^FROM python:3\.12-slim$", tpu, re.M)  # so pip picks the current jax
     assert re.search(r'^RUN pip install "\.\[tpu\]"', tpu, re.M)
-    assert PROJECT["optional-dependencies"]["tpu"] == [f"jax[tpu]=={jax_pin.split('==')[1]}"]
-    assert re.search(r"^FROM python:3\.11-slim$", gpu, re.M)
-    assert f'"jax[cuda12]=={jax_pin.split("==")[1]}"' in gpu
+    assert re.search(r"^FROM python:3\.12-slim$", gpu, re.M)
+    assert f'"jax[cuda12]=={current}"' in gpu
 
 
 def test_images_carry_the_recipes_where_the_registry_finds_them():
