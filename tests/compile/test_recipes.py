@@ -239,7 +239,7 @@ def test_every_pod_recipe_compiles_for_its_slice_and_fits(name, compiled):
 
 
 def test_compile_lowers_the_program_the_runner_builds_for_a_pod_recipe(compiled, tmp_path):
-    """illada_8b on the slice its docstring names (tiny on v5p-8: tests/unit/test_aot.py)."""
+    """illada_8b on the slice its docstring names (tiny on v5p-8: tests/compile/test_aot.py)."""
     command = _check_command("illada_8b")
     topology = next(w.split("=", 1)[1] for w in command if w.startswith("--topology="))
     runner = runner_hlo("illada_8b", topology, tmp_path / "runner.hlo")
@@ -247,7 +247,7 @@ def test_compile_lowers_the_program_the_runner_builds_for_a_pod_recipe(compiled,
     assert compiled("illada_8b")["hlo"] == runner
 
 
-CPU_RECIPES = sorted(set(RECIPES) - set(POD_RECIPES) - {"tiny"})  # tiny: tests/unit/test_aot.py
+CPU_RECIPES = sorted(set(RECIPES) - set(POD_RECIPES) - {"tiny"})  # tiny: tests/compile/test_aot.py
 
 
 @pytest.mark.parametrize("name", CPU_RECIPES)
