@@ -36,6 +36,7 @@ from illada_jax.errors import IlladaError
 
 MAX_OPEN_READERS = 32  # per reading thread
 MAX_CACHED_OFFSETS = 4096
+_NPY_PARSE_LOCK = threading.Lock()
 
 
 class DataError(IlladaError, ValueError):
@@ -120,12 +121,15 @@ class PreparedDataset:
                 return self._offsets[shard]
         lengths_path = self.directory / self.shards.lengths_file(shard)
         try:
-            if storage.is_local(lengths_path):
-                lengths = np.load(lengths_path)
-            else:
-                lengths = np.load(io.BytesIO(lengths_path.read_bytes()))
+            raw = lengths_path.read_bytes()
         except FileNotFoundError:
             raise self._missing(lengths_path) from None
+        # np.load parses the .npy header with ast.literal_eval; CPython 3.11 (before 3.11.8)
+        # keeps the AST builder's recursion depth per interpreter, not per thread, so two
+        # reading threads parsing at once fail with "AST constructor recursion depth
+        # mismatch". The header parse is microseconds; the file read above stays parallel.
+        with _NPY_PARSE_LOCK:
+            lengths = np.load(io.BytesIO(raw))
         if len(lengths) != self.shards.records[shard] or lengths.sum() != self.shard_tokens[shard]:
             raise DataError(
                 f"{self.shards.lengths_file(shard)} disagrees with the manifest; "

@@ -8,9 +8,11 @@ so every 8-token window is known.
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import os
 import pathlib
+import threading
 import time
 
 import numpy as np
@@ -56,3 +58,33 @@ def test_100k_shards_start_fast_and_keep_open_files_bounded(tmp_path):
     print(f"100k shards: start-up to the first batch {startup:.2f} s; {opened} more open files")
     assert startup < 10.0
     assert opened <= threads * packing.MAX_OPEN_READERS + 32
+
+
+def test_record_lengths_are_parsed_one_thread_at_a_time(tmp_path, monkeypatch):
+    # np.load parses a .npy header with ast.literal_eval, which CPython 3.11.7 cannot run in two
+    # threads at once ("AST constructor recursion depth mismatch", seen in a CI run with 4
+    # reading threads). The parse must be serialised while the reading stays threaded.
+    bench_data.many_shards(tmp_path, 64)
+    inside, most = 0, 0
+    guard = threading.Lock()
+    real_load = np.load
+
+    def watched_load(*args, **kwargs):
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.002)  # long enough for another thread to arrive if nothing stops it
+        try:
+            return real_load(*args, **kwargs)
+        finally:
+            with guard:
+                inside -= 1
+
+    monkeypatch.setattr(np, "load", watched_load)
+    dataset = PreparedDataset(tmp_path)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        offsets = list(pool.map(dataset.offsets, range(64)))
+    assert most == 1
+    for shard_offsets in offsets:  # one 7-token record per shard
+        np.testing.assert_array_equal(shard_offsets, [0, len(DOC) + 1])
