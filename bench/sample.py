@@ -1,31 +1,42 @@
-"""Sampling speed of the `small` preset: the baseline sampler and Fast-dLLM decoding.
+"""Sampling speed of the `small` preset: the baseline sampler against the hardware, and Fast-dLLM
+decoding (dual cache + confidence threshold) on a trained model.
 
-    python bench/sample.py [--checkpoint RUN_DIR] [--preset small] [--prompt-len 64]
+    python bench/sample.py [--checkpoint RUN_DIR | --train-steps 400 | --random]
+                           [--train-dir DIR] [--preset small] [--prompt-len 64]
                            [--gen-length 256] [--block 32] [--threshold 0.9] [--batch 1]
-                           [--json out.json]
+                           [--mc 32] [--repeats 3] [--json out.json]
 
-(a) Fixed canvas, pure diffusion, one token per step (G = N = K = gen length): tokens/s, and the
-    sampler's overhead over the bare forward time × steps, where the bare forward is the model
-    computation one step needs (hidden states over the canvas, head on the generated region),
-    jitted and timed alone.
-(b) Dual K/V cache (prefix and suffix, docs/algorithms.md#caches-and-parallel-decoding) with
-confidence-threshold parallel decoding,
-    semi-AR blocks of `--block`: speed-up over (a) and the fraction of generated tokens equal to
-    (a)'s.
+The model: `--checkpoint` (a run directory), else `config:<preset>` trained here for
+`--train-steps` on the embedded corpus (`illada train` in a subprocess, sequence
+prompt+gen length; the run is kept in `--train-dir` and can be reused with `--checkpoint`), or
+`--random` (random weights: speeds only; an untrained model is never confident, so threshold
+decoding commits one token per pass). The prompt is the start of a held-out document of the
+embedded corpus (random tokens with `--random`).
 
-Without `--checkpoint` the model is randomly initialised: speeds are meaningful, agreement and
-parallelism are not (an untrained model is never confident, so (b) commits one token per pass).
-With a trained run the prompt is the start of a held-out document of the embedded corpus.
-Final line `RESULT tokens_per_s=<float> overhead=<float> cache_speedup=<float>
-agreement=<float>`.
+(a) Baseline: fixed canvas, pure diffusion, one token per step (G = N = K = gen length).
+    `forward_efficiency` = the model FLOPs of one sampler step (layers over the whole canvas,
+    head on the block: `obs.flops.sampler_forward_flops`) / (seconds per step × the peak: on a
+    CPU the same process's measured fp32 dense-matmul rate, else the device's bf16 peak). Also
+    the bare forward (the same computation jitted alone) and the sampler's overhead over it.
+(b) Dual K/V cache (docs/algorithms.md#caches-and-parallel-decoding) with threshold decoding in
+    semi-AR blocks of `--block`: `cache_speedup` over (a), `agreement` (the fraction of generated
+    tokens equal to (a)'s), and the MC ELBO (`--mc` samples) of both
+    outputs and of the held-out document's true continuation under the same model: parallel
+    decoding that hurt the text would show as a worse bound than the baseline's.
+
+Final line `RESULT tokens_per_s=<float> forward_efficiency=<float> overhead=<float>
+cache_speedup=<float> agreement=<float>`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 
@@ -39,21 +50,41 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--prompt-len", type=int, default=64)
-    parser.add_argument("--gen-length", type=int, default=256)
-    parser.add_argument("--block", type=int, default=32)
-    parser.add_argument("--threshold", type=float, default=0.9)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+def train_model(preset: str, steps: int, seq_len: int, workdir: pathlib.Path) -> None:
+    """`illada train` of `config:<preset>` for `steps` at `seq_len` (a subprocess, so this
+    process's devices stay as they are)."""
+    directives = [
+        f"config:{preset}", f"set:train.steps={steps}", f"set:train.seq_len={seq_len}",
+        "set:train.batch_size=16", f"set:optim.warmup_steps={max(1, min(20, steps // 5))}",
+        "set:train.log_every=50",
+        f"set:checkpoint.every={steps}", "set:train.sample_prompts=()",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "illada_jax.cli", "train", f"--workdir={workdir}"]
+    command += [f"--config={d}" for d in directives]
+    print("training:", " ".join(command), flush=True)
+    if subprocess.run(command).returncode:
+        raise SystemExit(f"training the {preset} model failed (its error is above)")
 
-    import jax
-    import jax.numpy as jnp
+
+def heldout_prompt(tokenizer, prompt_len: int, gen_length: int):
+    """(prompt ids, the true continuation's ids) from the first held-out document of the
+    embedded corpus long enough for both."""
+    import numpy as np
+
+    from illada_jax.data.corpus import embedded_documents
+
+    for doc in embedded_documents("heldout"):
+        ids = tokenizer.encode(doc.text)
+        if len(ids) >= prompt_len + gen_length:
+            ids = np.asarray(ids, np.int32)
+            return ids[:prompt_len], ids[prompt_len : prompt_len + gen_length]
+    raise SystemExit(f"no held-out document has {prompt_len + gen_length} tokens")
+
+
+def load_model(args):
+    """(Model, prompt [P] int32, true continuation [G] or None, description)."""
+    import dataclasses
+
     import numpy as np
     from flax import nnx
 
@@ -61,31 +92,64 @@ def main() -> None:
     from illada_jax.config.presets import MODEL_PRESETS
     from illada_jax.config.schema import ModelConfig
     from illada_jax.model.transformer import Transformer
-    from illada_jax.sampling.generate import SamplingOptions, generate
 
-    if args.checkpoint:
-        model = illada_jax.load(args.checkpoint)
-        from illada_jax.data.corpus import embedded_documents
-
-        text = next(embedded_documents("heldout")).text
-        prompt = np.asarray(model.tokenizer.encode(text)[: args.prompt_len], np.int32)
-        source = f"checkpoint {args.checkpoint} (step {model.step})"
-    else:
+    if args.random:
         cfg = dataclasses.replace(
             ModelConfig(**MODEL_PRESETS[args.preset]),
             max_seq_len=args.prompt_len + args.gen_length,
         )
         model = illada_jax.Model.from_module(Transformer(cfg, rngs=nnx.Rngs(0)))
         prompt = np.random.default_rng(0).integers(10, cfg.vocab_size, args.prompt_len)
-        source = f"random {args.preset}"
-    prompts = np.tile(prompt[None].astype(np.int32), (args.batch, 1))
-    g = args.gen_length
+        return model, prompt.astype(np.int32), None, f"random {args.preset}"
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        checkpoint = args.train_dir or tempfile.mkdtemp(prefix="bench-sample-")
+        train_model(args.preset, args.train_steps, args.prompt_len + args.gen_length,
+                    pathlib.Path(checkpoint))  # fmt: skip
+        print(f"trained run kept in {checkpoint} (reuse: --checkpoint {checkpoint})")
+    model = illada_jax.load(checkpoint)
+    prompt, truth = heldout_prompt(model.tokenizer, args.prompt_len, args.gen_length)
+    return model, prompt, truth, f"checkpoint {checkpoint} (step {model.step})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", default=None, help="a trained run directory")
+    source.add_argument("--random", action="store_true", help="random weights (speeds only)")
+    parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--train-dir", default=None, help="where to keep the trained run")
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--gen-length", type=int, default=256)
+    parser.add_argument("--block", type=int, default=32)
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--mc", type=int, default=32, help="MC samples of each ELBO")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.gen_length % args.block:
+        parser.error(f"--gen-length {args.gen_length} must be a multiple of --block {args.block}")
+
+    model, prompt, truth, source_text = load_model(args)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from illada_jax.obs import flops
+    from illada_jax.sampling.generate import SamplingOptions, generate
+
+    cfg = model.config
+    prompts = np.tile(prompt[None], (args.batch, 1))
+    g, p = args.gen_length, args.prompt_len
     graphdef, params, ids = model.graphdef, model.params, model.special_ids
 
     baseline = SamplingOptions(gen_length=g, steps=g, block_length=g)
     fast = SamplingOptions(gen_length=g, steps=g // args.block, block_length=args.block,
                            threshold=args.threshold, cache="dual")  # fmt: skip
-
     outputs = {}
 
     def run(name, opts):
@@ -104,37 +168,58 @@ def main() -> None:
     def bare_forward(params, canvas, key_mask):
         net = nnx.merge(graphdef, params)
         hidden = net.hidden_states(canvas, key_mask=key_mask)
-        return net.project(hidden[:, args.prompt_len :])
+        return net.project(hidden[:, p:])
 
     forward_s = _time(lambda: jax.block_until_ready(bare_forward(params, canvas, key_mask)),
                       max(args.repeats, 5))  # fmt: skip
 
-    p = args.prompt_len
-    agreement = float(np.mean(outputs["base"][:, p:] == outputs["fast"][:, p:]))
-    tokens = args.batch * g
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        peak = flops.measure_matmul_flops(device, "float32")
+        peak_source = f"measured fp32 matmul {peak:.3g} FLOP/s"
+    else:
+        peak, peak_source = flops.device_peak_flops(device)
+    step_flops = args.batch * flops.sampler_forward_flops(cfg, p + g, g)
+    efficiency = step_flops / ((base_s / g) * peak) if peak else float("nan")
+
     results = {
-        "model": source,
-        "device": jax.devices()[0].device_kind,
+        "model": source_text,
+        "device": device.device_kind,
         "batch": args.batch,
         "prompt_len": p,
         "gen_length": g,
         "baseline_s": base_s,
-        "tokens_per_s": tokens / base_s,
-        "forward_s": forward_s,
+        "tokens_per_s": args.batch * g / base_s,
+        "step_ms": 1e3 * base_s / g,
+        "forward_ms": 1e3 * forward_s,
+        "step_gflop": step_flops / 1e9,
+        "peak": peak_source,
+        "forward_efficiency": efficiency,
+        "bare_forward_efficiency": step_flops / (forward_s * peak) if peak else float("nan"),
         "overhead": base_s / (g * forward_s) - 1.0,
         "fast_s": fast_s,
-        "fast_tokens_per_s": tokens / fast_s,
+        "fast_tokens_per_s": args.batch * g / fast_s,
         "cache_speedup": base_s / fast_s,
-        "agreement": agreement,
+        "agreement": float(np.mean(outputs["base"][:, p:] == outputs["fast"][:, p:])),
     }
+    if truth is not None and args.mc:
+        scored = {"baseline": outputs["base"][0, p:], "fast": outputs["fast"][0, p:],
+                  "heldout_text": truth}  # fmt: skip
+        for name, answer in scored.items():
+            nll = model.log_likelihood(prompt, answer, mc_num=args.mc, batch_size=args.mc)
+            # log_likelihood is the ELBO (<= log p); its negation per token bounds the NLL.
+            results[f"nll_bound_{name}"] = -nll / len(answer)
+        results["sample_baseline"] = model.tokenizer.decode(list(outputs["base"][0, p:]))[:200]
+        results["sample_fast"] = model.tokenizer.decode(list(outputs["fast"][0, p:]))[:200]
     for key, value in results.items():
-        print(f"{key:<18} {value:.4g}" if isinstance(value, float) else f"{key:<18} {value}")
+        print(f"{key:<24} {value:.4g}" if isinstance(value, float) else f"{key:<24} {value}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     print(
-        f"RESULT tokens_per_s={results['tokens_per_s']:.6g} overhead={results['overhead']:.4f} "
-        f"cache_speedup={results['cache_speedup']:.4g} agreement={agreement:.4f}"
+        f"RESULT tokens_per_s={results['tokens_per_s']:.6g} "
+        f"forward_efficiency={efficiency:.4f} overhead={results['overhead']:.4f} "
+        f"cache_speedup={results['cache_speedup']:.4g} agreement={results['agreement']:.4f}"
     )
 
 

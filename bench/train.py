@@ -61,6 +61,8 @@ def main() -> None:
         "--profile", default=None, help="write a jax.profiler trace of one step here"
     )
     args = parser.parse_args()
+    if args.loop_steps == 1 or args.loop_steps < 0:
+        parser.error("--loop-steps must be 0 (skip) or at least 2 (the last step is not timed)")
     if args.loop_steps:
         from illada_jax.config import registry
 

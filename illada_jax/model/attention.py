@@ -29,6 +29,7 @@ from illada_jax.model.layers import (
     param,
     zeros_param,
 )
+from illada_jax.parallel.rules import constrain
 
 # Finite, so a row whose keys are all hidden (a padded query) gives a uniform softmax, not NaN.
 _MASKED_SCORE = -1e30
@@ -204,6 +205,9 @@ class Attention(nnx.Module):
             q = q + self.q_bias[...].astype(cd)
             k = k + self.k_bias[...].astype(cd)
             v = v + self.v_bias[...].astype(cd)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def project_out(self, attn):
@@ -212,7 +216,7 @@ class Attention(nnx.Module):
         out = jnp.einsum("blhk,hkd->bld", attn.astype(cd), self.o_proj[...].astype(cd))
         if self.use_bias:
             out = out + self.o_bias[...].astype(cd)
-        return out
+        return constrain(out, ("batch", "length", "embed"))
 
     def attend(self, q, k, v, key_mask=None, segment_ids=None):
         """The configured kernel on projected q [B, L, H, D], k/v [B, L, KV, D] -> [B, L, H, D]."""

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from illada_jax.parallel.rules import constrain
+
 DTYPE_BY_NAME = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -157,13 +159,14 @@ class SwiGLU(nnx.Module):
         else:
             gate = x @ self.gate[...].astype(cd)
             up = x @ self.up[...].astype(cd)
+        gate, up = (constrain(a, ("batch", "length", "mlp")) for a in (gate, up))
         if self.use_bias:
             gate = gate + self.gate_bias[...].astype(cd)
             up = up + self.up_bias[...].astype(cd)
         out = (jax.nn.silu(gate) * up) @ self.down[...].astype(cd)
         if self.use_bias:
             out = out + self.down_bias[...].astype(cd)
-        return out
+        return constrain(out, ("batch", "length", "embed"))
 
 
 def residual_out_std(init_std: float, n_layers: int) -> float:

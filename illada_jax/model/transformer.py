@@ -32,6 +32,7 @@ from illada_jax.model.layers import (
     residual_out_std,
     rope_angles,
 )
+from illada_jax.parallel.rules import constrain
 
 REMAT_POLICIES = {
     "none": None,
@@ -149,6 +150,7 @@ class Transformer(nnx.Module):
         graphdef, stacked = nnx.split(self.blocks)
 
         def layer(x, layer_params):
+            x = constrain(x, ("batch", "length", "embed"))  # the residual stream, rows split
             return nnx.merge(graphdef, layer_params)(x, cos, sin, key_mask, segment_ids)
 
         policy = REMAT_POLICIES[cfg.remat_policy]
@@ -166,8 +168,12 @@ class Transformer(nnx.Module):
         cd = self.compute_dtype
         hidden = hidden.astype(cd)
         if self.cfg.tie_embeddings:
-            return einsum_f32("...d,vd->...v", hidden, self.embed[...].astype(cd))
-        return einsum_f32("...d,dv->...v", hidden, self.lm_head[...].astype(cd))
+            logits = einsum_f32("...d,vd->...v", hidden, self.embed[...].astype(cd))
+        else:
+            logits = einsum_f32("...d,dv->...v", hidden, self.lm_head[...].astype(cd))
+        if logits.ndim == 3:  # [batch, length, vocab]: rows stay where the hidden states are
+            logits = constrain(logits, ("batch", "length", "vocab"))
+        return logits
 
     def _positions(self, batch: int, start, width: int):
         positions = start + jnp.arange(width, dtype=jnp.int32)

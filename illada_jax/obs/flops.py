@@ -97,6 +97,15 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return float(2 * matmul_params(cfg) + 4 * cfg.n_layers * _attention_width(cfg) * seq_len)
 
 
+def sampler_forward_flops(cfg: ModelConfig, seq_len: int, head_positions: int) -> float:
+    """FLOPs of one sampler forward of one sequence: the layers over all `seq_len` canvas
+    positions (2·(N − vocab·d) + 4·n_layers·d·S per position) and the output head on
+    `head_positions` of them only (2·vocab·d each), as the sampler runs it (on the block)."""
+    head = cfg.vocab_size * cfg.d_model
+    layers = 2 * (matmul_params(cfg) - head) + 4 * cfg.n_layers * _attention_width(cfg) * seq_len
+    return float(seq_len * layers + head_positions * 2 * head)
+
+
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Forward+backward FLOPs per token: 6·N + 12·n_layers·d·S (docs/architecture.md#flops, no
     causal halving)."""

@@ -12,6 +12,13 @@ change:
 
 A mesh axis is dropped from a dimension it does not divide (e.g. 2 kv heads on a 4-way tensor
 axis): that dimension is replicated instead of failing to compile.
+
+Activations have one layout under every table (`constrain`): rows over the data axes, heads /
+kv heads / mlp / vocab over `tensor`, everything else (length, d_model, head_dim) whole. The model
+pins its activations to it at each layer's matmuls; left to itself GSPMD resolves "batch and the
+weights' `embed` both on `fsdp`" by splitting activations along d_model and all-reducing every
+projection's full-batch output (measured: 11× the parameter bytes per step at the `small` preset,
+40× at `tiny`) instead of all-gathering the weights, which is what FSDP means.
 """
 
 from __future__ import annotations
@@ -43,21 +50,47 @@ def resolve(rules: str, platform: str | None = None) -> str:
     return "dp" if platform == "cpu" else "fsdp"
 
 
+ACTIVATION_RULES: dict[str, tuple[str, ...]] = {
+    "batch": DATA_AXES,
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "mlp": ("tensor",),
+    "vocab": ("tensor",),
+}
+
+
 def mesh_spec(
     logical: PartitionSpec | tuple, shape: tuple[int, ...], rules: str, mesh: jax.sharding.Mesh
 ) -> PartitionSpec:
     """Logical axis names of one array -> its mesh PartitionSpec under `rules`."""
     table = RULES[resolve(rules, mesh.devices.flat[0].platform)]
+    return _fit(tuple(logical), shape, table, dict(mesh.shape))
+
+
+def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
+    """Pin an activation to the activation layout (`ACTIVATION_RULES`) of the mesh being traced
+    under; unchanged outside a mesh or on a single device. logical: one name per dimension
+    (`batch`, `length`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, or None)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    spec = _fit(logical, x.shape, ACTIVATION_RULES, dict(mesh.shape))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+def _fit(logical: tuple, shape: tuple[int, ...], table: dict, mesh_shape: dict) -> PartitionSpec:
+    """Each dimension's mesh axes from `table`, each mesh axis used once, keeping only axes whose
+    product divides the dimension."""
     used: set[str] = set()
     out = []
-    for name, size in zip(tuple(logical), shape):
-        axes = tuple(a for a in (table.get(name) or ()) if a in mesh.shape and a not in used)
+    for name, size in zip(logical, shape):
+        axes = tuple(a for a in (table.get(name) or ()) if a in mesh_shape and a not in used)
         # Keep only axes whose product divides the dimension (replicate otherwise).
         kept, product = [], 1
         for axis in axes:
-            if size % (product * mesh.shape[axis]) == 0:
+            if size % (product * mesh_shape[axis]) == 0:
                 kept.append(axis)
-                product *= mesh.shape[axis]
+                product *= mesh_shape[axis]
         used.update(kept)
         out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
     return PartitionSpec(*out)

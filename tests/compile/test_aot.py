@@ -24,6 +24,8 @@ from illada_jax.config.schema import ConfigError
 from illada_jax.parallel.topology import GIB, parse_slice
 from illada_jax.tools import aot_report
 
+pytestmark = pytest.mark.core
+
 RESULT = re.compile(
     r"^RESULT fits=(true|false) bytes_per_chip=(\d+) hbm_per_chip=(\d+) "
     r"flops_per_step=(\S+) model_flops_per_step=(\S+)$"
@@ -168,6 +170,7 @@ def test_result_line_format():
 # ----------------------------------------------------------------------------- compiles
 
 
+@pytest.mark.tpu_compile
 def test_tiny_config_compiles_for_v5p_and_fits(tiny_v5p):
     assert tiny_v5p["rc"] == 0, tiny_v5p["stdout"][-3000:] + tiny_v5p["stderr"][-3000:]
     match = RESULT.match(tiny_v5p["last"])
@@ -187,6 +190,7 @@ def test_tiny_config_compiles_for_v5p_and_fits(tiny_v5p):
     assert report["notes"] == []
 
 
+@pytest.mark.tpu_compile
 def test_compile_lowers_the_program_the_runner_builds(tiny_v5p, tmp_path):
     """The train step `illada compile` reports on is, HLO for HLO, the one `illada train` builds
     (`train.builder.build_run`) on the same (abstract) devices."""
@@ -214,6 +218,7 @@ def runner_hlo_with(tmp_path, directive: str) -> str:
     return out.read_text()
 
 
+@pytest.mark.tpu_compile
 def test_compiled_flops_match_the_model_formula(tiny_v5p):
     """Compiled (cost_analysis per device x 4 chips, loops corrected) vs 6N + 12·L·d·S per token.
 
@@ -231,6 +236,7 @@ def test_compiled_flops_match_the_model_formula(tiny_v5p):
     assert compiled == pytest.approx(report["compiled_flops_per_device"] * 4, rel=1e-5)
 
 
+@pytest.mark.tpu_compile
 def test_oversized_config_reports_does_not_fit_instead_of_crashing(oversized_v5e):
     out = oversized_v5e
     assert out["rc"] == 1, out["stdout"][-3000:] + out["stderr"][-3000:]

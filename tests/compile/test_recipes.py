@@ -26,6 +26,8 @@ from illada_jax import cli
 from illada_jax.config import experiments, flags, registry
 from illada_jax.model.transformer import count_params
 
+pytestmark = pytest.mark.core
+
 RECIPES = registry.recipes()
 CHECKOUT = {name: r for name, r in RECIPES.items() if r.path is not None}
 POD_RECIPES = [name for name, r in CHECKOUT.items() if "Check:" in (r.function.__doc__ or "")]
@@ -226,6 +228,7 @@ def compiled(tmp_path_factory):
     return get
 
 
+@pytest.mark.tpu_compile
 @pytest.mark.parametrize("name", POD_RECIPES)
 def test_every_pod_recipe_compiles_for_its_slice_and_fits(name, compiled):
     out = compiled(name)
@@ -238,6 +241,7 @@ def test_every_pod_recipe_compiles_for_its_slice_and_fits(name, compiled):
     )
 
 
+@pytest.mark.tpu_compile
 def test_compile_lowers_the_program_the_runner_builds_for_a_pod_recipe(compiled, tmp_path):
     """illada_8b on the slice its docstring names (tiny on v5p-8: tests/compile/test_aot.py)."""
     command = _check_command("illada_8b")
@@ -250,6 +254,7 @@ def test_compile_lowers_the_program_the_runner_builds_for_a_pod_recipe(compiled,
 CPU_RECIPES = sorted(set(RECIPES) - set(POD_RECIPES) - {"tiny"})  # tiny: tests/compile/test_aot.py
 
 
+@pytest.mark.tpu_compile
 @pytest.mark.parametrize("name", CPU_RECIPES)
 def test_every_cpu_recipe_compiles_for_a_small_slice(name, tmp_path):
     """The CPU recipes (the demo, its SFT, the sweeps' bases) compile for TPU too, as they are."""

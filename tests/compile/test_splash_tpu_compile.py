@@ -13,6 +13,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.core
+
 SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np
@@ -53,6 +57,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.tpu_compile
 def test_splash_attention_compiles_for_tpu_v5p():
     try:
         import libtpu  # noqa: F401

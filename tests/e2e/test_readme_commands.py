@@ -62,6 +62,8 @@ TINY_ARGS = {
         "2",
         "--seq",
         "32",
+        "--loop-steps",
+        "2",
     ],
     ("python", "bench/sample.py"): [
         "--preset",
@@ -74,6 +76,10 @@ TINY_ARGS = {
         "8",
         "--repeats",
         "1",
+        "--train-steps",
+        "2",
+        "--mc",
+        "2",
     ],  # fmt: skip
     ("python", "bench/convert.py"): ["--preset", "tiny"],
     ("python", "bench/compile.py"): [

@@ -5,12 +5,15 @@ every length it reaches. Counts come from the jitted functions' own caches."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flax import nnx
 from numpy_reference import tiny_config
 
 from illada_jax.inference.model import PROMPT_BUCKET, Model
 from illada_jax.model import Transformer
 from illada_jax.sampling import generate as generate_lib
+
+pytestmark = pytest.mark.core
 
 
 def _model() -> Model:

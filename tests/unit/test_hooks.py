@@ -19,6 +19,8 @@ from illada_jax.train import hooks, recovery
 from illada_jax.train.hooks import LoopState, MetricWindow
 from illada_jax.train.loop import advance
 
+pytestmark = pytest.mark.core
+
 
 class FakeWriter:
     enabled = True

@@ -15,6 +15,8 @@ import re
 
 import pytest
 
+pytestmark = pytest.mark.core
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "illada_jax"
 MAX_LINES = 600

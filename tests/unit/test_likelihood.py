@@ -38,6 +38,8 @@ from illada_jax.diffusion import likelihood
 from illada_jax.diffusion.likelihood import ScoringError
 from illada_jax.inference import Model
 
+pytestmark = pytest.mark.core
+
 MASK = 4  # tiny_config's mask_token_id
 PROMPT = [10, 23, 5, 41]
 ANSWER = [17, 33, 9]

@@ -14,6 +14,8 @@ from illada_jax.diffusion import losses
 from illada_jax.model.transformer import Transformer
 from illada_jax.train.objective import diffusion_loss
 
+pytestmark = pytest.mark.core
+
 # ---------------------------------------------------------------------------------------------
 # numpy float64 references
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import pytest
 
 from illada_jax.diffusion import masking
 
+pytestmark = pytest.mark.core
+
 EPS = 1e-3
 
 

@@ -20,6 +20,8 @@ from illada_jax.train import state as state_lib
 from illada_jax.train.optim import make_optimizer
 from illada_jax.train.step import cast_params, make_train_step, weights_compute_dtype
 
+pytestmark = pytest.mark.core
+
 MODEL = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
              mlp_dim=128, max_seq_len=32)  # fmt: skip
 

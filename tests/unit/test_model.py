@@ -44,6 +44,8 @@ from illada_jax.config.schema import ModelConfig
 from illada_jax.model import count_params
 from illada_jax.model.attention import attention_mask, splash_attention, xla_attention
 
+pytestmark = pytest.mark.core
+
 REL_TOL = 1e-5
 
 

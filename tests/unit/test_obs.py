@@ -17,6 +17,8 @@ from illada_jax.config.presets import MODEL_PRESETS
 from illada_jax.config.schema import ModelConfig
 from illada_jax.obs import flops, progress, writers
 
+pytestmark = pytest.mark.core
+
 # --- FLOPs per token (docs/architecture.md#flops)
 # ------------------------------------------------------------------
 
@@ -33,6 +35,17 @@ def test_train_flops_illada_8b_at_8192():
     assert flops.train_flops_per_token(cfg, 8192) == 6 * n_matmul + attention
     assert flops.train_flops_per_token(cfg, 8192) == 58_575_052_800
     assert flops.forward_flops_per_token(cfg, 8192) == 2 * n_matmul + 4 * 32 * 4096 * 8192
+
+
+def test_sampler_forward_flops_counts_the_head_on_the_block_only():
+    cfg = ModelConfig(**MODEL_PRESETS["illada_8b"])
+    layers_per_position = 2 * ILLADA_NON_EMBEDDING + 4 * 32 * 4096 * 320
+    expected = 320 * layers_per_position + 32 * 2 * 155_136 * 4096
+    assert flops.sampler_forward_flops(cfg, 320, 32) == expected
+    # The head on every position: the plain forward count.
+    assert flops.sampler_forward_flops(cfg, 320, 320) == 320 * flops.forward_flops_per_token(
+        cfg, 320
+    )
 
 
 def test_train_flops_llada_8b_at_4096():

@@ -23,6 +23,8 @@ from illada_jax.config.schema import ConfigError, ModelConfig, OptimConfig
 from illada_jax.model.transformer import Transformer, abstract_model
 from illada_jax.train.optim import learning_rate_schedule, make_optimizer, weight_decay_mask
 
+pytestmark = pytest.mark.core
+
 # ------------------------------------------------------------------ numpy reference schedules
 
 

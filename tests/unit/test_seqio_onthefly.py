@@ -131,25 +131,24 @@ def test_readers_share_every_epoch_exactly_and_reshuffle_it(tasks):
     assert epochs[0] != epochs[1]
 
 
-def test_batches_depend_on_the_step_only_and_resume_from_the_saved_state(tasks):
-    """Through grain's worker processes (which import the module): two fresh pipelines agree,
-    and one resumed from a saved position continues exactly, past the end of an epoch."""
+def test_batches_resume_from_the_saved_state(tasks):
+    """Through grain's worker processes (which import the module; each start imports
+    TensorFlow, so the test starts two pipelines only): a pipeline resumed from the position
+    saved after 7 batches continues exactly as the uninterrupted one, past the end of an
+    epoch."""
     module, name = tasks
     spec = PipelineSpec(datasets=(f"raw:seqio:{name}_text",), weights=(), seq_len=SEQ,
                         global_batch=8, seed=3, tokenize_workers=2, seqio_module=module,
                         raw_field="targets")  # fmt: skip
-
-    def batches(start, count, state=None):
-        iterator = Pipeline(spec).iterator(start, state)
-        out = [next(iterator) for _ in range(count)]
-        saved = iterator.state()
-        iterator.close()
-        return out, saved
-
-    first, _ = batches(0, 12)
-    head, saved = batches(0, 7)  # a fresh pipeline: the same first 7 batches
-    tail, _ = batches(7, 5, saved)
-    for a, b in zip(first, head + tail):
+    iterator = Pipeline(spec).iterator(0)
+    first = [next(iterator) for _ in range(7)]
+    saved = iterator.state()
+    first += [next(iterator) for _ in range(5)]
+    iterator.close()
+    resumed = Pipeline(spec).iterator(7, saved)
+    tail = [next(resumed) for _ in range(5)]
+    resumed.close()
+    for a, b in zip(first[7:], tail, strict=True):
         for key in Pipeline.output_keys:
             np.testing.assert_array_equal(a[key], b[key])
     assert json.loads(saved)["step"] == 7
