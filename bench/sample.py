@@ -1,16 +1,16 @@
 """Sampling speed of the `small` preset: the baseline sampler against the hardware, and Fast-dLLM
 decoding (dual cache + confidence threshold) on a trained model.
 
-    python bench/sample.py [--checkpoint RUN_DIR | --train-steps 400 | --random]
-                           [--train-dir DIR] [--preset small] [--prompt-len 64]
+    python bench/sample.py [--checkpoint RUN_DIR | --train-steps 200 | --random]
+                           [--train-batch 8] [--train-dir DIR] [--preset small] [--prompt-len 64]
                            [--gen-length 256] [--block 32] [--threshold 0.9] [--batch 1]
                            [--mc 32] [--repeats 3] [--json out.json]
 
 The model: `--checkpoint` (a run directory), else `config:<preset>` trained here for
-`--train-steps` on the embedded corpus (`illada train` in a subprocess, sequence
-prompt+gen length; the run is kept in `--train-dir` and can be reused with `--checkpoint`), or
-`--random` (random weights: speeds only; an untrained model is never confident, so threshold
-decoding commits one token per pass). The prompt is the start of a held-out document of the
+`--train-steps` of `--train-batch` sequences of prompt+gen length on the embedded corpus
+(`illada train` in a subprocess, about 15 minutes for `small` on 2 CPU cores; the run is kept
+in `--train-dir` and can be reused with `--checkpoint`), or `--random` (random weights: speeds
+only; an untrained model is never confident, so threshold decoding commits one token per pass). The prompt is the start of a held-out document of the
 embedded corpus (random tokens with `--random`).
 
 (a) Baseline: fixed canvas, pure diffusion, one token per step (G = N = K = gen length).
@@ -20,9 +20,10 @@ embedded corpus (random tokens with `--random`).
     the bare forward (the same computation jitted alone) and the sampler's overhead over it.
 (b) Dual K/V cache (docs/algorithms.md#caches-and-parallel-decoding) with threshold decoding in
     semi-AR blocks of `--block`: `cache_speedup` over (a), `agreement` (the fraction of generated
-    tokens equal to (a)'s), and the MC ELBO (`--mc` samples) of both
-    outputs and of the held-out document's true continuation under the same model: parallel
-    decoding that hurt the text would show as a worse bound than the baseline's.
+    tokens equal to (a)'s), and the MC ELBO (`--mc` samples) of both outputs and of the held-out
+    document's true continuation under the same model, as `nll_bound_*` (nats per generated
+    token, an upper bound on the NLL): parallel decoding that hurt the text would show as a
+    higher bound than the baseline's.
 
 Final line `RESULT tokens_per_s=<float> forward_efficiency=<float> overhead=<float>
 cache_speedup=<float> agreement=<float>`.
@@ -50,12 +51,12 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def train_model(preset: str, steps: int, seq_len: int, workdir: pathlib.Path) -> None:
+def train_model(preset: str, steps: int, batch: int, seq_len: int, workdir: pathlib.Path) -> None:
     """`illada train` of `config:<preset>` for `steps` at `seq_len` (a subprocess, so this
     process's devices stay as they are)."""
     directives = [
         f"config:{preset}", f"set:train.steps={steps}", f"set:train.seq_len={seq_len}",
-        "set:train.batch_size=16", f"set:optim.warmup_steps={max(1, min(20, steps // 5))}",
+        f"set:train.batch_size={batch}", f"set:optim.warmup_steps={max(1, min(20, steps // 5))}",
         "set:train.log_every=50",
         f"set:checkpoint.every={steps}", "set:train.sample_prompts=()",
     ]  # fmt: skip
@@ -104,8 +105,8 @@ def load_model(args):
     checkpoint = args.checkpoint
     if checkpoint is None:
         checkpoint = args.train_dir or tempfile.mkdtemp(prefix="bench-sample-")
-        train_model(args.preset, args.train_steps, args.prompt_len + args.gen_length,
-                    pathlib.Path(checkpoint))  # fmt: skip
+        train_model(args.preset, args.train_steps, args.train_batch,
+                    args.prompt_len + args.gen_length, pathlib.Path(checkpoint))  # fmt: skip
         print(f"trained run kept in {checkpoint} (reuse: --checkpoint {checkpoint})")
     model = illada_jax.load(checkpoint)
     prompt, truth = heldout_prompt(model.tokenizer, args.prompt_len, args.gen_length)
@@ -117,7 +118,8 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", default=None, help="a trained run directory")
     source.add_argument("--random", action="store_true", help="random weights (speeds only)")
-    parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--train-dir", default=None, help="where to keep the trained run")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--prompt-len", type=int, default=64)

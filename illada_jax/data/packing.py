@@ -124,10 +124,10 @@ class PreparedDataset:
             raw = lengths_path.read_bytes()
         except FileNotFoundError:
             raise self._missing(lengths_path) from None
-        # np.load parses the .npy header with ast.literal_eval; CPython 3.11 (before 3.11.8)
-        # keeps the AST builder's recursion depth per interpreter, not per thread, so two
-        # reading threads parsing at once fail with "AST constructor recursion depth
-        # mismatch". The header parse is microseconds; the file read above stays parallel.
+        # np.load parses the .npy header with ast.literal_eval, which CPython 3.11 (seen on
+        # 3.11.7) cannot run in two threads at once: "SystemError: AST constructor recursion
+        # depth mismatch" (its AST builder's depth counter is shared). The parse takes
+        # microseconds; the file read above stays parallel.
         with _NPY_PARSE_LOCK:
             lengths = np.load(io.BytesIO(raw))
         if len(lengths) != self.shards.records[shard] or lengths.sum() != self.shard_tokens[shard]:
