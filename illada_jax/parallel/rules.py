@@ -70,11 +70,21 @@ def mesh_spec(
 def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
     """Pin an activation to the activation layout (`ACTIVATION_RULES`) of the mesh being traced
     under; unchanged outside a mesh or on a single device. logical: one name per dimension
-    (`batch`, `length`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, or None)."""
+    (`batch`, `length`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, or None).
+
+    Only the mesh's Auto axes (the project's meshes: `parallel.mesh.make_mesh`) are used: on an
+    Explicit axis a sharding constraint is an assertion about the array's sharding, not a hint."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return x
-    spec = _fit(logical, x.shape, ACTIVATION_RULES, dict(mesh.shape))
+    auto = {
+        name: size
+        for name, size, kind in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types)
+        if kind == jax.sharding.AxisType.Auto
+    }
+    if not auto:
+        return x
+    spec = _fit(logical, x.shape, ACTIVATION_RULES, auto)
     return jax.lax.with_sharding_constraint(x, spec)
 
 

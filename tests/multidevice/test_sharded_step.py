@@ -302,12 +302,14 @@ def test_devices_spanning_slices_need_a_dcn_axis():
         mesh_lib.make_mesh(MeshConfig(), devices=devices)
 
 
-def _constraint_specs(fn, *shapes):
+def _constraint_specs(fn, *shapes, explicit=False):
     """The PartitionSpecs of the sharding constraints in fn's jaxpr, traced under an abstract
-    (dcn_data=1, data=2, fsdp=2, tensor=2) mesh."""
+    (dcn_data=1, data=2, fsdp=2, tensor=2) mesh of Auto axes (as `make_mesh` builds), or of
+    Explicit ones."""
     import jax
 
-    mesh = AbstractMesh((1, 2, 2, 2), mesh_lib.AXES)
+    axis_type = jax.sharding.AxisType.Explicit if explicit else jax.sharding.AxisType.Auto
+    mesh = AbstractMesh((1, 2, 2, 2), mesh_lib.AXES, axis_types=(axis_type,) * 4)
     args = [jax.ShapeDtypeStruct(shape, np.float32) for shape in shapes]
     with jax.sharding.use_abstract_mesh(mesh):
         jaxpr = jax.make_jaxpr(fn)(*args)
@@ -336,6 +338,10 @@ def test_activation_layout_rows_over_data_axes_heads_over_tensor():
     assert specs[1] == (data, None, "tensor", None)
     # 6 rows: the 4 data shards do not divide them, 2 do (dcn_data is 1); one kv head stays whole.
     assert specs[2] == (("dcn_data", "data"), None, None, None)
+    # On Explicit axes a constraint would be an assertion: none is added.
+    assert (
+        _constraint_specs(lambda x: constrain(x, ("batch", "length")), (8, 16), explicit=True) == []
+    )
     # Outside a mesh nothing is constrained.
     import jax
 
