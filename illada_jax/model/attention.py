@@ -29,11 +29,10 @@ from illada_jax.model.layers import (
     param,
     zeros_param,
 )
-from illada_jax.parallel.rules import constrain
+from illada_jax.parallel.rules import DATA_AXES, constrain
 
 # Finite, so a row whose keys are all hidden (a padded query) gives a uniform softmax, not NaN.
 _MASKED_SCORE = -1e30
-_DATA_MESH_AXES = ("dcn_data", "data", "fsdp")
 
 
 def attention_mask(key_mask: jax.Array | None, segment_ids: jax.Array | None) -> jax.Array | None:
@@ -151,7 +150,7 @@ def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False)
         out = local(qt, kt, vt, seg)
     else:
         P = jax.sharding.PartitionSpec
-        data_axes = tuple(a for a in _DATA_MESH_AXES if a in mesh.axis_names) or None
+        data_axes = tuple(a for a in DATA_AXES if a in mesh.axis_names) or None
         head_axis = TENSOR_MESH_AXIS if TENSOR_MESH_AXIS in mesh.axis_names else None
         heads_spec = P(data_axes, head_axis, None, None)
         out = jax.shard_map(
