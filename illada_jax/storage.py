@@ -23,9 +23,12 @@ uses the helpers below instead of `os` calls, so the same run works on a laptop 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
+import shutil
+from collections.abc import Iterator
 
 os.environ.setdefault("EPATH_USE_TF", "false")  # before etils decides (see the docstring)
 
@@ -82,6 +85,60 @@ def atomic_write(target: PathLike, data: bytes | str) -> None:
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     tmp.write_bytes(raw)
     os.replace(tmp, target)
+
+
+INCOMPLETE_MARKER = ".illada-incomplete"
+
+
+@contextlib.contextmanager
+def atomic_directory(target: PathLike) -> Iterator[epath.Path]:
+    """Write a whole directory so that readers see it complete or not at all: yields the
+    directory to write into.
+
+    Local: a hidden sibling `.NAME.partial` (one a killed run left is deleted first), renamed to
+    `target` when the block ends without an error (an empty `target` directory is replaced).
+    Object storage has no directory rename: the files are written in place, after a marker file
+    (`INCOMPLETE_MARKER`) that is deleted last; `check_complete` refuses a directory holding it,
+    and a directory left holding it by a killed run is deleted when it is written again."""
+    target = path(target)
+    if is_local(target):
+        staging = target.with_name(f".{target.name}.partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if target.is_dir():
+            target.rmdir()  # empty (the caller checked): replaced by the staging directory
+        os.replace(staging, target)
+        return
+    if (target / INCOMPLETE_MARKER).exists():
+        target.rmtree()
+    target.mkdir(parents=True, exist_ok=True)
+    (target / INCOMPLETE_MARKER).write_bytes(b"being written\n")
+    yield target
+    (target / INCOMPLETE_MARKER).unlink()
+
+
+def check_complete(directory: PathLike) -> None:
+    """StorageError when `directory` is an interrupted `atomic_directory` write."""
+    directory = path(directory)
+    if (directory / INCOMPLETE_MARKER).exists():
+        raise StorageError(
+            f"{directory} was being written when its writer stopped (it holds "
+            f"{INCOMPLETE_MARKER}); write it again (the same command) or delete it"
+        )
+
+
+def file_size(p: PathLike) -> int:
+    """The size in bytes of a local or object-storage file."""
+    target = path(p)
+    if is_local(target):
+        return os.path.getsize(target)
+    return int(target.stat().length)  # epath's StatResult on object storage
 
 
 def mounted_view(p: PathLike) -> epath.Path | None:

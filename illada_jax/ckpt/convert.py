@@ -64,12 +64,15 @@ def _numpy_saved_in_place():
 
 
 def save_native(cfg: ModelConfig, params: dict, dst_dir: storage.PathLike, *,
-                tokenizer_dir: storage.PathLike | None = None) -> storage.Path:  # fmt: skip
+                tokenizer_dir: storage.PathLike | None = None,
+                final_dir: storage.PathLike | None = None) -> storage.Path:  # fmt: skip
     """Write a native checkpoint `illada_jax.load(dst_dir)` reads (layout: module docstring).
 
     With `tokenizer_dir` holding tokenizer.json (or tokenizer.model), its files are copied to
-    `dst_dir/tokenizer/` and the stored config's `data.tokenizer` points there (absolute path).
-    Refuses a directory that already holds checkpoints. Returns the directory.
+    `dst_dir/tokenizer/` and the stored config's `data.tokenizer` points there (absolute path;
+    under `final_dir` instead when `dst_dir` is a staging directory renamed to it afterwards,
+    `storage.atomic_directory`). Refuses a directory that already holds checkpoints. Returns the
+    directory.
     """
     import orbax.checkpoint as ocp
 
@@ -81,7 +84,7 @@ def save_native(cfg: ModelConfig, params: dict, dst_dir: storage.PathLike, *,
     dst.mkdir(parents=True, exist_ok=True)
     tokenizer = ""
     if tokenizer_dir is not None and copy_tokenizer(tokenizer_dir, dst / "tokenizer"):
-        tokenizer = str(dst / "tokenizer")
+        tokenizer = str(storage.path(final_dir or dst) / "tokenizer")
     train = TrainConfig(seq_len=min(TrainConfig.seq_len, cfg.max_seq_len))
     experiment = Experiment(model=cfg, data=DataConfig(tokenizer=tokenizer), train=train)
     rundir.write_config(dst, experiment)

@@ -5,41 +5,53 @@ from __future__ import annotations
 
 import argparse
 
+from illada_jax.cli._common import (
+    existing_path,
+    non_negative_int,
+    non_negative_number,
+    number_in,
+    positive_int,
+)
+
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, gen_length: int,
                            block_length: int | None) -> None:  # fmt: skip
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument("--checkpoint", type=existing_path("dir"), required=True,
                         help="run directory, checkpoint step or HF directory")  # fmt: skip
-    parser.add_argument("--gen-length", type=int, default=gen_length, help="tokens to generate")
     parser.add_argument(
-        "--steps", type=int, default=None,
+        "--gen-length", type=positive_int, default=gen_length, help="tokens to generate"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=None,
         help="denoising steps (total; per block with --variable-length); default: one per token",
     )  # fmt: skip
     parser.add_argument(
-        "--block-length", type=int, default=block_length,
+        "--block-length", type=positive_int, default=block_length,
         help="semi-autoregressive block (default: gen length = pure diffusion)",
     )  # fmt: skip
-    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--temperature", type=non_negative_number, default=0.0)
     parser.add_argument("--remasking", choices=["low_confidence", "random"],
                         default="low_confidence")  # fmt: skip
-    parser.add_argument("--cfg-scale", type=float, default=0.0, help="unsupervised CFG weight")
+    parser.add_argument(
+        "--cfg-scale", type=non_negative_number, default=0.0, help="unsupervised CFG weight"
+    )
     parser.add_argument("--variable-length", action="store_true",
                         help="iLLaDA variable-length decoding: open blocks until a stop")  # fmt: skip
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
                         help="stop string (repeatable; with --variable-length)")  # fmt: skip
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=number_in(0, 1, "0.9"), default=None,
                         help="Fast-dLLM parallel decoding confidence threshold (e.g. 0.9)")  # fmt: skip
     parser.add_argument("--cache", choices=["none", "prefix", "dual"], default="none",
                         help="Fast-dLLM K/V cache (needs --block-length < --gen-length to help)")  # fmt: skip
     parser.add_argument("--logits-eos-inf", action="store_true", help="never sample EOS")
     parser.add_argument("--confidence-eos-eot-inf", action="store_true",
                         help="commit EOS / end-of-turn tokens last")  # fmt: skip
-    parser.add_argument("--think-boost", type=float, default=0.0,
+    parser.add_argument("--think-boost", type=non_negative_number, default=0.0,
                         help="</think> logit boost B (docs/algorithms.md#the-think-boost; 100 in "
                         "iLLaDA's scripts)")  # fmt: skip
-    parser.add_argument("--think-power", type=float, default=3.0)
+    parser.add_argument("--think-power", type=number_in(0, float("inf"), "3"), default=3.0)
     parser.add_argument("--think-text", default="</think>")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
 
 
 def sampling_kwargs(args: argparse.Namespace, model) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from illada_jax.cli._common import add_config, number_in, positive_int
+from illada_jax.cli._common import add_config, number_in, output_file, positive_int
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -66,9 +66,11 @@ def add_parser(sub) -> None:
     parser.add_argument("--no-probes", action="store_true",
                         help="skip the small FLOPs probe compiles (compiled FLOPs then count "
                         "loops once)")  # fmt: skip
-    parser.add_argument("--dump-hlo", default=None, metavar="FILE",
+    parser.add_argument("--dump-hlo", type=output_file, default=None, metavar="FILE",
                         help="write the lowered train step (StableHLO text) to FILE")  # fmt: skip
-    parser.add_argument("--json", default=None, help="also write the report(s) to this file")
+    parser.add_argument(
+        "--json", type=output_file, default=None, help="also write the report(s) to this file"
+    )
     parser.set_defaults(func=run)
 
 

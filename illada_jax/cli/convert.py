@@ -6,6 +6,7 @@ import argparse
 import json
 
 from illada_jax import storage
+from illada_jax.cli._common import existing_path, output_dir
 
 
 def parse_size(text: str) -> int:
@@ -32,9 +33,11 @@ def add_parser(sub) -> None:
     )
     parser.add_argument("--from", dest="source_format", choices=["hf", "native"], required=True)
     parser.add_argument("--to", dest="target_format", choices=["hf", "native"], required=True)
-    parser.add_argument("--src", required=True,
+    parser.add_argument("--src", type=existing_path("dir"), required=True,
                         help="HF checkpoint directory, or a run / checkpoint step directory")  # fmt: skip
-    parser.add_argument("--dst", required=True, help="output directory (new or empty)")
+    parser.add_argument(
+        "--dst", type=output_dir, required=True, help="output directory (new or empty)"
+    )
     parser.add_argument("--layout", choices=list(LAYOUTS), default=None,
                         help="HF layout to write (default: llada for untied heads, else illada)")  # fmt: skip
     parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
@@ -56,15 +59,21 @@ def run(args: argparse.Namespace) -> int:
                             "and native")  # fmt: skip
     if not src.is_dir():
         raise HfFormatError(f"--src {src} is not a directory")
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+    interrupted = (dst / storage.INCOMPLETE_MARKER).exists()  # written again from scratch
+    if dst.exists() and not interrupted and (not dst.is_dir() or any(dst.iterdir())):
         raise HfFormatError(f"--dst {dst} exists and is not empty; choose a new directory")
+    storage.check_complete(src)
+    # The output appears whole at the end or not at all (a killed convert leaves no half
+    # checkpoint that would load): written in a staging directory, renamed at the end.
     if direction == ("hf", "native"):
         dtype = None if args.param_dtype == "auto" else args.param_dtype
         cfg, params = hf_to_native(src, param_dtype=dtype)
-        save_native(cfg, params, dst, tokenizer_dir=src)
+        with storage.atomic_directory(dst) as staging:
+            save_native(cfg, params, staging, tokenizer_dir=src, final_dir=dst)
         layout = detect_layout(json.loads((src / "config.json").read_text()))
         print(f"converted {src} ({layout} layout, {cfg.param_dtype}) -> native checkpoint {dst}")
         return 0
-    layout = native_dir_to_hf(src, dst, layout=args.layout, shard_bytes=args.shard_size)
+    with storage.atomic_directory(dst) as staging:
+        layout = native_dir_to_hf(src, staging, layout=args.layout, shard_bytes=args.shard_size)
     print(f"converted {src} -> HF {layout} checkpoint {dst}")
     return 0

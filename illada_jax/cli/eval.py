@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 
-from illada_jax.cli._common import positive_int
+from illada_jax.cli._common import existing_path, positive_int
 from illada_jax.cli._sampling import load_model
 from illada_jax.errors import IlladaError
 
@@ -17,8 +18,13 @@ def add_parser(sub) -> None:
         "prepared shards. With --tasks: lm-evaluation-harness tasks (the [eval] extra). "
         "Example: illada eval --checkpoint runs/tiny --tasks kjv_next_word --limit 20",
     )
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint step")
-    parser.add_argument("--dataset", default=None,
+    parser.add_argument(
+        "--checkpoint",
+        type=existing_path("dir"),
+        required=True,
+        help="run directory or checkpoint step",
+    )
+    parser.add_argument("--dataset", type=existing_path("dir"), default=None,
                         help="prepared shards (default: the run's train.eval_dataset)")  # fmt: skip
     parser.add_argument("--batches", type=positive_int, default=None,
                         help="default: train.eval_batches")  # fmt: skip
@@ -28,7 +34,12 @@ def add_parser(sub) -> None:
                         help="default: train.seq_len")  # fmt: skip
     parser.add_argument("--tasks", default=None, help="comma-separated lm-eval task names")
     parser.add_argument("--limit", type=positive_int, default=None, help="examples per task")
-    parser.add_argument("--include-path", default=None, help="extra lm-eval task directory")
+    parser.add_argument(
+        "--include-path",
+        type=existing_path("dir"),
+        default=None,
+        help="extra lm-eval task directory",
+    )
     parser.add_argument("--method", choices=["elbo", "confidence"], default="elbo",
                         help="loglikelihood: the Monte-Carlo ELBO or iLLaDA's confidence score "
                         "(docs/algorithms.md#likelihood-and-scoring)")  # fmt: skip
@@ -40,9 +51,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint)
     if args.tasks:
-        return _run_tasks(args, model)
+        return _run_tasks(args)
+    model = load_model(args.checkpoint)
     from illada_jax.eval.heldout import heldout_bound
 
     record = heldout_bound(model, dataset=args.dataset, batches=args.batches,
@@ -53,16 +64,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_tasks(args: argparse.Namespace, model) -> int:
+def _run_tasks(args: argparse.Namespace) -> int:
     try:
-        from illada_jax.eval.harness import run_tasks
+        from illada_jax.eval.harness import check_task_names, run_tasks, task_manager_for
     except ImportError as err:  # the [eval] extra is missing: the message says how to install it
         raise IlladaError(str(err)) from None
 
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    include = [args.include_path] if args.include_path else None
+    with tempfile.TemporaryDirectory(prefix="illada-tasks-") as tmp:
+        check_task_names(task_manager_for(include, tmp), tasks)  # before loading the checkpoint
+    model = load_model(args.checkpoint)
     model_args = dict(loglikelihood_method=args.method, mc_num=args.mc_num,
                       gen_length=args.gen_length)  # fmt: skip
-    results = run_tasks(model, args.tasks.split(","), limit=args.limit,
-                        include_path=args.include_path, **model_args)  # fmt: skip
+    results = run_tasks(model, tasks, limit=args.limit, include_path=args.include_path,
+                        **model_args)  # fmt: skip
     for task, metrics in results["results"].items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         print(f"{task}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))

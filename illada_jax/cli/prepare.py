@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from illada_jax.cli._common import positive_int
+from illada_jax.cli._common import existing_path, int_at_least, output_dir, positive_int
 
 
 def add_parser(sub) -> None:
@@ -12,22 +12,29 @@ def add_parser(sub) -> None:
         "prepare",
         help="raw text / jsonl / parquet / tfds / seqio / embedded -> token shards",
         description="Tokenise documents into ArrayRecord shards and a manifest. Example: illada "
-        "prepare --format embedded --input train --output data/embedded",
+        "prepare --format embedded --input train --output data/embedded. Or check a prepared "
+        "dataset: illada prepare --verify data/embedded",
+    )
+    parser.add_argument(
+        "--verify",
+        type=existing_path("dir"),
+        default=None,
+        metavar="DIR",
+        help="check every shard of the prepared dataset DIR against its manifest (sizes, "
+        "CRC-32s, records, lengths); exit 2 if any is damaged. Takes no other argument",
     )
     parser.add_argument(
         "--input",
         nargs="+",
-        required=True,
-        help="files or directories (text, jsonl, parquet); tfds: a prepared dataset by name, "
+        help="(required unless --verify) files or directories (text, jsonl, parquet); tfds: a prepared dataset by name, "
         "NAME[/CONFIG][:VERSION][:SPLIT] as in tfds.load (e.g. mnist:3.*.*:test, "
         "wiki/20230601.en:1.0.0:train[:10%%]; split default train), or its directory "
         "DIR[:SPLIT]; seqio: TASK_OR_MIXTURE[:SPLIT]; embedded: a split name",
     )
     parser.add_argument(
         "--format",
-        required=True,
         choices=["text", "jsonl", "parquet", "tfds", "seqio", "embedded", "sft"],
-        help="sft: chat dialogues (JSONL with messages or prompt/response, or `demo`) as "
+        help="(required unless --verify) sft: chat dialogues (JSONL with messages or prompt/response, or `demo`) as "
         "iLLaDA-style SFT streams",
     )
     parser.add_argument(
@@ -40,10 +47,13 @@ def add_parser(sub) -> None:
     )
     parser.add_argument(
         "--tokenizer",
+        type=existing_path("any"),
         default=None,
         help="SentencePiece .model or HF tokenizer.json (default: the shipped one)",
     )
-    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument(
+        "--output", type=output_dir, help="output directory (required unless --verify)"
+    )
     parser.add_argument(
         "--text-unit",
         default="file",
@@ -52,7 +62,7 @@ def add_parser(sub) -> None:
     )
     parser.add_argument(
         "--max-doc-tokens",
-        type=positive_int,
+        type=int_at_least(2),
         default=1 << 20,
         help="longer documents are split into records of this many tokens",
     )
@@ -99,6 +109,11 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from illada_jax.data.prepare import PrepareError, prepare, prepare_sft
 
+    if args.verify:
+        return _verify(args)
+    missing = [f"--{name}" for name in ("input", "format", "output") if not getattr(args, name)]
+    if missing:
+        raise PrepareError(f"{', '.join(missing)} required (or --verify DIR alone)")
     if args.beam_option and args.runner != "beam":
         raise PrepareError("--beam-option needs --runner beam (or drop the Beam options)")
     if args.format == "sft":
@@ -133,4 +148,28 @@ def run(args: argparse.Namespace) -> int:
         f"{manifest['shards']['count']} shards -> {args.output}"
     )
     print(f"bad records: {bad or 'none'}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from illada_jax.data.prepare import PrepareError
+    from illada_jax.data.verify import verify_dataset
+
+    given = [f"--{name.replace('_', '-')}" for name in ("input", "format", "output", "tokenizer")
+             if getattr(args, name)]  # fmt: skip
+    if given:
+        raise PrepareError(f"--verify takes no other argument; drop {', '.join(given)}")
+    report = verify_dataset(args.verify, progress=not args.quiet)
+    checked = "sizes, CRC-32s, records and lengths" if report.checksums else (
+        "records and lengths (no checksums: the manifest predates them; re-prepare to add them)"
+    )  # fmt: skip
+    if report.damaged:
+        raise PrepareError(
+            f"{args.verify}: {len(report.damaged)} of {report.shards} shards damaged: "
+            + "; ".join(report.damaged[:5])
+            + (" ..." if len(report.damaged) > 5 else "")
+            + ". Delete those shards' files (shard-NNNNN.*) and re-run the illada prepare "
+            "command that made the dataset: it writes missing shards again"
+        )
+    print(f"{args.verify}: {report.shards} shards, {report.tokens} tokens: OK ({checked})")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from illada_jax import storage
+from illada_jax.cli._common import output_dir
 
 HELP = "expand and run an experiment's sweep (or print one command per run)"
 DESCRIPTION = (
@@ -27,6 +28,7 @@ def add_parser(sub) -> None:
     )
     parser.add_argument(
         "--workdir",
+        type=output_dir,
         default=None,
         help="sweep directory; run R trains in WORKDIR/R (default runs/sweeps/<sweep>)",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from illada_jax.cli._common import positive_int
+from illada_jax.cli._common import existing_path, positive_int
 
 
 def add_parser(sub) -> None:
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from illada_jax.data.tokenizer_train import TRAIN_TYPES
 
-    parser.add_argument("--input", nargs="+", default=[], metavar="FILE",
+    parser.add_argument("--input", nargs="+", type=existing_path("file"), default=[], metavar="FILE",
                         help="text files (whole file) or .jsonl files ({'text': ...} per line)")  # fmt: skip
     parser.add_argument("--embedded", action="store_true",
                         help="also train on the embedded corpus (train split)")  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from illada_jax.cli._common import add_config
+from illada_jax.cli._common import add_config, output_dir
 
 
 def add_parser(sub) -> None:
@@ -18,6 +18,7 @@ def add_parser(sub) -> None:
     add_config(parser)
     parser.add_argument(
         "--workdir",
+        type=output_dir,
         default=None,
         help="run directory for config.json, metrics.jsonl and checkpoints "
         "(default runs/<model name>)",

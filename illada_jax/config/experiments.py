@@ -1,9 +1,10 @@
 """The experiments built into the package, and fiddlers (`--config=fiddler:NAME`).
 
 The project's recipes (pre-training LLaDA-8B and iLLaDA-8B, ablations, SFT, sweeps) live in the
-repository's top-level `configs/` (`illada_jax.config.registry` finds them). The experiments here
-are the ones that must work after a plain `pip install`: `tiny`, the default of `illada train`
-(the CPU demo), and `small` (the CPU benchmark shape). `experiment_for_preset` is the starting
+repository's top-level `configs/` (`illada_jax.config.registry` finds them; a wheel carries a copy
+as `illada_jax.recipes`). The experiments here are the ones that must work without any recipe
+file: `tiny`, the default of `illada train` (the CPU demo), and `small` (the CPU benchmark
+shape). `experiment_for_preset` is the starting
 point recipes build on.
 """
 
@@ -19,6 +20,7 @@ from illada_jax.config.schema import (
     Experiment,
     MeshConfig,
     ModelConfig,
+    ObsConfig,
     OptimConfig,
     TrainConfig,
 )
@@ -39,6 +41,7 @@ def experiment_for_preset(name: str) -> fdl.Config:
         checkpoint=fdl.Config(CheckpointConfig),
         optim=fdl.Config(OptimConfig),
         train=fdl.Config(TrainConfig),
+        obs=fdl.Config(ObsConfig),
     )
 
 

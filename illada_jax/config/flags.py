@@ -83,6 +83,10 @@ def _child(node: Any, name: str, path: str) -> Any:
     if not isinstance(node, fdl.Config) or name not in _field_names(node):
         allowed = ", ".join(_field_names(node)) if isinstance(node, fdl.Config) else "none"
         raise ConfigError(f"set:{path}: no section {name!r}; sections are: {allowed}")
+    if name not in node.__arguments__:  # left at its default (e.g. a config.json older than it)
+        spec = next(f for f in dataclasses.fields(fdl.get_callable(node)) if f.name == name)
+        if dataclasses.is_dataclass(spec.default_factory):
+            setattr(node, name, fdl.Config(spec.default_factory))
     return getattr(node, name)
 
 
@@ -170,6 +174,8 @@ def build(cfg: fdl.Config) -> Experiment:
     """Build and validate. Section errors are prefixed with the section name (`model.n_heads`)."""
     sections = {}
     for field in dataclasses.fields(Experiment):
+        if field.name not in cfg.__arguments__:
+            continue  # a section the config leaves at its default (e.g. `obs` in older configs)
         section = getattr(cfg, field.name)
         try:
             sections[field.name] = (

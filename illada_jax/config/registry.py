@@ -1,5 +1,5 @@
-"""Where `--config=config:NAME` finds NAME: the recipes in a checkout's `configs/`, then the
-experiments built into the package.
+"""Where `--config=config:NAME` finds NAME: the recipes in a checkout's `configs/` (or the copy
+of them installed with the package), then the experiments built into the package.
 
 Recipes are Python files in a `configs/` directory; every public function defined in one (not
 starting with `_`, not ending with `_sweep`) is a recipe named after the function and returns
@@ -10,11 +10,12 @@ The `configs/` directory searched (the first that exists wins):
 1. `$ILLADA_CONFIGS`;
 2. the checkout holding the current directory: the current directory or a parent of it with
    both `configs/` and a `pyproject.toml` of the `illada-jax` project;
-3. the checkout this package was installed from in editable mode (`pip install -e .`).
+3. the checkout this package was installed from in editable mode (`pip install -e .`);
+4. the copy of the checkout's `configs/` that the wheel and sdist carry, installed as
+   `illada_jax/recipes/` by a plain `pip install`: the recipes as they were when it was built.
 
-A plain `pip install` has no `configs/`: the built-in experiments (`config/experiments.py`:
-`tiny`, the default CPU demo, and `small`) are always there, and any file's function is reachable
-with `config:path/to/file.py:function`.
+The built-in experiments (`config/experiments.py`: `tiny`, the default CPU demo, and `small`) are
+always there, and any file's function is reachable with `config:path/to/file.py:function`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from illada_jax.config.schema import ConfigError
 
 CONFIGS_DIR = "configs"
+INSTALLED_PACKAGE = "illada_jax.recipes"  # configs/ as packaged (pyproject.toml maps it)
 ENV_VAR = "ILLADA_CONFIGS"
 _MODULE_PREFIX = "illada_configs"
 
@@ -71,6 +73,19 @@ def configs_dir() -> pathlib.Path | None:
     for directory in (cwd, *cwd.parents, package_checkout):
         if _is_checkout(directory):
             return directory / CONFIGS_DIR
+    return installed_configs_dir()
+
+
+def installed_configs_dir() -> pathlib.Path | None:
+    """The copy of `configs/` installed with the package (`illada_jax/recipes/` in a wheel
+    install), or None."""
+    try:
+        spec = importlib.util.find_spec(INSTALLED_PACKAGE)
+    except ImportError:
+        return None
+    for location in (spec.submodule_search_locations or ()) if spec else ():
+        if pathlib.Path(location).is_dir():
+            return pathlib.Path(location)
     return None
 
 

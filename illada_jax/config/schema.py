@@ -27,6 +27,7 @@ SCHEDULES = ("constant", "cosine", "wsd", "illada")
 DECAY_EXCLUDES = ("none", "norms_and_embeddings")
 RULE_TABLES = ("auto", "fsdp", "fsdp_tp", "dp")
 HEALTH_POLICIES = ("none", "skip", "rollback")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 class ConfigError(IlladaError, ValueError):
@@ -491,6 +492,31 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObsConfig:
+    """Where a run's metrics go besides `metrics.jsonl` and TensorBoard (`illada_jax.obs.writers`):
+    Weights & Biases when `wandb_project` is set (process 0 only; needs the `wandb` extra,
+    `pip install "illada-jax[wandb]"`). The W&B run stores the resolved config and is named
+    after the run directory. `wandb_mode` None leaves the mode to wandb (`WANDB_MODE`, else
+    online); `wandb_entity` None: the API key's default entity."""
+
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_mode: str | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("wandb_project", "wandb_entity"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, str) or not value):
+                _fail(field, value, "must be a non-empty string or None")
+        if self.wandb_mode is not None:
+            _check_choice("wandb_mode", self.wandb_mode, WANDB_MODES)
+        if self.wandb_project is None:
+            for field in ("wandb_entity", "wandb_mode"):
+                if getattr(self, field) is not None:
+                    _fail(field, getattr(self, field), "is only used with wandb_project set")
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     """One run: everything `illada train` needs. Serialises to JSON (`config.json`)."""
 
@@ -501,6 +527,7 @@ class Experiment:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    obs: ObsConfig = dataclasses.field(default_factory=ObsConfig)
 
     def __post_init__(self) -> None:
         if self.train.seq_len > self.model.max_seq_len:

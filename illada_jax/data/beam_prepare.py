@@ -59,6 +59,8 @@ from illada_jax.data.prepare import (
     _tokenizer_info,
     _worker_tokenizer,
     _write_shard,
+    check_not_empty,
+    remove_partial_files,
     run_fingerprint,
     write_manifest,
 )
@@ -317,6 +319,7 @@ def prepare_beam(
 
     out_dir = storage.path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(out_dir)
     _check_previous_run(out_dir, fingerprint)
     if progress:
         print(
@@ -371,6 +374,7 @@ def prepare_beam(
         raise PrepareError(f"{out_dir}: the pipeline's shard numbers are not 0..n-1; re-run")
     bad_records = collections.Counter(summary["bad_records"])
     bad_records["overlong_split"] += sum(s["overlong_split"] for s in shards)
+    check_not_empty(shards, source, bad_records)
     manifest = write_manifest(
         out_dir, shards, _tokenizer_info(tokenizer), source, run_options, bad_records, fingerprint
     )

@@ -5,13 +5,19 @@
     shard-00000.lengths.npy        int32 [documents]: tokens per record (random access by offset)
     shard-00000.stats.json         written last, atomically: marks the shard finished
     manifest.json                  tokenizer identity and hash, vocab size, special ids, the shard
-                                   table, bad-record counts and the rules applied
+                                   table, bad-record counts and the rules applied; written last
+
+Every file appears whole or not at all: a shard is written under a temporary name and renamed,
+its stats marker after it, the manifest after every shard; a killed run leaves no manifest and
+a re-run completes it to the same bytes (docs/data.md#interrupted-runs).
 
 The shard table is columnar (format version 2): shard i's files are named by `shard_name(i)`, and
 its document/record/token counts are the i-th entries of three integer lists, so a million shards
 cost three lists of a million numbers (~20 MB of JSON, parsed in well under a second) instead of a
-million JSON objects. Version 1 manifests (a list of per-shard objects naming their files) are
-still read; both versions describe the same shard files.
+million JSON objects. Version 3 adds two integrity columns: each shard file's size in bytes,
+checked when a reader opens the shard, and its CRC-32, checked by `illada prepare --verify DIR`.
+Versions 1 (a list of per-shard objects naming their files) and 2 (no integrity columns) are
+still read; every version describes the same shard files.
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ import dataclasses
 import numpy as np
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # the manifest layout written; bumped when it changes
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the manifest layout written; bumped when it changes
+READABLE_VERSIONS = (1, 2, 3)
 # The layout of the shard files themselves (records, lengths, stats). A prepare run's fingerprint
-# includes it, not FORMAT_VERSION, so a run interrupted under manifest version 1 still resumes.
-SHARD_FORMAT_VERSION = 1
+# includes it, not FORMAT_VERSION. Version 2: the stats marker holds the shard's size and CRC-32.
+SHARD_FORMAT_VERSION = 2
 COUNTS = ("documents", "records", "tokens")
+INTEGRITY = ("bytes", "crc32")  # of the ArrayRecord file (format version 3)
 
 
 def shard_name(index: int) -> str:
@@ -36,7 +43,10 @@ def shard_name(index: int) -> str:
 def shard_table_json(shards: list[dict]) -> dict:
     """The manifest's columnar shard table from per-shard stats ordered by shard index (each
     with `documents`, `records`, `tokens`; shard i is `shard_name(i)`)."""
-    return {"count": len(shards), **{key: [int(s[key]) for s in shards] for key in COUNTS}}
+    return {
+        "count": len(shards),
+        **{key: [int(s[key]) for s in shards] for key in COUNTS + INTEGRITY},
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +56,9 @@ class ShardTable:
     documents: np.ndarray
     records: np.ndarray
     tokens: np.ndarray
-    files: tuple[str, ...] | None = None  # version 1 named each file; version 2 derives them
+    files: tuple[str, ...] | None = None  # version 1 named each file; versions 2+ derive them
+    bytes: np.ndarray | None = None  # ArrayRecord file sizes (version 3)
+    crc32: np.ndarray | None = None  # and their CRC-32s (version 3)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -71,7 +83,8 @@ def shard_table(manifest: dict) -> ShardTable:
             if shard["lengths_file"] != f"{name.removesuffix('.arrayrecord')}.lengths.npy":
                 raise ValueError(f"shard {name} names lengths file {shard['lengths_file']}")
     else:
-        columns, files = {key: shards[key] for key in COUNTS}, None
+        keys = COUNTS + (INTEGRITY if manifest["format_version"] >= 3 else ())
+        columns, files = {key: shards[key] for key in keys}, None
         if any(len(values) != shards["count"] for values in columns.values()):
             raise ValueError(f"the shard table's columns do not all have {shards['count']} rows")
     return ShardTable(**{k: np.asarray(v, np.int64) for k, v in columns.items()}, files=files)

@@ -62,7 +62,7 @@ class PreparedDataset:
             raise DataError(
                 f"{manifest_path} has format_version "
                 f"{self.manifest.get('format_version')}, this code reads "
-                f"{' and '.join(map(str, READABLE_VERSIONS))}; re-run illada prepare "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; re-run illada prepare "
                 "(or use the illada-jax version that wrote it)"
             )
         try:
@@ -155,7 +155,11 @@ class PreparedDataset:
         if storage.is_local(path) and not path.exists():
             raise self._missing(path)
         try:
-            reader = array_record_module.ArrayRecordReader(readable_path(path))
+            local = readable_path(path)
+            self._check_size(shard, path, local)
+            reader = array_record_module.ArrayRecordReader(local)
+        except DataError:
+            raise
         except FileNotFoundError:
             raise self._missing(path) from None
         except Exception as err:  # array_record raises plain RuntimeError/ValueError
@@ -171,6 +175,19 @@ class PreparedDataset:
         while len(readers) > MAX_OPEN_READERS:
             readers.popitem(last=False)[1].close()
         return reader
+
+    def _check_size(self, shard: int, path, local) -> None:
+        """The cheap integrity check on open: the file's size is the manifest's (format 3)."""
+        if self.shards.bytes is None:
+            return
+        expected, found = int(self.shards.bytes[shard]), storage.file_size(local)
+        if found != expected:
+            raise DataError(
+                f"shard {path} is {found} bytes, the manifest says {expected}: it is truncated "
+                "or damaged; re-run the illada prepare command that made the dataset (it "
+                "rewrites shards of the wrong size) and check the rest with illada prepare "
+                "--verify DIR"
+            )
 
     def read(self, shard: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Stream tokens [start, stop) of a shard and the record index of each token."""

@@ -22,6 +22,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -157,6 +158,7 @@ def write_records(
         for record in records:
             writer.write(np.asarray(record, "<i4").tobytes())
         writer.close()
+        size, crc32 = file_size_and_crc32(tmp)
         if storage.is_local(directory):
             os.replace(tmp, final)
         else:
@@ -173,10 +175,50 @@ def write_records(
         "records": len(records),
         "tokens": int(lengths.sum()),
         "overlong_split": overlong_split,
+        "bytes": size,
+        "crc32": crc32,
         "fingerprint": fingerprint,
     }
     storage.atomic_write(directory / f"{name}.stats.json", json.dumps(stats).encode())
     return stats
+
+
+def file_size_and_crc32(path: storage.PathLike) -> tuple[int, int]:
+    """(bytes, CRC-32) of a file, read in 16 MiB blocks."""
+    size, crc = 0, 0
+    with storage.path(path).open("rb") as f:
+        for block in iter(lambda: f.read(16 << 20), b""):
+            size += len(block)
+            crc = zlib.crc32(block, crc)
+    return size, crc
+
+
+def remove_partial_files(directory: storage.Path) -> None:
+    """Delete what a killed run left half-written in a local output directory: temporary
+    directories of shard writes (`.tmp-*`) and temporary files of atomic writes (`.*.tmp-*`).
+    Finished files are never touched; a re-run rewrites the shards these belonged to."""
+    if not storage.is_local(directory) or not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.name.startswith(".tmp-") and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(".") and ".tmp-" in entry.name and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
+def check_not_empty(shards: list[dict], source: dict, bad_records: dict) -> None:
+    """An input that yields no document is an error, not an empty dataset (training on one
+    would fail far from the cause). The message says what was dropped and why."""
+    if sum(s["tokens"] for s in shards):
+        return
+    dropped = {key: int(n) for key, n in bad_records.items() if n}
+    hint = "check --input and --format"
+    if source.get("format") in ("jsonl", "parquet", "tfds", "seqio"):
+        hint += f" and --field (now {source.get('field')!r})"
+    raise PrepareError(
+        f"no usable document in {', '.join(map(str, source.get('inputs', []))) or 'the input'} "
+        f"(--format {source.get('format')}); records dropped: {dropped or 'none'}; {hint}"
+    )
 
 
 def write_manifest(
@@ -270,7 +312,10 @@ def _finished_shard(directory: storage.Path, index: int, fingerprint: str) -> di
             f"{directory} holds shards of a different prepare run (other inputs, "
             "options or tokenizer); choose a new --output or delete it"
         )
-    if not (directory / stats["file"]).exists() or not (directory / stats["lengths_file"]).exists():
+    shard, lengths = directory / stats["file"], directory / stats["lengths_file"]
+    if not shard.exists() or not lengths.exists():
+        return None
+    if stats.get("bytes") != storage.file_size(shard):  # damaged since: write it again
         return None
     return stats
 
@@ -351,6 +396,7 @@ def prepare(
 
     out_dir = storage.path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(out_dir)
     stats = collections.Counter()
     documents = sources.iter_documents(
         fmt,
@@ -393,6 +439,7 @@ def prepare(
 
     shards = [shard_results[i] for i in sorted(shard_results)]
     stats["overlong_split"] += sum(s["overlong_split"] for s in shards)
+    check_not_empty(shards, source, stats)
     return write_manifest(
         out_dir, shards, _tokenizer_info(tokenizer), source, options, stats, fingerprint
     )
@@ -414,6 +461,8 @@ def prepare_sft(
     tokenizer = _worker_tokenizer(tokenizer_path, {})
     formatter = ChatFormatter(tokenizer)
     records = [np.asarray(formatter.example(d), np.int32) for d in load_dialogues(source)]
+    if not records:
+        raise PrepareError(f"no dialogue in {source}: the SFT input is empty")
     directory = storage.path(output)
     directory.mkdir(parents=True, exist_ok=True)
     fingerprint = hashlib.sha256(f"sft:{source}:{tokenizer.identity}".encode()).hexdigest()[:16]

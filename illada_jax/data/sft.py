@@ -164,11 +164,18 @@ def iter_sft_jsonl(
     with `on_error="skip"` are skipped and appended to `skipped` as (line number, problem)."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r}: allowed values are {', '.join(ON_ERROR)}")
-    with pathlib.Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    with pathlib.Path(path).open("rb") as f:
+        for number, raw_line in enumerate(f, 1):
+            if not raw_line.strip():
                 continue
             try:
+                try:
+                    line = raw_line.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise SftFormatError(
+                        f"not UTF-8 text ({error.reason} at byte {error.start}); is it a JSONL "
+                        "file?"
+                    ) from None
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:

@@ -2,7 +2,8 @@
 
 Formats (`illada prepare --format`):
 - `text`: plain text files; one document per file (`text_unit="file"`) or per blank-line-separated
-  block (`text_unit="block"`);
+  block (`text_unit="block"`); a file that is not text (NUL bytes, or not one UTF-8 character) is
+  an error naming it, not a document;
 - `jsonl`: one JSON object per line, the document in `field`;
 - `parquet`: the string column `field` (pyarrow);
 - `tfds` (`[tfds]` extra): a TFDS dataset by name (`NAME[/CONFIG][:VERSION][:SPLIT]`, prepared
@@ -44,7 +45,10 @@ def _existing_files(inputs: Sequence[str]) -> list[storage.Path]:
     for item in inputs:
         path = storage.path(item)
         if path.is_dir():
-            paths.extend(storage.files_under(path))
+            under = storage.files_under(path)
+            if not under:
+                raise SourceError(f"input directory {item} holds no files")
+            paths.extend(under)
         elif path.is_file():
             paths.append(path)
         else:
@@ -73,13 +77,29 @@ def text_documents(inputs, stats, text_unit: str = "file") -> Iterator[str]:
         raise SourceError(f"text_unit={text_unit!r} is not one of {', '.join(TEXT_UNITS)}")
     for path in _existing_files(inputs):
         raw = path.read_bytes().removeprefix(BOM)
+        if b"\0" in raw:
+            raise SourceError(
+                f"{path} is not a text file: it holds NUL bytes (binary data, or UTF-16 text); "
+                "--format text reads UTF-8 text. Check --input and --format"
+            )
         pieces = (
             [raw] if text_unit == "file" else [p.strip(b"\r\n") for p in _BLANK_LINES.split(raw)]
         )
-        for piece in pieces:
-            text = decode(piece, stats)
+        texts = [decode(piece, stats) for piece in pieces]
+        if raw.strip() and not any(map(_has_text, texts)):
+            raise SourceError(
+                f"{path} holds no UTF-8 text (none of its bytes decode as UTF-8 characters); "
+                "convert it to UTF-8, or check --input and --format"
+            )
+        for text in texts:
             if keep(text, stats):
                 yield text
+
+
+def _has_text(text: str) -> bool:
+    """Whether `text` holds a character other than whitespace and U+FFFD (the replacement of
+    bytes that are not UTF-8)."""
+    return any(char != "\ufffd" and not char.isspace() for char in text)
 
 
 def jsonl_documents(inputs, stats, field: str) -> Iterator[str]:
@@ -104,20 +124,26 @@ def jsonl_documents(inputs, stats, field: str) -> Iterator[str]:
 
 
 def parquet_documents(inputs, stats, field: str) -> Iterator[str]:
+    import pyarrow
     import pyarrow.parquet as pq
 
     for path in _existing_files(inputs):
-        parquet = pq.ParquetFile(path.open("rb") if not storage.is_local(path) else path)
-        if field not in parquet.schema_arrow.names:
+        try:
+            parquet = pq.ParquetFile(path.open("rb") if not storage.is_local(path) else path)
+            if field not in parquet.schema_arrow.names:
+                raise SourceError(
+                    f"{path} has no column {field!r}; columns are "
+                    f"{parquet.schema_arrow.names}; pass --field"
+                )
+            for batch in parquet.iter_batches(columns=[field], batch_size=4096):
+                for value in batch.column(0).to_pylist():
+                    text = field_text({field: value}, field, stats)
+                    if text is not None:
+                        yield text
+        except (pyarrow.ArrowException, OSError) as err:  # not parquet, truncated, damaged
             raise SourceError(
-                f"{path} has no column {field!r}; columns are "
-                f"{parquet.schema_arrow.names}; pass --field"
-            )
-        for batch in parquet.iter_batches(columns=[field], batch_size=4096):
-            for value in batch.column(0).to_pylist():
-                text = field_text({field: value}, field, stats)
-                if text is not None:
-                    yield text
+                f"{path} is not a readable parquet file ({err}); check the file or --format"
+            ) from err
 
 
 def describe(

@@ -189,7 +189,12 @@ def _hf_configured_tokens(path: pathlib.Path) -> dict[str, str]:
         config_path = path.with_name(name)
         if not config_path.is_file():
             continue
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise TokenizerError(f"{config_path} is not valid JSON ({err})") from err
+        if not isinstance(config, dict):
+            raise TokenizerError(f"{config_path} is not a JSON object")
         for role in ("pad", "unk", "bos", "eos", "mask"):
             value = config.get(f"{role}_token")
             if isinstance(value, dict):  # {"content": "<s>", ...} (AddedToken serialisation)
@@ -293,7 +298,16 @@ class Tokenizer:
         (HF). Explicit ids override what the tokenizer declares. Raises ValueError on an unusable
         mask id (missing, out of range, equal to pad/bos/eos, or reachable from text)."""
         file, backend_cls = _resolve_path(path)
-        backend = backend_cls(file)
+        try:
+            backend = backend_cls(file)
+        except ImportError:
+            raise
+        except Exception as err:  # SentencePiece / tokenizers raise RuntimeError or Exception
+            kind = "SentencePiece model" if backend_cls is _SentencePieceBackend else "HF tokenizer"
+            raise TokenizerError(
+                f"{file} is not a readable {kind} ({type(err).__name__}: {err}); give a "
+                "SentencePiece .model, an HF tokenizer.json, or a directory holding one"
+            ) from err
         overrides = dict(pad=pad_id, bos=bos_id, eos=eos_id, mask=mask_id, eot=eot_id)
         overrides = {role: value for role, value in overrides.items() if value is not None}
         ids = {**backend.native_ids(file), **overrides}

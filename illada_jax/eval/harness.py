@@ -393,6 +393,45 @@ def run_tasks(model_or_checkpoint, tasks: Sequence[str], *, limit: int | float |
     in the local datasets cache when offline). `evaluate_kwargs` go to `lm_eval.simple_evaluate`
     (e.g. `bootstrap_iters=0`, `log_samples=False`).
     """
+    if isinstance(include_path, str | pathlib.Path):
+        include_path = [include_path]
+    with tempfile.TemporaryDirectory(prefix="illada-tasks-") as tmp:
+        manager = task_manager_for(include_path, tmp, include_defaults)
+        check_task_names(manager, tasks)  # before a checkpoint is loaded
+        lm = _as_lm(model_or_checkpoint, model_args)
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
+            task_manager=manager, **(evaluate_kwargs or {}),
+        )  # fmt: skip
+
+
+def task_manager_for(include_path: Sequence[str] | None, tmp: str, include_defaults: bool = True):
+    """lm-eval's TaskManager over the shipped tasks (materialised under `tmp`), `include_path`
+    and (unless `include_defaults=False`) lm-eval's own tasks."""
+    paths = [str(shipped_tasks.materialize(tmp)), *map(str, include_path or [])]
+    return TaskManager(include_path=paths, include_defaults=include_defaults)
+
+
+def check_task_names(manager, tasks: Sequence[str]) -> None:
+    """Raise HarnessConfigError naming every task that is neither a task, group or tag the
+    manager knows (glob patterns allowed, as in lm-eval) nor a task YAML file."""
+    import difflib
+
+    unknown = [t for t in tasks if not manager.match_tasks([t]) and not pathlib.Path(t).is_file()]
+    if not tasks or unknown:
+        close = sorted(
+            {m for t in unknown for m in difflib.get_close_matches(t, manager.all_tasks)}
+        )
+        raise HarnessConfigError(
+            (f"unknown lm-eval task(s) {', '.join(unknown)}" if unknown else "no task given")
+            + (f"; close matches: {', '.join(close)}" if close else "")
+            + f"; the shipped tasks are {', '.join(shipped_tasks.TASK_NAMES)} (tag "
+            + f"{shipped_tasks.TAG})"
+            + " (lm-eval's own: `lm-eval ls tasks`; more with --include-path DIR)"
+        )
+
+
+def _as_lm(model_or_checkpoint, model_args: dict) -> IlladaLM:
     if isinstance(model_or_checkpoint, IlladaLM):
         if model_args:
             raise HarnessConfigError(
@@ -404,12 +443,4 @@ def run_tasks(model_or_checkpoint, tasks: Sequence[str], *, limit: int | float |
         lm = IlladaLM(model=model_or_checkpoint, **model_args)
     else:
         lm = IlladaLM(checkpoint=str(model_or_checkpoint), **model_args)
-    if isinstance(include_path, str | pathlib.Path):
-        include_path = [include_path]
-    with tempfile.TemporaryDirectory(prefix="illada-tasks-") as tmp:
-        paths = [str(shipped_tasks.materialize(tmp)), *map(str, include_path or [])]
-        return lm_eval.simple_evaluate(
-            model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
-            task_manager=TaskManager(include_path=paths, include_defaults=include_defaults),
-            **(evaluate_kwargs or {}),
-        )  # fmt: skip
+    return lm

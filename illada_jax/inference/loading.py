@@ -22,6 +22,7 @@ def load(path: storage.PathLike) -> Model:
     path = storage.path(path)
     if not path.is_dir():
         raise LoadError(f"{path} does not exist; give a run directory or a checkpoint directory")
+    storage.check_complete(path)
     if convert.is_hf_checkpoint(path):  # config.json + *.safetensors (LLaDA / iLLaDA layouts)
         cfg, params, tokenizer = convert.load_hf(path)
         graphdef = graphdef_and_specs(cfg)[0]

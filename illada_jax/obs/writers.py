@@ -11,9 +11,10 @@
 - TensorBoard: `events.out.tfevents.*` in the run directory itself, written with tensorboardX (no
   TensorFlow). Every numeric metric becomes a scalar under its key; `write_text` adds text (the
   resolved config). Flushed after each `write_metrics`.
-- Weights & Biases: only when `wandb_project` is given AND the `wandb` package is importable;
-  `wandb` is not a dependency of this package. Without it the writer logs a warning once and goes
-  on with the other two.
+- Weights & Biases: when `wandb_project` is given (the runner passes `obs.wandb_project`,
+  `obs.wandb_entity`, `obs.wandb_mode` and the resolved config). `wandb` is an optional extra
+  (`pip install "illada-jax[wandb]"`); asking for a project without it installed is a
+  `ConfigError` when the writer starts, not a run that silently logs nowhere.
 
 Only one process writes: the runner passes `enabled=(jax.process_index() == 0)`; a disabled writer
 creates no file or directory and ignores every call.
@@ -22,7 +23,6 @@ creates no file or directory and ignores every call.
 from __future__ import annotations
 
 import json
-import logging
 import numbers
 import os
 import time
@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 
 from illada_jax import storage
-
-logger = logging.getLogger(__name__)
+from illada_jax.config.schema import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -66,10 +65,12 @@ class MetricWriter:
       run_dir: the run directory (created if missing, when enabled).
       enabled: False on every process but process 0; a disabled writer does nothing.
       tensorboard: write TensorBoard event files (tensorboardX).
-      wandb_project: a W&B project to log to as well; ignored (with a warning) when the `wandb`
-        package is not installed.
+      wandb_project: a W&B project to log to as well (`ConfigError` when the `wandb` package is
+        not installed).
       wandb_config: the resolved config as a dict, stored with the W&B run.
       wandb_run_name: the W&B run name (default: the run directory's name).
+      wandb_entity: the W&B entity (None: the API key's default).
+      wandb_mode: "online", "offline" or "disabled" (None: wandb's default, `WANDB_MODE`).
     """
 
     def __init__(
@@ -81,6 +82,8 @@ class MetricWriter:
         wandb_project: str | None = None,
         wandb_config: Mapping[str, Any] | None = None,
         wandb_run_name: str | None = None,
+        wandb_entity: str | None = None,
+        wandb_mode: str | None = None,
     ) -> None:
         self.run_dir = os.fspath(run_dir)
         self.enabled = bool(enabled)
@@ -90,6 +93,7 @@ class MetricWriter:
         self._closed = False
         if not self.enabled:
             return
+        wandb = import_wandb(wandb_project) if wandb_project else None  # before creating files
         self.remote = not storage.is_local(self.run_dir)
         storage.path(self.run_dir).mkdir(parents=True, exist_ok=True)
         self.metrics_path = os.path.join(self.run_dir, METRICS_FILE)
@@ -103,10 +107,13 @@ class MetricWriter:
             self._tensorboard = SummaryWriter(logdir=self.run_dir, flush_secs=30)
         if wandb_project:
             self._wandb_run = _start_wandb(
+                wandb,
                 wandb_project,
                 wandb_config,
                 wandb_run_name or os.path.basename(self.run_dir.rstrip("/")),
                 None if self.remote else self.run_dir,  # wandb keeps its files locally
+                entity=wandb_entity,
+                mode=wandb_mode,
             )
 
     def write_metrics(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Scalar]:
@@ -200,21 +207,34 @@ class ObjectAppender:
         self.flush(force=True)
 
 
-def _start_wandb(
-    project: str, config: Mapping[str, Any] | None, name: str, run_dir: str | None
-) -> Any | None:
-    """A W&B run, or None (with a warning) when `wandb` is not installed. Optional by design."""
+def import_wandb(project: str) -> Any:
+    """The `wandb` module; `ConfigError` saying how to get it when it is not installed."""
     try:
         import wandb
-    except ImportError:
-        logger.warning(
-            "wandb_project=%r was given but the wandb package is not installed "
-            "(pip install wandb); logging to metrics.jsonl and TensorBoard only",
-            project,
-        )
-        return None
+    except ImportError as err:
+        raise ConfigError(
+            f"obs.wandb_project={project!r} asks for Weights & Biases logging, but the wandb "
+            'package is not installed: pip install "illada-jax[wandb]", or unset '
+            "obs.wandb_project"
+        ) from err
+    return wandb
+
+
+def _start_wandb(
+    wandb: Any,
+    project: str,
+    config: Mapping[str, Any] | None,
+    name: str,
+    run_dir: str | None,
+    *,
+    entity: str | None = None,
+    mode: str | None = None,
+) -> Any:
+    """A W&B run (resumed when one of this name and directory exists) storing `config`."""
     return wandb.init(
         project=project,
+        entity=entity,
+        mode=mode,
         name=name,
         dir=run_dir,
         config=dict(config) if config is not None else None,

@@ -27,6 +27,7 @@ import glob
 import math
 import os
 import re
+import sys
 
 from illada_jax.config.schema import ConfigError
 
@@ -245,6 +246,8 @@ def quiet_libtpu_on_cpu_host() -> bool:
         return False
     if not platforms:
         os.environ["JAX_PLATFORMS"] = "cpu"  # TPU programs still compile via the topology
+        if "jax" in sys.modules:  # JAX read the variable when it was imported: tell its config
+            sys.modules["jax"].config.update("jax_platforms", "cpu")
     for name, value in _LIBTPU_QUIET.items():
         os.environ.setdefault(name, value)
     return True

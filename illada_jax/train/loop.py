@@ -26,7 +26,7 @@ from illada_jax.ckpt.manager import RunCheckpoints, restore_params
 from illada_jax.config import flags
 from illada_jax.config.schema import Experiment
 from illada_jax.obs.progress import TrainProgress
-from illada_jax.obs.writers import MetricWriter
+from illada_jax.obs.writers import MetricWriter, import_wandb
 from illada_jax.train import hooks as hooks_lib
 from illada_jax.train import recovery
 from illada_jax.train.builder import Run, build_run
@@ -48,11 +48,21 @@ def train(
     workdir = storage.path(workdir or f"runs/{experiment.model.name}")
     check_shared_workdir(workdir, experiment.checkpoint.shared_filesystem, jax.process_count())
     is_main = jax.process_index() == 0
+    obs = experiment.obs
+    if obs.wandb_project:  # every process, before anything is built: all of them stop alike
+        import_wandb(obs.wandb_project)
     if is_main:
         rundir.write_config(workdir, experiment)
     run = build_run(experiment)
     checkpoints = RunCheckpoints(workdir, experiment.checkpoint)
-    writer = MetricWriter(workdir, enabled=is_main)
+    writer = MetricWriter(
+        workdir,
+        enabled=is_main,
+        wandb_project=obs.wandb_project,
+        wandb_entity=obs.wandb_entity,
+        wandb_mode=obs.wandb_mode,
+        wandb_config=flags.to_dict(experiment),  # what config.json holds
+    )
     loop, hooks = None, []
     try:
         loop = start(run, workdir, checkpoints, writer, print_fn)

@@ -145,7 +145,7 @@ def test_recipes_are_read_from_ILLADA_CONFIGS_and_names_must_be_unique(tmp_path,
 
 
 def test_without_a_checkout_only_the_builtins_exist(tmp_path, monkeypatch):
-    """A plain `pip install`: no configs/ anywhere; `tiny` (the default) still works."""
+    """No configs/ anywhere (no checkout, no installed copy): `tiny` (the default) still works."""
     monkeypatch.setattr(registry, "configs_dir", lambda: None)
     assert set(registry.recipes()) == set(experiments.EXPERIMENTS) == {"tiny", "small"}
     assert flags.experiment_from_flags([]).model.name == "tiny"

@@ -149,6 +149,37 @@ def test_user_experiment_file(tmp_path):
         flags.experiment_from_flags([f"config:{module}:nope"])
 
 
+def test_installed_recipes_are_the_last_place_searched(tmp_path, monkeypatch):
+    """A wheel install carries configs/ as `illada_jax.recipes`; it is read when no
+    $ILLADA_CONFIGS and no checkout is found."""
+    from illada_jax.config import registry
+
+    installed = tmp_path / "site" / "fake_illada_site" / "recipes"
+    installed.mkdir(parents=True)
+    (installed / "installed_demo.py").write_text(
+        "from illada_jax.config.experiments import tiny\n"
+        "def shipped():\n    cfg = tiny()\n    cfg.model.n_layers = 3\n    return cfg\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(registry, "INSTALLED_PACKAGE", "fake_illada_site.recipes")
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    repo = tmp_path / "repo"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text('[project]\nname = "illada-jax"\n')
+    monkeypatch.chdir(repo)
+    assert registry.installed_configs_dir() == installed
+    assert registry.configs_dir() == repo / "configs"  # a checkout comes first
+    monkeypatch.setattr(registry, "_is_checkout", lambda directory: False)
+    assert registry.configs_dir() == installed
+    assert registry.recipes()["shipped"].path == installed / "installed_demo.py"
+    assert flags.experiment_from_flags(["config:shipped"]).model.n_layers == 3
+    # $ILLADA_CONFIGS still wins over it.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    monkeypatch.setenv(registry.ENV_VAR, str(mine))
+    assert registry.configs_dir() == mine
+
+
 def test_dataclass_validation_directly():
     with pytest.raises(ConfigError, match="head_dim=7.*even"):
         ModelConfig(head_dim=7)

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import illada_jax
-from illada_jax import cli
+from illada_jax import cli, storage
 from illada_jax.ckpt import convert, hf
 from illada_jax.config.presets import MODEL_PRESETS
 from illada_jax.config.schema import ModelConfig
@@ -445,6 +445,50 @@ def test_cli_round_trip(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert _convert(**{"from": "hf", "to": "native", "src": tmp_path, "dst": tmp_path / "new"}) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_cli_convert_is_all_or_nothing(tmp_path, capsys, monkeypatch):
+    """A convert that dies midway leaves no --dst (nothing half-written loads); the next run
+    deletes what the dead one left and writes the whole checkpoint, with the tokenizer path
+    pointing at --dst, not at the staging directory."""
+    vocab = 320
+    tensors = random_tensors("illada", head="absent")
+    tensors["model.embed_tokens.weight"] = np.random.default_rng(3).standard_normal(
+        (vocab, D)).astype(np.float32)  # fmt: skip
+    src = write_hf(tmp_path / "hf", illada_config(tied=True, vocab_size=vocab), tensors)
+    _write_tokenizer(src)
+    dst = tmp_path / "nat"
+    real_save = convert.save_native
+
+    def dies_after_the_params(cfg, params, staging, **kwargs):
+        real_save(cfg, params, staging, **kwargs)  # everything written ...
+        raise OSError(28, "No space left on device", str(staging / "more"))  # ... then a failure
+
+    monkeypatch.setattr(convert, "save_native", dies_after_the_params)
+    args = {"from": "hf", "to": "native", "src": src, "dst": dst}
+    assert _convert(**args) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not dst.exists() and list(tmp_path.iterdir()) == [tmp_path / "hf"]
+    # kill -9 leaves the staging directory itself: the next run starts over without it.
+    (tmp_path / ".nat.partial" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(convert, "save_native", real_save)
+    assert _convert(**args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "nat"]
+    model = illada_jax.load(dst)
+    assert model.tokenizer is not None
+    assert model.experiment.data.tokenizer == str(dst / "tokenizer")
+    _, expected, _ = convert.load_hf(src)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(model.params)):
+        assert np.array_equal(a, np.asarray(b))
+
+
+def test_an_interrupted_remote_style_write_is_refused(tmp_path):
+    """A directory holding the incomplete-write marker (object storage cannot rename
+    directories, so writes there are marked until they finish) does not load."""
+    src = write_hf(tmp_path / "hf", llada_config(), random_tensors("llada", head="untied"))
+    (src / storage.INCOMPLETE_MARKER).write_text("being written")
+    with pytest.raises(storage.StorageError, match="was being written"):
+        illada_jax.load(src)
 
 
 def test_api_load_reads_an_hf_directory(tmp_path):

@@ -37,10 +37,11 @@ def _open_files() -> int:
 
 def test_100k_shards_start_fast_and_keep_open_files_bounded(tmp_path):
     bench_data.many_shards(tmp_path, SHARDS)
-    # The manifest is compact: a columnar shard table, a few bytes per shard.
+    # The manifest is compact: a columnar shard table, a few bytes per shard (three counts, the
+    # size and the CRC-32: ~25 bytes; one JSON object per shard, format version 1, was ~150).
     manifest_bytes = (tmp_path / "manifest.json").stat().st_size
     print(f"100k shards: manifest {manifest_bytes / 1e6:.2f} MB")
-    assert manifest_bytes < 16 * SHARDS
+    assert manifest_bytes < 32 * SHARDS
     threads, batch = 4, 16
     spec = PipelineSpec(datasets=("many",), weights=(), seq_len=8, global_batch=batch, seed=0,
                         read_threads=threads)  # fmt: skip

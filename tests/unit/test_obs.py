@@ -14,7 +14,7 @@ import types
 import pytest
 
 from illada_jax.config.presets import MODEL_PRESETS
-from illada_jax.config.schema import ModelConfig
+from illada_jax.config.schema import ConfigError, ModelConfig
 from illada_jax.obs import flops, progress, writers
 
 pytestmark = pytest.mark.core
@@ -245,11 +245,11 @@ def test_disabled_writer_writes_nothing(tmp_path):
     assert not run_dir.exists()
 
 
-def test_wandb_is_optional(tmp_path, monkeypatch, caplog):
+def test_wandb_asked_for_but_missing_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
-    with writers.MetricWriter(tmp_path / "a", tensorboard=False, wandb_project="p") as writer:
-        writer.write_metrics(1, {"loss": 1.0})
-    assert "wandb" in caplog.text
+    with pytest.raises(ConfigError, match=r'pip install "illada-jax\[wandb\]"'):
+        writers.MetricWriter(tmp_path / "a", tensorboard=False, wandb_project="p")
+    assert not (tmp_path / "a").exists()
 
     calls = []
 
@@ -263,11 +263,18 @@ def test_wandb_is_optional(tmp_path, monkeypatch, caplog):
     fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or FakeRun())
     monkeypatch.setitem(sys.modules, "wandb", fake)
     with writers.MetricWriter(
-        tmp_path / "b", tensorboard=False, wandb_project="p", wandb_config={"x": 1}
+        tmp_path / "b",
+        tensorboard=False,
+        wandb_project="p",
+        wandb_config={"x": 1},
+        wandb_entity="team",
+        wandb_mode="offline",
     ) as writer:
         writer.write_metrics(5, {"loss": 0.5})
     assert calls[0][0] == "init" and calls[0][1]["project"] == "p"
     assert calls[0][1]["config"] == {"x": 1}
+    assert (calls[0][1]["entity"], calls[0][1]["mode"]) == ("team", "offline")
+    assert calls[0][1]["name"] == "b" and calls[0][1]["dir"] == str(tmp_path / "b")
     assert calls[1] == ("log", {"loss": 0.5}, 5)
     assert calls[2] == ("finish",)
 

@@ -8,6 +8,7 @@ computed independently from the ids the test chose, not from the pipeline.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -225,9 +226,11 @@ def test_a_version_1_manifest_reads_the_same_batches(dataset):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda m: m.update(format_version=3), "format_version 3, this code reads 1 and 2"),
+        (lambda m: m.update(format_version=4), "format_version 4, this code reads 1, 2, 3"),
         (lambda m: m["shards"]["tokens"].pop(), "damaged shard table.*do not all have 9 rows"),
         (lambda m: m["shards"].pop("records"), "damaged shard table.*records"),
+        (lambda m: m["shards"].pop("crc32"), "damaged shard table.*crc32"),
+        (lambda m: m["shards"]["bytes"].pop(), "damaged shard table.*do not all have 9 rows"),
     ],
 )
 def test_damaged_or_unknown_manifest_is_a_clear_error(dataset, damage, message):
@@ -248,6 +251,43 @@ def test_corrupt_shard_is_a_clear_error(dataset):
     fresh = PreparedDataset(ds.directory)
     with pytest.raises(DataError, match=r"shard-00000.arrayrecord.*(damaged|truncated)"):
         TokenWindows(fresh, 16, document_aware=False)[0]
+
+
+def test_a_shard_of_the_wrong_size_is_refused_when_opened(dataset):
+    """The cheap check on open: the file's size against the manifest's (format 3)."""
+    ds, _ = dataset
+    path = ds.directory / "shard-00001.arrayrecord"
+    size = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(b"appended")
+    fresh = PreparedDataset(ds.directory)
+    with pytest.raises(DataError, match=f"shard-00001.arrayrecord is {size + 8} bytes, the "
+                       f"manifest says {size}"):  # fmt: skip
+        fresh.read(1, 0, 4)
+    fresh.read(0, 0, 4)  # the other shards still read
+
+
+def test_verify_reads_every_byte(dataset):
+    """`illada prepare --verify`: a flipped byte (same size) is found by its CRC-32; an
+    intact dataset passes; the CRC-32 is zlib's over the whole file."""
+    import zlib
+
+    from illada_jax.data.verify import verify_dataset
+
+    ds, _ = dataset
+    manifest = json.loads((ds.directory / "manifest.json").read_text())
+    for i in range(manifest["shards"]["count"]):
+        raw = (ds.directory / f"shard-{i:05d}.arrayrecord").read_bytes()
+        assert manifest["shards"]["crc32"][i] == zlib.crc32(raw)
+        assert manifest["shards"]["bytes"][i] == len(raw)
+    report = verify_dataset(ds.directory)
+    assert report.ok and report.checksums and report.shards == 9
+    path = ds.directory / "shard-00004.arrayrecord"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    path.write_bytes(bytes(raw))
+    report = verify_dataset(ds.directory)
+    assert len(report.damaged) == 1 and report.damaged[0].startswith("shard-00004.arrayrecord: CRC")
 
 
 def test_mask_id_in_data_is_refused(tmp_path, dataset):

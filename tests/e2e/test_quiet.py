@@ -1,0 +1,87 @@
+"""No libtpu / absl / TensorFlow start-up noise from `illada` on a host without a TPU, with the
+`[tpu]` extra installed (the test environment has it).
+
+Each command runs in a subprocess whose environment has none of the variables that quiet those
+libraries (the test process itself may have set them), so what the command prints is what a user
+sees. The control shows the noise is real here: plain JAX, started the same way, prints libtpu's
+failed probes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from _cli import FAST_TRAIN
+
+from illada_jax.parallel.topology import _has_local_accelerator
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None or _has_local_accelerator(),
+    reason="needs the [tpu] extra (libtpu) on a host without accelerators",
+)
+QUIETING = ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY", "GLOG_minloglevel",
+            "ILLADA_DEBUG")  # fmt: skip
+# glog/absl C++ lines (E1201 10:59:16.633455 ... file.cc:19]) and anything naming the TPU runtime.
+NOISE = re.compile(r"^[EWIF]\d{4} |libtpu|TPU|InitGoogle|absl::", re.MULTILINE)
+
+
+def bare_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in QUIETING and not k.startswith("TPU_")}  # fmt: skip
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def run(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=bare_environment(),
+        cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quiet")
+    done = run("-m", "illada_jax.cli", "train", f"--workdir={tmp / 'run'}",
+               "--config=config:tiny", *FAST_TRAIN, cwd=tmp)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not NOISE.search(done.stderr), done.stderr
+    return tmp / "run"
+
+
+def test_plain_jax_is_noisy_here(tmp_path):
+    """The control: without illada's start-up settings, JAX starting its backends on this host
+    prints libtpu lines (so the checks below can fail)."""
+    done = run("-c", "import jax; jax.devices()", cwd=tmp_path)
+    assert NOISE.search(done.stderr), done.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["params", "--config=config:tiny"],
+        [
+            "generate",
+            "--checkpoint",
+            "{run}",
+            "--prompt",
+            "In the beginning",
+            "--gen-length",
+            "8",
+            "--block-length",
+            "8",
+        ],
+        ["eval", "--checkpoint", "{run}", "--batches", "1", "--batch-size", "2", "--seq-len", "32"],
+    ],  # fmt: skip
+    ids=["params", "generate", "eval"],
+)
+def test_commands_print_no_libtpu_line(run_dir, command, tmp_path):
+    args = [a.replace("{run}", str(run_dir)) for a in command]
+    done = run("-m", "illada_jax.cli", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not NOISE.search(done.stderr), done.stderr
