@@ -59,6 +59,7 @@ from illada_jax.ckpt.hf_config import (  # noqa: F401  (re-exported: the convert
     detect_layout,
 )
 from illada_jax.config.schema import ModelConfig
+from illada_jax.errors import IlladaError
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def _safetensors_files(src: pathlib.Path) -> list[pathlib.Path]:
     *.safetensors file."""
     index = src / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise HfFormatError(f"{index}: no 'weight_map' object")
         files = sorted({src / name for name in weight_map.values()})
@@ -190,21 +191,48 @@ def _safetensors_files(src: pathlib.Path) -> list[pathlib.Path]:
     )
 
 
+def _read_json(path) -> dict:
+    """A JSON object file of the checkpoint (config.json, the shard index); HfFormatError naming
+    it when it is not one."""
+    try:
+        data = json.loads(storage.path(path).read_text())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise HfFormatError(
+            f"{path} is not valid JSON ({err}); the checkpoint is damaged or incompletely "
+            "downloaded"
+        ) from None
+    if not isinstance(data, dict):
+        raise HfFormatError(f"{path} is not a JSON object (found {type(data).__name__})")
+    return data
+
+
 def _tensor_headers(file) -> dict[str, tuple[tuple[int, ...], str]]:
     """Name -> (shape, dtype) of one shard. Local files: validated by safetensors' safe_open;
-    object storage (which safe_open cannot map): the JSON header, read with a ranged read."""
-    if not storage.is_local(file):
-        _, header = _file_header(file)
-        return {
-            n: (tuple(i["shape"]), i["dtype"]) for n, i in header.items() if n != "__metadata__"
-        }
-    from safetensors import safe_open
+    object storage (which safe_open cannot map): the JSON header, read with a ranged read.
+    A file that is not safetensors (damaged, truncated, empty) raises HfFormatError naming it."""
+    try:
+        if not storage.is_local(file):
+            _, header = _file_header(file)
+            return {
+                n: (tuple(i["shape"]), i["dtype"]) for n, i in header.items() if n != "__metadata__"
+            }
+        from safetensors import safe_open
 
-    with safe_open(str(file), framework="numpy") as handle:
-        return {
-            name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
-            for name in handle.keys()  # noqa: SIM118 (safe_open is not iterable)
-        }
+        with safe_open(str(file), framework="numpy") as handle:
+            return {
+                name: (
+                    tuple(handle.get_slice(name).get_shape()),
+                    handle.get_slice(name).get_dtype(),
+                )
+                for name in handle.keys()  # noqa: SIM118 (safe_open is not iterable)
+            }
+    except (IlladaError, OSError):  # named already, or the storage failed, not the file
+        raise
+    except Exception as err:  # SafetensorError, or a damaged header read directly
+        raise HfFormatError(
+            f"{file} is not a readable safetensors file ({type(err).__name__}: {err}); it is "
+            "damaged or incompletely downloaded: fetch it again"
+        ) from err
 
 
 def _scan_headers(src: pathlib.Path) -> dict[str, _Entry]:
@@ -223,7 +251,14 @@ def _file_header(file: pathlib.Path) -> tuple[int, dict]:
     """(byte offset of the data, JSON header) of a safetensors file."""
     with storage.path(file).open("rb") as stream:
         header_len = int.from_bytes(stream.read(8), "little")
-        return 8 + header_len, json.loads(stream.read(header_len))
+        try:
+            header = json.loads(stream.read(header_len))
+        except ValueError as err:
+            raise HfFormatError(
+                f"{file} is not a readable safetensors file (its header: {err}); it is damaged "
+                "or incompletely downloaded: fetch it again"
+            ) from None
+        return 8 + header_len, header
 
 
 def _read_raw(file: pathlib.Path, name: str, header: tuple[int, dict] | None = None):
@@ -317,7 +352,7 @@ def hf_to_native(src_dir: str | pathlib.Path, *,
     config_path = src / "config.json"
     if not config_path.is_file():
         raise HfFormatError(f"{src}: no config.json; give an HF checkpoint directory")
-    config_json = json.loads(config_path.read_text())
+    config_json = _read_json(config_path)
     layout = detect_layout(config_json)
     cfg = config_from_hf(config_json, name=src.absolute().name or None)
     specs = tensor_specs(cfg, layout)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 
 import grain
 import numpy as np
@@ -58,6 +59,34 @@ class _KeepSteps(ocp.checkpoint_managers.PreservationPolicy):
 
 
 _OK, _DAMAGED, _INCOMPATIBLE = 0, 1, 2
+
+
+def _ignore_late_read_callbacks() -> None:
+    """After a restore fails on a damaged checkpoint, tensorstore reads still in flight finish
+    after orbax closed the asyncio loop that awaited them; their completion callbacks then raise
+    "Event loop is closed", which Python prints as an unraisable exception with a traceback (at
+    any moment, even after the command printed its error). The restore has already failed and
+    been reported: drop exactly those, pass everything else to the previous hook. Installed once,
+    on the first failed restore."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_illada_late_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        tb = unraisable.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        late = (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and tb is not None
+            and tb.tb_frame.f_code.co_name == "_check_closed"
+        )
+        if not late:
+            previous(unraisable)
+
+    hook._illada_late_reads = True
+    sys.unraisablehook = hook
 
 
 class RunCheckpoints:
@@ -159,6 +188,7 @@ class RunCheckpoints:
                 raise FileNotFoundError("no readable metadata for the train state")
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
+            _ignore_late_read_callbacks()
             return _DAMAGED, f"{type(err).__name__}: {str(err)[:200]}", None
         problems = []
         if config is not None:
@@ -176,6 +206,7 @@ class RunCheckpoints:
                 ),
             )
         except Exception as err:
+            _ignore_late_read_callbacks()
             return _DAMAGED, f"{type(err).__name__}: {str(err)[:200]}", None
         try:
             restored["data"]["streams"] = self._stream_position(step)
@@ -300,8 +331,9 @@ def config_differences(stored: dict, experiment) -> list[str]:
     return problems
 
 
-def restore_params(path: storage.PathLike, abstract_params):
-    """Parameters only, from a checkpoint step directory or a run directory (its latest step)."""
+def init_from_step_dir(path: storage.PathLike) -> storage.Path:
+    """The checkpoint step `checkpoint.init_from` names (a step directory, or a run directory's
+    latest step); CheckpointError saying what is there instead."""
     path = storage.path(path)
     if not path.is_dir():
         raise CheckpointError(
@@ -309,9 +341,16 @@ def restore_params(path: storage.PathLike, abstract_params):
             "or one of its checkpoints/<step> directories"
         )
     try:
-        step_dir = rundir.find_step_dir(path)
+        return rundir.find_step_dir(path)
     except rundir.LoadError as err:
         raise CheckpointError(f"checkpoint.init_from={path}: {err}") from None
+
+
+def restore_params(path: storage.PathLike, abstract_params, *, init_from: bool = True):
+    """Parameters only, from a checkpoint step directory or a run directory (its latest step).
+    `init_from`: the path is `checkpoint.init_from` (named so in errors); else a checkpoint being
+    loaded (`illada_jax.load`)."""
+    step_dir = init_from_step_dir(path) if init_from else rundir.find_step_dir(path)
     item = {"params": abstract_params}
     handler = ocp.PyTreeCheckpointHandler()
     try:
@@ -325,10 +364,17 @@ def restore_params(path: storage.PathLike, abstract_params):
                 ),
             )
     except Exception as err:
+        _ignore_late_read_callbacks()
+        detail = f"{type(err).__name__}: {str(err)[:300]}"
+        if init_from:
+            raise CheckpointError(
+                f"checkpoint.init_from={step_dir}: cannot restore parameters of this model "
+                f"({detail}); is it a checkpoint of the same model config?"
+            ) from err
         raise CheckpointError(
-            f"checkpoint.init_from={step_dir}: cannot restore parameters of this model "
-            f"({type(err).__name__}: {str(err)[:300]}); is it a checkpoint of the same model "
-            "config?"
+            f"{step_dir}: cannot restore the parameters ({detail}); the checkpoint is damaged "
+            "(a truncated or missing file) or does not match its stored config. Give another "
+            "checkpoints/<step> directory of the run"
         ) from err
     return restored["params"]
 
@@ -341,4 +387,4 @@ def restore_checkpoint_params(path: storage.PathLike):
     step_dir = rundir.find_step_dir(path)
     experiment = rundir.read_experiment(step_dir)
     abstract = graphdef_and_specs(experiment.model)[2]
-    return experiment, int(step_dir.name), restore_params(step_dir, abstract)
+    return experiment, int(step_dir.name), restore_params(step_dir, abstract, init_from=False)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from illada_jax import storage
 from illada_jax.config import flags
-from illada_jax.config.schema import Experiment
+from illada_jax.config.schema import ConfigError, Experiment
 from illada_jax.errors import IlladaError
 
 CONFIG = "config.json"
@@ -97,7 +97,18 @@ def read_experiment(step_dir: storage.PathLike) -> Experiment:
     for candidate in candidates:
         if not candidate.is_file():
             continue
-        data = json.loads(candidate.read_text())
+        try:
+            data = json.loads(candidate.read_text())
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError: a damaged file
+            raise LoadError(
+                f"{candidate} is damaged ({err}); the checkpoint's config cannot be read. Use "
+                "another checkpoint step, or restore the file"
+            ) from None
+        if not isinstance(data, dict):
+            raise LoadError(f"{candidate} is damaged: not a JSON object")
         data = data.get("config", data) if candidate.name == "metadata" else data
-        return flags.build(flags.config_from_dict(Experiment, data))
+        try:
+            return flags.build(flags.config_from_dict(Experiment, data))
+        except ConfigError as err:
+            raise LoadError(f"{candidate}: the stored config is not valid here: {err}") from None
     raise LoadError(f"{step_dir}: no stored config (looked for {[str(c) for c in candidates]})")

@@ -98,6 +98,14 @@ def existing_path(kind: str = "any"):
     return parse
 
 
+def tokenizer_path(text: str) -> str:
+    """An argparse type: a shipped tokenizer (`shipped:NAME`), or a tokenizer file or directory
+    that exists."""
+    from illada_jax.data.tokenizer import SHIPPED_PREFIX
+
+    return text if text.startswith(SHIPPED_PREFIX) else existing_path("any")(text)
+
+
 def output_dir(text: str) -> str:
     """An argparse type: a directory to write into (it may not exist yet, but must not be a file,
     and its nearest existing ancestor must be a directory)."""

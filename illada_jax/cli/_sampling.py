@@ -54,6 +54,23 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, gen_length: int,
     parser.add_argument("--seed", type=non_negative_int, default=0)
 
 
+def check_sampling_arguments(args: argparse.Namespace) -> None:
+    """The flags' constraints on each other, before the checkpoint is loaded: on a fixed canvas
+    --block-length divides --gen-length and --steps is a multiple of the blocks (with
+    --variable-length, --steps is per block and any block length works)."""
+    from illada_jax.sampling.schedule import SamplingError, block_plan
+
+    if args.variable_length:
+        return
+    gen, block = args.gen_length, args.block_length or args.gen_length
+    try:
+        block_plan(gen, block, args.steps or gen)
+    except SamplingError as err:
+        flags = (f"--gen-length {gen}, --block-length {block}" if gen % block
+                 else f"--steps {args.steps}")  # fmt: skip
+        raise SamplingError(f"{flags}: {err}") from None
+
+
 def sampling_kwargs(args: argparse.Namespace, model) -> dict:
     """Keyword arguments for `Model.generate_text` / `Model.chat` from the parsed flags."""
     kwargs = dict(

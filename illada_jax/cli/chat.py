@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from illada_jax.cli._sampling import add_sampling_arguments, load_model, sampling_kwargs
+from illada_jax.cli._sampling import (
+    add_sampling_arguments,
+    check_sampling_arguments,
+    load_model,
+    sampling_kwargs,
+)
 
 
 def add_parser(sub) -> None:
@@ -22,6 +27,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """Each reply is generated from the whole dialogue so far in the chat template (LLaDA's
     chat.py re-feeds the previous canvas the same way)."""
+    check_sampling_arguments(args)
     model = load_model(args.checkpoint)
     model.need_tokenizer()
     messages: list[dict] = []

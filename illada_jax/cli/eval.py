@@ -51,7 +51,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tasks:
+    if args.tasks is not None:
         return _run_tasks(args)
     model = load_model(args.checkpoint)
     from illada_jax.eval.heldout import heldout_bound
@@ -65,12 +65,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_tasks(args: argparse.Namespace) -> int:
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise IlladaError(f"--tasks {args.tasks!r} names no task; give comma-separated lm-eval "
+                          "task names, e.g. --tasks kjv_next_word,kjv_verse_end")  # fmt: skip
     try:
         from illada_jax.eval.harness import check_task_names, run_tasks, task_manager_for
     except ImportError as err:  # the [eval] extra is missing: the message says how to install it
         raise IlladaError(str(err)) from None
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     include = [args.include_path] if args.include_path else None
     with tempfile.TemporaryDirectory(prefix="illada-tasks-") as tmp:
         check_task_names(task_manager_for(include, tmp), tasks)  # before loading the checkpoint

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from illada_jax.cli._sampling import add_sampling_arguments, load_model, sampling_kwargs
+from illada_jax.cli._sampling import (
+    add_sampling_arguments,
+    check_sampling_arguments,
+    load_model,
+    sampling_kwargs,
+)
 
 
 def add_parser(sub) -> None:
@@ -22,6 +27,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_sampling_arguments(args)
+    if "" in args.prompt and not (args.add_bos or args.chat):
+        from illada_jax.sampling.schedule import SamplingError
+
+        raise SamplingError(
+            "--prompt '' is empty: a generation needs at least one prompt token; give some text, "
+            "or add --add-bos to start from BOS alone"
+        )
     model = load_model(args.checkpoint)
     texts = model.generate_text(args.prompt, args.gen_length, chat=args.chat,
                                 add_bos=args.add_bos, stop_strings=args.stop,

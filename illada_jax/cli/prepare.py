@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from illada_jax.cli._common import existing_path, int_at_least, output_dir, positive_int
+from illada_jax.cli._common import (
+    existing_path,
+    int_at_least,
+    output_dir,
+    positive_int,
+    tokenizer_path,
+)
 
 
 def add_parser(sub) -> None:
@@ -47,7 +53,7 @@ def add_parser(sub) -> None:
     )
     parser.add_argument(
         "--tokenizer",
-        type=existing_path("any"),
+        type=tokenizer_path,
         default=None,
         help="SentencePiece .model or HF tokenizer.json (default: the shipped one)",
     )

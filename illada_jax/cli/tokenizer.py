@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
         description="Tokenizer tools. Example: illada tokenizer train --embedded --vocab-size "
         "8192 --output tok/sp8k",
     )
-    tools = parser.add_subparsers(dest="tokenizer_command", required=True)
+    tools = parser.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")
     train = tools.add_parser(
         "train",
         help="train a SentencePiece BPE or HF byte-level BPE tokenizer",

@@ -127,15 +127,21 @@ def to_json(experiment: Experiment) -> str:
 
 def load_file(path: str | pathlib.Path) -> fdl.Config:
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise ConfigError(f"file:{path} is a directory; give a config JSON file such as "
+                          "WORKDIR/config.json")  # fmt: skip
     if not path.is_file():
         raise ConfigError(
             f"file:{path}: no such file (a run writes its config to WORKDIR/config.json)"
         )
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError (not a text file)
         raise ConfigError(f"file:{path} is not valid JSON: {err}") from err
-    return config_from_dict(Experiment, data)
+    try:
+        return config_from_dict(Experiment, data)
+    except ConfigError as err:
+        raise ConfigError(f"file:{path}: {err}") from None
 
 
 def resolve(directives: Sequence[str] | None) -> fdl.Config:

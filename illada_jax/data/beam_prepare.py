@@ -43,11 +43,14 @@ the manifest tells the two apart.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 
 from illada_jax import storage
 from illada_jax.data import sources
@@ -76,13 +79,25 @@ _WORKER_ERROR = re.compile(r"\b(\w+Error): (.+)")
 _PROJECT_ERRORS = ("PrepareError", "SourceError", "TokenizerError", "MissingInputError")
 
 
+class _ApitoolsNotice(logging.Filter):
+    """Beam's GCP modules log a warning at import when the optional BigQuery client is missing
+    (not needed here); Beam logs it through the root logger, so it is filtered there, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+
 def _import_beam():
+    notice = _ApitoolsNotice()
+    logging.getLogger().addFilter(notice)
     try:
         import apache_beam
     except ImportError as err:
         raise PrepareError(
             "--runner beam needs the [beam] extra: pip install 'illada-jax[beam]'"
         ) from err
+    finally:
+        logging.getLogger().removeFilter(notice)
     return apache_beam
 
 
@@ -382,16 +397,47 @@ def prepare_beam(
     return manifest
 
 
+@contextlib.contextmanager
+def _stderr_to(log) -> Iterator[None]:
+    """This process's stderr (fd 2, which the processes it starts inherit) points at the file
+    `log` inside the block (unchanged when `log` is None)."""
+    if log is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _run(pipeline) -> None:
     """Run to completion; a worker's project error (a bad input, a broken tokenizer) is raised as
-    a one-line PrepareError, anything else as Beam raised it."""
-    try:
-        state = pipeline.run().wait_until_finish()
-    except Exception as err:
-        found = [m for m in _WORKER_ERROR.findall(str(err)) if m[0] in _PROJECT_ERRORS]
-        if not found:
+    a one-line PrepareError, anything else as Beam raised it, after the local workers' log.
+
+    Beam's local workers are processes that log at INFO to the stderr they inherit before they
+    read any pipeline option (so `--default_sdk_harness_log_level` cannot quiet them): a local
+    pipeline runs with stderr in a temporary file, shown only when the run fails for another
+    reason than a mistake in the input. Cluster runners and ILLADA_DEBUG=1 log as usual."""
+    local = _runner_name(pipeline.options) in (None, *DIRECT_RUNNERS)
+    aside = local and os.environ.get("ILLADA_DEBUG", "").strip() in ("", "0")
+    with tempfile.TemporaryFile() as log:
+        try:
+            with _stderr_to(log if aside else None):
+                state = pipeline.run().wait_until_finish()
+        except Exception as err:
+            found = [m for m in _WORKER_ERROR.findall(str(err)) if m[0] in _PROJECT_ERRORS]
+            if found:
+                kind, message = found[0]
+                raise PrepareError(f"a Beam worker failed: {kind}: {message.strip()}") from err
+            if aside:
+                log.seek(0)
+                tail = log.read().decode(errors="replace").splitlines()[-40:]
+                print("\n".join(["Beam workers' log (last lines):", *tail]), file=sys.stderr)
             raise
-        kind, message = found[0]
-        raise PrepareError(f"a Beam worker failed: {kind}: {message.strip()}") from err
     if str(state) not in ("DONE", "PipelineState.DONE"):
         raise PrepareError(f"the Beam pipeline ended in state {state}; see the runner's logs")

@@ -56,8 +56,10 @@ class PreparedDataset:
             )
         try:
             self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # not JSON, not UTF-8
             raise DataError(f"{manifest_path} is damaged ({err}); re-run illada prepare") from err
+        if not isinstance(self.manifest, dict):
+            raise DataError(f"{manifest_path} is not a JSON object; re-run illada prepare")
         if self.manifest.get("format_version") not in READABLE_VERSIONS:
             raise DataError(
                 f"{manifest_path} has format_version "
@@ -77,8 +79,13 @@ class PreparedDataset:
                 f"{self.manifest.get('bad_records')})"
             )
         self.shard_tokens = self.shards.tokens
-        self.special_ids = self.manifest["tokenizer"]["special_ids"]
-        self.vocab_size = self.manifest["tokenizer"]["vocab_size"]
+        try:
+            self.special_ids = dict(self.manifest["tokenizer"]["special_ids"])
+            self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(
+                f"{manifest_path} has a damaged tokenizer record ({err!r}); re-run illada prepare"
+            ) from err
         self._offsets: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._offsets_lock = threading.Lock()
         self._local = threading.local()  # each reading thread's open readers (an LRU)
@@ -129,7 +136,12 @@ class PreparedDataset:
         # depth mismatch" (its AST builder's depth counter is shared). The parse takes
         # microseconds; the file read above stays parallel.
         with _NPY_PARSE_LOCK:
-            lengths = np.load(io.BytesIO(raw))
+            try:
+                lengths = np.load(io.BytesIO(raw))
+            except (ValueError, OSError, EOFError) as err:  # not an .npy file, truncated
+                raise DataError(
+                    f"{lengths_path} is damaged ({err}); re-run illada prepare"
+                ) from err
         if len(lengths) != self.shards.records[shard] or lengths.sum() != self.shard_tokens[shard]:
             raise DataError(
                 f"{self.shards.lengths_file(shard)} disagrees with the manifest; "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import json
@@ -411,7 +412,10 @@ def prepare(
     shard_results: dict[int, dict] = {}
     bar = _progress_bar(progress)
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with (
+        contextlib.closing(bar),  # closed before an error is printed, not after
+        concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
+    ):
         pending = {}
         for index, texts in enumerate(_chunk_documents(documents, shard_chars)):
             done = _finished_shard(out_dir, index, fingerprint)
@@ -435,7 +439,6 @@ def prepare(
                 _collect(pending, shard_results, bar, concurrent.futures.FIRST_COMPLETED)
         while pending:
             _collect(pending, shard_results, bar, concurrent.futures.ALL_COMPLETED)
-    bar.close()
 
     shards = [shard_results[i] for i in sorted(shard_results)]
     stats["overlong_split"] += sum(s["overlong_split"] for s in shards)

@@ -56,16 +56,60 @@ def read_training_texts(files: Iterable[str | pathlib.Path]) -> Iterator[str]:
         path = pathlib.Path(file)
         if not path.is_file():
             raise MissingInputError(f"--input {path}: no such file (give text or .jsonl files)")
-        if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    if line.strip():
-                        record = json.loads(line)
-                        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                            raise TokenizerError(f"{path}:{number}: expected {{'text': str}}")
-                        yield record["text"]
-        else:
-            yield path.read_text(encoding="utf-8")
+        try:
+            if path.suffix == ".jsonl":
+                with path.open(encoding="utf-8") as f:
+                    for number, line in enumerate(f, 1):
+                        if line.strip():
+                            try:
+                                record = json.loads(line)
+                            except json.JSONDecodeError as err:
+                                raise TokenizerError(
+                                    f"--input {path}:{number}: not JSON ({err.msg}); a .jsonl "
+                                    "file holds one {'text': str} object per line"
+                                ) from None
+                            if not isinstance(record, dict) or not isinstance(
+                                record.get("text"), str
+                            ):
+                                raise TokenizerError(f"{path}:{number}: expected {{'text': str}}")
+                            yield record["text"]
+            else:
+                yield path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise TokenizerError(
+                f"--input {path} is not UTF-8 text ({err.reason} at byte {err.start}); give text "
+                "or .jsonl files in UTF-8"
+            ) from None
+
+
+class _TrainingStream:
+    """The training texts cut into chunks, as the trainers consume them, keeping what a trainer
+    may not report: SentencePiece's trainer ends its input at an exception raised while reading
+    (then fails for lack of text, or trains on part of it), so the exception is kept here and
+    raised again after training; and how many characters came (none: an error naming the
+    inputs)."""
+
+    def __init__(self, texts: Iterable[str]):
+        self.texts = texts
+        self.error: Exception | None = None
+        self.chars = 0
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for text in self.texts:
+                for chunk in _chunks(text):
+                    self.chars += len(chunk)
+                    yield chunk
+        except Exception as err:
+            self.error = err
+            raise
+
+    def check(self, files: Sequence[str | pathlib.Path]) -> None:
+        if self.error is not None:
+            raise self.error
+        if not self.chars:
+            inputs = ", ".join(map(str, files)) or "the given texts"
+            raise TokenizerError(f"no text to train on in {inputs} (empty files?)")
 
 
 def _check_special_tokens(special_tokens: Sequence[str]) -> None:
@@ -104,13 +148,25 @@ def train_tokenizer(
     if kind not in TRAIN_TYPES:
         raise TokenizerError(f"kind={kind!r}: allowed values are {', '.join(TRAIN_TYPES)}")
     _check_special_tokens(special_tokens)
-    all_texts = itertools.chain(read_training_texts(files), texts)
-    stream = (chunk for text in all_texts for chunk in _chunks(text))
-    if kind == "sentencepiece":
-        return _train_sentencepiece(
-            stream, pathlib.Path(output), vocab_size, special_tokens, num_threads
+    output = pathlib.Path(output)
+    if kind == "bpe" and output.suffix != ".json" and output.exists() and not output.is_dir():
+        raise TokenizerError(
+            f"--output {output} is a file; bpe writes the directory OUTPUT/ with tokenizer.json "
+            "(or a file if OUTPUT ends in .json)"
         )
-    return _train_hf_bpe(stream, pathlib.Path(output), vocab_size, special_tokens)
+    files = list(files)
+    stream = _TrainingStream(itertools.chain(read_training_texts(files), texts))
+    try:
+        if kind == "sentencepiece":
+            path = _train_sentencepiece(iter(stream), output, vocab_size, special_tokens,
+                                        num_threads)  # fmt: skip
+        else:
+            path = _train_hf_bpe(iter(stream), output, vocab_size, special_tokens)
+    except Exception:
+        stream.check(files)  # the cause, when reading the input failed or found no text
+        raise
+    stream.check(files)
+    return path
 
 
 def _train_sentencepiece(

@@ -22,7 +22,7 @@ import logging
 
 from illada_jax import storage
 from illada_jax.ckpt import rundir
-from illada_jax.ckpt.manager import RunCheckpoints, restore_params
+from illada_jax.ckpt.manager import RunCheckpoints, init_from_step_dir, restore_params
 from illada_jax.config import flags
 from illada_jax.config.schema import Experiment
 from illada_jax.obs.progress import TrainProgress
@@ -103,6 +103,11 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
     """The loop's state: resumed from a checkpoint, or fresh (optionally from `init_from`)."""
     experiment = run.experiment
     tcfg, ccfg = experiment.train, experiment.checkpoint
+    # Inputs first: a mistake in a dataset (or a checkpoint.init_from that holds no checkpoint)
+    # is reported before seconds of state initialisation.
+    pipeline = run.pipeline()
+    if tcfg.eval_every:
+        run.pipeline(dataset=tcfg.eval_dataset)
     restored = checkpoints.restore_latest(run.abstract_state, config=experiment)
     if restored is not None:
         step, state, data_position, meta = restored
@@ -114,9 +119,10 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
     else:
         step, next_data_step, lr_scale, recent, data_state = 0, 0, 1.0, (), None
         unresolved = []
+        init_from = init_from_step_dir(ccfg.init_from) if ccfg.init_from else None
         state = run.init_state()
-        if ccfg.init_from:
-            params = restore_params(ccfg.init_from, run.abstract_state["params"])
+        if init_from is not None:
+            params = restore_params(init_from, run.abstract_state["params"])
             state = {**state, "params": params}
             print_fn(f"initialised parameters from {ccfg.init_from}")
         writer.write_text("config", flags.to_json(experiment), step=0)
@@ -129,7 +135,7 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
         next_data_step=next_data_step,
         lr_scale=lr_scale,
         recent_losses=collections.deque(recent, maxlen=tcfg.spike_window),
-        pipeline=run.pipeline(),
+        pipeline=pipeline,
         data_state=data_state,
         writer=writer,
         progress=progress,

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(
 QUIETING = ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY", "GLOG_minloglevel",
             "ILLADA_DEBUG")  # fmt: skip
 # glog/absl C++ lines (E1201 10:59:16.633455 ... file.cc:19]) and anything naming the TPU runtime.
-NOISE = re.compile(r"^[EWIF]\d{4} |libtpu|TPU|InitGoogle|absl::", re.MULTILINE)
+# Python logging's default format (Beam's workers: INFO:apache_beam...) too.
+NOISE = re.compile(r"^[EWIF]\d{4} |libtpu|TPU|InitGoogle|absl::|^(INFO|WARNING):", re.MULTILINE)
 
 
 def bare_environment() -> dict[str, str]:
@@ -85,3 +86,16 @@ def test_commands_print_no_libtpu_line(run_dir, command, tmp_path):
     done = run("-m", "illada_jax.cli", *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert not NOISE.search(done.stderr), done.stderr
+
+
+def test_beam_prepare_prints_no_worker_log(tmp_path):
+    """Beam's local worker processes log at INFO before reading any option; none of it shows."""
+    pytest.importorskip("apache_beam")
+    data = tmp_path / "docs.jsonl"
+    data.write_text('{"text": "one document"}\n{"text": "and another"}\n')
+    done = run("-m", "illada_jax.cli", "prepare", "--runner", "beam", "--format", "jsonl",
+               "--input", str(data), "--output", str(tmp_path / "out"), "--workers", "1",
+               "--quiet", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not NOISE.search(done.stderr), done.stderr
+    assert "prepared 2 documents" in done.stdout
