@@ -106,6 +106,15 @@ def tokenizer_path(text: str) -> str:
     return text if text.startswith(SHIPPED_PREFIX) else existing_path("any")(text)
 
 
+def dataset_spec(text: str) -> str:
+    """An argparse type: a dataset as `data.datasets` names one — the embedded corpus
+    (`embedded[:SPLIT]`), an on-the-fly spec (`raw:FORMAT:PATHS`), or a prepared directory that
+    exists."""
+    if text == "embedded" or text.startswith(("embedded:", "raw:")):
+        return text
+    return existing_path("dir")(text)
+
+
 def output_dir(text: str) -> str:
     """An argparse type: a directory to write into (it may not exist yet, but must not be a file,
     and its nearest existing ancestor must be a directory)."""

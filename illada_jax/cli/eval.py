@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from illada_jax.cli._common import existing_path, positive_int
+from illada_jax.cli._common import dataset_spec, existing_path, positive_int
 from illada_jax.cli._sampling import load_model
 from illada_jax.errors import IlladaError
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
         required=True,
         help="run directory or checkpoint step",
     )
-    parser.add_argument("--dataset", type=existing_path("dir"), default=None,
+    parser.add_argument("--dataset", type=dataset_spec, default=None,
                         help="prepared shards (default: the run's train.eval_dataset)")  # fmt: skip
     parser.add_argument("--batches", type=positive_int, default=None,
                         help="default: train.eval_batches")  # fmt: skip

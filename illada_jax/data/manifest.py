@@ -13,7 +13,7 @@ a re-run completes it to the same bytes (docs/data.md#interrupted-runs).
 
 The shard table is columnar (format version 2): shard i's files are named by `shard_name(i)`, and
 its document/record/token counts are the i-th entries of three integer lists, so a million shards
-cost three lists of a million numbers (~20 MB of JSON, parsed in well under a second) instead of a
+cost lists of a million numbers (~24 bytes of JSON per shard with the two below) instead of a
 million JSON objects. Version 3 adds two integrity columns: each shard file's size in bytes,
 checked when a reader opens the shard, and its CRC-32, checked by `illada prepare --verify DIR`.
 Versions 1 (a list of per-shard objects naming their files) and 2 (no integrity columns) are

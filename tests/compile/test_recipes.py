@@ -215,42 +215,6 @@ def _compile(command: list[str], tmp_path) -> dict:
             "report": json.loads(report.read_text())["report"]}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """`compiled(name)`: the recipe's `Check:` compile, run once per module."""
-    done: dict[str, dict] = {}
-
-    def get(name: str) -> dict:
-        if name not in done:
-            done[name] = _compile(_check_command(name), tmp_path_factory.mktemp(name))
-        return done[name]
-
-    return get
-
-
-@pytest.mark.tpu_compile
-@pytest.mark.parametrize("name", POD_RECIPES)
-def test_every_pod_recipe_compiles_for_its_slice_and_fits(name, compiled):
-    out = compiled(name)
-    assert RESULT.match(out["last"]), out["last"]
-    assert out["rc"] == 0, f"{name} does not fit: {out['report']['error'][:300]}"
-    report = out["report"]
-    assert report["fits"] and report["attention"] == "splash"
-    assert (
-        report["global_batch"] == flags.experiment_from_flags([f"config:{name}"]).train.batch_size
-    )
-
-
-@pytest.mark.tpu_compile
-def test_compile_lowers_the_program_the_runner_builds_for_a_pod_recipe(compiled, tmp_path):
-    """illada_8b on the slice its docstring names (tiny on v5p-8: tests/compile/test_aot.py)."""
-    command = _check_command("illada_8b")
-    topology = next(w.split("=", 1)[1] for w in command if w.startswith("--topology="))
-    runner = runner_hlo("illada_8b", topology, tmp_path / "runner.hlo")
-    assert compiled("illada_8b")["hlo"].startswith("module @jit_train_step")
-    assert compiled("illada_8b")["hlo"] == runner
-
-
 CPU_RECIPES = sorted(set(RECIPES) - set(POD_RECIPES) - {"tiny"})  # tiny: tests/compile/test_aot.py
 
 
