@@ -24,6 +24,7 @@ uses the helpers below instead of `os` calls, so the same run works on a laptop 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import re
@@ -131,6 +132,18 @@ def check_complete(directory: PathLike) -> None:
             f"{directory} was being written when its writer stopped (it holds "
             f"{INCOMPLETE_MARKER}); write it again (the same command) or delete it"
         )
+
+
+def read_json_object(p: PathLike, error: type[Exception], fix: str) -> dict:
+    """The JSON object in file `p`; `error(message)` naming the file and `fix` when it is not
+    JSON (damaged, not UTF-8) or not an object."""
+    try:
+        data = json.loads(path(p).read_text())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise error(f"{p} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{p} is not a JSON object (found {type(data).__name__}); {fix}")
+    return data
 
 
 def file_size(p: PathLike) -> int:

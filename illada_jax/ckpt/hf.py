@@ -194,16 +194,8 @@ def _safetensors_files(src: pathlib.Path) -> list[pathlib.Path]:
 def _read_json(path) -> dict:
     """A JSON object file of the checkpoint (config.json, the shard index); HfFormatError naming
     it when it is not one."""
-    try:
-        data = json.loads(storage.path(path).read_text())
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise HfFormatError(
-            f"{path} is not valid JSON ({err}); the checkpoint is damaged or incompletely "
-            "downloaded"
-        ) from None
-    if not isinstance(data, dict):
-        raise HfFormatError(f"{path} is not a JSON object (found {type(data).__name__})")
-    return data
+    fix = "the checkpoint is damaged or incompletely downloaded"
+    return storage.read_json_object(path, HfFormatError, fix)
 
 
 def _tensor_headers(file) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -97,15 +97,8 @@ def read_experiment(step_dir: storage.PathLike) -> Experiment:
     for candidate in candidates:
         if not candidate.is_file():
             continue
-        try:
-            data = json.loads(candidate.read_text())
-        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError: a damaged file
-            raise LoadError(
-                f"{candidate} is damaged ({err}); the checkpoint's config cannot be read. Use "
-                "another checkpoint step, or restore the file"
-            ) from None
-        if not isinstance(data, dict):
-            raise LoadError(f"{candidate} is damaged: not a JSON object")
+        fix = "the checkpoint's config cannot be read: use another step, or restore the file"
+        data = storage.read_json_object(candidate, LoadError, fix)
         data = data.get("config", data) if candidate.name == "metadata" else data
         try:
             return flags.build(flags.config_from_dict(Experiment, data))

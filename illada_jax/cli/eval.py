@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 from illada_jax.cli._common import dataset_spec, existing_path, positive_int
 from illada_jax.cli._sampling import load_model
@@ -70,18 +69,15 @@ def _run_tasks(args: argparse.Namespace) -> int:
         raise IlladaError(f"--tasks {args.tasks!r} names no task; give comma-separated lm-eval "
                           "task names, e.g. --tasks kjv_next_word,kjv_verse_end")  # fmt: skip
     try:
-        from illada_jax.eval.harness import check_task_names, run_tasks, task_manager_for
+        from illada_jax.eval.harness import run_tasks
     except ImportError as err:  # the [eval] extra is missing: the message says how to install it
         raise IlladaError(str(err)) from None
 
-    include = [args.include_path] if args.include_path else None
-    with tempfile.TemporaryDirectory(prefix="illada-tasks-") as tmp:
-        check_task_names(task_manager_for(include, tmp), tasks)  # before loading the checkpoint
-    model = load_model(args.checkpoint)
     model_args = dict(loglikelihood_method=args.method, mc_num=args.mc_num,
                       gen_length=args.gen_length)  # fmt: skip
-    results = run_tasks(model, tasks, limit=args.limit, include_path=args.include_path,
-                        **model_args)  # fmt: skip
+    # The checkpoint loads only after run_tasks has checked the task names.
+    results = run_tasks(lambda: load_model(args.checkpoint), tasks, limit=args.limit,
+                        include_path=args.include_path, **model_args)  # fmt: skip
     for task, metrics in results["results"].items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         print(f"{task}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import io
-import json
 import threading
 
 import numpy as np
@@ -54,12 +53,7 @@ class PreparedDataset:
                 f"{self.directory} has no {MANIFEST}; prepare it first with "
                 f"`illada prepare --input ... --output {self.directory}`"
             )
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except ValueError as err:  # not JSON, not UTF-8
-            raise DataError(f"{manifest_path} is damaged ({err}); re-run illada prepare") from err
-        if not isinstance(self.manifest, dict):
-            raise DataError(f"{manifest_path} is not a JSON object; re-run illada prepare")
+        self.manifest = storage.read_json_object(manifest_path, DataError, "re-run illada prepare")
         if self.manifest.get("format_version") not in READABLE_VERSIONS:
             raise DataError(
                 f"{manifest_path} has format_version "

@@ -386,8 +386,9 @@ def run_tasks(model_or_checkpoint, tasks: Sequence[str], *, limit: int | float |
     """Run lm-eval `tasks` (names, tags or groups) on a model and return lm-eval's results
     dict (`results["results"][task]["acc,none"]`, ...).
 
-    `model_or_checkpoint`: an `IlladaLM`, a `Model` or a checkpoint path; `model_args` go to
-    `IlladaLM` (an `IlladaLM` comes with its own). The shipped tasks (`illada_jax.eval.tasks`) are
+    `model_or_checkpoint`: an `IlladaLM`, a `Model`, a checkpoint path, or a function returning
+    a `Model` (called after the task names are checked: a wrong name costs no load);
+    `model_args` go to `IlladaLM` (an `IlladaLM` comes with its own). The shipped tasks (`illada_jax.eval.tasks`) are
     always on the include path, with the `include_path` entries; lm-eval's built-in tasks are
     too unless `include_defaults=False` (indexing them takes a few seconds; their data must be
     in the local datasets cache when offline). `evaluate_kwargs` go to `lm_eval.simple_evaluate`
@@ -441,6 +442,8 @@ def _as_lm(model_or_checkpoint, model_args: dict) -> IlladaLM:
         lm = model_or_checkpoint
     elif isinstance(model_or_checkpoint, Model):
         lm = IlladaLM(model=model_or_checkpoint, **model_args)
+    elif callable(model_or_checkpoint):
+        lm = IlladaLM(model=model_or_checkpoint(), **model_args)
     else:
         lm = IlladaLM(checkpoint=str(model_or_checkpoint), **model_args)
     return lm
