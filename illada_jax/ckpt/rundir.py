@@ -24,6 +24,7 @@ from illada_jax.config.schema import ConfigError, Experiment
 from illada_jax.errors import IlladaError
 
 CONFIG = "config.json"
+RUNTIME = "runtime"  # config.json's record of the process's runtime settings, not config
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
 PROFILE = "profile"
@@ -35,13 +36,25 @@ class LoadError(IlladaError, ValueError):
     """A path that does not hold what was expected (the message says what was)."""
 
 
-def write_config(workdir: storage.PathLike, experiment: Experiment) -> storage.Path:
-    """Write `WORKDIR/config.json` (creating WORKDIR); returns its path."""
+def write_config(
+    workdir: storage.PathLike, experiment: Experiment, runtime: dict | None = None
+) -> storage.Path:
+    """Write `WORKDIR/config.json` (creating WORKDIR); returns its path. `runtime`: what the
+    process runs with (`parallel.tpu_runtime.runtime_record`: libtpu/XLA flags, versions), stored
+    under the key `runtime`, which readers of the config skip (`config_data`)."""
     workdir = storage.path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / CONFIG
-    storage.atomic_write(path, flags.to_json(experiment) + "\n")
+    data = flags.to_dict(experiment)
+    if runtime is not None:
+        data[RUNTIME] = runtime
+    storage.atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def config_data(data: dict) -> dict:
+    """A stored config's `Experiment` fields (without the `runtime` record)."""
+    return {k: v for k, v in data.items() if k != RUNTIME}
 
 
 def read_metrics(workdir: storage.PathLike) -> list[dict]:
@@ -99,7 +112,7 @@ def read_experiment(step_dir: storage.PathLike) -> Experiment:
             continue
         fix = "the checkpoint's config cannot be read: use another step, or restore the file"
         data = storage.read_json_object(candidate, LoadError, fix)
-        data = data.get("config", data) if candidate.name == "metadata" else data
+        data = data.get("config", data) if candidate.name == "metadata" else config_data(data)
         try:
             return flags.build(flags.config_from_dict(Experiment, data))
         except ConfigError as err:

@@ -46,7 +46,8 @@ def add_parser(sub) -> None:
         "--topology",
         required=True,
         help="TPU slice: v4-8, v5e-16, v5p-256, v6e-256, 2xv5p-256 or v5p:4x4x8 "
-        "(v4/v5p count TensorCores, v5e/v6e chips, as in Google's accelerator types)",
+        "(v4/v5p count TensorCores, v5e/v6e chips, as in Google's accelerator types); or cpu: "
+        "this host's own devices, as `illada train` runs here",
     )
     parser.add_argument("--num-slices", type=positive_int, default=None,
                         help="slices joined over DCN")  # fmt: skip
@@ -84,6 +85,15 @@ def run(args: argparse.Namespace) -> int:
     experiment = aot.with_shape(flags.experiment_from_flags(args.config),
                                 args.global_batch, args.seq_len)  # fmt: skip
     target = aot.Target(experiment, args.topology, args.num_slices)
+    if target.is_host:  # this host's devices, set up as `illada train` sets them up
+        from illada_jax.parallel.distributed import start_jax
+
+        start_jax(experiment.mesh.cpu_devices)
+    else:  # before libtpu loads: it reads its flags once
+        from illada_jax.parallel import tpu_runtime
+
+        target.slice()  # a bad topology name is reported as such, before the flags
+        tpu_runtime.apply_to_environment(args.topology, args.num_slices)
     if args.dump_hlo:
         lowered, _ = aot.lower(target)
         with open(args.dump_hlo, "w") as f:

@@ -138,6 +138,8 @@ def load_file(path: str | pathlib.Path) -> fdl.Config:
         data = json.loads(path.read_text())
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError (not a text file)
         raise ConfigError(f"file:{path} is not valid JSON: {err}") from err
+    if isinstance(data, dict):  # a run's config.json also records its runtime settings
+        data.pop("runtime", None)
     try:
         return config_from_dict(Experiment, data)
     except ConfigError as err:

@@ -453,6 +453,11 @@ class TrainConfig:
     # (0 = off). Chat-formatted for SFT objectives.
     sample_prompts: tuple[str, ...] = ("In the beginning", "The LORD is my", "Hello, how are")
     sample_length: int = 32
+    # JAX's persistent compilation cache, so a restarted job (preemption, crash) loads its
+    # compiled steps instead of compiling them again: "auto" = WORKDIR/compile_cache (gs:// works),
+    # "off", or a directory of your own (shared by runs; a cache set by JAX_COMPILATION_CACHE_DIR
+    # wins over "auto").
+    compilation_cache: str = "auto"
 
     def __post_init__(self) -> None:
         for field in (
@@ -475,6 +480,9 @@ class TrainConfig:
                 "`illada prepare` and name the directory",
             )
         _check_int("sample_length", self.sample_length, 0)
+        if not isinstance(self.compilation_cache, str) or not self.compilation_cache.strip():
+            _fail("compilation_cache", self.compilation_cache,
+                  '"auto" (WORKDIR/compile_cache), "off", or a directory')  # fmt: skip
         _check_choice("health_policy", self.health_policy, HEALTH_POLICIES)
         if not self.spike_sigma > 0:
             _fail("spike_sigma", self.spike_sigma, "must be > 0")

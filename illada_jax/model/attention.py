@@ -16,6 +16,7 @@ Kernels (`ModelConfig.attention_impl`):
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +118,17 @@ def _splash_kernel(n_heads: int, length: int, block: int, interpret: bool):
     )
 
 
+def _dividing_axes(mesh, axes: tuple[str, ...], size: int) -> tuple[str, ...] | None:
+    """The mesh axes among `axes` whose product divides `size` (a batch of 3 prompts on 8 data
+    devices is not split: each device runs the whole batch rather than failing to compile)."""
+    kept, product = [], 1
+    for axis in axes:
+        if axis in mesh.axis_names and size % (product * mesh.shape[axis]) == 0:
+            kept.append(axis)
+            product *= mesh.shape[axis]
+    return tuple(kept) or None
+
+
 def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False):
     """Pallas splash attention (TPU). q: [B, L, H, D]; k, v: [B, L, KV, D] -> [B, L, H, D]."""
     from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (
@@ -150,8 +162,8 @@ def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False)
         out = local(qt, kt, vt, seg)
     else:
         P = jax.sharding.PartitionSpec
-        data_axes = tuple(a for a in DATA_AXES if a in mesh.axis_names) or None
-        head_axis = TENSOR_MESH_AXIS if TENSOR_MESH_AXIS in mesh.axis_names else None
+        data_axes = _dividing_axes(mesh, DATA_AXES, batch)
+        head_axis = _dividing_axes(mesh, (TENSOR_MESH_AXIS,), math.gcd(n_heads, kt.shape[1]))
         heads_spec = P(data_axes, head_axis, None, None)
         out = jax.shard_map(
             local,

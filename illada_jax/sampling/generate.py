@@ -347,16 +347,41 @@ def _as_prompt(prompt_ids, prompt_mask):
 
 
 def generate(graphdef, params, ids: SpecialIds, prompt_ids, opts: SamplingOptions, *,
-             prompt_mask=None, seed: int = 0) -> np.ndarray:  # fmt: skip
+             prompt_mask=None, seed: int = 0, mesh=None) -> np.ndarray:  # fmt: skip
     """Fixed-canvas generation (docs/algorithms.md#sampling). prompt_ids: int [B, P] left-padded;
     prompt_mask: bool [B, P] (1 = real token; default all real). Returns the canvas int32 [B, P +
-    G]."""
+    G]. `mesh`: the mesh `params` are sharded on (the runner's samples): the program is then
+    compiled under it (`compile_on_mesh`), as the train step is."""
     opts.fixed_plan()
     prompt, mask = _as_prompt(prompt_ids, prompt_mask)
-    out = _with_precision(
-        opts, _generate_fixed, graphdef, opts, ids, params, prompt, mask, jax.random.key(seed)
-    )
+    args = (params, prompt, mask, jax.random.key(seed))
+    if mesh is not None:
+        if opts.noise == "float64":
+            raise SamplingError("noise='float64' is the exact single-device CPU mode")
+        return np.asarray(
+            compile_on_mesh(mesh, _generate_fixed, (graphdef, opts, ids), args)(*args)
+        )
+    out = _with_precision(opts, _generate_fixed, graphdef, opts, ids, *args)
     return np.asarray(out)
+
+
+_ON_MESH: dict = {}  # (function, mesh, static args, input types) -> compiled program
+
+
+def compile_on_mesh(mesh, jitted, static: tuple, args: tuple) -> jax.stages.Compiled:
+    """`jitted(*static, *args)` lowered under `mesh` and compiled, once per mesh, static
+    arguments and input shapes/dtypes/shardings. A lazy jit traced at a call outside the mesh
+    would drop the model's activation layouts and splash attention's `shard_map`
+    (train/builder.py); this never traces at a call."""
+
+    def kind(x):
+        return (jnp.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
+
+    key = (jitted, mesh, static, jax.tree.structure(args), tuple(map(kind, jax.tree.leaves(args))))
+    if key not in _ON_MESH:
+        with jax.set_mesh(mesh):
+            _ON_MESH[key] = jitted.lower(*static, *args).compile()
+    return _ON_MESH[key]
 
 
 @dataclasses.dataclass

@@ -2,8 +2,11 @@
 
 Nothing is allocated and no TPU is needed: the devices come from libtpu's topology description
 (`parallel/topology.py`), and the run is built by `train.builder.build_run` — the function
-`illada train` builds its run with — on those abstract devices; its train step is lowered on the
-abstract inputs made by the same code that makes the runner's real ones, and compiled. The
+`illada train` builds its run with — on those abstract devices; `Run.lower_train_step()` (the
+lowering the runner compiles and calls, under the mesh, on the abstract twins of its inputs) is
+compiled here with the TPU generation's libtpu flags (`parallel/tpu_runtime.py`, what the
+launchers set on the workers). The report's `program` fingerprint is the one `illada train`
+prints for its compiled step. `--topology=cpu` compiles for this host's own devices instead. The
 experiment is compiled exactly as given: a pod recipe (configs/) carries its attention kernel,
 dtypes, mesh, remat policy and batch, so the report describes the program the pod runs.
 `--global-batch` / `--seq-len` are shorthands for `set:train.batch_size=` / `set:train.seq_len=`
@@ -31,21 +34,65 @@ SEARCH_BATCHES = (1, 2, 4, 8)
 SEARCH_REMATS = ("full", "save_dots_no_batch", "save_dots")
 
 
+HOST = "cpu"  # `--topology=cpu`: this host's own CPU devices, as `illada train` uses them here
+
+
+@dataclasses.dataclass(frozen=True)
+class HostDevices:
+    """This host's JAX CPU devices as a compile target (`--topology=cpu`): the program `illada
+    train` compiles on this machine. Memory per device: the host's RAM shared by its devices;
+    peak: the measured matmul rate (`obs.flops.device_peak_flops`)."""
+
+    name: str
+    num_chips: int
+    hbm_per_chip: int
+    peak_flops_per_chip: float
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """An experiment and the TPU slice to compile it for."""
+    """An experiment and the TPU slice (or, `topology="cpu"`, this host) to compile it for."""
 
     experiment: Experiment
     topology: str
     num_slices: int | None = None
 
+    @property
+    def is_host(self) -> bool:
+        return self.topology.strip().lower() == HOST
+
     def slice(self):
+        if self.is_host:
+            return _host_devices(self.experiment.model.compute_dtype)
         from illada_jax.parallel.topology import parse_slice
 
         return parse_slice(self.topology, self.num_slices)
 
     def devices(self) -> list:
+        if self.is_host:
+            import jax
+
+            if self.num_slices not in (None, 1):
+                raise ConfigError("--topology=cpu is this host: --num-slices does not apply")
+            return jax.devices("cpu")
         return list(_devices(self.topology, self.num_slices))
+
+    def with_experiment(self, experiment: Experiment) -> Target:
+        return dataclasses.replace(self, experiment=experiment)
+
+
+@functools.cache
+def _host_devices(compute_dtype: str) -> HostDevices:
+    import os
+
+    import jax
+
+    from illada_jax.obs.flops import device_peak_flops
+
+    devices = jax.devices("cpu")
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    peak, _ = device_peak_flops(devices[0], compute_dtype)
+    return HostDevices(f"cpu-{len(devices)}", len(devices), ram // len(devices), peak)
 
     def with_experiment(self, experiment: Experiment) -> Target:
         return dataclasses.replace(self, experiment=experiment)
@@ -104,6 +151,14 @@ def compile_report(target: Target, *, mfu: float = aot_report.DEFAULT_MFU,
     report = aot_report.make_report(target.experiment, target.slice(), run.mesh, run.rules,
                                     compiled, error, seconds, mfu, tokens,
                                     notes=advice(target, run, compiled))  # fmt: skip
+    if compiled is not None:
+        from illada_jax.train.builder import program_fingerprint
+
+        report.program = program_fingerprint(compiled)
+    if not target.is_host:
+        import os
+
+        report.libtpu_init_args = os.environ.get("LIBTPU_INIT_ARGS", "")
     if compiled is not None and probes:
         add_flop_probes(report, target, run)
     return report

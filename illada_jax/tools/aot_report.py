@@ -73,6 +73,8 @@ class Report:
     probe_s: float = 0.0
     error: str = ""
     notes: list[str] = dataclasses.field(default_factory=list)
+    program: str = ""  # `train.builder.program_fingerprint` of the compiled step
+    libtpu_init_args: str = ""  # the libtpu flags it was compiled with (TPU targets)
 
     @property
     def hardware_s_per_mtok(self) -> float:
@@ -140,7 +142,8 @@ def make_report(experiment: Experiment, slice_, mesh, rules: str, compiled, erro
 
     tcfg = experiment.train
     tokens_per_step = tcfg.batch_size * tcfg.seq_len
-    peak = flops.PEAK_FLOPS[flops.peak_table_key(slice_.generation.device_kind)]
+    peak = getattr(slice_, "peak_flops_per_chip", None)  # a host target: measured
+    peak = peak or flops.PEAK_FLOPS[flops.peak_table_key(slice_.generation.device_kind)]
     model_flops = flops.train_flops_per_token(experiment.model, tcfg.seq_len) * tokens_per_step
     step_s = model_flops / (slice_.num_chips * peak * mfu)
     report = Report(
@@ -197,6 +200,10 @@ def format_report(report: Report) -> str:
         *(f"note            {note}" for note in report.notes),
         f"compile         {report.compile_s:.1f} s (+ {report.probe_s:.1f} s FLOPs probes)",
     ]
+    if report.libtpu_init_args:
+        lines.append(f"libtpu flags    {report.libtpu_init_args}")
+    if report.program:
+        lines.append(f"program         {report.program} (the fingerprint `illada train` prints)")
     if report.error:
         first = report.error.splitlines()[0][:400]
         lines.append(f"XLA refused     {first}")
@@ -240,7 +247,7 @@ def result_line(report: Report) -> str:
     return (
         f"RESULT fits={str(report.fits).lower()} bytes_per_chip={report.total_bytes} "
         f"hbm_per_chip={report.hbm_per_chip} flops_per_step={report.compiled_flops_per_step:.6g} "
-        f"model_flops_per_step={report.model_flops_per_step:.6g}"
+        f"model_flops_per_step={report.model_flops_per_step:.6g} program={report.program or '-'}"
     )
 
 

@@ -3,18 +3,28 @@
 A `Run` is everything about a training job that depends only on its `Experiment` and its devices,
 not on data or progress: the mesh, the resolved rule table, the optimizer and its schedule, the
 network's graph definition, the state's shardings and abstract shapes, the batch's keys and
-shardings, and the jitted train and eval steps. Nothing is allocated.
+shardings, and the train and eval steps. Nothing is allocated until a step is compiled.
 
-Both the runner (`train/loop.py`, on the real devices) and the AOT tool (`tools/aot.py`, on a TPU
-topology's abstract devices) build their run here, and both feed the train step inputs made by
-the same methods (`controls`, `step_key`, `global_batch`, or their abstract twins, which are
-`jax.eval_shape` of the very same functions). So `illada compile` lowers exactly the program
-`illada train` runs on that topology (`tests/multidevice/test_run_builder.py` compares the HLO).
+One step object. `jax.jit` traces at the first call, not where the jitted function is made, so a
+mesh entered around `jax.jit(...)` does not reach a lazy trace: the model's activation
+constraints (`parallel.rules.constrain`) and splash attention's `shard_map` read the mesh being
+traced under and vanish outside it. So nothing here is ever traced lazily: `lower_train_step()`
+lowers the step under the run's mesh on the abstract inputs (`abstract_step_inputs`, which are
+`jax.eval_shape` of the very methods that make the runner's real inputs: `controls`, `step_key`,
+`global_batch`), and `train_step` is that lowering compiled (`compile_train_step`, once per run).
+The runner (`train/loop.py`) calls `run.train_step`, the AOT tool (`tools/aot.py`, behind
+`illada compile`) compiles `run.lower_train_step()` on a TPU topology's abstract devices: the same
+lowering, so `illada compile` reports the executable `illada train` runs (its
+`program_fingerprint` is printed by both). A call with another shape, dtype or sharding than
+compiled is an error from JAX, never a silent retrace. The held-out evaluation step is built the
+same way (`lower_eval_step`, `eval_step`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,8 +64,39 @@ class Run:
     abstract_state: Any  # pytree of ShapeDtypeStruct carrying those shardings
     batch_keys: tuple[str, ...]
     batch_shardings: dict[str, NamedSharding]
-    train_step: Callable  # (state, batch, key, controls) -> (state, metrics)
-    eval_step: Callable  # (params, batch, key) -> (bound_sum, n_tokens)
+    # The jitted functions, never called directly: only lowered under the mesh (module doc).
+    jitted_train_step: Callable  # (state, batch, key, controls) -> (state, metrics)
+    jitted_eval_step: Callable  # (params, batch, key) -> (bound_sum, n_tokens)
+    _compiled: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    # ------------------------------------------------------------------ the compiled steps
+
+    @property
+    def train_step(self) -> jax.stages.Compiled:
+        """The compiled train step `(state, batch, key, controls) -> (state, metrics)` (the
+        state is donated); compiled on first use (`compile_train_step`)."""
+        return self.compile_train_step()
+
+    @property
+    def eval_step(self) -> jax.stages.Compiled:
+        """The compiled held-out step `(params, batch, key) -> (bound_sum, n_tokens)`."""
+        return self.compile_eval_step()
+
+    def compile_train_step(self) -> jax.stages.Compiled:
+        """`lower_train_step().compile()`, once per run: what `illada compile` compiles too."""
+        if "train" not in self._compiled:
+            self._compiled["train"] = _timed_compile(self.lower_train_step())
+        return self._compiled["train"][0]
+
+    def compile_eval_step(self) -> jax.stages.Compiled:
+        """`lower_eval_step().compile()`, once per run."""
+        if "eval" not in self._compiled:
+            self._compiled["eval"] = _timed_compile(self.lower_eval_step())
+        return self._compiled["eval"][0]
+
+    def compile_seconds(self) -> dict[str, float]:
+        """Seconds each compiled step took to compile, by name (`train`, `eval`)."""
+        return {name: seconds for name, (_, seconds) in self._compiled.items()}
 
     # ------------------------------------------------------------------ step inputs
 
@@ -111,9 +152,34 @@ class Run:
         return self.abstract_state, self.abstract_batch(), key, controls
 
     def lower_train_step(self, *inputs) -> jax.stages.Lowered:
-        """`train_step.lower(...)` on `inputs` (default: the abstract ones), under the mesh."""
+        """The train step lowered under the run's mesh on `inputs` (default: the abstract ones,
+        which is what `train_step` compiles)."""
         with jax.set_mesh(self.mesh):
-            return self.train_step.lower(*(inputs or self.abstract_step_inputs()))
+            return self.jitted_train_step.lower(*(inputs or self.abstract_step_inputs()))
+
+    def abstract_eval_inputs(self) -> tuple:
+        """(params, batch, key) of the held-out step as ShapeDtypeStructs: the held-out data is
+        always prepared shards (`Pipeline` rows, also for sft_llada runs), `[batch, seq_len]`
+        int32 arrays with `eval_rows_sharding`."""
+        rows = eval_rows_sharding(self)
+        shape = (self.experiment.train.batch_size, self.experiment.train.seq_len)
+        batch = {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rows)
+                 for key in Pipeline.output_keys}  # fmt: skip
+        key = self.abstract_step_inputs()[2]
+        return self.abstract_state["params"], batch, key
+
+    def eval_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's rows of a held-out batch -> global arrays with `eval_rows_sharding`."""
+        rows, sharding = self.experiment.train.batch_size, eval_rows_sharding(self)
+        return {
+            key: jax.make_array_from_process_local_data(sharding, value, (rows, *value.shape[1:]))
+            for key, value in local.items()
+        }
+
+    def lower_eval_step(self, *inputs) -> jax.stages.Lowered:
+        """The held-out step lowered under the run's mesh (default: on the abstract inputs)."""
+        with jax.set_mesh(self.mesh):
+            return self.jitted_eval_step.lower(*(inputs or self.abstract_eval_inputs()))
 
     # ------------------------------------------------------------------ state and data
 
@@ -182,27 +248,27 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
     abstract_state = state_lib.abstract_state(experiment.model, optimizer, mesh, rules, tcfg.seed)
     shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
     keys = pipeline_class(experiment).output_keys
-    with jax.set_mesh(mesh):
-        train_step = make_train_step(
-            graphdef,
-            experiment.diffusion,
-            optimizer,
-            grad_accum=tcfg.grad_accum,
-            inject_nan_step=tcfg.inject_nan_step,
-            state_shardings=shardings,
-            mesh=mesh,
-            rules=rules,
-            global_batch=tcfg.batch_size,
-            batch_keys=keys,
-            compute_dtype=weights_compute_dtype(experiment.model),
-        )
-        eval_step = make_eval_step(
-            graphdef,
-            param_shardings=shardings["params"],
-            mesh=mesh,
-            rules=rules,
-            global_batch=tcfg.batch_size,
-        )
+    # Jitted only: traced by `Run.lower_*` under the mesh, never at a call (module doc).
+    train_step = make_train_step(
+        graphdef,
+        experiment.diffusion,
+        optimizer,
+        grad_accum=tcfg.grad_accum,
+        inject_nan_step=tcfg.inject_nan_step,
+        state_shardings=shardings,
+        mesh=mesh,
+        rules=rules,
+        global_batch=tcfg.batch_size,
+        batch_keys=keys,
+        compute_dtype=weights_compute_dtype(experiment.model),
+    )
+    eval_step = make_eval_step(
+        graphdef,
+        param_shardings=shardings["params"],
+        mesh=mesh,
+        rules=rules,
+        global_batch=tcfg.batch_size,
+    )
     return Run(
         experiment=experiment,
         mesh=mesh,
@@ -214,9 +280,29 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
         abstract_state=abstract_state,
         batch_keys=tuple(keys),
         batch_shardings=batch_shardings(mesh, rules, tcfg.batch_size, keys),
-        train_step=train_step,
-        eval_step=eval_step,
+        jitted_train_step=train_step,
+        jitted_eval_step=eval_step,
     )
+
+
+def _timed_compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, float]:
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, time.perf_counter() - start
+
+
+def program_fingerprint(compiled: jax.stages.Compiled) -> str:
+    """A short hash of a compiled program's optimized HLO: equal fingerprints, same executable.
+    `illada train` logs its train step's; `illada compile` reports the one it compiled.
+
+    Printed with XLA's fingerprint options (no metadata, canonical names): the source locations
+    and stack-frame tables of `compiled.as_text()` name the calling script and change order when
+    the persistent compilation cache loads an executable, although the program is the same."""
+    from jaxlib import _hlo  # XLA's HLO bindings; HloPrintOptions has no public path in jax
+
+    options = _hlo.HloPrintOptions.fingerprint()
+    text = "\n".join(m.to_string(options) for m in compiled.runtime_executable().hlo_modules())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def eval_rows_sharding(run: Run) -> NamedSharding:

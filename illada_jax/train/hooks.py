@@ -29,7 +29,7 @@ import numpy as np
 from illada_jax import storage
 from illada_jax.ckpt import rundir
 from illada_jax.obs import flops
-from illada_jax.train.builder import Run, eval_rows_sharding
+from illada_jax.train.builder import Run
 from illada_jax.train.evaluate import EVAL_SEED, heldout_bound
 
 
@@ -199,7 +199,6 @@ class HeldOutEval(Hook):
 
     def __init__(self, run: Run):
         self.every = run.experiment.train.eval_every
-        self.rows = eval_rows_sharding(run)
 
     def on_start(self, loop: LoopState) -> None:
         if self.every:  # refuse held-out data that does not fit the model now, on every process
@@ -219,18 +218,8 @@ class HeldOutEval(Hook):
     def on_step(self, loop: LoopState) -> None:
         run = loop.run
         pipeline = run.pipeline(dataset=run.experiment.train.eval_dataset, seed=EVAL_SEED)
-        record = heldout_bound(
-            run.eval_step,
-            loop.state["params"],
-            pipeline,
-            run.experiment.train.eval_batches,
-            put=lambda local: {
-                k: jax.make_array_from_process_local_data(
-                    self.rows, v, (run.experiment.train.batch_size, *v.shape[1:])
-                )
-                for k, v in local.items()
-            },
-        )
+        record = heldout_bound(run.eval_step, loop.state["params"], pipeline,
+                               run.experiment.train.eval_batches, put=run.eval_batch)  # fmt: skip
         loop.record({"step": loop.step, **record}, line=f"step {loop.step}: held-out {record}")
 
 
@@ -267,7 +256,8 @@ class TextSamples(Hook):
         from illada_jax.train.samples import TrainingSamples
 
         self.every = run.experiment.train.eval_every
-        self.samples = TrainingSamples(run.experiment, run.graphdef, workdir, tokenizer)
+        self.samples = TrainingSamples(run.experiment, run.graphdef, workdir, tokenizer,
+                                       mesh=run.mesh)  # fmt: skip
         self.main = jax.process_index() == 0
 
     def on_start(self, loop: LoopState) -> None:

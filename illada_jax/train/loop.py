@@ -1,8 +1,10 @@
 """The runner: `train(experiment, workdir)` trains (or resumes) a run; read it top to bottom.
 
-1. `build_run` (train/builder.py): mesh, rules, optimizer, shardings and the jitted steps — the
-   same program `illada compile` reports on.
-2. `start`: resume from the newest good checkpoint in `WORKDIR/checkpoints` (state, data position,
+1. `build_run` (train/builder.py): mesh, rules, optimizer, shardings and the steps.
+2. `start`: check the inputs (datasets, `init_from`), compile the train and eval steps ahead of
+   time under the mesh (`Run.compile_train_step`: the executable `illada compile` reports on;
+   JAX's persistent cache in `WORKDIR/compile_cache` makes a restart's compile a load), then
+   resume from the newest good checkpoint in `WORKDIR/checkpoints` (state, data position,
    learning-rate scale, spike window), else initialise (parameters from `checkpoint.init_from`
    when set).
 3. The loop: take this process's rows of the next global batch, dispatch the train step, fetch
@@ -27,8 +29,9 @@ from illada_jax.config import flags
 from illada_jax.config.schema import Experiment
 from illada_jax.obs.progress import TrainProgress
 from illada_jax.obs.writers import MetricWriter, import_wandb
+from illada_jax.parallel import tpu_runtime
+from illada_jax.train import compile_cache, recovery
 from illada_jax.train import hooks as hooks_lib
-from illada_jax.train import recovery
 from illada_jax.train.builder import Run, build_run
 from illada_jax.train.hooks import Hook, LoopState, resolve_metrics
 
@@ -52,8 +55,9 @@ def train(
     if obs.wandb_project:  # every process, before anything is built: all of them stop alike
         import_wandb(obs.wandb_project)
     if is_main:
-        rundir.write_config(workdir, experiment)
+        rundir.write_config(workdir, experiment, runtime=tpu_runtime.runtime_record())
     run = build_run(experiment)
+    compile_cache.configure(experiment.train.compilation_cache, workdir)
     checkpoints = RunCheckpoints(workdir, experiment.checkpoint)
     writer = MetricWriter(
         workdir,
@@ -108,6 +112,7 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
     pipeline = run.pipeline()
     if tcfg.eval_every:
         run.pipeline(dataset=tcfg.eval_dataset)
+    compiled = compile_steps(run, print_fn if writer.enabled else None)
     restored = checkpoints.restore_latest(run.abstract_state, config=experiment)
     if restored is not None:
         step, state, data_position, meta = restored
@@ -142,7 +147,30 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
         unresolved=collections.deque(unresolved),
     )
     loop.restart_data()
+    if writer.enabled:
+        writer.write_metrics(step, {"event": "compiled", **compiled})
     return loop
+
+
+def compile_steps(run: Run, print_fn=None) -> dict:
+    """Compile the run's train step (and its eval step when it evaluates) ahead of time under
+    its mesh; returns {"<name>_step_program": fingerprint, "<name>_compile_s": seconds}."""
+    from illada_jax.train.builder import program_fingerprint
+
+    steps = {"train": run.compile_train_step()}
+    if run.experiment.train.eval_every:
+        steps["eval"] = run.compile_eval_step()
+    seconds = run.compile_seconds()
+    record = {}
+    for name, compiled in steps.items():
+        record[f"{name}_step_program"] = program_fingerprint(compiled)
+        record[f"{name}_compile_s"] = round(seconds[name], 3)
+    if print_fn is not None:
+        print_fn(
+            f"compiled the train step in {seconds['train']:.1f} s "
+            f"(program {record['train_step_program']})"
+        )
+    return record
 
 
 def default_hooks(run: Run, workdir, checkpoints) -> list[Hook]:

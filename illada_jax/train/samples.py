@@ -28,8 +28,9 @@ from illada_jax.sampling.generate import (
 
 
 class TrainingSamples:
-    def __init__(self, experiment: Experiment, graphdef, out_dir, tokenizer):
+    def __init__(self, experiment: Experiment, graphdef, out_dir, tokenizer, mesh=None):
         tcfg = experiment.train
+        self.mesh = mesh  # the mesh the parameters live on: the sampler compiles under it
         self.enabled = bool(tcfg.sample_length and tcfg.sample_prompts and tokenizer)
         self.skipped_reason = None
         if self.enabled and jax.process_count() > 1:
@@ -66,7 +67,7 @@ class TrainingSamples:
         if not self.enabled:
             return []
         canvas = generate(self.graphdef, params, self.ids, self.prompt_ids, self.options,
-                          prompt_mask=self.prompt_mask)  # fmt: skip
+                          prompt_mask=self.prompt_mask, mesh=self.mesh)  # fmt: skip
         width = self.prompt_ids.shape[1]
         self.last = [(p, self._decode(row[width:])) for p, row in zip(self.prompts, canvas)]
         self.step = step

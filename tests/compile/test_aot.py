@@ -17,10 +17,12 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 from illada_jax.config.schema import ConfigError
+from illada_jax.parallel import tpu_runtime
 from illada_jax.parallel.topology import GIB, parse_slice
 from illada_jax.tools import aot_report
 
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.core
 
 RESULT = re.compile(
     r"^RESULT fits=(true|false) bytes_per_chip=(\d+) hbm_per_chip=(\d+) "
-    r"flops_per_step=(\S+) model_flops_per_step=(\S+)$"
+    r"flops_per_step=(\S+) model_flops_per_step=(\S+) program=([0-9a-f]{16}|-)$"
 )
 
 
@@ -163,7 +165,7 @@ def test_result_line_format():
     assert RESULT.match(line), line
     assert line == (
         "RESULT fits=true bytes_per_chip=123 hbm_per_chip=102005473280 "
-        "flops_per_step=7.5e+10 model_flops_per_step=6.75e+10"
+        "flops_per_step=7.5e+10 model_flops_per_step=6.75e+10 program=-"
     )
 
 
@@ -190,32 +192,54 @@ def test_tiny_config_compiles_for_v5p_and_fits(tiny_v5p):
     assert report["notes"] == []
 
 
-@pytest.mark.tpu_compile
-def test_compile_lowers_the_program_the_runner_builds(tiny_v5p, tmp_path):
-    """The train step `illada compile` reports on is, HLO for HLO, the one `illada train` builds
-    (`train.builder.build_run`) on the same (abstract) devices."""
-    from test_recipes import runner_hlo
+RUNNER_PROGRAM = textwrap.dedent(
+    """
+    import json
+    import sys
 
-    assert tiny_v5p["hlo"].startswith("module @jit_train_step")
-    assert tiny_v5p["hlo"] == runner_hlo("tiny", "v5p-8", tmp_path / "runner.hlo")
-    # The comparison is sensitive: a different run (another batch) lowers to different HLO.
-    assert tiny_v5p["hlo"] != runner_hlo_with(tmp_path, "set:train.batch_size=32")
+    from illada_jax.parallel.topology import abstract_devices, quiet_libtpu_on_cpu_host
+
+    quiet_libtpu_on_cpu_host()
+    from illada_jax.parallel import tpu_runtime
+
+    tpu_runtime.apply_to_environment("v5p-8")  # what the launchers set on the workers
+    from illada_jax.config import flags
+    from illada_jax.train.builder import build_run
+    from illada_jax.train.loop import compile_steps
+
+    run = build_run(flags.experiment_from_flags(sys.argv[1:]), devices=abstract_devices("v5p-8"))
+    record = compile_steps(run)  # what `illada train` compiles before its first step
+    print("RESULT " + json.dumps({**record, "hlo": run.lower_train_step().as_text()}))
+    """
+)
 
 
-def runner_hlo_with(tmp_path, directive: str) -> str:
-    from test_recipes import LOWER_AS_THE_RUNNER_DOES
-
-    script = LOWER_AS_THE_RUNNER_DOES.replace(
-        'flags.experiment_from_flags([f"config:{name}"])',
-        f'flags.experiment_from_flags([f"config:{{name}}", "{directive}"])',
-    )
-    out = tmp_path / "other.hlo"
+def runner_program(*directives: str) -> dict:
+    """The runner's compile (`train.loop.compile_steps` on `build_run`'s run) for v5p-8."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
-    result = subprocess.run([sys.executable, "-c", script, "tiny", "v5p-8", str(out)],
+    result = subprocess.run([sys.executable, "-c", RUNNER_PROGRAM, *directives],
                             capture_output=True, text=True, env={**env, "JAX_PLATFORMS": "cpu"},
                             timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return out.read_text()
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+@pytest.mark.tpu_compile
+def test_compile_reports_the_executable_the_runner_compiles(tiny_v5p):
+    """The train step `illada compile` reports on is the executable `illada train` compiles and
+    calls (`train.loop.compile_steps`) on the same (abstract) devices with the same libtpu
+    flags: equal fingerprints of the compiled programs, and the same lowering."""
+    runner = runner_program("config:tiny")
+    assert tiny_v5p["report"]["program"] == runner["train_step_program"]
+    assert RESULT.match(tiny_v5p["last"]).group(6) == runner["train_step_program"]
+    assert tiny_v5p["hlo"].startswith("module @jit_train_step")
+    assert tiny_v5p["hlo"] == runner["hlo"]
+    # The libtpu flags of the generation's table are those it compiled with.
+    assert tiny_v5p["report"]["libtpu_init_args"] == tpu_runtime.libtpu_init_args("v5p-8")
+    # The comparison is sensitive: a different run (another batch) is another program.
+    other = runner_program("config:tiny", "set:train.batch_size=32")
+    assert other["train_step_program"] != runner["train_step_program"]
 
 
 @pytest.mark.tpu_compile

@@ -1,13 +1,18 @@
-"""Splash attention lowers and compiles for a TPU topology on this CPU host (libtpu, `[tpu]` extra).
+"""Splash attention compiles for a TPU slice through the runner's own path (libtpu, `[tpu]` extra).
 
-Forward and backward of the pre-training objective with `attention_impl="splash"`, GQA, bf16
-compute and iLLaDA's two-segment split (segment ids), on an abstract 2x2 v5p slice with a
-(data, tensor) mesh so the kernel runs inside `shard_map`. Runs in a subprocess with libtpu's host
-probing silenced (`parallel.topology.quiet_libtpu_on_cpu_host`).
+The run is built by `train.builder.build_run` on an abstract v5p-8 slice (4 chips) and compiled by
+`train.loop.compile_steps`, the function `illada train` calls before its first step: the
+pre-training objective with `attention_impl="splash"`, GQA, bf16 compute, iLLaDA's two-segment
+split (segment ids) and a (fsdp, tensor) mesh, so the kernel runs inside `shard_map` with the
+batch over the data axes and the heads over `tensor`. The same step traced lazily at its call,
+outside the mesh (what the runner used to do), does not compile: Mosaic kernels cannot be
+partitioned automatically. Runs in a subprocess with libtpu's host probing silenced
+(`parallel.topology.quiet_libtpu_on_cpu_host`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,61 +24,71 @@ pytestmark = pytest.mark.core
 
 SCRIPT = textwrap.dedent(
     """
-    import jax, jax.numpy as jnp, numpy as np
-    from jax.experimental.topologies import get_topology_desc
-    from flax import nnx
-    from illada_jax.config.schema import DiffusionConfig, ModelConfig
-    from illada_jax.model.transformer import abstract_model
-    from illada_jax.train.objective import diffusion_loss
+    import json
+    import sys
 
-    topo = get_topology_desc(platform="tpu", topology_name="v5:2x2x1",
-                             chip_config_name="megacore", chips_per_host_bounds=(2, 2, 1),
-                             num_slices=1, wrap=(False, False, False))
-    mesh = jax.sharding.Mesh(np.array(topo.devices).reshape(2, 2), ("data", "tensor"),
-                             axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    cfg = ModelConfig(vocab_size=1024, d_model=256, n_layers=2, n_heads=4, n_kv_heads=2,
-                      head_dim=128, mlp_dim=512, max_seq_len=1024, attention_impl="splash",
-                      compute_dtype="bfloat16")
-    graphdef, params = nnx.split(abstract_model(cfg))
-    P, NS = jax.sharding.PartitionSpec, jax.sharding.NamedSharding
-    replicated = NS(mesh, P())
-    batch_sharding = NS(mesh, P("data", None))
-    diffusion = DiffusionConfig(random_length_mode="illada_split", two_segment_prob=0.3)
+    from illada_jax.parallel.topology import abstract_devices, quiet_libtpu_on_cpu_host
 
-    def loss(p, tokens, key):
-        return diffusion_loss(nnx.merge(graphdef, p), {"tokens": tokens}, key, diffusion)[0]
+    quiet_libtpu_on_cpu_host()
+    from illada_jax.config import flags
+    from illada_jax.train.builder import build_run
+    from illada_jax.train.loop import compile_steps
 
-    tokens = jax.ShapeDtypeStruct((4, 1024), jnp.int32)
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    with jax.set_mesh(mesh):
-        lowered = jax.jit(
-            jax.value_and_grad(loss),
-            in_shardings=(jax.tree.map(lambda _: replicated, params), batch_sharding, replicated),
-        ).lower(params, tokens, key)
-        assert "tpu_custom_call" in lowered.as_text(), "splash kernel missing from the program"
-        compiled = lowered.compile()
-    print("COMPILED", compiled.memory_analysis().temp_size_in_bytes)
+    experiment = flags.experiment_from_flags(json.loads(sys.argv[1]))
+    run = build_run(experiment, devices=abstract_devices("v5p-8"))
+    record = compile_steps(run)  # as `illada train` compiles its steps
+    text = run.lower_train_step().as_text()
+    try:
+        run.jitted_train_step.lower(*run.abstract_step_inputs()).compile()
+        lazy = "compiled"
+    except Exception as err:  # noqa: BLE001 - the message is what the test checks
+        lazy = f"{type(err).__name__}: {err}"
+    print("RESULT " + json.dumps({
+        **record,
+        "splash_calls": text.count("tpu_custom_call"),
+        "manual_regions": text.count("sdy.manual_computation") + text.count("@Sharding"),
+        "memory": run.train_step.memory_analysis().temp_size_in_bytes,
+        "mesh": dict(run.mesh.shape),
+        "lazy": lazy[:400],
+    }))
     """
 )
 
+SPLASH = [
+    "config:tiny",
+    "fiddler:bf16",
+    "set:model.attention_impl=splash",
+    "set:model.head_dim=128",  # the kernel's lane width
+    "set:model.max_seq_len=512",
+    "set:train.seq_len=512",
+    "set:train.batch_size=4",
+    "set:diffusion.random_length_mode=illada_split",
+    "set:diffusion.two_segment_prob=0.3",
+    "set:mesh.rules=fsdp_tp",
+    "set:mesh.fsdp=2",
+    "set:mesh.tensor=2",
+    "set:train.eval_every=10",
+]
+
 
 @pytest.mark.tpu_compile
-def test_splash_attention_compiles_for_tpu_v5p():
+def test_splash_attention_compiles_for_tpu_v5p_through_the_runner():
     try:
         import libtpu  # noqa: F401
     except ImportError as err:
         raise AssertionError(
             "libtpu is missing: install the test extras, pip install -e '.[dev,tpu]'"
         ) from err
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        TPU_SKIP_MDS_QUERY="1",
-        TPU_ACCELERATOR_TYPE="v5p-8",
-        TPU_WORKER_HOSTNAMES="localhost",
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "COMPILED" in result.stdout
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(SPLASH)],
+                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    assert result["mesh"] == {"dcn_data": 1, "data": 1, "fsdp": 2, "tensor": 2}
+    # The kernel is in the program (forward and backward), inside shard_map ...
+    assert result["splash_calls"] >= 2 and result["manual_regions"] >= 1, result
+    assert result["train_step_program"] and result["eval_step_program"]
+    assert result["memory"] > 0
+    # ... and traced outside the mesh it cannot be partitioned (what the runner used to run).
+    assert "cannot be automatically partitioned" in result["lazy"], result["lazy"]

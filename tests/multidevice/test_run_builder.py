@@ -1,22 +1,78 @@
-"""`train.builder.build_run`: the inputs the runner feeds its train step (a real sharded state, a
-real global batch from the pipeline, its key and controls) lower to exactly the program that the
-abstract inputs `illada compile` uses lower to, on an 8-device CPU mesh.
+"""One step object: `illada train` runs the executable `illada compile` reports, on 8 CPU devices.
 
-If the abstract twins drifted from the real inputs (another dtype, a weak type, another
-sharding, a missing batch key), `illada compile` would report on a different program than the one
-`illada train` runs; this compares the StableHLO text of both. JAX fixes its device count when it
-starts, so the work runs in a subprocess with `--xla_force_host_platform_device_count=8`.
+- `illada train` (the command, in a subprocess with 8 virtual CPU devices) logs the fingerprint of
+  the train step it compiled and called (`metrics.jsonl`, event `compiled`); `illada compile
+  --topology=cpu` of the same config reports the fingerprint of the program it compiled: they
+  are equal, and differ for another config (the comparison can fail).
+- The runner's compile (`train.loop.compile_steps`, what `illada train` calls) lowers under the
+  mesh: its lowering holds the model's activation sharding constraints, and the compiled step is
+  not the program a lazy `jax.jit` traced at the call site would build (no constraints, another
+  executable; the failure the runner had).
+- The compiled step takes the runner's real inputs (a real sharded state, a pipeline batch, its
+  key and controls) and refuses inputs of another type instead of retracing.
+
+JAX fixes its device count when it starts, so everything runs in subprocesses with
+`--xla_force_host_platform_device_count=8`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+pytestmark = pytest.mark.core
+
+SMALL = ["set:model.n_layers=2", "set:train.batch_size=8", "set:train.seq_len=32"]
+FSDP = ["config:tiny", *SMALL, "set:mesh.rules=fsdp", "set:mesh.data=2", "set:mesh.fsdp=4"]
+TRAIN = ["set:train.steps=2", "set:optim.warmup_steps=1", "set:train.sample_length=0"]
+
+
+def _env() -> dict:
+    return {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
+
+
+def _illada(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", "illada_jax.cli", *args],
+        capture_output=True, text=True, env=_env(), timeout=600, cwd=cwd,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def _compile_program(directives: list[str]) -> str:
+    out = _illada("compile", *(f"--config={d}" for d in directives), "--topology=cpu",
+                  "--no-probes").stdout  # fmt: skip
+    result = out.strip().splitlines()[-1]
+    assert result.startswith("RESULT fits=true"), out[-2000:]
+    return re.search(r"program=([0-9a-f]{16})", result).group(1)
+
+
+def _train_program(directives: list[str], workdir) -> str:
+    _illada("train", *(f"--config={d}" for d in directives), f"--workdir={workdir}")
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    (compiled,) = [r for r in records if r.get("event") == "compiled"]
+    assert any("loss" in r for r in records)  # it trained with that step
+    return compiled["train_step_program"]
+
+
+def test_illada_train_runs_the_program_illada_compile_reports(tmp_path):
+    directives = [*FSDP, *TRAIN]
+    trained = _train_program(directives, tmp_path / "run")
+    assert _compile_program(directives) == trained
+    # Sensitive: another rule table (same shapes) is another program.
+    assert _compile_program([*directives, "set:mesh.rules=dp"]) != trained
+
 
 SCRIPT = textwrap.dedent(
     """
@@ -27,84 +83,99 @@ SCRIPT = textwrap.dedent(
     import numpy as np
 
     from illada_jax.config import flags
-    from illada_jax.train.builder import build_run
+    from illada_jax.train.builder import build_run, program_fingerprint
+    from illada_jax.train.loop import compile_steps
 
     assert jax.device_count() == 8, jax.devices()
+
+
+    def constraints(text):
+        # Sharding constraints as lowered by jax 0.10 (custom_call @Sharding) or Shardy.
+        return text.count("@Sharding") + text.count("sdy.sharding_constraint")
+
+
     out = {}
     for name, directives in json.loads(sys.argv[1]).items():
         run = build_run(flags.experiment_from_flags(directives))
-        # As the runner does (train/loop.py: start and advance).
+        record = compile_steps(run)  # what `illada train` does before its first step
+        lowered, compiled = run.lower_train_step(), run.train_step
+        # What the loop used to run: the jitted step traced at its call, outside the mesh.
+        lazy = run.jitted_train_step.lower(*run.abstract_step_inputs())
+        # As the runner feeds it (train/loop.py: start and advance).
         state = run.init_state()
-        pipeline = run.pipeline()
-        batch = run.global_batch(next(pipeline.iterator(0)))
+        batch = run.global_batch(next(run.pipeline().iterator(0)))
         controls = run.controls(lr_scale=1.0, loss_ceiling=float(np.inf), data_step=0)
-        real = run.lower_train_step(state, batch, run.step_key(0), controls).as_text()
-        abstract = run.lower_train_step().as_text()
+        state, metrics = run.train_step(state, batch, run.step_key(0), controls)
+        bad = {**controls, "lr_scale": np.float16(1.0)}
+        try:
+            run.train_step(state, batch, run.step_key(1), bad)
+            refused = ""
+        except (TypeError, ValueError) as err:
+            refused = str(err)
         out[name] = {
-            "same": real == abstract,
-            "batch_keys": sorted(batch),
+            "program": record["train_step_program"],
+            "same_object": compiled is run.train_step,
+            "recompiled_same": program_fingerprint(lowered.compile()) == record["train_step_program"],
+            "constraints": constraints(lowered.as_text()),
+            "lazy_constraints": constraints(lazy.as_text()),
+            "lazy_program": program_fingerprint(lazy.compile()),
+            "loss": float(metrics["loss"]),
+            "refused": refused,
             "mesh": dict(run.mesh.shape),
             "rules": run.rules,
-            "length": len(real),
+            "batch_keys": sorted(batch),
         }
-        # The comparison is sensitive: another lr_scale dtype changes the lowered program.
-        bad = {**controls, "lr_scale": np.float64(1.0).astype(np.float16)}
-        out[name]["sensitive"] = run.lower_train_step(
-            state, batch, run.step_key(0), bad
-        ).as_text() != abstract
-    print(json.dumps(out))
+    print("RESULT " + json.dumps(out))
     """
 )
 
-SMALL = ["set:model.n_layers=2", "set:train.batch_size=8", "set:train.seq_len=32"]
 CASES = {
-    "tiny_dp": ["config:tiny", *SMALL],
-    "tiny_fsdp_accum": [
-        "config:tiny",
-        *SMALL,
-        "set:mesh.rules=fsdp",
-        "set:train.grad_accum=2",
-        "set:train.batch_size=16",  # 2 micro-batches over 8 data-parallel devices
-        "set:mesh.data=2",
-        "set:mesh.fsdp=4",
-    ],
-    "tiny_fsdp_tp": [
+    "tiny_fsdp": FSDP,
+    "tiny_fsdp_tp_accum": [
         "config:tiny",
         *SMALL,
         "set:mesh.rules=fsdp_tp",
         "set:mesh.fsdp=4",
         "set:mesh.tensor=2",
-    ],
-    "sft_llada": ["config:tiny_sft_llada", *SMALL, "set:train.seq_len=64"],
+        "set:train.grad_accum=2",
+        "set:train.batch_size=8",
+    ],  # fmt: skip
+    "sft_llada": ["config:tiny_sft_llada", *SMALL, "set:train.seq_len=64", "set:mesh.rules=fsdp"],
 }
 
 
 @pytest.fixture(scope="module")
 def results():
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-    }
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps(CASES)],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True, text=True, env=_env(), timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_the_runner_inputs_lower_to_the_program_compile_reports(results, name):
+def test_the_runner_compiles_under_the_mesh_and_calls_that_executable(results, name):
     result = results[name]
-    assert result["length"] > 10_000  # a real program was lowered
-    assert result["same"], name
-    assert result["sensitive"], name
+    assert result["same_object"] and result["recompiled_same"], result
+    # Every layer's matmuls pin their activations (2 layers: q, k, v, attention out, gate, up,
+    # mlp out, plus embeddings and logits) ...
+    assert result["constraints"] >= 16, result
+    # ... which a trace outside the mesh loses: another program (the runner's old failure).
+    assert result["lazy_constraints"] == 0
+    assert result["lazy_program"] != result["program"]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_compiled_step_takes_the_runner_inputs_and_refuses_others(results, name):
+    result = results[name]
+    assert result["loss"] == result["loss"] and result["loss"] > 0  # finite, a real step
+    assert "lr_scale" in result["refused"] or "float16" in result["refused"], result["refused"]
 
 
 def test_the_runs_cover_the_rule_tables_and_batch_kinds(results):
-    assert results["tiny_dp"]["rules"] == "dp" and results["tiny_dp"]["mesh"]["fsdp"] == 8
-    assert results["tiny_fsdp_accum"]["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 4, "tensor": 1}
-    assert results["tiny_fsdp_tp"]["rules"] == "fsdp_tp"
+    assert results["tiny_fsdp"]["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 4, "tensor": 1}
+    assert results["tiny_fsdp_tp_accum"]["rules"] == "fsdp_tp"
     assert results["sft_llada"]["batch_keys"] == ["prompt_lengths", "tokens"]
-    assert results["tiny_dp"]["batch_keys"] == ["positions", "segment_ids", "tokens"]
+    assert results["tiny_fsdp"]["batch_keys"] == ["positions", "segment_ids", "tokens"]
