@@ -91,6 +91,8 @@ TINY_ARGS = {
         "--seq-len",
         "128",
         "--no-probes",
+        "--restart-config=config:tiny",
+        "--restart-config=set:model.n_layers=1",
     ],  # fmt: skip
 }
 # Word replacements for commands whose words start with the key.
