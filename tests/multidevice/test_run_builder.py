@@ -10,6 +10,8 @@
   executable; the failure the runner had).
 - The compiled step takes the runner's real inputs (a real sharded state, a pipeline batch, its
   key and controls) and refuses inputs of another type instead of retracing.
+- The text samples' sampler, compiled on the run's mesh with the sharded parameters, decodes the
+  canvas the single-device sampler decodes.
 
 JAX fixes its device count when it starts, so everything runs in subprocesses with
 `--xla_force_host_platform_device_count=8`.
@@ -83,6 +85,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
 
     from illada_jax.config import flags
+    from illada_jax.sampling.generate import SamplingOptions, SpecialIds, generate
     from illada_jax.train.builder import build_run, program_fingerprint
     from illada_jax.train.loop import compile_steps
 
@@ -112,7 +115,16 @@ SCRIPT = textwrap.dedent(
             refused = ""
         except (TypeError, ValueError) as err:
             refused = str(err)
+        # The runner's text samples (train/samples.py): the sampler compiled on the run's mesh
+        # with the sharded parameters, 3 prompts on 8 devices; the same canvas as on one device.
+        ids = SpecialIds.from_config(run.experiment.model)
+        opts = SamplingOptions(gen_length=8, steps=8, block_length=8)
+        prompts = np.array([[9, 10, 11, 12], [13, 14, 15, 16], [17, 18, 19, 20]], np.int32)
+        on_mesh = generate(run.graphdef, state["params"], ids, prompts, opts, mesh=run.mesh)
+        alone = generate(run.graphdef, jax.device_get(state["params"]), ids, prompts, opts)
         out[name] = {
+            "sample_same": bool((on_mesh == alone).all()),
+            "sample_generated": int((on_mesh[:, 4:] != ids.mask).sum()),
             "program": record["train_step_program"],
             "same_object": compiled is run.train_step,
             "recompiled_same": program_fingerprint(lowered.compile()) == record["train_step_program"],
@@ -172,6 +184,12 @@ def test_the_compiled_step_takes_the_runner_inputs_and_refuses_others(results, n
     result = results[name]
     assert result["loss"] == result["loss"] and result["loss"] > 0  # finite, a real step
     assert "lr_scale" in result["refused"] or "float16" in result["refused"], result["refused"]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_sampler_on_the_mesh_gives_the_single_device_canvas(results, name):
+    assert results[name]["sample_generated"] == 3 * 8  # every position decoded
+    assert results[name]["sample_same"]
 
 
 def test_the_runs_cover_the_rule_tables_and_batch_kinds(results):
