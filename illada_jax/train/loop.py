@@ -54,8 +54,9 @@ def train(
     obs = experiment.obs
     if obs.wandb_project:  # every process, before anything is built: all of them stop alike
         import_wandb(obs.wandb_project)
+    runtime = tpu_runtime.runtime_record()  # the flags and versions this run started with
     if is_main:
-        rundir.write_config(workdir, experiment, runtime=tpu_runtime.runtime_record())
+        rundir.write_config(workdir, experiment, runtime=runtime)
     run = build_run(experiment)
     compile_cache.configure(experiment.train.compilation_cache, workdir)
     checkpoints = RunCheckpoints(workdir, experiment.checkpoint)
@@ -65,7 +66,7 @@ def train(
         wandb_project=obs.wandb_project,
         wandb_entity=obs.wandb_entity,
         wandb_mode=obs.wandb_mode,
-        wandb_config=flags.to_dict(experiment),  # what config.json holds
+        wandb_config={**flags.to_dict(experiment), rundir.RUNTIME: runtime},  # config.json
     )
     loop, hooks = None, []
     try:
