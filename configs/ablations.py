@@ -2,7 +2,11 @@
 sampling, random-length schemes and schedules before spending a pod on the 8B.
 
 Both carry their TPU settings, so `illada compile` reports the program `illada train` runs.
-Throughput figures are estimates from `illada compile` at 40% MFU, not measurements.
+Throughput figures are estimates from `illada compile` at 40% MFU, not measurements. The run
+directory is `gs://BUCKET/runs/NAME`, which every host of a pod writes (a multi-host run refuses
+a local `--workdir`), and the data must be where every host reads it (docs/pods.md). A larger
+slice splits the same global batch (the schedule counts steps of it) over more chips
+(`Scale-out:` lines).
 """
 
 import fiddle as fdl
@@ -14,11 +18,14 @@ def ablation_1b() -> fdl.Config:
     """The LLaDA-1B MDM shape (22 layers, d 2048, 32 heads / 4 KV heads; LLaDA Table 5) for
     42B tokens of 4096-token windows: LLaDA's recipe at 1/5 of its batch.
 
-    Command:   illada train --config=config:ablation_1b --workdir=/gcs/BUCKET/runs/ablation-1b
+    Command:   illada train --config=config:ablation_1b --workdir=gs://BUCKET/runs/ablation-1b
     Check:     illada compile --config=config:ablation_1b --topology=v5p-64
     Hardware:  TPU v5p-64 (32 chips): 8 sequences of 4096 tokens per chip.
     Expected:  `illada compile`: 33.4 GiB per chip of 95, compiled in about 45 s on a 2-core
                host; at 40% MFU 1.7 s per step, ~19,000 tokens/s/chip, 19 hours for 40,000 steps.
+    Scale-out: the batch stays 256 sequences: 4 per chip on a v5p-128 (17.6 GiB per chip, 0.86 s
+               per step at 40% MFU):
+               illada compile --config=config:ablation_1b --topology=v5p-128
     Data:      `data/llada-pretrain` with LLaDA's tokenizer (see configs/llada.py).
 
     Recipe: global batch 256 x 4096 (1.05M tokens per step), 40,000 steps; learning rate
@@ -49,12 +56,15 @@ def ablation_100m() -> fdl.Config:
     """The 100m preset (12 layers, d 768, GQA 12 / 4 heads, the project's 8k tokenizer) for 5.2B
     tokens of 2048-token windows.
 
-    Command:   illada train --config=config:ablation_100m --workdir=/gcs/BUCKET/runs/ablation-100m
+    Command:   illada train --config=config:ablation_100m --workdir=gs://BUCKET/runs/ablation-100m
     Check:     illada compile --config=config:ablation_100m --topology=v5p-8
     Hardware:  TPU v5p-8 (4 chips): 32 sequences of 2048 tokens per chip.
     Expected:  `illada compile`: 18.0 GiB per chip of 95, compiled in about 35 s on a 2-core
                host; at 40% MFU 0.29 s per step, ~220,000 tokens/s/chip, 1.6 hours for 20,000
                steps.
+    Scale-out: the batch stays 128 sequences: 8 per chip on a v5p-32 (4.6 GiB per chip, 0.07 s
+               per step at 40% MFU):
+               illada compile --config=config:ablation_100m --topology=v5p-32
     Data:      `data/ablation` (and `data/ablation-heldout`) prepared with the default tokenizer:
                illada prepare --format jsonl --input CORPUS/ --output data/ablation
 

@@ -4,8 +4,17 @@ Sized for TPU v5p pods with their TPU settings (Pallas splash attention, bf16 co
 parameters and optimizer state, FSDP over the slice, the least-recompute remat that fits), so `illada compile
 --config=config:NAME --topology=T` reports the program `illada train --config=config:NAME` runs
 on T. Throughput figures are estimates from `illada compile` at 40% MFU, not measurements.
-`--workdir` must be a path every host shares (docs/pods.md: a gcsfuse mount of a bucket, or a
-shared file system).
+
+On a pod every host reads and writes the same paths: the run directory is `gs://BUCKET/runs/NAME`
+(orbax writes it directly; a multi-host run refuses a local `--workdir` unless
+`--config=set:checkpoint.shared_filesystem=True` says every host mounts it), and the data and
+`checkpoint.init_from` must be on the bucket too (docs/pods.md).
+
+Scaling out keeps each recipe's global batch (the schedule counts steps of it): more slices
+split the same sequences over more chips (`Scale-out:` lines). The batches are powers of two, so
+any power-of-two number of slices divides them down to one sequence per chip; beyond that, each
+slice gives the spare factor to a tensor axis (the batch error names that mesh and the nearest
+valid batches).
 
 Tokenizer: iLLaDA's 155,136-id vocabulary (mask id 5, BOS 0, PAD 1, EOS 2): `tokenizer.json`
 from a local copy of GSAI-ML/iLLaDA-8B-Base, at `tokenizers/illada-8b/tokenizer.json` (or
@@ -17,7 +26,9 @@ import fiddle as fdl
 from illada_jax.config.experiments import experiment_for_preset, pod_settings
 
 SEQ_LEN = 8192
-GLOBAL_BATCH = 640  # 5.24M tokens per step (the paper does not give its batch)
+# 4.19M tokens per step. The paper does not give its batch; a power of two (not LLaDA's 5.24M
+# tokens, 640 windows) so that one, two or four v5p-256 slices split it evenly.
+GLOBAL_BATCH = 512
 TOKENS_PER_STEP = GLOBAL_BATCH * SEQ_LEN
 TOKENIZER = "tokenizers/illada-8b/tokenizer.json"
 
@@ -29,13 +40,19 @@ def _steps(tokens: float) -> int:
 def illada_8b() -> fdl.Config:
     """iLLaDA-8B pre-training: 12T tokens of 8192-token windows, constant then cosine LR.
 
-    Command:   illada train --config=config:illada_8b --workdir=/gcs/BUCKET/runs/illada-8b
+    Command:   illada train --config=config:illada_8b --workdir=gs://BUCKET/runs/illada-8b
     Check:     illada compile --config=config:illada_8b --topology=v5p-256
-    Hardware:  TPU v5p-256 (128 chips): 5 sequences of 8192 tokens per chip.
-    Expected:  `illada compile`: 37.2 GiB per chip of 95 (remat full; save_dots_no_batch does not
-               fit: it keeps every projection of 5 x 8192 tokens), compiled in about 60 s on a
-               2-core host; at 40% MFU 13.1 s per step, ~3,130 tokens/s/chip: 12T tokens take
-               347 days on this slice, scale out with `set:mesh.dcn_data=N` over N slices.
+    Hardware:  TPU v5p-256 (128 chips): 4 sequences of 8192 tokens per chip.
+    Expected:  `illada compile`: 29.1 GiB per chip of 95 (remat full; save_dots_no_batch does not
+               fit: it keeps every projection of 4 x 8192 tokens, 97.8 GiB), compiled in about
+               4 minutes on a busy 2-core host; at 40% MFU 10.5 s per step, ~3,130
+               tokens/s/chip: 12T tokens take 346 days on one slice.
+    Scale-out: N slices (`set:mesh.dcn_data=N`, for `illada train` too) split the same 512
+               sequences: 2 per chip on two slices, 1 on four:
+               illada compile --config=config:illada_8b --topology=v5p-256 --num-slices 2 --config=set:mesh.dcn_data=2
+               illada compile --config=config:illada_8b --topology=v5p-256 --num-slices 4 --config=set:mesh.dcn_data=4
+               Two slices: 16.7 GiB per chip, 5.2 s per step at 40% MFU, 173 days for 12T
+               tokens; four: 11.6 GiB, 2.6 s, 87 days.
     Data:      `data/illada-pretrain` prepared with iLLaDA's tokenizer:
                illada prepare --format jsonl --input CORPUS/ --tokenizer tokenizers/illada-8b/tokenizer.json --output data/illada-pretrain
 
@@ -74,13 +91,16 @@ def illada_8b_sft() -> fdl.Config:
     """iLLaDA-8B-Instruct-style SFT from the converted base model: the pre-training objective on
     8192-token windows of one continuous instruction stream.
 
-    Command:   illada convert --from hf --to native --src iLLaDA-8B-Base --dst runs/illada-8b-base
+    Command:   illada convert --from hf --to native --src iLLaDA-8B-Base --dst gs://BUCKET/runs/illada-8b-base
                illada prepare --format sft --input dialogues.jsonl --tokenizer tokenizers/illada-8b/tokenizer.json --output data/illada-sft
-               illada train --config=config:illada_8b_sft --workdir=/gcs/BUCKET/runs/illada-8b-sft
+               illada train --config=config:illada_8b_sft --workdir=gs://BUCKET/runs/illada-8b-sft --config=set:checkpoint.init_from=gs://BUCKET/runs/illada-8b-base
     Check:     illada compile --config=config:illada_8b_sft --topology=v5p-256
     Hardware:  TPU v5p-256 (128 chips): 2 windows of 8192 tokens per chip.
     Expected:  `illada compile`: 52.1 GiB per chip of 95 (remat save_dots_no_batch); at 40% MFU
                5.2 s per step, ~3,130 tokens/s/chip, 8.7 days for the 143,051 steps.
+    Scale-out: the batch stays 256 windows: 1 per chip on two slices (`set:mesh.dcn_data=2`, for
+               `illada train` too; 29.2 GiB per chip, 2.6 s per step at 40% MFU):
+               illada compile --config=config:illada_8b_sft --topology=v5p-256 --num-slices 2 --config=set:mesh.dcn_data=2
 
     Recipe: every formatted dialogue (prompt, answer, one EOS) is concatenated into one stream;
     prompt, answer and EOS tokens are all maskable (docs/algorithms.md#sft-illada-style); 25B

@@ -4,8 +4,17 @@ Recipes here are sized for TPU v5p pods and carry their TPU settings (Pallas spl
 bf16 compute with fp32 parameters and optimizer state, FSDP over the slice, the least-recompute
 remat policy that fits), so `illada compile --config=config:NAME --topology=T` reports the program `illada train
 --config=config:NAME` runs on T. Throughput figures are estimates from `illada compile` at 40%
-MFU, not measurements. `--workdir` must be a path every host shares (docs/pods.md: a gcsfuse
-mount of a bucket, or a shared file system).
+MFU, not measurements.
+
+On a pod every host reads and writes the same paths: the run directory is `gs://BUCKET/runs/NAME`
+(orbax writes it directly; a multi-host run refuses a local `--workdir` unless
+`--config=set:checkpoint.shared_filesystem=True` says every host mounts it), and the data and
+`checkpoint.init_from` must be on the bucket too (docs/pods.md).
+
+Scaling out keeps each recipe's global batch: it is the paper's, and the schedule counts steps of
+it. More chips split the same sequences; where the data-parallel chips outnumber what the batch
+divides into, each slice gives the spare factor to a tensor axis (`Scale-out:` lines; the batch
+error names the nearest valid batches and that mesh).
 
 Both need LLaDA's tokenizer (126,464 ids): `tokenizer.json` from a local copy of
 GSAI-ML/LLaDA-8B-Base, at `tokenizers/llada-8b/tokenizer.json` (or `set:data.tokenizer=PATH`).
@@ -28,12 +37,17 @@ def _steps(tokens: float) -> int:
 def llada_8b() -> fdl.Config:
     """LLaDA-8B pre-training: 2.3T tokens, Warmup-Stable-Decay, 1% random length.
 
-    Command:   illada train --config=config:llada_8b --workdir=/gcs/BUCKET/runs/llada-8b
+    Command:   illada train --config=config:llada_8b --workdir=gs://BUCKET/runs/llada-8b
     Check:     illada compile --config=config:llada_8b --topology=v5p-512
     Hardware:  TPU v5p-512 (256 chips): 5 sequences of 4096 tokens per chip.
     Expected:  `illada compile`: 64.7 GiB per chip of 95 (remat save_dots_no_batch; `full` needs
                16.6 GiB and recomputes the forward pass), compiled in about 70 s on a 2-core
                host; at 40% MFU 5.7 s per step, ~3,570 tokens/s/chip, 29 days for 2.3T tokens.
+    Scale-out: the batch stays 1280 = 5 x 256 sequences, which 512 chips do not divide: on two
+               slices (`set:mesh.dcn_data=2`) each slice's 4x8x8 torus is 64 chips of FSDP times 4
+               of tensor parallelism along its short axis (the same settings for `illada train`):
+               illada compile --config=config:llada_8b --topology=v5p-512 --num-slices 2 --config=set:mesh.dcn_data=2 --config=set:mesh.fsdp=64 --config=set:mesh.tensor=4 --config=set:mesh.rules=fsdp_tp
+               49.2 GiB per chip, 2.9 s per step at 40% MFU, 15 days for 2.3T tokens.
     Data:      `data/llada-pretrain` prepared with LLaDA's tokenizer:
                illada prepare --format jsonl --input CORPUS/ --tokenizer tokenizers/llada-8b/tokenizer.json --output data/llada-pretrain
 
@@ -71,12 +85,16 @@ def llada_8b() -> fdl.Config:
 def llada_8b_sft() -> fdl.Config:
     """LLaDA-8B-Instruct-style SFT from the converted base model (LLaDA §2.3, App. B.1).
 
-    Command:   illada convert --from hf --to native --src LLaDA-8B-Base --dst runs/llada-8b-base
-               illada train --config=config:llada_8b_sft --workdir=/gcs/BUCKET/runs/llada-8b-sft
+    Command:   illada convert --from hf --to native --src LLaDA-8B-Base --dst gs://BUCKET/runs/llada-8b-base
+               illada train --config=config:llada_8b_sft --workdir=gs://BUCKET/runs/llada-8b-sft --config=set:checkpoint.init_from=gs://BUCKET/runs/llada-8b-base
     Check:     illada compile --config=config:llada_8b_sft --topology=v5p-128
     Hardware:  TPU v5p-128 (64 chips): 4 dialogues of up to 4096 tokens per chip.
     Expected:  `illada compile`: 54.1 GiB per chip of 95 (remat save_dots_no_batch); at 40% MFU
                4.6 s per step, ~3,570 tokens/s/chip, 2.8 days for the 52,734 steps.
+    Scale-out: the batch stays the paper's 256 dialogues: 2 per chip on two slices
+               (`set:mesh.dcn_data=2`, for `illada train` too; 29.0 GiB per chip, 2.3 s per step
+               at 40% MFU):
+               illada compile --config=config:llada_8b_sft --topology=v5p-128 --num-slices 2 --config=set:mesh.dcn_data=2
     Data:      `data/sft.jsonl`, one dialogue per line ({"messages": [...]} or
                {"prompt": ..., "response": ...}); every turn becomes a (prompt, answer) pair.
 

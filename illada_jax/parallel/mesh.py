@@ -92,11 +92,15 @@ def make_mesh(cfg: MeshConfig, devices=None) -> jax.sharding.Mesh:
                 f"mesh.dcn_data={sizes['dcn_data']} but the job spans {len(slices)} slices; "
                 f"set mesh.dcn_data={len(slices)}"
             )
-        array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+        # Splitting a physical torus axis between two mesh axes (a tensor axis of 2 on a 4x4x8
+        # slice) is how such meshes are built; without the flag mesh_utils refuses them.
+        array = mesh_utils.create_hybrid_device_mesh(
+            ici, dcn, devices, allow_split_physical_axes=True
+        )
     else:
         shape = tuple(sizes[a] for a in AXES)
         try:
-            array = mesh_utils.create_device_mesh(shape, devices)
+            array = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
         except (ValueError, NotImplementedError, AssertionError):
             array = np.asarray(devices).reshape(shape)  # CPU / abstract devices: any order
     return jax.sharding.Mesh(array, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
@@ -107,28 +111,49 @@ def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
 
 
 def check_batch(mesh: jax.sharding.Mesh, global_batch: int, grad_accum: int = 1) -> None:
+    """Refuse a global batch the data-parallel axes (times `grad_accum`) do not divide, in one
+    line that names the nearest valid global batches below and above and, when one helps, the
+    mesh that keeps this batch (the spare factor of each slice on a tensor axis)."""
     dp = data_parallel_size(mesh)
-    if global_batch % (dp * grad_accum):
-        raise ConfigError(
-            f"train.batch_size={global_batch} must be a multiple of the data-parallel size "
-            f"{dp} (dcn_data×data×fsdp) times train.grad_accum={grad_accum}; use a batch of "
-            f"{dp * grad_accum * max(1, round(global_batch / (dp * grad_accum)))} or change the "
-            f"mesh{_tensor_hint(mesh, global_batch // grad_accum)}"
-        )
+    unit = dp * grad_accum
+    if global_batch % unit == 0:
+        return
+    below, above = global_batch // unit * unit, (global_batch // unit + 1) * unit
+    nearest = (
+        f"the nearest valid global batches are {below} and {above}"
+        if below
+        else f"the smallest valid global batch is {above}"
+    )
+    raise ConfigError(
+        f"train.batch_size={global_batch} must be a multiple of the data-parallel size {dp} "
+        f"(dcn_data×data×fsdp) times train.grad_accum={grad_accum}: {nearest} "
+        f"(--config=set:train.batch_size=N){_tensor_hint(mesh, global_batch, grad_accum)}"
+    )
 
 
-def _tensor_hint(mesh: jax.sharding.Mesh, rows: int) -> str:
-    """`; e.g. ...` directives that give the devices a micro-batch cannot cover to a tensor axis
-    (640 rows on 256 chips: fsdp=128, tensor=2), or "" when that does not help."""
+# A tensor axis wider than this is not suggested: iLLaDA-8B has 8 KV heads (LLaDA-1B 4), and the
+# rule tables replicate a dimension the axis does not divide (parallel/rules.py), so more chips on
+# `tensor` would repeat work instead of splitting it.
+MAX_SUGGESTED_TENSOR = 8
+
+
+def _tensor_hint(mesh: jax.sharding.Mesh, global_batch: int, grad_accum: int) -> str:
+    """`, or keep N with a tensor axis: ...`: the mesh directives that keep this batch by giving
+    the chips its micro-batch cannot cover to a tensor axis (640 rows on 256 FSDP chips:
+    fsdp=128, tensor=2), or "" when no such mesh exists (a tensor axis already set, or one wider
+    than `MAX_SUGGESTED_TENSOR` needed)."""
     shape = mesh.shape
     outer = shape["dcn_data"] * shape["data"]
-    if rows % outer or shape["tensor"] != 1:
+    if global_batch % grad_accum or shape["tensor"] != 1:
+        return ""
+    rows = global_batch // grad_accum  # one micro-batch
+    if rows % outer:
         return ""
     fsdp = math.gcd(rows // outer, shape["fsdp"])
-    if fsdp == shape["fsdp"] or fsdp == 0:
-        return ""
     tensor = shape["fsdp"] // fsdp
+    if tensor == 1 or tensor > MAX_SUGGESTED_TENSOR:
+        return ""
     return (
-        f"; e.g. --config=set:mesh.fsdp={fsdp} --config=set:mesh.tensor={tensor} "
-        "--config=set:mesh.rules=fsdp_tp (tensor parallelism over the remaining devices)"
+        f", or keep {global_batch} with a tensor axis: --config=set:mesh.fsdp={fsdp} "
+        f"--config=set:mesh.tensor={tensor} --config=set:mesh.rules=fsdp_tp"
     )

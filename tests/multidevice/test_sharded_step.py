@@ -1,6 +1,11 @@
 """One train step on an 8-device CPU mesh equals the single-device step (rule tables `fsdp` and
 `fsdp_tp`, gradient accumulation), and parameters are really sharded as the rule tables say.
 
+Every step goes through the runner's own path: `build_run`, `Run.init_state`, `Run.global_batch`
+and `Run.train_step` (the compiled executable) called outside any mesh context, as
+`train/loop.py` calls it; so the collectives measured are those of the program `illada train`
+runs.
+
 JAX fixes its device count when it starts, so the 8-device work runs in one subprocess with
 `--xla_force_host_platform_device_count=8`; it prints JSON that the tests assert on. Mesh
 configuration errors need no devices and are checked in-process.
@@ -26,21 +31,18 @@ pytestmark = pytest.mark.core
 
 SCRIPT = textwrap.dedent(
     """
+    import dataclasses
     import json
     import re
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from jax.sharding import NamedSharding
 
-    from illada_jax.config.schema import DiffusionConfig, MeshConfig, ModelConfig, OptimConfig
-    from illada_jax.model.transformer import graphdef_and_specs
-    from illada_jax.parallel import mesh as mesh_lib
-    from illada_jax.parallel.rules import batch_spec
-    from illada_jax.train import state as state_lib
-    from illada_jax.train.optim import make_optimizer
-    from illada_jax.train.step import make_train_step
+    from illada_jax.config.schema import (
+        DiffusionConfig, Experiment, MeshConfig, ModelConfig, OptimConfig, TrainConfig,
+    )
+    from illada_jax.train.builder import build_run
 
     assert jax.device_count() == 8, jax.devices()
     MODEL = ModelConfig(
@@ -50,22 +52,16 @@ SCRIPT = textwrap.dedent(
     SEQ = 32
     # No warmup: the first update is a real one. A larger Adam eps keeps the first update
     # proportional to tiny gradients instead of amplifying their rounding to +-lr.
-    OPTIMIZER = make_optimizer(
-        OptimConfig(learning_rate=1e-3, warmup_steps=0, eps=1e-4), total_steps=10
-    )
-    GRAPHDEF = graphdef_and_specs(MODEL)[0]
-    CONTROLS = {
-        "lr_scale": jnp.float32(1),
-        "loss_ceiling": jnp.float32(np.inf),
-        "data_step": jnp.int32(0),
-    }
-    KEY = jax.random.key(7)
+    OPTIM = OptimConfig(learning_rate=1e-3, warmup_steps=0, eps=1e-4)
 
 
-    def tokens(batch_size):
-        # ids 8..63: never the mask, pad, bos, eos or eot id.
+    def rows(batch_size):
+        # A pipeline batch (tokens, segment_ids, positions) of one document per row. Token ids
+        # 8..63: never the mask, pad, bos, eos or eot id.
         rng = np.random.default_rng(0)
-        return rng.integers(8, MODEL.vocab_size, (batch_size, SEQ)).astype(np.int32)
+        tokens = rng.integers(8, MODEL.vocab_size, (batch_size, SEQ)).astype(np.int32)
+        positions = np.broadcast_to(np.arange(SEQ, dtype=np.int32), tokens.shape).copy()
+        return {"tokens": tokens, "segment_ids": np.ones_like(tokens), "positions": positions}
 
 
     def layout(array):
@@ -96,13 +92,18 @@ SCRIPT = textwrap.dedent(
 
 
     def run(mesh_cfg, rules, devices, diffusion, batch_size, grad_accum=1):
-        mesh = mesh_lib.make_mesh(mesh_cfg, devices=devices)
-        mesh_lib.check_batch(mesh, batch_size, grad_accum)
-        shardings = state_lib.state_shardings(MODEL, OPTIMIZER, mesh, rules, 0)
-        state = state_lib.create_state(MODEL, OPTIMIZER, mesh, rules, 0)
+        # The runner's own path (train/loop.py): build_run, init_state, global_batch, then the
+        # compiled step called outside any mesh context, exactly as `advance` calls it.
+        experiment = Experiment(
+            model=MODEL, diffusion=diffusion, optim=OPTIM,
+            mesh=dataclasses.replace(mesh_cfg, rules=rules),
+            train=TrainConfig(steps=10, batch_size=batch_size, seq_len=SEQ, grad_accum=grad_accum),
+        )
+        run = build_run(experiment, devices)
+        state = run.init_state()
         params = state["params"]
         out = {
-            "mesh": dict(mesh.shape),
+            "mesh": dict(run.mesh.shape),
             "init": flat(params),  # fetched now: the step donates the state
             "layout": {
                 "embed": layout(params["embed"]),
@@ -116,22 +117,12 @@ SCRIPT = textwrap.dedent(
                 ],
             },
         }
-        rows = NamedSharding(mesh, batch_spec(rules, mesh, batch_size))
-        with jax.set_mesh(mesh):
-            step = make_train_step(
-                GRAPHDEF, diffusion, OPTIMIZER, grad_accum=grad_accum,
-                state_shardings=shardings, mesh=mesh, rules=rules, global_batch=batch_size,
-            )
-            batch = {
-                "tokens": jax.make_array_from_process_local_data(
-                    rows, tokens(batch_size), (batch_size, SEQ)
-                )
-            }
-            out["layout"]["batch"] = layout(batch["tokens"])
-            compiled = step.lower(state, batch, KEY, CONTROLS).compile()
-            out["collectives"] = collectives(compiled.as_text())
-            out["param_elements"] = sum(leaf.size for leaf in jax.tree.leaves(params))
-            new_state, metrics = step(state, batch, KEY, CONTROLS)
+        batch = run.global_batch(rows(batch_size))
+        out["layout"]["batch"] = layout(batch["tokens"])
+        out["collectives"] = collectives(run.train_step.as_text())
+        out["param_elements"] = sum(leaf.size for leaf in jax.tree.leaves(params))
+        controls = run.controls(lr_scale=1.0, loss_ceiling=np.inf, data_step=0)
+        new_state, metrics = run.train_step(state, batch, run.step_key(0), controls)
         out["layout"]["embed_after"] = layout(new_state["params"]["embed"])
         out["metrics"] = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
         out["step"] = int(new_state["step"])
@@ -276,15 +267,23 @@ def test_batch_that_does_not_divide_over_the_data_axes_names_the_field():
     mesh = AbstractMesh((1, 8, 1, 1), mesh_lib.AXES)
     with pytest.raises(ConfigError, match=r"train\.batch_size=6") as err:
         mesh_lib.check_batch(mesh, 6)
-    assert "8" in str(err.value)
+    assert "the smallest valid global batch is 8" in str(err.value)
+    with pytest.raises(ConfigError, match="the nearest valid global batches are 8 and 16"):
+        mesh_lib.check_batch(mesh, 12)
     with pytest.raises(ConfigError, match=r"train\.grad_accum=2"):
         mesh_lib.check_batch(mesh, 8, 2)
     mesh_lib.check_batch(mesh, 16, 2)  # fits: no error
     # tensor is not a data axis.
     mesh_lib.check_batch(AbstractMesh((1, 4, 1, 2), mesh_lib.AXES), 4)
-    # 640 rows cannot cover 256 FSDP chips: the error says how to give the rest to a tensor axis.
-    with pytest.raises(ConfigError, match=r"mesh\.fsdp=128 .*mesh\.tensor=2 .*rules=fsdp_tp"):
+    # 640 rows cannot cover 256 FSDP chips: the error names the nearest batches and how to keep
+    # 640 by giving the rest to a tensor axis.
+    with pytest.raises(ConfigError, match=r"batches are 512 and 768 .*mesh\.fsdp=128 .*mesh\.tensor=2 .*rules=fsdp_tp"):  # fmt: skip
         mesh_lib.check_batch(AbstractMesh((1, 1, 256, 1), mesh_lib.AXES), 640)
+    # 40 rows on 128 chips would need a tensor axis of 16, wider than the 8B models' 8 kv heads:
+    # only the batches are suggested.
+    with pytest.raises(ConfigError, match="the smallest valid global batch is 128") as err:
+        mesh_lib.check_batch(AbstractMesh((1, 1, 128, 1), mesh_lib.AXES), 40)
+    assert "mesh.tensor" not in str(err.value)
 
 
 def test_two_free_mesh_axes_are_invalid():
