@@ -1,8 +1,8 @@
 """Run a job on a GPU cluster under SLURM: write an sbatch script and (with `--execute`) submit it.
 
     python launch/slurm.py --nodes 2 --gpus-per-node 8 --time 04:00:00 \\
-        -- illada train --config=config:small --workdir=runs/small     # prints the script
-    python launch/slurm.py ... --execute -- illada train ...            # writes it, runs sbatch
+        -- illada train --config=config:small --workdir=gs://BUCKET/runs/small  # prints the script
+    python launch/slurm.py ... --execute -- illada train ...                     # submits it
 
 `srun` starts the processes with `ILLADA_DISTRIBUTED=auto`: `illada train` calls
 `jax.distributed.initialize()`, which reads SLURM's variables (job id, task count, rank, node
@@ -11,7 +11,8 @@ list) and picks the coordinator itself. `--process-per gpu` (default) starts one
 starts one process per node that drives all its GPUs (`JAX_LOCAL_DEVICE_IDS=0,...,GPUS-1`, since
 JAX would otherwise pick only the GPU of local id 0). The job's output goes to
 `LOG_DIR/%x-%j.out`. `--workdir` must be on storage every node sees (checkpoints are written by
-all processes). `--execute` writes the script to `LOG_DIR/NAME.sbatch` and submits it; `--dry-run`
+all processes): `gs://BUCKET/runs/NAME`, or a directory of the cluster's shared file system with
+`--config=set:checkpoint.shared_filesystem=True`. `--execute` writes the script to `LOG_DIR/NAME.sbatch` and submits it; `--dry-run`
 (the default) prints it and submits nothing.
 """
 
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error(
-            "give the job after --, e.g. -- illada train --config=config:small --workdir=runs/small"
+            "give the job after --, e.g. -- illada train --config=config:small "
+            "--workdir=gs://BUCKET/runs/small"
         )
     job = job_from_args(args, parser)
     script = sbatch_script(job, command)

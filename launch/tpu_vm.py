@@ -1,21 +1,22 @@
 """Run a job on every worker of a Cloud TPU VM or queued resource (single or multi-slice).
 
     python launch/tpu_vm.py --name illada-v5p --zone us-east5-a --accelerator-type v5p-16 \\
-        -- illada train --config=config:small --workdir=runs/small            # prints the plan
+        -- illada train --config=config:small --workdir=gs://BUCKET/runs/small   # prints the plan
     python launch/tpu_vm.py ... --execute -- illada train ...                  # runs it
     python launch/tpu_vm.py --name illada-v5p --zone us-east5-a --accelerator-type v5p-16 \\
         --delete                                                               # tears it down
 
 The plan, printed one command per line (`--dry-run`, the default; run them from the repository
-root) or run in order
-(`--execute`, stopping at the first failure):
+root) or run in order (`--execute`, stopping at the first failure):
 
 1. create the TPU: `gcloud compute tpus tpu-vm create` for one slice, or a queued resource
    (`gcloud compute tpus queued-resources create`, `--queued`, required for `--num-slices` > 1:
    `--node-count/--node-prefix`) and wait until it is ACTIVE (`--skip-create` reuses one);
 2. ship the code (`--skip-install` skips it): build a wheel of this project and copy it to every
-   worker, then install it with its `[tpu]` extra into `~/illada` (a Python 3.11 venv made with uv:
-   the TPU VM images ship an older Python) — or, with `--image`, pull that Docker image there;
+   worker, then install it with its `[tpu]` extra into `~/illada`, a Python 3.12 venv made with
+   uv (the TPU VM images ship an older Python; 3.12 is what the Docker images use, so pip picks
+   the current JAX and its libtpu: README, "Which Python, which JAX") — or, with `--image`, pull
+   that Docker image there;
 3. (`--gcsfuse BUCKET`) install gcsfuse and mount `gs://BUCKET` at `/gcs/BUCKET` on every
    worker: prepared ArrayRecord shards on that bucket are then read through the mount (the data
    reader uses it for `gs://BUCKET/...` paths by itself);
@@ -23,14 +24,19 @@ root) or run in order
    `~/illada-job.sh` and run as the systemd service `illada-job` (it survives the client's
    disconnect and a reboot of the worker). The script runs the command after `--` with
    `ILLADA_DISTRIBUTED=auto` (`jax.distributed.initialize()` finds the workers from the TPU
-   metadata), appends its output to `~/illada-train.log` (copied to `WORKDIR/logs/` when the
-   workdir is on gs://), and restarts it after a preemption (the job exits 75: it saved and
-   stopped) or a crash (at most `--max-failures` times), until it exits 0 (its last step saved).
+   metadata) and the TPU runtime flags of the slice (`LIBTPU_INIT_ARGS` from
+   `illada_jax/parallel/tpu_runtime.py`; flags already in the launching shell's
+   `LIBTPU_INIT_ARGS` are kept and win), appends its output to `~/illada-train.log` (copied to
+   `WORKDIR/logs/HOST.log` when the workdir is `gs://BUCKET/...` or its mount `/gcs/BUCKET/...`),
+   and restarts it after a preemption (the job exits 75: it saved and stopped) or a crash (at
+   most `--max-failures` times), until it exits 0 (its last step saved).
    Across slices (`--num-slices`) the launcher starts the processes, so it sets the MEGASCALE_*
    variables the TPU runtime needs: the coordinator (worker 0 of slice 0), slice count and id.
 
 The command runs in the home directory. A multi-host run needs a `--workdir` all workers share:
-`gs://BUCKET/runs/NAME` (or a mounted filesystem with `checkpoint.shared_filesystem=True`).
+`gs://BUCKET/runs/NAME` (or a mounted filesystem with `checkpoint.shared_filesystem=True`), and
+every other path it reads (datasets, `train.eval_dataset`, `data.tokenizer`) must be on the bucket
+too: a relative path names a file in each worker's home directory.
 Watch it with `gcloud ... ssh --worker=0 --command='tail -f ~/illada-train.log'` or TensorBoard on
 the gs:// run directory; stop it with `--stop` (runs `systemctl stop illada-job` on every worker).
 
@@ -42,6 +48,8 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import importlib.util
+import os
 import pathlib
 import re
 import shlex
@@ -58,6 +66,9 @@ SERVICE = "illada-job"
 PREEMPTED_EXIT_CODE = 75  # `illada train` exits with it after a preemption save (EX_TEMPFAIL)
 MEGASCALE_PORT = 8080
 UV = "~/.local/bin/uv"
+# The workers' Python: the Docker images' (launch/Dockerfile), so both get the same JAX and libtpu.
+PYTHON = "3.12"
+GCSFUSE_ROOT = "/gcs"  # where `--gcsfuse BUCKET` mounts buckets (and the data reader looks)
 # The TPU software version matching each generation (TPU docs, "TPU software versions").
 RUNTIME_VERSIONS = {
     "v4": "tpu-ubuntu2204-base",
@@ -129,36 +140,15 @@ def wheel_name() -> str:
 
 def create_steps(target: Target) -> list[Step]:
     capacity = () if target.capacity == "on-demand" else (f"--{target.capacity}",)
+    common = (*target.group, "create", target.name, *target.location,
+              f"--accelerator-type={target.accelerator_type}")  # fmt: skip
     if not target.queued:
-        return [
-            Step(
-                (
-                    *target.group,
-                    "create",
-                    target.name,
-                    *target.location,
-                    f"--accelerator-type={target.accelerator_type}",
-                    f"--version={target.runtime_version}",
-                    *capacity,
-                )
-            )
-        ]
+        return [Step((*common, f"--version={target.runtime_version}", *capacity))]
     if target.num_slices > 1:
         nodes = (f"--node-count={target.num_slices}", f"--node-prefix={target.name}")
     else:
         nodes = (f"--node-id={target.name}",)
-    create = Step(
-        (
-            *target.group,
-            "create",
-            target.name,
-            *target.location,
-            f"--accelerator-type={target.accelerator_type}",
-            f"--runtime-version={target.runtime_version}",
-            *nodes,
-            *capacity,
-        )
-    )
+    create = Step((*common, f"--runtime-version={target.runtime_version}", *nodes, *capacity))
     return [create, wait_step(target)]
 
 
@@ -206,7 +196,7 @@ def install_steps(target: Target, image: str | None) -> list[Step]:
     )
     install = (
         f"(test -x {UV} || curl -LsSf https://astral.sh/uv/install.sh | sh) && "
-        f"{UV} venv --allow-existing --python 3.11 {VENV} && "
+        f"{UV} venv --allow-existing --python {PYTHON} {VENV} && "
         f"{UV} pip install --python {VENV}/bin/python --reinstall-package illada-jax "
         f'"$HOME/{wheel}[tpu]"'
     )
@@ -218,13 +208,19 @@ def _gcp_registry(host: str) -> bool:
 
 
 def job_line(command: list[str], image: str | None) -> str:
-    """The job as a shell line, with ILLADA_DISTRIBUTED=auto (inside the image with --image)."""
+    """The job as a shell line, with ILLADA_DISTRIBUTED=auto (inside the image with --image).
+
+    With an image, the supervisor's variables of `PASSED_VARS` that are set go into the container
+    as `-e NAME=VALUE`, expanded before `sudo`: sudo resets the environment, so a bare `-e NAME`
+    (docker's pass-through) would find nothing there."""
     job = shlex.join(command)
     if image:
-        megascale = " ".join(f"-e {name}" for name in MEGASCALE_VARS)
+        names = " ".join(PASSED_VARS)
         return (
+            f'passed=(); for name in {names}; do [ -n "${{!name:-}}" ] && '
+            'passed+=(-e "$name=${!name}"); done; '
             "sudo docker run --rm --net=host --privileged -e ILLADA_DISTRIBUTED=auto "
-            f'-e ILLADA_PREEMPTED_EXIT_CODE {megascale} -v "$HOME/runs:/work/runs" {image} {job}'
+            f'"${{passed[@]}}" -v "$HOME/runs:/work/runs" {image} {job}'
         )
     return f". {VENV}/bin/activate && ILLADA_DISTRIBUTED=auto {job}"
 
@@ -235,6 +231,39 @@ MEGASCALE_VARS = (
     "MEGASCALE_SLICE_ID",
     "MEGASCALE_PORT",
 )
+# What the supervisor's environment hands into the container (`docker run -e NAME`).
+PASSED_VARS = ("ILLADA_PREEMPTED_EXIT_CODE", "LIBTPU_INIT_ARGS", *MEGASCALE_VARS)
+
+
+def _tpu_runtime():
+    """`illada_jax/parallel/tpu_runtime.py`, loaded by its path: it imports no JAX, but the
+    `illada_jax` package does, and the launching machine needs neither."""
+    path = REPO / "illada_jax" / "parallel" / "tpu_runtime.py"
+    spec = importlib.util.spec_from_file_location("illada_tpu_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def libtpu_init_args(target: Target) -> str:
+    """`LIBTPU_INIT_ARGS` for the workers: the slice's flags from the project's table, with the
+    flags of this shell's `LIBTPU_INIT_ARGS` on top (the user's values win)."""
+    runtime = _tpu_runtime()
+    return runtime.merged_init_args(
+        os.environ.get("LIBTPU_INIT_ARGS", ""), target.accelerator_type, target.num_slices
+    )
+
+
+def logs_url(workdir: str) -> str:
+    """Where the supervisor copies each worker's log: `WORKDIR/logs` as a gs:// URL, for a gs://
+    workdir or one on the gcsfuse mount (`/gcs/BUCKET/...`); "" for any other path."""
+    workdir = workdir.rstrip("/")
+    if workdir.startswith("gs://"):
+        return f"{workdir}/logs"
+    mount = f"{GCSFUSE_ROOT}/"
+    if workdir.startswith(mount) and workdir[len(mount) :]:
+        return f"gs://{workdir[len(mount) :]}/logs"
+    return ""
 
 
 def workdir_of(command: list[str]) -> str | None:
@@ -248,19 +277,20 @@ def workdir_of(command: list[str]) -> str | None:
 
 
 def worker_script(command: list[str], image: str | None, *, max_failures: int = 10,
-                  gcsfuse_bucket: str | None = None) -> str:  # fmt: skip
+                  gcsfuse_bucket: str | None = None, libtpu_args: str = "") -> str:  # fmt: skip
     """The supervisor each worker runs (bash): the job, restarted until it completes.
 
     Exit 0 of the job: done (a marker file stops later starts, e.g. after a reboot). Exit 75: the
     job was preempted and saved; restart without counting a failure. Anything else: a crash;
     restart after `ILLADA_RESTART_DELAY` seconds (default 30), giving up after `max_failures`.
-    `~/illada-job.env` (written by the launcher for multi-slice jobs) is read first.
+    `~/illada-job.env` (written by the launcher for multi-slice jobs) is read first. The job gets
+    `libtpu_args` as `LIBTPU_INIT_ARGS` (the TPU runtime reads it when it starts).
     """
-    workdir = workdir_of(command) or ""
-    logs = f"{workdir.rstrip('/')}/logs" if workdir.startswith("gs://") else ""
+    logs = logs_url(workdir_of(command) or "")
+    runtime = f"export LIBTPU_INIT_ARGS={shlex.quote(libtpu_args)}\n" if libtpu_args else ""
     mount = ""
     if gcsfuse_bucket:
-        point = f"/gcs/{gcsfuse_bucket}"
+        point = f"{GCSFUSE_ROOT}/{gcsfuse_bucket}"
         mount = f"mountpoint -q {point} || gcsfuse --implicit-dirs {gcsfuse_bucket} {point}\n"
     return f"""#!/usr/bin/env bash
 # Generated by launch/tpu_vm.py: run the illada job until it completes (see its docstring).
@@ -271,7 +301,8 @@ DONE=~/illada-job.done
 LOGS_URL={shlex.quote(logs)}
 [ -f ~/illada-job.env ] && set -a && . ~/illada-job.env && set +a
 [ -f "$DONE" ] && {{ echo "job already completed ($DONE)" >> $LOG; exit 0; }}
-{mount}export ILLADA_PREEMPTED_EXIT_CODE={PREEMPTED_EXIT_CODE}
+{mount}{runtime}export ILLADA_PREEMPTED_EXIT_CODE={PREEMPTED_EXIT_CODE}
+export PYTHONUNBUFFERED=1  # the log is read while the job runs (tail, the resume check)
 upload_log() {{
   [ -n "$LOGS_URL" ] && gcloud storage cp -q $LOG "$LOGS_URL/$(hostname).log" > /dev/null 2>&1
   return 0
@@ -301,12 +332,17 @@ done
 
 
 def start_command(script: str, env: dict[str, str] | None = None) -> str:
-    """Install `script` as the systemd service SERVICE and (re)start it, detached."""
+    """Install `script` as the systemd service SERVICE and (re)start it, detached.
+
+    The supervisor script does the restarting; systemd only detaches it, starts it at boot and
+    restarts it when it dies of a signal (`Restart=on-abnormal`). Not `on-failure`: the script
+    exits non-zero when it gives up after `--max-failures` crashes, and a restart would start
+    the count again, forever."""
     encoded = base64.b64encode(script.encode()).decode()
     env_file = "".join(f"{k}={v}\\n" for k, v in (env or {}).items())
     unit = (
         "[Unit]\\nDescription=illada job\\nAfter=network-online.target\\n"
-        "[Service]\\nUser=%s\\nExecStart=/bin/bash %s/illada-job.sh\\nRestart=on-failure\\n"
+        "[Service]\\nUser=%s\\nExecStart=/bin/bash %s/illada-job.sh\\nRestart=on-abnormal\\n"
         "RestartSec=30\\n[Install]\\nWantedBy=multi-user.target\\n"
     )
     return (
@@ -320,7 +356,7 @@ def start_command(script: str, env: dict[str, str] | None = None) -> str:
 
 def gcsfuse_command(bucket: str) -> str:
     """Install gcsfuse (Google's apt repository) and mount `bucket` at /gcs/BUCKET."""
-    point = f"/gcs/{bucket}"
+    point = f"{GCSFUSE_ROOT}/{bucket}"
     install = (
         '(command -v gcsfuse > /dev/null || (echo "deb [signed-by=/usr/share/keyrings/'
         "cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) "
@@ -339,7 +375,8 @@ def run_steps(target: Target, command: list[str], image: str | None, *, max_fail
               gcsfuse_bucket: str | None = None) -> list[Step]:  # fmt: skip
     """Start the supervised job on every worker; per slice with MEGASCALE_* across slices."""
     script = worker_script(command, image, max_failures=max_failures,
-                           gcsfuse_bucket=gcsfuse_bucket)  # fmt: skip
+                           gcsfuse_bucket=gcsfuse_bucket,
+                           libtpu_args=libtpu_init_args(target))  # fmt: skip
     if target.num_slices == 1:
         return [ssh_step(target, start_command(script))]
     # Worker 0 of slice 0 coordinates the slices (the launcher, not XPK, starts the processes):
@@ -472,31 +509,19 @@ def build_parser() -> argparse.ArgumentParser:
     capacity = parser.add_mutually_exclusive_group()
     capacity.add_argument("--spot", action="store_true", help="Spot capacity (preemptible)")
     capacity.add_argument("--reserved", action="store_true", help="use the project's reservation")
-    parser.add_argument(
-        "--image",
-        default=None,
-        help="run inside this Docker image (launch/Dockerfile) instead of a wheel",
-    )
+    parser.add_argument("--image", default=None,
+                        help="run inside this Docker image (launch/Dockerfile), not a wheel")  # fmt: skip
     parser.add_argument("--skip-create", action="store_true", help="the TPU exists already")
     parser.add_argument("--skip-install", action="store_true", help="the code is there already")
     parser.add_argument("--delete", action="store_true", help="only tear the TPU down")
     parser.add_argument("--stop", action="store_true", help="only stop the job on every worker")
-    parser.add_argument(
-        "--gcsfuse",
-        metavar="BUCKET",
-        default=None,
-        help="mount gs://BUCKET at /gcs/BUCKET on every worker (data reads)",
-    )
+    parser.add_argument("--gcsfuse", metavar="BUCKET", default=None,
+                        help="mount gs://BUCKET at /gcs/BUCKET on every worker (data reads)")  # fmt: skip
     parser.add_argument("--max-failures", type=int, default=10,
                         help="crashes (not preemptions) after which a worker stops restarting")  # fmt: skip
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--dry-run",
-        dest="execute",
-        action="store_false",
-        default=False,
-        help="print the gcloud commands, one per line (default)",
-    )
+    mode.add_argument("--dry-run", dest="execute", action="store_false", default=False,
+                      help="print the gcloud commands, one per line (default)")  # fmt: skip
     mode.add_argument("--execute", dest="execute", action="store_true", help="run them")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the job command")
     return parser
@@ -510,7 +535,7 @@ def target_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         )
     if args.num_slices < 1:
         parser.error("--num-slices must be >= 1")
-    return Target(
+    target = Target(
         name=args.name,
         zone=args.zone,
         accelerator_type=args.accelerator_type,
@@ -520,6 +545,11 @@ def target_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         queued=args.queued or args.num_slices > 1,
         capacity="spot" if args.spot else "reserved" if args.reserved else "on-demand",
     )
+    try:  # the TPU runtime flags are per generation
+        _tpu_runtime().generation_of(args.accelerator_type)
+    except ValueError as err:
+        parser.error(f"--accelerator-type: {err}")
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not command:
         parser.error(
             "give the job after --, e.g. -- illada train --config=config:small "
-            "--workdir=runs/small (or --delete to tear down)"
+            "--workdir=gs://BUCKET/runs/small (or --delete to tear down)"
         )
     else:
         steps = plan(

@@ -8,8 +8,10 @@
 
 `--dry-run` (the default) prints the `xpk workload create` command; `--execute` runs it. The image
 is built from `launch/Dockerfile` (`docker build -f launch/Dockerfile -t IMAGE .`, then push).
-Each pod runs the command after `--` with `ILLADA_DISTRIBUTED=auto`: `jax.distributed.initialize()`
-finds the slice's hosts, and across slices (`--num-slices`; set `mesh.dcn_data` to match) XPK
+Each pod runs the command after `--` with `ILLADA_DISTRIBUTED=auto` (`jax.distributed.initialize()`
+finds the slice's hosts) and the slice's TPU runtime flags (`LIBTPU_INIT_ARGS` from
+`illada_jax/parallel/tpu_runtime.py`, with the flags of the launching shell's `LIBTPU_INIT_ARGS`
+on top); across slices (`--num-slices`; set `mesh.dcn_data` to match) XPK
 and the TPU runtime provide the MEGASCALE_* settings. XPK restarts the whole JobSet up to
 `--max-restarts` times when a slice is preempted or fails (add `--restart-on-user-code-failure` to
 also restart after the job itself exits non-zero); each restart resumes from the newest checkpoint
@@ -22,6 +24,9 @@ told to stop (SIGTERM) saves at the step all hosts agree on and exits 75
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import pathlib
 import re
 import shlex
 import subprocess
@@ -32,13 +37,32 @@ WORKLOAD_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
 
 
 PREEMPTED_EXIT_CODE = 75  # as launch/tpu_vm.py: a saved preemption is not a completed run
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def workload_command(command: list[str]) -> str:
+def _tpu_runtime():
+    """`illada_jax/parallel/tpu_runtime.py`, loaded by its path: it imports no JAX, but the
+    `illada_jax` package does, and the launching machine needs neither."""
+    path = REPO / "illada_jax" / "parallel" / "tpu_runtime.py"
+    spec = importlib.util.spec_from_file_location("illada_tpu_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def libtpu_init_args(tpu_type: str, num_slices: int) -> str:
+    """The slice's flags from the project's table, this shell's `LIBTPU_INIT_ARGS` on top."""
+    return _tpu_runtime().merged_init_args(
+        os.environ.get("LIBTPU_INIT_ARGS", ""), tpu_type, num_slices
+    )
+
+
+def workload_command(command: list[str], libtpu_args: str = "") -> str:
     """The shell line each pod runs."""
+    runtime = f"LIBTPU_INIT_ARGS={shlex.quote(libtpu_args)} " if libtpu_args else ""
     return (
         f"ILLADA_DISTRIBUTED=auto ILLADA_PREEMPTED_EXIT_CODE={PREEMPTED_EXIT_CODE} "
-        f"{shlex.join(command)}"
+        f"{runtime}{shlex.join(command)}"
     )
 
 
@@ -59,7 +83,8 @@ def create_argv(args: argparse.Namespace, command: list[str]) -> list[str]:
     argv += _location(args)
     if args.restart_on_user_code_failure:
         argv.append("--restart-on-user-code-failure")
-    return [*argv, f"--command={workload_command(command)}"]
+    libtpu_args = libtpu_init_args(args.tpu_type, args.num_slices)
+    return [*argv, f"--command={workload_command(command, libtpu_args)}"]
 
 
 def delete_argv(args: argparse.Namespace) -> list[str]:
@@ -142,10 +167,14 @@ def check_args(args: argparse.Namespace, command: list[str], parser) -> None:
         parser.error(f"{' and '.join(missing)} required to create a workload")
     if args.num_slices < 1 or args.max_restarts < 0:
         parser.error("--num-slices must be >= 1 and --max-restarts >= 0")
+    try:
+        _tpu_runtime().generation_of(args.tpu_type)
+    except ValueError as err:
+        parser.error(f"--tpu-type: {err}")
     if not command:
         parser.error(
             "give the job after --, e.g. -- illada train --config=config:small "
-            "--workdir=/gcs/runs/small"
+            "--workdir=gs://BUCKET/runs/small"
         )
 
 

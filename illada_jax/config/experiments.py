@@ -10,6 +10,8 @@ point recipes build on.
 
 from __future__ import annotations
 
+import dataclasses
+
 import fiddle as fdl
 
 from illada_jax.config.presets import MODEL_PRESETS
@@ -112,9 +114,84 @@ def remat_full(cfg: fdl.Config) -> None:
     cfg.model.remat_policy = "full"
 
 
+REHEARSAL_STEPS = 24
+REHEARSAL_BATCH = 8  # sequences per step: divides the data-parallel size of up to 8 hosts
+REHEARSAL_SEQ_LEN = 64
+REHEARSAL_CHECKPOINT_EVERY = 8
+REHEARSAL_OWN_VOCAB = 8192  # the largest of the project's tokenizers (published ones are larger)
+_SPECIAL_ID_FIELDS = tuple(f"{role}_token_id" for role in ("mask", "pad", "bos", "eos", "eot"))
+
+
+def rehearsal(cfg: fdl.Config) -> None:
+    """A pod recipe at toy size, for the pod rehearsal (`launch/rehearse.py`, docs/pods.md): the
+    one override between a recipe and what the rehearsal's CPU "hosts" train.
+
+    The run keeps the recipe's code path: its objective, random-length mode, dtypes, remat
+    policy, mesh axes and rule table, schedule kind, optimizer, datasets, tokenizer, held-out set
+    and checkpoint paths. It changes only sizes, and the attention kernel:
+    - the network of the `tiny` preset (4 layers of width 128, 4 query heads: on 1 key/value
+      head when the recipe groups its query heads, else on 4), keeping the recipe's embedding
+      tying. A published vocabulary (over 8192 ids: LLaDA's, iLLaDA's) becomes tiny's (1024 ids
+      with the project's special ids), which the rehearsal's stand-in for the published
+      tokenizer has; the project's own tokenizers' vocabularies are kept;
+    - XLA attention instead of Pallas splash attention, which compiles only for a TPU;
+    - one CPU device per host (`mesh.cpu_devices=1`: a host stands in for one chip);
+    - 24 steps of 8 x 64 tokens; warmup and the schedule's decay points scaled from the
+      recipe's steps to 24; a checkpoint every 8 steps (a permanent one every 16 when the recipe
+      keeps some); the held-out bound once, at the end, on 2 batches; a log line per step.
+
+    The rehearsal appends it to a documented command, after the command's own directives, so
+    it wins over their sizes and kernel (a GPU command's `cudnn`) and keeps the rest (paths).
+    """
+    model = cfg.model
+    keep = {"tie_embeddings": model.tie_embeddings}
+    if model.vocab_size <= REHEARSAL_OWN_VOCAB:  # the project's tokenizer: keep it
+        keep |= {f: getattr(model, f) for f in ("vocab_size", *_SPECIAL_ID_FIELDS)}
+    grouped = model.n_kv_heads < model.n_heads
+    defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+    for field in _SPECIAL_ID_FIELDS:  # the project's layout of special ids
+        setattr(model, field, defaults[field])
+    for field, value in MODEL_PRESETS["tiny"].items():
+        if field != "name":
+            setattr(model, field, value)
+    for field, value in keep.items():
+        setattr(model, field, value)
+    model.n_kv_heads = 1 if grouped else model.n_heads
+    model.attention_impl = "xla"
+    cfg.mesh.cpu_devices = 1
+    steps = cfg.train.steps
+    for field in ("warmup_steps", "decay_steps", "decay_start_step", "wsd_drop_step"):
+        value = getattr(cfg.optim, field)
+        if value:
+            setattr(
+                cfg.optim,
+                field,
+                max(1, min(REHEARSAL_STEPS - 1, round(value * REHEARSAL_STEPS / steps))),
+            )
+    cfg.train.steps = REHEARSAL_STEPS
+    cfg.train.batch_size = REHEARSAL_BATCH
+    cfg.train.seq_len = REHEARSAL_SEQ_LEN
+    cfg.train.grad_accum = 1
+    cfg.train.log_every = 1
+    if cfg.train.eval_every:
+        cfg.train.eval_every = REHEARSAL_STEPS
+        cfg.train.eval_batches = 2
+    cfg.checkpoint.every = REHEARSAL_CHECKPOINT_EVERY
+    if cfg.checkpoint.keep_every:
+        cfg.checkpoint.keep_every = 2 * REHEARSAL_CHECKPOINT_EVERY
+
+
 FIDDLERS = {
     f.__name__: f
-    for f in (antithetic_time, no_random_length, llada_truncate, illada_split, bf16, remat_full)
+    for f in (
+        antithetic_time,
+        no_random_length,
+        llada_truncate,
+        illada_split,
+        bf16,
+        remat_full,
+        rehearsal,
+    )
 }
 
 

@@ -1,13 +1,20 @@
-"""Every shell command shown in README.md is exercised by a test.
+"""Every shell command shown in README.md and docs/*.md is exercised by a test.
 
 - Blocks marked `<!-- readme-test: run -->` (the line before the fence) are run here, in README
-  order, in one scratch directory, on tiny settings: `TINY_ARGS` are appended to commands that
-  train or benchmark and `TINY_REPLACE` swaps a few sizes (the commands otherwise run as written).
-  Each must exit 0 without a traceback, and every path it names as its output must exist after.
-  The inputs the commands name (docs.jsonl, notes/, part-0.parquet, corpus.txt) and the `runs/tiny`
-  run of the Quickstart are made by the `sandbox` fixture.
+  order, then the docs' (a command shown twice runs once), in one scratch directory, on tiny
+  settings: `TINY_ARGS` are appended to commands that train or benchmark and `TINY_REPLACE` swaps
+  a few sizes (the commands otherwise run as written; shell variables such as `$BUCKET` take the
+  values of `PLACEHOLDERS`, as after docs/pods.md's `export` line). Each must exit 0 without a
+  traceback, and every path it names as its output must exist after. The inputs the commands
+  name (docs.jsonl, notes/, part-0.parquet, corpus.txt) and the `runs/tiny` run of the Quickstart
+  are made by the `sandbox` fixture.
+- Blocks marked `<!-- rehearsal: PHASE -->` (docs/pods.md's "From zero to a running pod job") are
+  run as written by the pod rehearsal (tests/e2e/test_pod_rehearsal.py).
 - Every other command must be listed in `COVERED` with the test that exercises it (checked to
-  exist), so a new README command without a test fails here.
+  exist), so a new documented command without a test fails here.
+- The `Example: illada ...` of each subcommand's --help runs here too (after the documents'
+  commands, in the same sandbox), unless a document shows the same command or COVERED names it.
+  The launchers' --help examples are run by tests/unit/test_launch.py.
 """
 
 from __future__ import annotations
@@ -24,7 +31,14 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 RUN_MARK = "<!-- readme-test: run -->"
+REHEARSAL_MARK = re.compile(r"^<!-- rehearsal: [\w-]+ -->$")
+REHEARSAL_TEST = "tests/e2e/test_pod_rehearsal.py::test_the_rehearsal_runs_the_guide"
+# The values of the docs' shell variables (docs/pods.md sets them with one `export` line).
+PLACEHOLDERS = {"BUCKET": "my-illada-bucket", "ZONE": "us-east5-a", "TPU": "illada-v5p",
+                "CLUSTER": "my-cluster",
+                "IMAGE": "us-docker.pkg.dev/my-project/illada/illada:latest"}  # fmt: skip
 
 TINY_TRAIN = [
     "--config=set:train.steps=2",
@@ -41,6 +55,10 @@ TINY_ARGS = {
     ("illada", "train"): TINY_TRAIN,
     ("illada", "sweep"): TINY_TRAIN,
     ("illada", "compile"): ["--no-probes"],
+    ("illada", "compile", "--config=config:tiny", "--topology=v5p-8", "--search"): [
+        "--search-batches=1",
+        "--search-remat=full",
+    ],  # one candidate: the search's path, not its minutes
     ("python", "launch/"): TINY_TRAIN,  # printed into the plan (dry runs), never run
     ("python", "bench/forward.py"): ["--batch", "1", "--seq", "32", "--repeats", "1"],
     ("python", "bench/data.py"): [
@@ -129,28 +147,53 @@ COVERED = {
     r"^python launch/local\.py --num-processes 2 --devices-per-process 2 -- illada train": (
         "tests/multiprocess/test_local_processes.py::test_two_processes_log_the_losses_of_one_process"
     ),
-    r"^python launch/tpu_vm\.py .* --execute -- illada train": (
-        "tests/unit/test_launch.py::test_tpu_vm_execute_runs_the_printed_commands_in_order"
+    # README's pod commands are the guide's (docs/pods.md), which the rehearsal runs.
+    r"^python launch/tpu_vm\.py --name \$TPU .* --execute -- illada train": (
+        "tests/e2e/test_pod_rehearsal.py::test_readme_pod_commands_are_commands_of_the_guide"
     ),
-    r"^illada prepare --format jsonl --input gs://BUCKET/raw/ --output gs://": (
-        "tests/multiprocess/test_pod_storage.py::test_prepare_reads_and_writes_the_bucket"
+    r"^illada prepare --format jsonl --input gs://\$BUCKET/raw/web/ --output gs://": (
+        "tests/e2e/test_pod_rehearsal.py::test_readme_pod_commands_are_commands_of_the_guide"
     ),
-    r"^python launch/tpu_vm\.py .* --stop --execute$": (
-        "tests/unit/test_launch.py::test_tpu_vm_stop_stops_the_service_on_every_worker"
+    r"^python launch/tpu_vm\.py --name \$TPU .* --stop --execute$": (
+        "tests/e2e/test_pod_rehearsal.py::test_readme_pod_commands_are_commands_of_the_guide"
     ),
     r"^tensorboard --logdir gs://": (
         "tests/multiprocess/test_pod_storage.py::test_the_run_directory_is_on_the_bucket"
     ),
-    r"^illada convert --from hf --to native --src LLaDA-8B-Instruct": (
+    r"^\.venv312/bin/python launch/rehearse\.py --hosts 2$": REHEARSAL_TEST,
+    # docs/pods.md, "Meshes for other batch shapes": the multi-slice checks
+    r"^illada compile --config=config:\w+ --topology=v5p-\d+ --num-slices \d+ ": (
+        "tests/compile/test_recipe_topologies.py::"
+        "test_every_documented_topology_builds_with_the_recipes_batch"
+    ),
+    # docs/data.md
+    r"^illada prepare --format tfds --input wiki/": (
+        "tests/unit/test_sources_extras.py::test_tfds_by_name_with_version_config_and_split"
+    ),
+    r"^illada prepare --format tfds --input /data/tfds/my_ds/": (
+        "tests/unit/test_sources_extras.py::test_tfds_array_record_dataset"
+    ),
+    r"^illada prepare --format seqio --seqio-module my_tasks": (
+        "tests/unit/test_sources_extras.py::test_seqio_task_in_our_vocabulary_is_read_as_ids"
+    ),
+    r"^illada prepare --runner beam --format jsonl --input data/raw/ --output data/web --workers": (
+        "tests/unit/test_beam_prepare.py::test_worker_count_does_not_change_a_byte"
+    ),
+    r"^illada train --config=config:small --config=set:data\.datasets=\('raw:jsonl:": (
+        "tests/unit/test_onthefly.py::"
+        "test_a_mixture_with_a_prepared_dataset_keeps_exact_proportions"
+    ),
+    r"^illada convert --from hf --to native --src (LLaDA-8B-Instruct|HF_DIR)": (
         "tests/unit/test_hf_convert.py::test_cli_round_trip"
     ),
 }
 
 
-def readme_commands() -> list[tuple[bool, str, list[str]]]:
-    """(runs here, section, words) for every command in the README's bash blocks: continuation
-    lines joined, comments dropped, quotes resolved as the shell would."""
-    lines = README.read_text().splitlines()
+def readme_commands(path: pathlib.Path = README) -> list[tuple[str, str, list[str]]]:
+    """(how it is tested: "run" here, "rehearsal" or "" (COVERED), section, words) for every
+    command in a document's bash blocks: continuation lines joined, comments dropped, quotes
+    resolved as the shell would."""
+    lines = path.read_text().splitlines()
     commands, section, previous = [], "", ""
     index = 0
     while index < len(lines):
@@ -159,6 +202,9 @@ def readme_commands() -> list[tuple[bool, str, list[str]]]:
             section = line[3:].strip()
         if line.strip() == "```bash":
             marked = previous.strip() == RUN_MARK
+            marked = (
+                "run" if marked else "rehearsal" if REHEARSAL_MARK.match(previous.strip()) else ""
+            )
             index += 1
             text = []
             while lines[index].strip() != "```":
@@ -193,7 +239,7 @@ def _outputs(words: list[str]) -> list[str]:
 
 def tiny(words: list[str]) -> list[str]:
     """The command on tiny settings (see the module docstring)."""
-    words = list(words)
+    words = [_expand(word) for word in words]
     for key, table in TINY_REPLACE.items():
         if _matches(words, key):
             words = [table.get(w, w) for w in words]
@@ -203,7 +249,23 @@ def tiny(words: list[str]) -> list[str]:
     return words
 
 
-RUN = [(section, words) for marked, section, words in readme_commands() if marked]
+def _run_list() -> list[tuple[str, list[str]]]:
+    """The run-marked commands of README, then of docs/*.md, each once."""
+    found = []
+    for path in DOCS:
+        name = path.relative_to(ROOT).as_posix()
+        for marked, section, words in readme_commands(path):
+            if marked == "run" and words not in [w for _, w in found]:
+                found.append((section if path == README else f"{name}: {section}", words))
+    return found
+
+
+RUN = _run_list()
+
+
+def _expand(word: str) -> str:
+    """`$NAME` / `${NAME}` of PLACEHOLDERS replaced, as the shell would after the docs' export."""
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: PLACEHOLDERS.get(m.group(1), m.group(0)), word)
 
 
 def test_readme_has_run_blocks_in_every_concept_section():
@@ -214,14 +276,16 @@ def test_readme_has_run_blocks_in_every_concept_section():
 
 
 def test_every_other_command_is_covered_by_a_named_test():
-    for marked, section, words in readme_commands():
-        if marked:
-            continue
-        command = " ".join(words)
-        hits = [test for pattern, test in COVERED.items() if re.search(pattern, command)]
-        assert hits, (
-            f"README ({section}): {command!r} is neither in a `{RUN_MARK}` block nor in COVERED"
-        )
+    for path in DOCS:
+        for marked, section, words in readme_commands(path):
+            if marked:
+                continue
+            command = " ".join(words)
+            hits = [test for pattern, test in COVERED.items() if re.search(pattern, command)]
+            assert hits, (
+                f"{path.name} ({section}): {command!r} is neither in a `{RUN_MARK}` or rehearsal "
+                "block nor in COVERED"
+            )
     for test in set(COVERED.values()):
         path, name = test.split("::")
         assert f"def {name}(" in (ROOT / path).read_text(), f"{test} does not exist"
@@ -278,3 +342,54 @@ def test_readme_command_runs(sandbox, section, words):
     for path in _outputs(command):
         path = home / path  # a directory, a file, or a prefix (tokenizer: PREFIX.model)
         assert path.exists() or any(path.parent.glob(path.name + ".*")), f"{shown}: {path}"
+
+
+def help_examples() -> list[tuple[str, list[str]]]:
+    """(subcommand, words) of every `Example: illada ...` in the subcommands' --help texts."""
+    import argparse
+
+    from illada_jax.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield [*path, name], sub
+                    yield from walk(sub, [*path, name])
+
+    found = []
+    for path, sub in walk(build_parser(), ["illada"]):
+        text = " ".join(f"{sub.description or ''} {sub.epilog or ''}".split())
+        for match in re.finditer(r"Examples?: (illada .*?)(?:$|(?<=\S)[.;](?:\s|$)|, or )", text):
+            words = shlex.split(match.group(1))
+            if words not in [w for _, w in found]:
+                found.append((" ".join(path), words))
+    return found
+
+
+def _flags(words: list[str]) -> set[str]:
+    return {w.split("=", 1)[0] for w in words if w.startswith("--")}
+
+
+def _shown_or_covered(words: list[str]) -> bool:
+    """Does a document's command run here with the same subcommand and (at least) the same
+    options, or does COVERED name it? Then only the example's values differ."""
+    subcommand = words[:3] if words[1] == "tokenizer" else words[:2]
+    for _, shown in RUN:
+        if shown[: len(subcommand)] == subcommand and _flags(words) <= _flags(shown):
+            return True
+    return any(re.search(pattern, " ".join(words)) for pattern in COVERED)
+
+
+HELP_RUN = [(name, words) for name, words in help_examples() if not _shown_or_covered(words)]
+
+
+def test_the_help_examples_are_found():
+    names = {name for name, _ in help_examples()}
+    for name in ("illada train", "illada prepare", "illada generate", "illada eval"):
+        assert name in names, f"no `Example: illada ...` found in `{name} --help`"
+
+
+@pytest.mark.parametrize("name, words", HELP_RUN, ids=[" ".join(w)[:60] for _, w in HELP_RUN])
+def test_help_example_runs(sandbox, name, words):
+    test_readme_command_runs(sandbox, f"{name} --help", words)

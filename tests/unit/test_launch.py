@@ -10,16 +10,19 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
 
 import pytest
 
+from illada_jax.parallel import tpu_runtime
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 WHEEL = f"illada_jax-{PROJECT['version']}-py3-none-any.whl"
-TRAIN = ["--", "illada", "train", "--config=config:small", "--workdir=runs/small"]
+TRAIN = ["--", "illada", "train", "--config=config:small", "--workdir=gs://bkt/runs/small"]
 
 
 def _load(name: str):
@@ -31,6 +34,9 @@ def _load(name: str):
 
 
 tpu_vm = _load("tpu_vm")
+# The TPU runtime flags a one-slice v5p job gets (illada_jax/parallel/tpu_runtime.py's table).
+V5P_FLAGS = tpu_runtime.libtpu_init_args("v5p-16")
+V5E_4_SLICES = tpu_runtime.libtpu_init_args("v5litepod-16", 4)
 xpk = _load("xpk")
 slurm = _load("slurm")
 
@@ -45,6 +51,12 @@ class Recorder:
     def __call__(self, argv, **kwargs):
         self.calls.append(argv)
         return subprocess.CompletedProcess(argv, 0, stdout=self.stdout, stderr="")
+
+
+@pytest.fixture(autouse=True)
+def no_user_libtpu_flags(monkeypatch):
+    """The launchers merge the launching shell's LIBTPU_INIT_ARGS into the table's: none here."""
+    monkeypatch.delenv("LIBTPU_INIT_ARGS", raising=False)
 
 
 @pytest.fixture
@@ -74,7 +86,7 @@ def test_tpu_vm_single_slice_dry_run_prints_every_gcloud_command(no_subprocess, 
         f"gcloud compute tpus tpu-vm scp dist/{WHEEL} illada-v5p: --zone=us-east5-a --worker=all",
         "gcloud compute tpus tpu-vm ssh illada-v5p --zone=us-east5-a --worker=all "
         "'--command=(test -x ~/.local/bin/uv || curl -LsSf https://astral.sh/uv/install.sh | sh) "
-        "&& ~/.local/bin/uv venv --allow-existing --python 3.11 ~/illada && ~/.local/bin/uv pip "
+        "&& ~/.local/bin/uv venv --allow-existing --python 3.12 ~/illada && ~/.local/bin/uv pip "
         "install --python ~/illada/bin/python --reinstall-package illada-jax "
         f'"$HOME/{WHEEL}[tpu]"\'',
     ]
@@ -82,9 +94,11 @@ def test_tpu_vm_single_slice_dry_run_prints_every_gcloud_command(no_subprocess, 
     script, env = _started_script(lines[4], "gcloud compute tpus tpu-vm ssh illada-v5p "
                                   "--zone=us-east5-a --worker=all")  # fmt: skip
     assert env == ""
-    assert script == tpu_vm.worker_script(TRAIN[1:], None)
+    assert script == tpu_vm.worker_script(TRAIN[1:], None, libtpu_args=V5P_FLAGS)
     assert "cd ~\n" in script and "ILLADA_DISTRIBUTED=auto illada train --config=config:small " \
-        "--workdir=runs/small ) >> $LOG 2>&1" in script  # fmt: skip
+        "--workdir=gs://bkt/runs/small ) >> $LOG 2>&1" in script  # fmt: skip
+    assert "\nLOGS_URL=gs://bkt/runs/small/logs\n" in script
+    assert f"\nexport LIBTPU_INIT_ARGS='{V5P_FLAGS}'\n" in script
 
 
 def _started_script(line: str, ssh_prefix: str) -> tuple[str, str]:
@@ -98,7 +112,9 @@ def _started_script(line: str, ssh_prefix: str) -> tuple[str, str]:
     encoded = remote.split()[1]
     assert remote.startswith(f"echo {encoded} | base64 -d > ~/illada-job.sh && ")
     assert "sudo systemctl enable illada-job && sudo systemctl restart illada-job" in remote
-    assert "Restart=on-failure" in remote and "WantedBy=multi-user.target" in remote
+    # systemd restarts the supervisor only when it dies of a signal: it gives up with an exit
+    # code after --max-failures crashes, which Restart=on-failure would start again, forever.
+    assert "Restart=on-abnormal" in remote and "WantedBy=multi-user.target" in remote
     env = remote.split("printf '", 1)[1].split("'", 1)[0]
     return base64.b64decode(encoded).decode(), env
 
@@ -108,7 +124,7 @@ def test_tpu_vm_multi_slice_uses_a_queued_resource_and_the_image(no_subprocess, 
     argv = ["--name", "illada-ms", "--zone", "us-east5-a", "--accelerator-type", "v5p-16",
             "--num-slices", "2", "--spot", "--project", "my-proj", "--image", image,
             "--", "illada", "train", "--config=set:mesh.dcn_data=2",
-            "--workdir=runs/ms"]  # fmt: skip
+            "--workdir=gs://bkt/runs/ms"]  # fmt: skip
     assert tpu_vm.main(argv) == 0
     where = "--zone=us-east5-a --project=my-proj"
     lines = _lines(capsys)
@@ -137,11 +153,15 @@ def test_tpu_vm_multi_slice_uses_a_queued_resource_and_the_image(no_subprocess, 
         )
         assert (
             "sudo docker run --rm --net=host --privileged -e ILLADA_DISTRIBUTED=auto "
-            "-e ILLADA_PREEMPTED_EXIT_CODE -e MEGASCALE_COORDINATOR_ADDRESS -e "
-            "MEGASCALE_NUM_SLICES -e MEGASCALE_SLICE_ID -e MEGASCALE_PORT "
-            f'-v "$HOME/runs:/work/runs" {image} illada train --config=set:mesh.dcn_data=2 '
-            "--workdir=runs/ms" in script
+            f'"${{passed[@]}}" -v "$HOME/runs:/work/runs" {image} illada train '
+            "--config=set:mesh.dcn_data=2 --workdir=gs://bkt/runs/ms" in script
         )
+        # Two slices: the data-parallel all-reduce over DCN is optimised too.
+        flags = tpu_runtime.parse_args(
+            script.split("export LIBTPU_INIT_ARGS=", 1)[1].split("\n")[0].strip("'")
+        )
+        assert flags == tpu_runtime.libtpu_flags("v5p-16", 2)
+        assert flags["xla_tpu_enable_data_parallel_all_reduce_opt"] == "true"
 
 
 def _stub_worker_home(tmp_path, exit_codes: str) -> tuple[pathlib.Path, pathlib.Path]:
@@ -193,6 +213,31 @@ def test_the_worker_script_gives_up_after_max_failures_but_not_on_preemptions(tm
     assert len(calls.read_text().splitlines()) == 4  # 2 preemptions (free) + 2 crashes (1 allowed)
     assert "=== giving up after 2 failures" in (home / "illada-train.log").read_text()
     assert not (home / "illada-job.done").exists()
+
+
+def test_the_image_gets_the_supervisors_variables_through_sudo(tmp_path):
+    """`sudo` resets the environment: the container must get the runtime's variables as
+    NAME=VALUE arguments (the unset ones left out), not docker's bare `-e NAME`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sudo").write_text('#!/usr/bin/env bash\nexec env -i PATH="$PATH" "$@"\n')
+    (bin_dir / "docker").write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {tmp_path}/argv\n')
+    for tool in ("sudo", "docker"):
+        (bin_dir / tool).chmod(0o755)
+    line = tpu_vm.job_line(["illada", "train"], "img:1")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "LIBTPU_INIT_ARGS": "--a=1 --b=2",
+        "ILLADA_PREEMPTED_EXIT_CODE": "75",
+        "MEGASCALE_NUM_SLICES": "2",
+    }
+    subprocess.run(["bash", "-euc", line], env=env, check=True, timeout=30)
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv[argv.index("img:1") :] == ["img:1", "illada", "train"]
+    passed = [argv[i + 1] for i, word in enumerate(argv) if word == "-e"]
+    assert passed == ["ILLADA_DISTRIBUTED=auto", "ILLADA_PREEMPTED_EXIT_CODE=75",
+                      "LIBTPU_INIT_ARGS=--a=1 --b=2", "MEGASCALE_NUM_SLICES=2"]  # fmt: skip
 
 
 def test_tpu_vm_stop_stops_the_service_on_every_worker(no_subprocess, capsys):
@@ -291,9 +336,14 @@ def test_xpk_single_slice_dry_run(no_subprocess, capsys):
         "xpk workload create --cluster=my-cluster --workload=illada-small --tpu-type=v5p-16 "
         "--num-slices=1 --docker-image=us-docker.pkg.dev/p/illada/illada:latest "
         "--max-restarts=3 --priority=medium '--command=ILLADA_DISTRIBUTED=auto "
-        "ILLADA_PREEMPTED_EXIT_CODE=75 illada train --config=config:small "
-        "--workdir=gs://bkt/runs/small'"
+        f"ILLADA_PREEMPTED_EXIT_CODE=75 LIBTPU_INIT_ARGS={_quoted(V5P_FLAGS)} illada train "
+        "--config=config:small --workdir=gs://bkt/runs/small'"
     ]
+
+
+def _quoted(flags: str) -> str:
+    """`flags` single-quoted inside the single-quoted --command=... word."""
+    return "'\"'\"'" + flags + "'\"'\"'"
 
 
 def test_xpk_multi_slice_dry_run(no_subprocess, capsys):
@@ -301,15 +351,64 @@ def test_xpk_multi_slice_dry_run(no_subprocess, capsys):
             "--num-slices", "4", "--docker-image", "img:1", "--max-restarts", "10",
             "--project", "p", "--zone", "us-west4-a", "--restart-on-user-code-failure",
             "--", "illada", "train", "--config=set:mesh.dcn_data=4",
-            "--workdir=/gcs/runs/ms"]  # fmt: skip
+            "--workdir=gs://bkt/runs/ms"]  # fmt: skip
     assert xpk.main(argv) == 0
     assert _lines(capsys) == [
         "xpk workload create --cluster=c --workload=illada-ms --tpu-type=v5litepod-16 "
         "--num-slices=4 --docker-image=img:1 --max-restarts=10 --priority=medium --project=p "
         "--zone=us-west4-a --restart-on-user-code-failure '--command=ILLADA_DISTRIBUTED=auto "
-        "ILLADA_PREEMPTED_EXIT_CODE=75 illada train --config=set:mesh.dcn_data=4 "
-        "--workdir=/gcs/runs/ms'"
+        f"ILLADA_PREEMPTED_EXIT_CODE=75 LIBTPU_INIT_ARGS={_quoted(V5E_4_SLICES)} illada train "
+        "--config=set:mesh.dcn_data=4 --workdir=gs://bkt/runs/ms'"
     ]
+    assert "xla_tpu_enable_data_parallel_all_reduce_opt" in V5E_4_SLICES  # across slices
+
+
+def test_the_launchers_keep_the_users_libtpu_flags(no_subprocess, capsys, monkeypatch):
+    """Flags set in the launching shell's LIBTPU_INIT_ARGS reach the workers and win."""
+    monkeypatch.setenv("LIBTPU_INIT_ARGS", "--xla_tpu_scoped_vmem_limit_kib=65536 --my_flag=1")
+    argv = ["--cluster", "c", "--workload", "w", "--tpu-type", "v5p-8", "--docker-image", "i",
+            *TRAIN]  # fmt: skip
+    assert xpk.main(argv) == 0
+    command = tpu_vm.shlex.split(_lines(capsys)[0])[-1]
+    flags = tpu_runtime.parse_args(tpu_vm.shlex.split(command)[2].split("=", 1)[1])
+    assert flags["xla_tpu_scoped_vmem_limit_kib"] == "65536" and flags["my_flag"] == "1"
+    assert flags["xla_tpu_enable_async_collective_fusion"] == "true"  # the table's others stay
+    argv = ["--name", "n", "--zone", "z", "--accelerator-type", "v6e-8", "--skip-create",
+            "--skip-install", *TRAIN]  # fmt: skip
+    assert tpu_vm.main(argv) == 0
+    script, _ = _started_script(_lines(capsys)[0], "gcloud compute tpus tpu-vm ssh n --zone=z "
+                                "--worker=all")  # fmt: skip
+    line = next(x for x in script.splitlines() if x.startswith("export LIBTPU_INIT_ARGS="))
+    flags = tpu_runtime.parse_args(tpu_vm.shlex.split(line.split("=", 1)[1])[0])
+    assert flags["xla_tpu_scoped_vmem_limit_kib"] == "65536" and flags["my_flag"] == "1"
+
+
+def test_the_launchers_refuse_an_unknown_tpu_generation(no_subprocess, capsys):
+    with pytest.raises(SystemExit):
+        xpk.main(["--cluster", "c", "--workload", "w", "--tpu-type", "tpu7-8",
+                  "--docker-image", "i", *TRAIN])  # fmt: skip
+    assert "--tpu-type: 'tpu7-8' is not a TPU slice name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tpu_vm.main(["--name", "n", "--zone", "z", "--accelerator-type", "tpu7-8",
+                     "--runtime-version", "v2-alpha-tpu7", *TRAIN])  # fmt: skip
+    assert "--accelerator-type: 'tpu7-8' is not a TPU slice name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("workdir", "url"),
+    [
+        ("gs://bkt/runs/x", "gs://bkt/runs/x/logs"),
+        ("gs://bkt/runs/x/", "gs://bkt/runs/x/logs"),
+        ("/gcs/bkt/runs/x", "gs://bkt/runs/x/logs"),  # the gcsfuse mount of gs://bkt
+        ("/gcs/", ""),
+        ("runs/x", ""),
+        ("/shared/runs/x", ""),
+    ],
+)
+def test_worker_logs_go_to_the_bucket_behind_the_workdir(workdir, url):
+    assert tpu_vm.logs_url(workdir) == url
+    script = tpu_vm.worker_script(["illada", "train", f"--workdir={workdir}"], None)
+    assert f"\nLOGS_URL={tpu_vm.shlex.quote(url)}\n" in script
 
 
 def test_xpk_delete_and_execute(monkeypatch, capsys):
@@ -345,7 +444,7 @@ PER_GPU_SCRIPT = """\
 
 set -euo pipefail
 export ILLADA_DISTRIBUTED=auto
-srun --kill-on-bad-exit=1 illada train --config=config:small --workdir=runs/small
+srun --kill-on-bad-exit=1 illada train --config=config:small --workdir=gs://bkt/runs/small
 """
 
 PER_NODE_SCRIPT = """\
@@ -435,5 +534,52 @@ def test_images_carry_the_recipes_where_the_registry_finds_them():
     for name in ("Dockerfile", "Dockerfile.gpu"):
         text = (REPO / "launch" / name).read_text()
         assert re.search(r"^COPY configs (\S+)$", text, re.M), name
-        target = re.search(r"^COPY configs (\S+)$", text, re.M).group(1)
+        target = re.findall(r"^COPY configs (\S+)$", text, re.M)[-1]  # after the build's copy
         assert re.search(rf"^ENV ILLADA_CONFIGS={re.escape(target)}$", text, re.M), name
+
+
+def test_the_images_copy_what_the_package_build_reads_before_installing_it():
+    """pyproject.toml packages `configs/` as `illada_jax.recipes`: an image that installs the
+    project before copying configs/ fails to build (setuptools: "package directory 'configs'
+    does not exist"); the pod rehearsal's `docker build` stand-in found it."""
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    needed = {"pyproject.toml", "README.md", "illada_jax", *tool["package-dir"].values()}
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        text = (REPO / "launch" / name).read_text()
+        before = text.split("\nRUN pip install", 1)[0]
+        copied = {word for line in re.findall(r"^COPY (.+)$", before, re.M)
+                  for word in line.split()[:-1]}  # fmt: skip
+        assert needed <= copied, f"{name} installs before copying {sorted(needed - copied)}"
+
+
+# --- the --help texts ------------------------------------------------------------------------
+
+
+def _help_examples(module) -> list[list[str]]:
+    """The example commands of a launcher's --help epilog (continuations joined, trailing
+    comments dropped)."""
+    text = module.build_parser().epilog.replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("name", ["tpu_vm", "xpk", "slurm"])
+def test_every_help_example_runs(no_subprocess, capsys, name):
+    """Each full example of a launcher's --help runs (as the dry run it is: the plan printed);
+    an elided one (`...`) is the full one above it with `--execute`."""
+    module = {"tpu_vm": tpu_vm, "xpk": xpk, "slurm": slurm}[name]
+    examples = _help_examples(module)
+    assert examples and all(e[:2] == ["python", f"launch/{name}.py"] for e in examples)
+    for previous, words in zip([None, *examples], examples):
+        if "..." in words:
+            assert previous is not None and "--execute" in words and "..." not in previous
+            continue
+        assert module.main(words[2:]) == 0, shlex.join(words)
+        assert capsys.readouterr().out.strip()
+
+
+def test_the_rehearsals_help_example_is_the_command_ci_runs():
+    rehearse = _load("rehearse")
+    example = shlex.split(rehearse.__doc__.splitlines()[2])
+    assert example == [".venv312/bin/python", "launch/rehearse.py", "--hosts", "2"]
+    test = (REPO / "tests" / "e2e" / "test_pod_rehearsal.py").read_text()
+    assert '"launch" / "rehearse.py"), "--hosts", "2"' in test
