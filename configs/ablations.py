@@ -18,7 +18,7 @@ def ablation_1b() -> fdl.Config:
     """The LLaDA-1B MDM shape (22 layers, d 2048, 32 heads / 4 KV heads; LLaDA Table 5) for
     42B tokens of 4096-token windows: LLaDA's recipe at 1/5 of its batch.
 
-    Command:   illada train --config=config:ablation_1b --workdir=gs://BUCKET/runs/ablation-1b
+    Command:   illada train --config=config:ablation_1b --workdir=gs://BUCKET/runs/ablation-1b --config=set:data.datasets="('gs://BUCKET/data/llada-pretrain',)" --config=set:train.eval_dataset=gs://BUCKET/data/llada-pretrain-heldout --config=set:data.tokenizer=gs://BUCKET/tokenizers/llada-8b/tokenizer.json
     Check:     illada compile --config=config:ablation_1b --topology=v5p-64
     Hardware:  TPU v5p-64 (32 chips): 8 sequences of 4096 tokens per chip.
     Expected:  `illada compile`: 33.4 GiB per chip of 95, compiled in about 45 s on a 2-core
@@ -26,7 +26,7 @@ def ablation_1b() -> fdl.Config:
     Scale-out: the batch stays 256 sequences: 4 per chip on a v5p-128 (17.6 GiB per chip, 0.86 s
                per step at 40% MFU):
                illada compile --config=config:ablation_1b --topology=v5p-128
-    Data:      `data/llada-pretrain` with LLaDA's tokenizer (see configs/llada.py).
+    Data:      LLaDA's pre-training sets on the bucket (their `illada prepare` lines: configs/llada.py).
 
     Recipe: global batch 256 x 4096 (1.05M tokens per step), 40,000 steps; learning rate
     0 -> 4e-4 over 2000 steps, held, linear to 4e-5 over the last 20%; AdamW (0.9, 0.95), weight
@@ -56,7 +56,7 @@ def ablation_100m() -> fdl.Config:
     """The 100m preset (12 layers, d 768, GQA 12 / 4 heads, the project's 8k tokenizer) for 5.2B
     tokens of 2048-token windows.
 
-    Command:   illada train --config=config:ablation_100m --workdir=gs://BUCKET/runs/ablation-100m
+    Command:   illada train --config=config:ablation_100m --workdir=gs://BUCKET/runs/ablation-100m --config=set:data.datasets="('gs://BUCKET/data/ablation',)" --config=set:train.eval_dataset=gs://BUCKET/data/ablation-heldout
     Check:     illada compile --config=config:ablation_100m --topology=v5p-8
     Hardware:  TPU v5p-8 (4 chips): 32 sequences of 2048 tokens per chip.
     Expected:  `illada compile`: 18.0 GiB per chip of 95, compiled in about 35 s on a 2-core
@@ -65,8 +65,9 @@ def ablation_100m() -> fdl.Config:
     Scale-out: the batch stays 128 sequences: 8 per chip on a v5p-32 (4.6 GiB per chip, 0.07 s
                per step at 40% MFU):
                illada compile --config=config:ablation_100m --topology=v5p-32
-    Data:      `data/ablation` (and `data/ablation-heldout`) prepared with the default tokenizer:
-               illada prepare --format jsonl --input CORPUS/ --output data/ablation
+    Data:      the training and held-out sets prepared with the default tokenizer, on the bucket:
+               illada prepare --format jsonl --input gs://BUCKET/raw/ --output gs://BUCKET/data/ablation
+               illada prepare --format jsonl --input gs://BUCKET/raw-heldout/ --output gs://BUCKET/data/ablation-heldout
 
     Recipe: global batch 128 x 2048 (262k tokens per step), 20,000 steps; learning rate
     0 -> 1e-3 over 1000 steps, cosine to 1e-4; antithetic diffusion times; iLLaDA's two-segment

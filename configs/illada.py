@@ -40,7 +40,7 @@ def _steps(tokens: float) -> int:
 def illada_8b() -> fdl.Config:
     """iLLaDA-8B pre-training: 12T tokens of 8192-token windows, constant then cosine LR.
 
-    Command:   illada train --config=config:illada_8b --workdir=gs://BUCKET/runs/illada-8b
+    Command:   illada train --config=config:illada_8b --workdir=gs://BUCKET/runs/illada-8b --config=set:data.datasets="('gs://BUCKET/data/illada-pretrain',)" --config=set:train.eval_dataset=gs://BUCKET/data/illada-pretrain-heldout --config=set:data.tokenizer=gs://BUCKET/tokenizers/illada-8b/tokenizer.json
     Check:     illada compile --config=config:illada_8b --topology=v5p-256
     Hardware:  TPU v5p-256 (128 chips): 4 sequences of 8192 tokens per chip.
     Expected:  `illada compile`: 29.1 GiB per chip of 95 (remat full; save_dots_no_batch does not
@@ -53,8 +53,9 @@ def illada_8b() -> fdl.Config:
                illada compile --config=config:illada_8b --topology=v5p-256 --num-slices 4 --config=set:mesh.dcn_data=4
                Two slices: 16.7 GiB per chip, 5.2 s per step at 40% MFU, 173 days for 12T
                tokens; four: 11.6 GiB, 2.6 s, 87 days.
-    Data:      `data/illada-pretrain` prepared with iLLaDA's tokenizer:
-               illada prepare --format jsonl --input CORPUS/ --tokenizer tokenizers/illada-8b/tokenizer.json --output data/illada-pretrain
+    Data:      the training and held-out sets prepared with iLLaDA's tokenizer, on the bucket:
+               illada prepare --format jsonl --input gs://BUCKET/raw/ --tokenizer gs://BUCKET/tokenizers/illada-8b/tokenizer.json --output gs://BUCKET/data/illada-pretrain
+               illada prepare --format jsonl --input gs://BUCKET/raw-heldout/ --tokenizer gs://BUCKET/tokenizers/illada-8b/tokenizer.json --output gs://BUCKET/data/illada-pretrain-heldout
 
     Recipe: grouped-query attention (8 KV heads) and tied embeddings (the model preset);
     learning rate 0 -> 2e-4 over 2000 steps (the warmup length is not published), held, then a
@@ -92,8 +93,8 @@ def illada_8b_sft() -> fdl.Config:
     8192-token windows of one continuous instruction stream.
 
     Command:   illada convert --from hf --to native --src iLLaDA-8B-Base --dst gs://BUCKET/runs/illada-8b-base
-               illada prepare --format sft --input dialogues.jsonl --tokenizer tokenizers/illada-8b/tokenizer.json --output data/illada-sft
-               illada train --config=config:illada_8b_sft --workdir=gs://BUCKET/runs/illada-8b-sft --config=set:checkpoint.init_from=gs://BUCKET/runs/illada-8b-base
+               illada prepare --format sft --input gs://BUCKET/raw/dialogues.jsonl --tokenizer gs://BUCKET/tokenizers/illada-8b/tokenizer.json --output gs://BUCKET/data/illada-sft
+               illada train --config=config:illada_8b_sft --workdir=gs://BUCKET/runs/illada-8b-sft --config=set:checkpoint.init_from=gs://BUCKET/runs/illada-8b-base --config=set:data.datasets="('gs://BUCKET/data/illada-sft',)" --config=set:data.tokenizer=gs://BUCKET/tokenizers/illada-8b/tokenizer.json
     Check:     illada compile --config=config:illada_8b_sft --topology=v5p-256
     Hardware:  TPU v5p-256 (128 chips): 2 windows of 8192 tokens per chip.
     Expected:  `illada compile`: 52.1 GiB per chip of 95 (remat save_dots_no_batch); at 40% MFU

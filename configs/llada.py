@@ -37,7 +37,7 @@ def _steps(tokens: float) -> int:
 def llada_8b() -> fdl.Config:
     """LLaDA-8B pre-training: 2.3T tokens, Warmup-Stable-Decay, 1% random length.
 
-    Command:   illada train --config=config:llada_8b --workdir=gs://BUCKET/runs/llada-8b
+    Command:   illada train --config=config:llada_8b --workdir=gs://BUCKET/runs/llada-8b --config=set:data.datasets="('gs://BUCKET/data/llada-pretrain',)" --config=set:train.eval_dataset=gs://BUCKET/data/llada-pretrain-heldout --config=set:data.tokenizer=gs://BUCKET/tokenizers/llada-8b/tokenizer.json
     Check:     illada compile --config=config:llada_8b --topology=v5p-512
     Hardware:  TPU v5p-512 (256 chips): 5 sequences of 4096 tokens per chip.
     Expected:  `illada compile`: 64.7 GiB per chip of 95 (remat save_dots_no_batch; `full` needs
@@ -48,8 +48,9 @@ def llada_8b() -> fdl.Config:
                of tensor parallelism along its short axis (the same settings for `illada train`):
                illada compile --config=config:llada_8b --topology=v5p-512 --num-slices 2 --config=set:mesh.dcn_data=2 --config=set:mesh.fsdp=64 --config=set:mesh.tensor=4 --config=set:mesh.rules=fsdp_tp
                49.2 GiB per chip, 2.9 s per step at 40% MFU, 15 days for 2.3T tokens.
-    Data:      `data/llada-pretrain` prepared with LLaDA's tokenizer:
-               illada prepare --format jsonl --input CORPUS/ --tokenizer tokenizers/llada-8b/tokenizer.json --output data/llada-pretrain
+    Data:      the training and held-out sets prepared with LLaDA's tokenizer, on the bucket:
+               illada prepare --format jsonl --input gs://BUCKET/raw/ --tokenizer gs://BUCKET/tokenizers/llada-8b/tokenizer.json --output gs://BUCKET/data/llada-pretrain
+               illada prepare --format jsonl --input gs://BUCKET/raw-heldout/ --tokenizer gs://BUCKET/tokenizers/llada-8b/tokenizer.json --output gs://BUCKET/data/llada-pretrain-heldout
 
     Recipe (paper): sequences of 4096 tokens, global batch 1280; AdamW, weight decay 0.1
     (β = (0.9, 0.95) and clipping at 1.0 from SMDM: the paper does not state them); learning
@@ -86,7 +87,7 @@ def llada_8b_sft() -> fdl.Config:
     """LLaDA-8B-Instruct-style SFT from the converted base model (LLaDA §2.3, App. B.1).
 
     Command:   illada convert --from hf --to native --src LLaDA-8B-Base --dst gs://BUCKET/runs/llada-8b-base
-               illada train --config=config:llada_8b_sft --workdir=gs://BUCKET/runs/llada-8b-sft --config=set:checkpoint.init_from=gs://BUCKET/runs/llada-8b-base
+               illada train --config=config:llada_8b_sft --workdir=gs://BUCKET/runs/llada-8b-sft --config=set:checkpoint.init_from=gs://BUCKET/runs/llada-8b-base --config=set:data.datasets="('gs://BUCKET/data/sft.jsonl',)" --config=set:data.tokenizer=gs://BUCKET/tokenizers/llada-8b/tokenizer.json
     Check:     illada compile --config=config:llada_8b_sft --topology=v5p-128
     Hardware:  TPU v5p-128 (64 chips): 4 dialogues of up to 4096 tokens per chip.
     Expected:  `illada compile`: 54.1 GiB per chip of 95 (remat save_dots_no_batch); at 40% MFU
@@ -95,7 +96,7 @@ def llada_8b_sft() -> fdl.Config:
                (`set:mesh.dcn_data=2`, for `illada train` too; 29.0 GiB per chip, 2.3 s per step
                at 40% MFU):
                illada compile --config=config:llada_8b_sft --topology=v5p-128 --num-slices 2 --config=set:mesh.dcn_data=2
-    Data:      `data/sft.jsonl`, one dialogue per line ({"messages": [...]} or
+    Data:      `gs://BUCKET/data/sft.jsonl`, one dialogue per line ({"messages": [...]} or
                {"prompt": ..., "response": ...}); every turn becomes a (prompt, answer) pair.
 
     Recipe (paper): 4.5M pairs, 3 epochs, global batch 256; only answer tokens are masked, the

@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from illada_jax import storage
 from illada_jax.errors import IlladaError, MissingInputError
 
 MESSAGE_ROLES = ("system", "user", "assistant")
@@ -164,7 +165,7 @@ def iter_sft_jsonl(
     with `on_error="skip"` are skipped and appended to `skipped` as (line number, problem)."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r}: allowed values are {', '.join(ON_ERROR)}")
-    with pathlib.Path(path).open("rb") as f:
+    with storage.path(path).open("rb") as f:  # local or gs:// (a pod reads it from the bucket)
         for number, raw_line in enumerate(f, 1):
             if not raw_line.strip():
                 continue
@@ -200,7 +201,7 @@ def read_sft_jsonl(
 def write_sft_jsonl(dialogues: Iterable[Any], path: str | pathlib.Path) -> int:
     """Write dialogues (message lists or `{"messages": ...}` dicts) as JSONL; returns the count."""
     count = 0
-    with pathlib.Path(path).open("w", encoding="utf-8") as f:
+    with storage.path(path).open("w", encoding="utf-8") as f:
         for dialogue in dialogues:
             messages = dialogue["messages"] if isinstance(dialogue, dict) else dialogue
             f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
@@ -426,7 +427,7 @@ def load_dialogues(source: str) -> list[list[Message]]:
     """Dialogues of an SFT source: `demo` (chatterbot-corpus) or a JSONL file path."""
     if source == "demo":
         return [d["messages"] for d in demo_conversations()]
-    path = pathlib.Path(source)
+    path = storage.path(source)  # local or gs://
     if not path.is_file():
         raise SftFormatError(f"SFT data {source} does not exist (a JSONL file, or `demo`)")
     return read_sft_jsonl(path)[0]
