@@ -1,201 +1,391 @@
-"""Train-step throughput and MFU of the `small` preset (sequence 512, global batch 16).
+"""Training throughput and MFU through the runner: the `small` recipe at sequence 512, batch 16.
 
-    python bench/train.py [--devices 0] [--steps 8] [--preset small] [--batch 16] [--seq 512]
-                          [--rules auto] [--remat POLICY] [--compute-dtype float32] [--compare]
-                          [--loop-steps 12] [--json out.json]
+    python bench/train.py [--preset small] [--config DIRECTIVE ...] [--batch 16] [--seq 512]
+                          [--rules auto] [--compute-dtype float32] [--compare] [--devices 0]
+                          [--steps 4] [--loop-steps 6] [--rounds 2] [--remat POLICY]
+                          [--loss-chunk N] [--no-scan] [--no-fuse] [--profile DIR] [--json FILE]
 
-The real sharded train step (state, optimizer, diffusion objective, chunked CE) on a mesh over
-`--devices` virtual CPU devices (0 = one per core: XLA:CPU runs many non-matmul fusions on one
-thread, so splitting the batch over the cores uses the whole machine) or the accelerator's
-devices. MFU = model FLOPs (docs/architecture.md#flops: 6N + 12·n_layers·d·S per token) / the peak:
-on CPU the same process's measured dense-matmul FLOP/s in the compute dtype, on GPU/TPU the bf16
-peak table.
+Every number goes through the runner, so the bench times the program `illada train` runs: the
+experiment is the recipe `config:<preset>` with `--config` directives (`set:model.d_model=256`,
+`fiddler:...`) and the flags applied, and `train/builder.py`'s `build_run` makes it concrete on
+`--devices` virtual CPU devices (0 = one per core, as `illada train` does: XLA:CPU runs many
+non-matmul fusions on one thread, so splitting the batch over the cores uses the whole machine) or
+the accelerator's devices. Two timings per (rule table, compute dtype):
 
-`--loop-steps N` (default 12; 0 = skip) also times the real training loop (`train/loop.py`: data
-pipeline, train step, hooks) on the recipe named like `--preset` (`config:small`, `config:tiny`)
-at the same batch, sequence length, dtype and rules, once with
-`train.log_every=1` (metrics fetched and logged every step) and once with `log_every=50` (each
-step's metrics fetched one step late, so the host prepares the next batch while a step runs):
-`loop_step_s_log1`, `loop_step_s_log50`.
+- the bare step: `run.train_step`, the executable the runner calls (compiled ahead of time under
+  the run's mesh), on a real batch from the run's pipeline, blocked after each call;
+- the loop: `train/loop.py`'s `start` and `advance` with the runner's hooks (data pipeline, step
+  dispatch, metrics fetched one step late, logging every 50 steps; no checkpoints, evaluation or
+  samples), timed over `--loop-steps` steps to the last step's completion.
 
+Both share one compiled program per variant: a gap between them is the loop's own cost. With
+`--compare` the variants are dp/fsdp x float32/bfloat16 (same global batch), and the variants run
+interleaved in `--rounds` rounds (A B C D A B C D ...), so a change in the machine's load touches
+them alike; the figures are medians over the rounds (the JSON keeps every round). Before the
+rounds each variant runs 2 bare and 3 loop steps untimed (compilation, first runs).
+
+MFU = model FLOPs (docs/architecture.md#flops: 6N + 12·n_layers·d·S per token) / the peak: on CPU
+the same process's measured dense-matmul FLOP/s in the variant's compute dtype, on GPU/TPU the
+bf16 peak table. `tokens_per_s` and `mfu` are the loop's (what `illada train` logs);
+`step_tokens_per_s` and `step_mfu` the bare step's. Ratios of seconds per step (> 1: the first
+named is faster): `fsdp_over_dp` (at `--compute-dtype`) and `bf16_over_fp32` (at `--rules`)
+through the loop, `step_fsdp_over_dp` and `step_bf16_over_fp32` for the bare step.
+
+`loop_step_s_log1` / `loop_step_s_log50`: the main variant's loop with `train.log_every=1`
+(metrics fetched and logged every step, a host sync per step) and with 50 (each step's metrics
+fetched one step late, so the host prepares the next batch while a step runs).
 `collective_bytes_per_step`: bytes the compiled step's collectives produce per step (all-gather,
 all-reduce, reduce-scatter, ...; the scanned layer loop counted per layer), next to `param_bytes`.
-`--compare` also times the other compute dtype and both `dp` and `fsdp` rule tables (same global
-batch): `bf16_over_fp32`, `fsdp_over_dp` (ratios of step times; > 1: the first is faster).
+`--profile DIR` writes a jax.profiler trace of 2 bare and 2 loop steps of the main variant.
 
-Final line `RESULT tokens_per_s=<float> mfu=<float> [bf16_over_fp32=<float> fsdp_over_dp=<float>]
-collective_bytes_per_step=<int> [loop_log1_over_log50=<float>]`.
+Final line `RESULT tokens_per_s=<float> mfu=<float> step_tokens_per_s=<float> step_mfu=<float>
+[bf16_over_fp32=<float> fsdp_over_dp=<float> step_bf16_over_fp32=<float>
+step_fsdp_over_dp=<float>] collective_bytes_per_step=<int> loop_log1_over_log50=<float>`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
+import math
 import re
 import statistics
+import tempfile
 import time
+
+WARMUP_STEPS, WARMUP_LOOP_STEPS = 2, 3
+LOG_EVERY = 50  # the loop's logging cadence (and the second one of the main variant: 1)
+DTYPES = ("float32", "bfloat16")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--preset", default="small")
+    parser.add_argument("--preset", default="small", help="the recipe config:<preset>")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="DIRECTIVE",
+        help="an extra --config directive of `illada train` (set:model.d_model=256, fiddler:...)",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--rules", default="auto")
-    parser.add_argument("--remat", default=None, help="remat policy (default: the preset's)")
-    parser.add_argument("--compute-dtype", default="float32")
+    parser.add_argument("--compute-dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--steps", type=int, default=4, help="timed bare steps per round")
+    parser.add_argument("--loop-steps", type=int, default=6, help="timed loop steps per round")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--remat", default=None, help="remat policy (default: the recipe's)")
     parser.add_argument("--loss-chunk", type=int, default=None, help="CE chunk (default: config)")
     parser.add_argument("--no-scan", action="store_true", help="unroll the layers (no lax.scan)")
     parser.add_argument(
         "--no-fuse", action="store_true", help="separate q/k/v and gate/up matmuls (A/B)"
     )
-    parser.add_argument("--loop-steps", type=int, default=12, help="timed loop steps (0: skip)")
     parser.add_argument(
-        "--compare", action="store_true", help="also time bf16 vs fp32 and fsdp vs dp"
+        "--compare", action="store_true", help="time dp/fsdp x float32/bfloat16, interleaved"
     )
     parser.add_argument("--json", default=None)
-    parser.add_argument(
-        "--profile", default=None, help="write a jax.profiler trace of one step here"
-    )
+    parser.add_argument("--profile", default=None, help="write a jax.profiler trace here")
     args = parser.parse_args()
-    if args.loop_steps == 1 or args.loop_steps < 0:
-        parser.error("--loop-steps must be 0 (skip) or at least 2 (the last step is not timed)")
-    if args.loop_steps:
-        from illada_jax.config import registry
+    for name in ("steps", "loop_steps", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    from illada_jax.config import registry
 
-        if args.preset not in registry.recipes():
-            parser.error(
-                f"--loop-steps times the recipe config:{args.preset}, which does not "
-                "exist; pass --loop-steps 0 or a preset with a recipe (tiny, small)"
-            )
+    if args.preset not in registry.recipes():
+        parser.error(
+            f"--preset {args.preset}: the bench runs the recipe config:{args.preset}, which does "
+            f"not exist; recipes: {', '.join(sorted(registry.recipes()))}"
+        )
 
     from illada_jax.parallel.mesh import configure_cpu_devices
 
-    configure_cpu_devices(args.devices)  # before JAX's backends start
+    configure_cpu_devices(args.devices)  # before JAX's backends start, as `illada train` does
 
+    import jax
+
+    from illada_jax.parallel.rules import resolve
+
+    rules = resolve(args.rules, jax.devices()[0].platform)
+    main_key = (rules, args.compute_dtype)
+    keys = [main_key]
+    if args.compare:  # the main rules in both dtypes, and dp/fsdp in both
+        grid = [(r, d) for r in dict.fromkeys((rules, "dp", "fsdp")) for d in DTYPES]
+        keys += [key for key in grid if key != main_key]
+    with tempfile.TemporaryDirectory() as workdir:
+        variants = {
+            key: Variant(args, *key, f"{workdir}/{i}", log1=key == main_key)
+            for i, key in enumerate(keys)
+        }
+        try:
+            for variant in variants.values():
+                variant.warm_up()
+            for _ in range(args.rounds):  # interleaved: A B C D, A B C D, ...
+                for variant in variants.values():
+                    variant.time_round(args.steps, args.loop_steps)
+            if args.profile:
+                variants[main_key].profile(args.profile)
+        finally:
+            for variant in variants.values():
+                variant.close()
+    results = summarise(args, variants, main_key)
+    print_table(results)
+    for key, value in results.items():
+        if not isinstance(value, (dict, list)):  # the model config and the variants: JSON
+            print(f"{key:<26} {value:.4g}" if isinstance(value, float) else f"{key:<26} {value}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    print(result_line(results))
+
+
+def experiment_directives(args, rules: str, compute_dtype: str, log_every: int) -> list[str]:
+    """The `--config` directives of the experiment a variant runs (as `illada train` takes them)."""
+    # Warm-up, the rounds and a profile's 2 steps; the last step (a logging step) never comes.
+    steps = WARMUP_LOOP_STEPS + args.rounds * args.loop_steps + 3
+    directives = [
+        f"config:{args.preset}",
+        *args.config,
+        f"set:train.batch_size={args.batch}",
+        f"set:train.seq_len={args.seq}",
+        f"set:model.compute_dtype={compute_dtype!r}",
+        f"set:mesh.rules={rules!r}",
+        f"set:train.steps={steps}",
+        f"set:train.log_every={log_every}",
+        "set:train.eval_every=0",
+        "set:train.sample_prompts=()",
+        "set:checkpoint.every=1000000",
+        "set:optim.warmup_steps=1",
+    ]
+    if args.remat:
+        directives.append(f"set:model.remat_policy={args.remat!r}")
+    if args.loss_chunk:
+        directives.append(f"set:diffusion.loss_chunk_size={args.loss_chunk}")
+    if args.no_scan:
+        directives.append("set:model.scan_layers=False")
+    if args.no_fuse:
+        directives.append("set:model.fused_projections=False")
+    return directives
+
+
+class TimedLoop:
+    """The runner's loop (`train/loop.py`: `start`, `default_hooks`, `advance`) on one `Run`, in
+    its own run directory."""
+
+    def __init__(self, run, workdir: str):
+        from illada_jax.ckpt.manager import RunCheckpoints
+        from illada_jax.obs.writers import MetricWriter
+        from illada_jax.train.loop import default_hooks, start
+
+        self.checkpoints = RunCheckpoints(workdir, run.experiment.checkpoint)
+        self.writer = MetricWriter(workdir, enabled=False)  # no console lines in the table
+        self.loop = start(run, workdir, self.checkpoints, self.writer, print_fn=lambda *_: None)
+        self.hooks = default_hooks(run, workdir, self.checkpoints)
+        for hook in self.hooks:
+            hook.on_start(self.loop)
+
+    def seconds_per_step(self, steps: int) -> float:
+        """Wall seconds of `steps` loop steps, to the last one's completion, per step."""
+        import jax
+
+        from illada_jax.train.loop import advance
+
+        begin = time.perf_counter()
+        for _ in range(steps):
+            advance(self.loop, self.hooks)
+        jax.block_until_ready(self.loop.state)
+        return (time.perf_counter() - begin) / steps
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.close(self.loop)
+        self.loop.progress.close()
+        self.checkpoints.close()
+        self.writer.close()
+
+
+class Variant:
+    """One (rule table, compute dtype): its `Run`, a state and a real batch for the bare step,
+    and the runner's loop on the same `Run` (one compiled program for both)."""
+
+    def __init__(self, args, rules: str, compute_dtype: str, workdir: str, *, log1: bool):
+        import jax
+
+        from illada_jax.config import flags
+        from illada_jax.train.builder import build_run
+
+        self.rules, self.compute_dtype = rules, compute_dtype
+        experiment = flags.build(flags.resolve(experiment_directives(args, rules, compute_dtype,
+                                                                     LOG_EVERY)))  # fmt: skip
+        self.run = build_run(experiment)
+        self.loops = {LOG_EVERY: TimedLoop(self.run, f"{workdir}/log{LOG_EVERY}")}  # compiles
+        if log1:
+            # The same Run (and compiled step) with another logging cadence: the step program
+            # does not depend on it. dataclasses.replace keeps the compiled-step cache.
+            train = dataclasses.replace(experiment.train, log_every=1)
+            run = dataclasses.replace(
+                self.run, experiment=dataclasses.replace(experiment, train=train)
+            )
+            self.loops[1] = TimedLoop(run, f"{workdir}/log1")
+        self.state = self.run.init_state()
+        local = next(iter(self.run.pipeline().iterator(0, None)))
+        self.batch = self.run.global_batch(local)
+        self.controls = self.run.controls(lr_scale=1.0, loss_ceiling=math.inf, data_step=0)
+        self.calls = 0
+        self.step_s: list[float] = []  # every timed bare step
+        self.loop_s: dict[int, list[float]] = {every: [] for every in self.loops}  # per round
+        hlo = self.run.train_step.as_text()
+        self.collective_bytes = collective_bytes(hlo)
+        self.param_bytes = int(sum(x.size * x.dtype.itemsize
+                                   for x in jax.tree.leaves(self.state["params"])))  # fmt: skip
+
+    def bare_step(self) -> float:
+        """One call of the compiled step the runner calls, blocked: seconds."""
+        import jax
+
+        begin = time.perf_counter()
+        self.state, metrics = self.run.train_step(
+            self.state, self.batch, self.run.step_key(self.calls), self.controls
+        )
+        jax.block_until_ready(metrics["loss"])
+        self.calls += 1
+        return time.perf_counter() - begin
+
+    def warm_up(self) -> None:
+        for _ in range(WARMUP_STEPS):
+            self.bare_step()
+        for loop in self.loops.values():
+            loop.seconds_per_step(WARMUP_LOOP_STEPS)
+
+    def time_round(self, steps: int, loop_steps: int) -> None:
+        self.step_s += [self.bare_step() for _ in range(steps)]
+        for every, loop in self.loops.items():
+            self.loop_s[every].append(loop.seconds_per_step(loop_steps))
+
+    def profile(self, directory: str) -> None:
+        import jax
+
+        with jax.profiler.trace(directory, create_perfetto_trace=True):
+            for _ in range(2):
+                self.bare_step()
+            self.loops[LOG_EVERY].seconds_per_step(2)
+
+    def close(self) -> None:
+        for loop in self.loops.values():
+            loop.close()
+
+    def step_seconds(self) -> float:
+        """Median over every timed bare step."""
+        return statistics.median(self.step_s)
+
+    def loop_seconds(self, every: int = LOG_EVERY) -> float:
+        """Median over the rounds of the loop's seconds per step."""
+        return statistics.median(self.loop_s[every])
+
+    def figures(self, tokens_per_step: int, flops_per_token: float) -> dict:
+        """Seconds, tokens/s and MFU (against the peak in this variant's compute dtype) of the
+        bare step and of the loop."""
+        from illada_jax.obs import flops
+
+        peak, source = flops.total_peak_flops(measured_cpu_dtype=self.compute_dtype)
+        step_tps = tokens_per_step / self.step_seconds()
+        loop_tps = tokens_per_step / self.loop_seconds()
+        return {
+            "rules": self.rules,
+            "compute_dtype": self.compute_dtype,
+            "step_s": self.step_seconds(),
+            "step_s_all": self.step_s,
+            "step_tokens_per_s": step_tps,
+            "step_mfu": flops.mfu(step_tps, flops_per_token, peak),
+            "loop_step_s": self.loop_seconds(),
+            "loop_step_s_rounds": self.loop_s[LOG_EVERY],
+            "tokens_per_s": loop_tps,
+            "mfu": flops.mfu(loop_tps, flops_per_token, peak),
+            "peak_flops_per_s": peak,
+            "peak_source": source,
+            "collective_bytes_per_step": self.collective_bytes,
+        }
+
+
+def summarise(args, variants: dict, main_key: tuple[str, str]) -> dict:
+    """The JSON results: the main variant's figures, the ratios and every variant's figures."""
     import jax
 
     from illada_jax.obs import flops
 
-    main_run = measure_step(args, args.compute_dtype, args.rules, profile=args.profile)
-    seconds, cfg = main_run["seconds"], main_run["cfg"]
-    tokens_per_s = args.batch * args.seq / seconds
-    flops_per_token = flops.train_flops_per_token(cfg, args.seq)
-    peak, source = flops.total_peak_flops(measured_cpu_dtype=args.compute_dtype)
+    main = variants[main_key]
+    experiment = main.run.experiment
+    flops_per_token = flops.train_flops_per_token(experiment.model, args.seq)
+    rows = {key: v.figures(args.batch * args.seq, flops_per_token) for key, v in variants.items()}
+    figures = rows[main_key]
     results = {
         "devices": len(jax.devices()),
         "device_kind": jax.devices()[0].device_kind,
         "preset": args.preset,
-        "rules": main_run["rules"],
-        "compute_dtype": args.compute_dtype,
-        "step_s": seconds,
-        "tokens_per_s": tokens_per_s,
-        "model_flops_per_s": tokens_per_s * flops_per_token,
-        "peak_flops_per_s": peak,
-        "peak_source": source,
-        "mfu": flops.mfu(tokens_per_s, flops_per_token, peak),
-        "param_bytes": main_run["param_bytes"],
-        "collective_bytes_per_step": main_run["collective_bytes"],
+        "config": list(args.config),
+        "model": dataclasses.asdict(experiment.model),
+        "rules": main.rules,
+        "compute_dtype": main.compute_dtype,
+        "batch": args.batch,
+        "seq": args.seq,
+        "flops_per_token": flops_per_token,
+        **{k: figures[k] for k in ("step_s", "step_tokens_per_s", "step_mfu")},
+        "loop_step_s_log50": main.loop_seconds(LOG_EVERY),
+        "loop_step_s_log1": main.loop_seconds(1),
+        "tokens_per_s": figures["tokens_per_s"],
+        "model_flops_per_s": figures["tokens_per_s"] * flops_per_token,
+        "mfu": figures["mfu"],
+        "peak_flops_per_s": figures["peak_flops_per_s"],
+        "peak_source": figures["peak_source"],
+        "param_bytes": main.param_bytes,
+        "collective_bytes_per_step": main.collective_bytes,
+        "loop_log1_over_log50": main.loop_seconds(1) / main.loop_seconds(LOG_EVERY),
     }
     if args.compare:
-        # Each ratio: the other variant's step time over this one's (> 1: this one is faster).
-        other_dtype = "float32" if args.compute_dtype == "bfloat16" else "bfloat16"
-        other = measure_step(args, other_dtype, args.rules)["seconds"]
-        fp32_s, bf16_s = (other, seconds) if other_dtype == "float32" else (seconds, other)
-        results["bf16_over_fp32"] = fp32_s / bf16_s
-        variants = {r: measure_step(args, args.compute_dtype, r) for r in ("dp", "fsdp")}
-        results["fsdp_over_dp"] = variants["dp"]["seconds"] / variants["fsdp"]["seconds"]
-        results["collective_bytes_dp"] = variants["dp"]["collective_bytes"]
-        results["collective_bytes_fsdp"] = variants["fsdp"]["collective_bytes"]
-    if args.loop_steps:
-        for log_every in (1, 50):
-            results[f"loop_step_s_log{log_every}"] = loop_step_seconds(args, log_every)
-    for key, value in results.items():
-        print(f"{key:<20} {value:.4g}" if isinstance(value, float) else f"{key:<20} {value}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    line = f"RESULT tokens_per_s={tokens_per_s:.6g} mfu={results['mfu']:.4f}"
-    for key in ("bf16_over_fp32", "fsdp_over_dp"):
+        rules, dtype = main_key
+
+        def ratio(slow: tuple[str, str], fast: tuple[str, str], field: str) -> float:
+            return rows[slow][field] / rows[fast][field]
+
+        for prefix, field in (("", "loop_step_s"), ("step_", "step_s")):
+            results[f"{prefix}fsdp_over_dp"] = ratio(("dp", dtype), ("fsdp", dtype), field)
+            results[f"{prefix}bf16_over_fp32"] = ratio(
+                (rules, "float32"), (rules, "bfloat16"), field
+            )
+        for d in DTYPES:  # the rest of the grid, through the loop
+            results[f"fsdp_over_dp_{d}"] = ratio(("dp", d), ("fsdp", d), "loop_step_s")
+        for r in ("dp", "fsdp"):
+            results[f"bf16_over_fp32_{r}"] = ratio((r, "float32"), (r, "bfloat16"), "loop_step_s")
+        results["collective_bytes_dp"] = variants[("dp", dtype)].collective_bytes
+        results["collective_bytes_fsdp"] = variants[("fsdp", dtype)].collective_bytes
+    results["variants"] = list(rows.values())
+    return results
+
+
+def print_table(results: dict) -> None:
+    print(f"{'variant':<18} {'step s':>8} {'step tok/s':>11} {'step MFU':>9} {'loop s':>8} "
+          f"{'loop tok/s':>11} {'loop MFU':>9} {'loop s (rounds)':>22} {'collective B':>13}")  # fmt: skip
+    for f in results["variants"]:
+        name = f"{f['rules']}/{f['compute_dtype']}"
+        rounds = " ".join(f"{s:.3f}" for s in f["loop_step_s_rounds"])
+        print(f"{name:<18} {f['step_s']:>8.3f} {f['step_tokens_per_s']:>11.1f} "
+              f"{f['step_mfu']:>9.3f} {f['loop_step_s']:>8.3f} {f['tokens_per_s']:>11.1f} "
+              f"{f['mfu']:>9.3f} {rounds:>22} {f['collective_bytes_per_step']:>13}")  # fmt: skip
+
+
+def result_line(results: dict) -> str:
+    line = (
+        f"RESULT tokens_per_s={results['tokens_per_s']:.6g} mfu={results['mfu']:.4f} "
+        f"step_tokens_per_s={results['step_tokens_per_s']:.6g} step_mfu={results['step_mfu']:.4f}"
+    )
+    for key in ("bf16_over_fp32", "fsdp_over_dp", "step_bf16_over_fp32", "step_fsdp_over_dp"):
         if key in results:
             line += f" {key}={results[key]:.3f}"
     line += f" collective_bytes_per_step={results['collective_bytes_per_step']}"
-    if args.loop_steps:
-        line += f" loop_log1_over_log50={results['loop_step_s_log1'] / results['loop_step_s_log50']:.3f}"
-    print(line)
-
-
-def measure_step(args, compute_dtype: str, rules: str, profile: str | None = None) -> dict:
-    """Median seconds of the bare train step (after two warm-up steps) for one dtype and rule
-    table, with its collective bytes per step (compiled program) and parameter bytes."""
-    import dataclasses
-
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import NamedSharding
-
-    from illada_jax.config.presets import MODEL_PRESETS
-    from illada_jax.config.schema import DiffusionConfig, MeshConfig, ModelConfig, OptimConfig
-    from illada_jax.model.transformer import graphdef_and_specs
-    from illada_jax.parallel.mesh import check_batch, make_mesh
-    from illada_jax.parallel.rules import batch_spec
-    from illada_jax.parallel.rules import resolve as resolve_rules
-    from illada_jax.train import state as state_lib
-    from illada_jax.train.optim import make_optimizer
-    from illada_jax.train.step import make_train_step, weights_compute_dtype
-
-    cfg = dataclasses.replace(
-        ModelConfig(**MODEL_PRESETS[args.preset]), max_seq_len=args.seq, compute_dtype=compute_dtype
-    )
-    if args.no_scan:
-        cfg = dataclasses.replace(cfg, scan_layers=False)
-    if args.no_fuse:
-        cfg = dataclasses.replace(cfg, fused_projections=False)
-    if args.remat:
-        cfg = dataclasses.replace(cfg, remat_policy=args.remat)
-    rules = resolve_rules(rules, jax.devices()[0].platform)
-    mesh = make_mesh(MeshConfig(rules=rules))
-    check_batch(mesh, args.batch)
-    optimizer = make_optimizer(OptimConfig(warmup_steps=0))
-    diffusion = DiffusionConfig(random_length_mode="illada_split")
-    if args.loss_chunk:
-        diffusion = dataclasses.replace(diffusion, loss_chunk_size=args.loss_chunk)
-    shardings = state_lib.state_shardings(cfg, optimizer, mesh, rules)
-    state = state_lib.create_state(cfg, optimizer, mesh, rules, seed=0)
-    graphdef = graphdef_and_specs(cfg)[0]
-    row_sharding = NamedSharding(mesh, batch_spec(rules, mesh, args.batch))
-    with jax.set_mesh(mesh):
-        step = make_train_step(graphdef, diffusion, optimizer, state_shardings=shardings,
-                               mesh=mesh, rules=rules, global_batch=args.batch,
-                               compute_dtype=weights_compute_dtype(cfg))  # fmt: skip
-    tokens = np.random.default_rng(0).integers(5, cfg.vocab_size, (args.batch, args.seq), np.int32)
-    batch = {"tokens": jax.make_array_from_process_local_data(row_sharding, tokens)}
-    controls = {
-        "lr_scale": jnp.float32(1.0),
-        "loss_ceiling": jnp.float32(np.inf),
-        "data_step": jnp.int32(0),
-    }
-    times = []
-    with jax.set_mesh(mesh):
-        step = step.lower(state, batch, jax.random.key(0), controls).compile()
-        hlo = step.as_text()
-        for i in range(args.steps + 2):  # two warm-up steps (first runs)
-            start = time.perf_counter()
-            state, metrics = step(state, batch, jax.random.key(i), controls)
-            jax.block_until_ready(metrics["loss"])
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-        if profile:
-            with jax.profiler.trace(profile, create_perfetto_trace=True):
-                state, metrics = step(state, batch, jax.random.key(0), controls)
-                jax.block_until_ready(metrics["loss"])
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state["params"]))
-    return {"seconds": statistics.median(times), "cfg": cfg, "rules": rules,
-            "collective_bytes": collective_bytes(hlo), "param_bytes": int(param_bytes)}  # fmt: skip
+    return line + f" loop_log1_over_log50={results['loop_log1_over_log50']:.3f}"
 
 
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
@@ -246,48 +436,6 @@ def collective_bytes(hlo: str) -> int:
         return count
 
     return total(entry) if entry else 0
-
-
-def loop_step_seconds(args, log_every: int) -> float:
-    """Median seconds per step of `train/loop.py`'s `advance` (hooks included) on the recipe
-    `config:<preset>` with this `log_every`, after 3 warm-up steps; no checkpoints, evaluation or
-    samples."""
-    import tempfile
-
-    import jax
-
-    from illada_jax.ckpt.manager import RunCheckpoints
-    from illada_jax.config import flags
-    from illada_jax.obs.writers import MetricWriter
-    from illada_jax.train.builder import build_run
-    from illada_jax.train.loop import advance, default_hooks, start
-
-    warmup = 3
-    experiment = flags.build(flags.resolve([
-        f"config:{args.preset}", f"set:train.batch_size={args.batch}", f"set:train.seq_len={args.seq}",
-        f"set:model.compute_dtype={args.compute_dtype!r}", f"set:mesh.rules={args.rules!r}",
-        f"set:train.steps={warmup + args.loop_steps}", f"set:train.log_every={log_every}",
-        "set:checkpoint.every=100000", "set:train.sample_prompts=()", "set:optim.warmup_steps=1",
-    ]))  # fmt: skip
-    with tempfile.TemporaryDirectory() as workdir:
-        run = build_run(experiment)
-        checkpoints = RunCheckpoints(workdir, experiment.checkpoint)
-        writer = MetricWriter(workdir, enabled=False)
-        loop = start(run, workdir, checkpoints, writer, print_fn=lambda *_: None)
-        hooks = default_hooks(run, workdir, checkpoints)
-        for hook in hooks:
-            hook.on_start(loop)
-        times = []
-        for i in range(warmup + args.loop_steps - 1):  # the last step: logged by every setting
-            start_time = time.perf_counter()
-            advance(loop, hooks)
-            if i >= warmup:
-                times.append(time.perf_counter() - start_time)
-        jax.block_until_ready(loop.state)
-        loop.progress.close()
-        checkpoints.close()
-        writer.close()
-    return statistics.median(times)
 
 
 if __name__ == "__main__":

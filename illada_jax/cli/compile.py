@@ -94,19 +94,23 @@ def run(args: argparse.Namespace) -> int:
 
         target.slice()  # a bad topology name is reported as such, before the flags
         tpu_runtime.apply_to_environment(args.topology, args.num_slices)
-    if args.dump_hlo:
-        lowered, _ = aot.lower(target)
+    estimates = {"mfu": args.mfu, "tokens": args.tokens, "probes": not args.no_probes}
+
+    def dump(lowered) -> None:  # --dump-hlo: the lowering that is compiled and reported
         with open(args.dump_hlo, "w") as f:
             f.write(lowered.as_text())
-    estimates = {"mfu": args.mfu, "tokens": args.tokens, "probes": not args.no_probes}
+
+    on_lowered = dump if args.dump_hlo else None
     reports = []
     if args.search:
+        if on_lowered:  # the target as given, not a searched candidate
+            on_lowered(aot.lower(target)[0])
         reports = aot.run_search(target, args.search_batches, args.search_remat, **estimates)
         print(aot_report.format_search(reports))
         report = aot.best_of(reports) or reports[-1]
         print(f"fastest that fits: {'none' if not report.fits else report.remat}")
     else:
-        report = aot.compile_report(target, **estimates)
+        report = aot.compile_report(target, **estimates, on_lowered=on_lowered)
     print(aot_report.format_report(report))
     if args.json:
         with open(args.json, "w") as f:

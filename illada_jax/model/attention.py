@@ -65,7 +65,13 @@ def xla_attention(q, k, v, mask):
     scores = einsum_f32("bkgld,bksd->bkgls", q, k)
     scores = scores * (head_dim**-0.5)
     if mask is not None:
-        scores = jnp.where(mask[:, :, None], scores, _MASKED_SCORE)
+        # An additive bias [B, 1, 1, L, S] (0 or _MASKED_SCORE, which absorbs any score in fp32)
+        # rather than `where(mask, scores, _MASKED_SCORE)`: the mask is the same in every layer,
+        # and XLA hoists the select's loop-invariant operands out of the layer scan broadcast to
+        # the full [B, KV, G, L, S] (a pred and an fp32 tensor read by every layer); the add's
+        # operand stays small. Measured 4% of the small preset's bf16 train step on CPU.
+        bias = jnp.where(mask, 0.0, _MASKED_SCORE).astype(jnp.float32)
+        scores = scores + bias[:, :, None]
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = einsum_f32("bkgls,bksd->bkgld", probs, v)
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, n_heads, head_dim).astype(q.dtype)

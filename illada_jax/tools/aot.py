@@ -129,10 +129,14 @@ def lower(target: Target):
     return run.lower_train_step(), run
 
 
-def compile_target(target: Target):
-    """(compiled or None, out-of-memory message or None, seconds, run). Other errors propagate."""
+def compile_target(target: Target, on_lowered=None):
+    """(compiled or None, out-of-memory message or None, seconds, run). Other errors propagate.
+    `on_lowered(lowered)` sees the lowering that is compiled (`--dump-hlo`): lowering again in the
+    same process would not give the same program (Pallas kernels get numbered names)."""
     start = time.perf_counter()
     lowered, run = lower(target)
+    if on_lowered is not None:
+        on_lowered(lowered)
     try:
         compiled = lowered.compile()
     except Exception as err:  # XLA's OOM arrives as a runtime error while compiling
@@ -144,10 +148,12 @@ def compile_target(target: Target):
 
 
 def compile_report(target: Target, *, mfu: float = aot_report.DEFAULT_MFU,
-                   tokens: float = aot_report.DEFAULT_TOKENS, probes: bool = True) -> Report:  # fmt: skip
+                   tokens: float = aot_report.DEFAULT_TOKENS, probes: bool = True,
+                   on_lowered=None) -> Report:  # fmt: skip
     """Compile `target` and return its `Report`; `probes`: also correct the FLOPs for loops
-    (`add_flop_probes`), else they count each loop body once."""
-    compiled, error, seconds, run = compile_target(target)
+    (`add_flop_probes`), else they count each loop body once; `on_lowered`: see
+    `compile_target`."""
+    compiled, error, seconds, run = compile_target(target, on_lowered)
     report = aot_report.make_report(target.experiment, target.slice(), run.mesh, run.rules,
                                     compiled, error, seconds, mfu, tokens,
                                     notes=advice(target, run, compiled))  # fmt: skip

@@ -96,7 +96,12 @@ class Run:
 
     def compile_seconds(self) -> dict[str, float]:
         """Seconds each compiled step took to compile, by name (`train`, `eval`)."""
-        return {name: seconds for name, (_, seconds) in self._compiled.items()}
+        return {name: seconds for name, (_, seconds, _) in self._compiled.items()}
+
+    def compiled_lowering(self, name: str = "train") -> jax.stages.Lowered:
+        """The lowering that step `name` was compiled from (for reports and tests: lowering
+        again in the same process numbers Pallas kernels anew, so its text would differ)."""
+        return self._compiled[name][2]
 
     # ------------------------------------------------------------------ step inputs
 
@@ -285,10 +290,10 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
     )
 
 
-def _timed_compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, float]:
+def _timed_compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, float, Any]:
     start = time.perf_counter()
     compiled = lowered.compile()
-    return compiled, time.perf_counter() - start
+    return compiled, time.perf_counter() - start, lowered
 
 
 def program_fingerprint(compiled: jax.stages.Compiled) -> str:

@@ -16,8 +16,9 @@
 Mixed precision: with `compute_dtype` (bf16) the fp32 parameters are cast once per step, before
 the model is built, so every layer (and, under FSDP, every all-gather) reads bf16 weights instead
 of casting fp32 ones at each use (once more in each rematerialised pass); gradients flow back
-through the cast into fp32, the optimiser state and the master weights stay fp32. Norms, softmax
-and the cross-entropy compute in fp32 inside the model whatever the weights' dtype.
+through the cast into fp32, the optimiser state and the master weights stay fp32. Norms, RoPE, the
+SwiGLU gating, softmax and the cross-entropy compute in fp32 inside the model whatever the
+weights' dtype.
 
 `eval_step(params, batch, key) -> (bound_sum, n_tokens)`: the held-out ELBO bound.
 """

@@ -209,7 +209,7 @@ RUNNER_PROGRAM = textwrap.dedent(
 
     run = build_run(flags.experiment_from_flags(sys.argv[1:]), devices=abstract_devices("v5p-8"))
     record = compile_steps(run)  # what `illada train` compiles before its first step
-    print("RESULT " + json.dumps({**record, "hlo": run.lower_train_step().as_text()}))
+    print("RESULT " + json.dumps({**record, "hlo": run.compiled_lowering().as_text()}))
     """
 )
 

@@ -4,9 +4,9 @@ expected result, counts its parameters, and compiles for the TPU slice its docst
 tool: the same train step, the same HLO).
 
 The compiles run as a user runs them (`illada compile` in a subprocess; libtpu compiles real TPU
-programs for abstract devices on this CPU host). The runner's side lowers the step in a
-subprocess too, with `train.builder.build_run` — what `train.loop.train` calls — on the same
-abstract devices.
+programs for abstract devices on this CPU host). The runner's side (`runner_program`) compiles in
+a subprocess too, with `train.builder.build_run` and `train.loop.compile_steps` — what
+`train.loop.train` calls before its first step — on the same abstract devices and libtpu flags.
 """
 
 from __future__ import annotations
@@ -171,32 +171,41 @@ def test_a_checkout_is_found_from_a_subdirectory(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------ compiles
 
 
-LOWER_AS_THE_RUNNER_DOES = textwrap.dedent(
+RUNNER_PROGRAM = textwrap.dedent(
     """
+    import json
     import sys
 
     from illada_jax.parallel.topology import abstract_devices, quiet_libtpu_on_cpu_host
 
     quiet_libtpu_on_cpu_host()
+    from illada_jax.parallel import tpu_runtime
+
+    name, topology = sys.argv[1:]
+    tpu_runtime.apply_to_environment(topology)  # what the launchers set on the workers
     from illada_jax.config import flags
     from illada_jax.train.builder import build_run
+    from illada_jax.train.loop import compile_steps
 
-    name, topology, out = sys.argv[1:]
     experiment = flags.experiment_from_flags([f"config:{name}"])
     run = build_run(experiment, devices=abstract_devices(topology))
-    with open(out, "w") as f:
-        f.write(run.lower_train_step().as_text())
+    # What `illada train` compiles (and then calls) before its first step.
+    record = compile_steps(run)
+    print("RESULT " + json.dumps({**record, "hlo": run.compiled_lowering().as_text()}))
     """
 )
 
 
-def runner_hlo(name: str, topology: str, out) -> str:
+def runner_program(name: str, topology: str) -> dict:
+    """The runner's compile of recipe `name` on the slice's abstract devices: the program
+    fingerprints `train.loop.compile_steps` logs, and the train step's lowering."""
     result = subprocess.run(
-        [sys.executable, "-c", LOWER_AS_THE_RUNNER_DOES, name, topology, str(out)],
-        capture_output=True, text=True, env=_env(), timeout=600,
+        [sys.executable, "-c", RUNNER_PROGRAM, name, topology],
+        capture_output=True, text=True, env=_env(), timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return out.read_text()
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
 
 
 def _compile(command: list[str], tmp_path) -> dict:

@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent(
     experiment = flags.experiment_from_flags(json.loads(sys.argv[1]))
     run = build_run(experiment, devices=abstract_devices("v5p-8"))
     record = compile_steps(run)  # as `illada train` compiles its steps
-    text = run.lower_train_step().as_text()
+    text = run.compiled_lowering().as_text()  # what the runner compiled
     try:
         run.jitted_train_step.lower(*run.abstract_step_inputs()).compile()
         lazy = "compiled"

@@ -128,7 +128,7 @@ SCRIPT = textwrap.dedent(
             "program": record["train_step_program"],
             "same_object": compiled is run.train_step,
             "recompiled_same": program_fingerprint(lowered.compile()) == record["train_step_program"],
-            "constraints": constraints(lowered.as_text()),
+            "constraints": constraints(run.compiled_lowering().as_text()),
             "lazy_constraints": constraints(lazy.as_text()),
             "lazy_program": program_fingerprint(lazy.compile()),
             "loss": float(metrics["loss"]),
