@@ -1,4 +1,4 @@
-"""The TPU runtime table as data (no libtpu here; tests/compile/test_tpu_runtime.py compiles with
+"""The TPU runtime table as data (no libtpu here; tests/compile/test_libtpu_flags.py compiles with
 it) and its record in a run's `config.json`."""
 
 from __future__ import annotations
