@@ -178,11 +178,15 @@ class TimedLoop:
     def __init__(self, run, workdir: str):
         from illada_jax.ckpt.manager import RunCheckpoints
         from illada_jax.obs.writers import MetricWriter
-        from illada_jax.train.loop import default_hooks, start
+        from illada_jax.train import preflight
+        from illada_jax.train.loop import compile_steps, default_hooks, start
 
+        pipeline = preflight.check_inputs(run)
+        compiled = compile_steps(run)
         self.checkpoints = RunCheckpoints(workdir, run.experiment.checkpoint)
         self.writer = MetricWriter(workdir, enabled=False)  # no console lines in the table
-        self.loop = start(run, workdir, self.checkpoints, self.writer, print_fn=lambda *_: None)
+        self.loop = start(run, workdir, pipeline, self.checkpoints, self.writer, compiled,
+                          print_fn=lambda *_: None)  # fmt: skip
         self.hooks = default_hooks(run, workdir, self.checkpoints)
         for hook in self.hooks:
             hook.on_start(self.loop)

@@ -177,3 +177,50 @@ def use_gcs_emulator(url: str) -> None:
         TENSORSTORE_GCS_HTTP_URL=url,
         GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",
     )
+
+
+def check_bucket(p: PathLike, timeout: float = 10.0) -> None:
+    """For a `gs://` path: one request for its bucket, so an unreachable, missing or forbidden
+    bucket is one clear `StorageError` within seconds (which bucket, the likely causes, how to
+    check) instead of a run that retries and fails deep inside a client. Local paths pass."""
+    text = os.fspath(p)
+    if not text.startswith("gs://"):
+        return
+    import fsspec
+    import requests
+
+    bucket = text[len("gs://") :].split("/", 1)[0]
+    where = f"gs://{bucket}"
+    check = f"check with: gcloud storage ls {where}"
+    fs = fsspec.filesystem("gs")  # the client (and credentials) epath's gs:// paths use
+    headers: dict[str, str] = {}
+    try:
+        fs.credentials.apply(headers)  # a token for the bucket request
+    except Exception as err:  # google.auth raises several types
+        raise StorageError(
+            f"{where}: no usable Google Cloud credentials ({type(err).__name__}: {err}); run "
+            f"`gcloud auth application-default login` (on a VM: check its service account), "
+            f"then {check}"
+        ) from None
+    url = f"{fs.base}b/{bucket}"
+    try:
+        response = requests.get(url, headers=headers, timeout=timeout)
+    except requests.RequestException as err:
+        reason = str(err).split(": ", 1)[-1][:160]
+        raise StorageError(
+            f"{where} cannot be reached ({type(err).__name__}: {reason}): no network, DNS "
+            f"failing, a firewall or proxy in the way, or a wrong STORAGE_EMULATOR_HOST; {check}"
+        ) from None
+    status = response.status_code
+    if status == 404:
+        raise StorageError(
+            f"{where} does not exist: check the bucket name (create it with gcloud storage "
+            f"buckets create {where})"
+        )
+    if status in (401, 403):
+        raise StorageError(
+            f"{where}: permission denied (HTTP {status}) for this host's credentials: grant them "
+            f"roles/storage.objectAdmin on the bucket, or log in as an account that has it; {check}"
+        )
+    if status >= 400:
+        raise StorageError(f"{where} answered HTTP {status} to a bucket request; {check}")

@@ -90,7 +90,9 @@ def _ignore_late_read_callbacks() -> None:
 
 
 class RunCheckpoints:
-    def __init__(self, workdir: storage.PathLike, cfg: CheckpointConfig):
+    """`create=False`: read existing checkpoints only (`check_latest` before a run writes)."""
+
+    def __init__(self, workdir: storage.PathLike, cfg: CheckpointConfig, *, create: bool = True):
         self.directory = storage.path(workdir) / rundir.CHECKPOINTS
         self.damaged: set[int] = set()  # steps that failed to restore; kept, never replaced
         policies = [ocp.checkpoint_managers.LatestN(n=cfg.keep), _KeepSteps(self.damaged)]
@@ -99,7 +101,7 @@ class RunCheckpoints:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=cfg.async_save,
-            create=True,
+            create=create,
         )
         handlers = {
             "state": ocp.StandardCheckpointHandler(),
@@ -153,13 +155,7 @@ class RunCheckpoints:
             status, detail, restored = self._try_restore(step, abstract_state, config)
             status = _agree(status)
             if status == _INCOMPATIBLE:
-                raise IncompatibleCheckpointError(
-                    f"checkpoint {step} in {self.directory} does not fit this run: "
-                    f"{detail or 'another process found a difference (see its log)'}. Nothing "
-                    "was changed. Either train in a new --workdir, or keep this workdir's "
-                    "weights as a starting point: a new --workdir with "
-                    f"set:checkpoint.init_from={self.directory / str(step)}"
-                )
+                self._refuse(step, detail)
             if status == _DAMAGED:
                 log.warning(
                     "checkpoint %d in %s is damaged (%s); trying an older one (the damaged "
@@ -179,9 +175,29 @@ class RunCheckpoints:
             )
         return None
 
-    def _try_restore(self, step: int, abstract_state, config):
-        """(status, detail, restored) for one step: read the stored tree and config first (so an
-        incompatible checkpoint is named, not mistaken for a damaged one), then the arrays."""
+    def check_latest(self, abstract_state, *, config=None) -> None:
+        """Raise `IncompatibleCheckpointError` when the newest checkpoint whose metadata reads
+        does not fit this run (as `restore_latest` would); reads metadata only, writes nothing."""
+        for step in reversed(self.steps()):
+            mine, detail = self._check(step, abstract_state, config)
+            status = _agree(mine)
+            if status == _INCOMPATIBLE:
+                self._refuse(step, detail if mine == _INCOMPATIBLE else None)
+            if status == _OK:
+                return
+
+    def _refuse(self, step: int, detail: str | None) -> None:
+        raise IncompatibleCheckpointError(
+            f"checkpoint {step} in {self.directory} does not fit this run: "
+            f"{detail or 'another process found a difference (see its log)'}. Nothing "
+            "was changed. Either train in a new --workdir, or keep this workdir's "
+            "weights as a starting point: a new --workdir with "
+            f"set:checkpoint.init_from={self.directory / str(step)}"
+        )
+
+    def _check(self, step: int, abstract_state, config) -> tuple[int, str]:
+        """(status, detail) from a step's stored tree and config, before reading any array:
+        an incompatible checkpoint is named, not mistaken for a damaged one."""
         try:
             stored = self.manager.item_metadata(step)["state"]
             if stored is None:
@@ -189,13 +205,20 @@ class RunCheckpoints:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
             _ignore_late_read_callbacks()
-            return _DAMAGED, f"{type(err).__name__}: {str(err)[:200]}", None
+            return _DAMAGED, f"{type(err).__name__}: {str(err)[:200]}"
         problems = []
         if config is not None:
             problems += config_differences(meta["meta"].get("config", {}), config)
         problems += tree_differences(stored, abstract_state)
         if problems:
-            return _INCOMPATIBLE, "; ".join(problems[:6]), None
+            return _INCOMPATIBLE, "; ".join(problems[:6])
+        return _OK, ""
+
+    def _try_restore(self, step: int, abstract_state, config):
+        """(status, detail, restored) for one step: `_check`, then the arrays."""
+        status, detail = self._check(step, abstract_state, config)
+        if status != _OK:
+            return status, detail, None
         try:
             restored = self.manager.restore(
                 step,

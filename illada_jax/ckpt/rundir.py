@@ -71,14 +71,17 @@ def checkpoint_meta(
     lr_scale: float = 1.0,
     recent_losses: Sequence[float] = (),
     unresolved_metrics: Sequence[tuple[int, dict]] = (),
+    metric_window: dict | None = None,
 ) -> dict:
     """The `meta` item of a checkpoint: the resolved config and the runner's controls (the
     learning-rate scale, the spike detector's window, steps whose metrics the loop had not yet
-    read, as [step, {name: float}])."""
+    read, as [step, {name: float}], and the sums of the metrics since the last log line:
+    {"healthy": steps, "sums": {name: float}})."""
     return {
         "lr_scale": float(lr_scale),
         "recent_losses": [float(x) for x in recent_losses],
         "unresolved_metrics": [[int(s), dict(m)] for s, m in unresolved_metrics],
+        "metric_window": metric_window or {"healthy": 0, "sums": {}},
         "config": flags.to_dict(experiment),
     }
 

@@ -35,12 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="illada", description="Masked-diffusion language models (LLaDA / iLLaDA) in JAX."
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"illada_jax.cli.{name}").add_parser(sub)
     for command in sub.choices.values():
         _add_debug_flag(command)
     return parser
+
+
+def version_line() -> str:
+    """`illada --version`: the installed package's version, and JAX's (what a bug report needs)."""
+    from importlib import metadata
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return f"illada-jax {installed('illada-jax')} (jax {installed('jax')}, Python {sys.version.split()[0]})"
 
 
 def _add_debug_flag(parser: argparse.ArgumentParser) -> None:

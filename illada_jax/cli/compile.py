@@ -62,8 +62,14 @@ def add_parser(sub) -> None:
                         help="token budget for the days estimate")  # fmt: skip
     parser.add_argument("--search", action="store_true",
                         help="compile per-chip batch x remat candidates")  # fmt: skip
-    parser.add_argument("--search-batches", type=_int_list, default=aot.SEARCH_BATCHES)
-    parser.add_argument("--search-remat", type=_remat_list, default=aot.SEARCH_REMATS)
+    parser.add_argument("--search-batches", type=_int_list, default=aot.SEARCH_BATCHES,
+                        metavar="N,N,...",
+                        help="with --search: per-chip batch sizes to try, comma-separated "
+                        f"(default {','.join(map(str, aot.SEARCH_BATCHES))})")  # fmt: skip
+    parser.add_argument("--search-remat", type=_remat_list, default=aot.SEARCH_REMATS,
+                        metavar="POLICY,...",
+                        help="with --search: model.remat_policy values to try, comma-separated "
+                        f"(default {','.join(aot.SEARCH_REMATS)})")  # fmt: skip
     parser.add_argument("--no-probes", action="store_true",
                         help="skip the small FLOPs probe compiles (compiled FLOPs then count "
                         "loops once)")  # fmt: skip

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
         type=output_dir,
         default=None,
         help="run directory for config.json, metrics.jsonl and checkpoints "
-        "(default runs/<model name>)",
+        "(default runs/<recipe name> for --config=config:NAME, else runs/<model name>)",
     )
     parser.set_defaults(func=run)
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     start_jax(experiment.mesh.cpu_devices)
     from illada_jax.train.loop import train
 
-    workdir = args.workdir or f"runs/{experiment.model.name}"
+    workdir = args.workdir or default_workdir(args.config, experiment)
     print(
         f"training {experiment.model.name} for {experiment.train.steps} steps; "
         f"run directory {workdir}"
@@ -52,3 +52,12 @@ def run(args: argparse.Namespace) -> int:
     elif losses:
         print(f"done: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return 0
+
+
+def default_workdir(directives, experiment) -> str:
+    """runs/<recipe> for a run started from a named recipe (`config:tiny_sft` writes runs/tiny_sft,
+    not into runs/tiny, the run it starts from), else runs/<model name>."""
+    kind, _, name = (directives or [""])[0].partition(":")
+    if kind == "config" and ":" not in name and "/" not in name:
+        return f"runs/{name}"
+    return f"runs/{experiment.model.name}"

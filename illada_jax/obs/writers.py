@@ -14,7 +14,10 @@
 - Weights & Biases: when `wandb_project` is given (the runner passes `obs.wandb_project`,
   `obs.wandb_entity`, `obs.wandb_mode` and the resolved config). `wandb` is an optional extra
   (`pip install "illada-jax[wandb]"`); asking for a project without it installed is a
-  `ConfigError` when the writer starts, not a run that silently logs nowhere.
+  `ConfigError` when the writer starts, not a run that silently logs nowhere. The W&B run id is
+  kept in `WORKDIR/wandb_run_id`, so a resumed run continues the same W&B run. W&B's own step
+  counts the records logged (it only goes forward); the training step is the logged field
+  `train_step`, so after a rollback the re-run steps stay visible instead of being dropped.
 
 Only one process writes: the runner passes `enabled=(jax.process_index() == 0)`; a disabled writer
 creates no file or directory and ignores every call.
@@ -25,6 +28,8 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import secrets
+import string
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +40,7 @@ from illada_jax import storage
 from illada_jax.config.schema import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
+WANDB_ID_FILE = "wandb_run_id"
 
 Scalar = int | float | bool | str | None
 
@@ -106,15 +112,27 @@ class MetricWriter:
 
             self._tensorboard = SummaryWriter(logdir=self.run_dir, flush_secs=30)
         if wandb_project:
+            id_path = storage.path(self.run_dir) / WANDB_ID_FILE
+            if id_path.is_file():
+                run_id = id_path.read_text().strip()
+            else:
+                alphabet = string.ascii_lowercase + string.digits  # W&B's own id alphabet
+                run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+                storage.atomic_write(id_path, run_id + "\n")
             self._wandb_run = _start_wandb(
                 wandb,
                 wandb_project,
                 wandb_config,
                 wandb_run_name or os.path.basename(self.run_dir.rstrip("/")),
                 None if self.remote else self.run_dir,  # wandb keeps its files locally
+                run_id=run_id,
                 entity=wandb_entity,
                 mode=wandb_mode,
             )
+            # W&B drops a step below its last one: continue after the records already logged
+            # (metrics.jsonl's lines; a resumed W&B run also reports its own step).
+            logged = self._jsonl_lines()
+            self._wandb_step = max(logged, int(getattr(self._wandb_run, "step", 0) or 0))
 
     def write_metrics(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Scalar]:
         """Log `metrics` at `step` everywhere; returns the record written to `metrics.jsonl`."""
@@ -138,10 +156,17 @@ class MetricWriter:
             if not self.remote:  # on object storage every flush re-uploads the event file
                 self._tensorboard.flush()
         if self._wandb_run is not None:
-            self._wandb_run.log(
-                {k: v for k, v in record.items() if k != "step"}, step=record["step"]
-            )
+            values = {k: v for k, v in record.items() if k != "step"}
+            self._wandb_run.log({**values, "train_step": record["step"]}, step=self._wandb_step)
+            self._wandb_step += 1
         return record
+
+    def _jsonl_lines(self) -> int:
+        """Records already in metrics.jsonl (a resumed run appends to it)."""
+        path = storage.path(self.metrics_path)
+        if not path.is_file():
+            return 0
+        return sum(1 for line in path.read_text().splitlines() if line.strip())
 
     def write_text(self, tag: str, text: str, step: int = 0, *, as_code: bool = False) -> None:
         """Add `text` to TensorBoard under `tag` (e.g. the resolved config as `config`).
@@ -227,14 +252,16 @@ def _start_wandb(
     name: str,
     run_dir: str | None,
     *,
+    run_id: str,
     entity: str | None = None,
     mode: str | None = None,
 ) -> Any:
-    """A W&B run (resumed when one of this name and directory exists) storing `config`."""
+    """The W&B run `run_id` (resumed when it exists) storing `config`."""
     return wandb.init(
         project=project,
         entity=entity,
         mode=mode,
+        id=run_id,
         name=name,
         dir=run_dir,
         config=dict(config) if config is not None else None,

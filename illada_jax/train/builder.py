@@ -41,7 +41,7 @@ from illada_jax.parallel import mesh as mesh_lib
 from illada_jax.parallel.rules import batch_spec
 from illada_jax.parallel.rules import resolve as resolve_rules
 from illada_jax.train import state as state_lib
-from illada_jax.train.optim import learning_rate_schedule, make_optimizer
+from illada_jax.train.optim import fit_schedule, learning_rate_schedule, make_optimizer
 from illada_jax.train.step import (
     batch_shardings,
     make_eval_step,
@@ -67,6 +67,8 @@ class Run:
     # The jitted functions, never called directly: only lowered under the mesh (module doc).
     jitted_train_step: Callable  # (state, batch, key, controls) -> (state, metrics)
     jitted_eval_step: Callable  # (params, batch, key) -> (bound_sum, n_tokens)
+    # Set when the schedule's phases were scaled to fit train.steps (`optim.fit_schedule`).
+    schedule_note: str | None = None
     _compiled: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     # ------------------------------------------------------------------ the compiled steps
@@ -247,8 +249,10 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
     mesh = mesh_lib.make_mesh(experiment.mesh, devices=devices)
     mesh_lib.check_batch(mesh, tcfg.batch_size, tcfg.grad_accum)
     rules = resolve_rules(experiment.mesh.rules, devices[0].platform)
-    optimizer = make_optimizer(experiment.optim, total_steps=tcfg.steps)
-    schedule = learning_rate_schedule(experiment.optim, total_steps=tcfg.steps)
+    # A recipe's schedule scaled to a shorter run (a smoke run): `schedule_note` says so.
+    optim_cfg, schedule_note = fit_schedule(experiment.optim, tcfg.steps)
+    optimizer = make_optimizer(optim_cfg, total_steps=tcfg.steps)
+    schedule = learning_rate_schedule(optim_cfg, total_steps=tcfg.steps)
     graphdef = graphdef_and_specs(experiment.model)[0]
     abstract_state = state_lib.abstract_state(experiment.model, optimizer, mesh, rules, tcfg.seed)
     shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
@@ -287,6 +291,7 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
         batch_shardings=batch_shardings(mesh, rules, tcfg.batch_size, keys),
         jitted_train_step=train_step,
         jitted_eval_step=eval_step,
+        schedule_note=schedule_note,
     )
 
 

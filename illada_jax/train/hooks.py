@@ -35,10 +35,15 @@ from illada_jax.train.evaluate import EVAL_SEED, heldout_bound
 
 @dataclasses.dataclass
 class MetricWindow:
-    """Sums of the healthy steps' metrics since the last log line, and the time it covers."""
+    """Sums of the healthy steps' metrics since the last log line, and the time it covers.
+
+    The sums travel with a checkpoint (`saved` / `from_saved`), so the first line a resumed run
+    logs averages the same steps, with the same floats, as the uninterrupted run's; the clock
+    (tokens/s) counts only this process's steps.
+    """
 
     start: float = dataclasses.field(default_factory=time.perf_counter)
-    steps: int = 0  # every step, healthy or not (for tokens/s)
+    steps: int = 0  # steps since `start`, healthy or not (for tokens/s)
     healthy: int = 0
     sums: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
@@ -52,6 +57,20 @@ class MetricWindow:
         """Means over the healthy steps (the 1/t-weighted loss of one batch is very noisy), or
         `last` when there were none."""
         return {k: v / self.healthy for k, v in self.sums.items()} if self.healthy else dict(last)
+
+    def restart_clock(self) -> None:
+        """Time from now (the first step of this process), keeping the sums."""
+        self.start, self.steps = time.perf_counter(), 0
+
+    def saved(self) -> dict:
+        return {"healthy": self.healthy, "sums": dict(self.sums)}
+
+    @classmethod
+    def from_saved(cls, saved: dict | None) -> MetricWindow:
+        if not saved:
+            return cls()
+        sums = collections.Counter({k: float(v) for k, v in saved["sums"].items()})
+        return cls(healthy=int(saved["healthy"]), sums=sums)
 
 
 @dataclasses.dataclass
@@ -297,6 +316,7 @@ class Checkpointing(Hook):
             lr_scale=loop.lr_scale,
             recent_losses=loop.recent_losses,
             unresolved_metrics=list(loop.unresolved),
+            metric_window=loop.window.saved(),
         )
         self.checkpoints.save(
             loop.step,

@@ -1,20 +1,24 @@
 """The runner: `train(experiment, workdir)` trains (or resumes) a run; read it top to bottom.
 
 1. `build_run` (train/builder.py): mesh, rules, optimizer, shardings and the steps.
-2. `start`: check the inputs (datasets, `init_from`), compile the train and eval steps ahead of
-   time under the mesh (`Run.compile_train_step`: the executable `illada compile` reports on;
-   JAX's persistent cache in `WORKDIR/compile_cache` makes a restart's compile a load), then
-   resume from the newest good checkpoint in `WORKDIR/checkpoints` (state, data position,
-   learning-rate scale, spike window), else initialise (parameters from `checkpoint.init_from`
-   when set).
-3. The loop: take this process's rows of the next global batch, dispatch the train step, fetch
+2. Preflight (train/preflight.py), before anything is written: the inputs (datasets,
+   `init_from`), the existing checkpoints against this run, the train state against the
+   devices' memory; then compile the train and eval steps ahead of time under the mesh
+   (`Run.compile_train_step`: the executable `illada compile` reports on; JAX's persistent cache
+   in `WORKDIR/compile_cache` makes a restart's compile a load) and check the compiled step's
+   memory. A refused run leaves its directory as it was.
+3. `config.json`, the checkpoint manager and the metric writers; `start`: resume from the newest
+   good checkpoint in `WORKDIR/checkpoints` (state, data position, learning-rate scale, spike
+   window, the metrics of the unfinished log window), else initialise (parameters from
+   `checkpoint.init_from` when set).
+4. The loop: take this process's rows of the next global batch, dispatch the train step, fetch
    the previous step's metrics (this step's only when a hook needs them: logging), then the
    hooks that are due (train/hooks.py, train/recovery.py): logging, held-out evaluation, text
    samples, checkpoints, loss health / rollback, profiling, preemption.
 
 Everything that decides a step's outcome (data position, RNG, state, learning-rate scale, spike
 window) is restored from the checkpoint, so a killed and restarted run repeats the uninterrupted
-losses.
+losses, and every logged value but the timings.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from illada_jax.config.schema import Experiment
 from illada_jax.obs.progress import TrainProgress
 from illada_jax.obs.writers import MetricWriter, import_wandb
 from illada_jax.parallel import tpu_runtime
-from illada_jax.train import compile_cache, recovery
+from illada_jax.train import compile_cache, preflight, recovery
 from illada_jax.train import hooks as hooks_lib
 from illada_jax.train.builder import Run, build_run
 from illada_jax.train.hooks import Hook, LoopState, resolve_metrics
@@ -54,11 +58,22 @@ def train(
     obs = experiment.obs
     if obs.wandb_project:  # every process, before anything is built: all of them stop alike
         import_wandb(obs.wandb_project)
+    # Everything that can refuse the run comes before its first write (train/preflight.py):
+    # a refused run leaves its directory as it was.
+    preflight.check_buckets(experiment, workdir)
+    run = build_run(experiment)
+    preflight.check_memory(run)
+    pipeline = preflight.check_inputs(run)
+    preflight.check_checkpoints(run, workdir)
+    if run.schedule_note and is_main:
+        print_fn(run.schedule_note)
+    compile_cache.configure(experiment.train.compilation_cache, workdir)
+    compiled = compile_steps(run, print_fn if is_main else None)
+    preflight.check_compiled_memory(run, run.train_step)
+
     runtime = tpu_runtime.runtime_record()  # the flags and versions this run started with
     if is_main:
         rundir.write_config(workdir, experiment, runtime=runtime)
-    run = build_run(experiment)
-    compile_cache.configure(experiment.train.compilation_cache, workdir)
     checkpoints = RunCheckpoints(workdir, experiment.checkpoint)
     writer = MetricWriter(
         workdir,
@@ -70,11 +85,11 @@ def train(
     )
     loop, hooks = None, []
     try:
-        loop = start(run, workdir, checkpoints, writer, print_fn)
+        loop = start(run, workdir, pipeline, checkpoints, writer, compiled, print_fn)
         hooks = default_hooks(run, workdir, checkpoints)
         for hook in hooks:
             hook.on_start(loop)
-        loop.window = hooks_lib.MetricWindow()  # tokens/s counts from the first step on
+        loop.window.restart_clock()  # tokens/s counts from the first step on
         while loop.step < experiment.train.steps and not loop.stop:
             advance(loop, hooks)
         for hook in hooks:
@@ -104,16 +119,13 @@ def check_shared_workdir(workdir, shared_filesystem: bool, process_count: int) -
         )
 
 
-def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
-    """The loop's state: resumed from a checkpoint, or fresh (optionally from `init_from`)."""
+def start(
+    run: Run, workdir, pipeline, checkpoints, writer, compiled: dict, print_fn=print
+) -> LoopState:
+    """The loop's state: resumed from a checkpoint, or fresh (optionally from `init_from`).
+    `compiled`: `compile_steps`' record, logged as the `compiled` event."""
     experiment = run.experiment
     tcfg, ccfg = experiment.train, experiment.checkpoint
-    # Inputs first: a mistake in a dataset (or a checkpoint.init_from that holds no checkpoint)
-    # is reported before seconds of state initialisation.
-    pipeline = run.pipeline()
-    if tcfg.eval_every:
-        run.pipeline(dataset=tcfg.eval_dataset)
-    compiled = compile_steps(run, print_fn if writer.enabled else None)
     restored = checkpoints.restore_latest(run.abstract_state, config=experiment)
     if restored is not None:
         step, state, data_position, meta = restored
@@ -121,10 +133,11 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
         data_state = data_position.get("streams")
         recent = meta.get("recent_losses", ())
         unresolved = [(int(s), m) for s, m in meta.get("unresolved_metrics", ())]
+        window = hooks_lib.MetricWindow.from_saved(meta.get("metric_window"))
         print_fn(f"resumed from checkpoint {step} in {checkpoints.directory}")
     else:
         step, next_data_step, lr_scale, recent, data_state = 0, 0, 1.0, (), None
-        unresolved = []
+        unresolved, window = [], hooks_lib.MetricWindow()
         init_from = init_from_step_dir(ccfg.init_from) if ccfg.init_from else None
         state = run.init_state()
         if init_from is not None:
@@ -146,6 +159,7 @@ def start(run: Run, workdir, checkpoints, writer, print_fn=print) -> LoopState:
         writer=writer,
         progress=progress,
         unresolved=collections.deque(unresolved),
+        window=window,
     )
     loop.restart_data()
     if writer.enabled:

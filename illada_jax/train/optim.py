@@ -23,6 +23,8 @@ leaves RMSNorm scales, biases, `embed` and `lm_head` undecayed (`weight_decay_ma
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import optax
 
@@ -136,6 +138,56 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int | None = None) -> 
         )
 
     raise ConfigError(f"optim.schedule={cfg.schedule!r} is invalid")  # unreachable: validated
+
+
+# The step fields of a schedule, in the order their phases come.
+_STEP_FIELDS = ("warmup_steps", "wsd_drop_step", "decay_start_step", "decay_steps")
+
+
+def _steps_needed(cfg: OptimConfig) -> int:
+    """The fewest total steps `cfg`'s schedule fits in (the checks of `learning_rate_schedule`)."""
+    if cfg.schedule == "cosine":
+        return cfg.warmup_steps + 1
+    if cfg.schedule == "wsd":
+        return max(cfg.warmup_steps, cfg.wsd_drop_step) + cfg.decay_steps
+    if cfg.schedule == "illada":
+        return max(cfg.warmup_steps, cfg.decay_start_step + 1)
+    return 0  # constant: a run shorter than the warmup ends on the ramp
+
+
+def fit_schedule(cfg: OptimConfig, total_steps: int) -> tuple[OptimConfig, str | None]:
+    """`cfg` with its schedule's phases scaled to fit a run of `total_steps`, and a note saying so.
+
+    A recipe's warmup and decay are sized for its full run; a smoke run of the same recipe
+    (`--config=set:train.steps=5`) keeps the shape of the schedule: the step fields are scaled by
+    total_steps / (the steps the schedule needs) and rounded down, which keeps the phases in order
+    and inside the run (wsd keeps at least one decay step and scales the warmup and step-down
+    into the steps before it). A schedule that fits is returned unchanged with no note.
+    """
+    needed = _steps_needed(cfg)
+    if total_steps >= needed:
+        return cfg, None
+    scaled = {f: getattr(cfg, f) * total_steps // needed for f in _STEP_FIELDS}
+    if cfg.schedule == "wsd":
+        decay = max(1, scaled["decay_steps"])
+        before, room = needed - cfg.decay_steps, total_steps - decay
+        scaled = {
+            "decay_steps": decay,
+            **{
+                f: getattr(cfg, f) * room // before if before else 0
+                for f in ("warmup_steps", "wsd_drop_step")
+            },  # fmt: skip
+        }
+    changed = {f: v for f, v in scaled.items() if v != getattr(cfg, f)}
+    fitted = dataclasses.replace(cfg, **changed)
+    learning_rate_schedule(fitted, total_steps)  # the scaled phases fit (raises if not)
+    listed = ", ".join(f"{f} {getattr(cfg, f)} -> {v}" for f, v in changed.items())
+    note = (
+        f"optim: the {cfg.schedule} schedule needs {needed} steps and the run has "
+        f"train.steps={total_steps}; its phases are scaled to fit ({listed}). Set them with "
+        "--config=set:optim.FIELD=N to choose otherwise."
+    )
+    return fitted, note
 
 
 def _path_names(path) -> list[str]:

@@ -310,3 +310,38 @@ def test_an_on_the_fly_run_killed_with_9_resumes_its_streams_exactly(tmp_path):
     assert 6 <= resumed < STEPS
     assert "start over" not in result.stderr  # the saved stream position was used
     assert _losses(workdir) == _losses(reference)
+
+
+TIMINGS = {"tokens_per_s", "mfu"}
+
+
+def _logged(workdir: pathlib.Path) -> dict[int, dict]:
+    """step -> the last step record, without the timings (a resumed run appends its own)."""
+    return {
+        r["step"]: {k: v for k, v in r.items() if k not in TIMINGS}
+        for r in _records(workdir)
+        if "loss" in r and "event" not in r
+    }
+
+
+def test_kill_9_between_log_lines_repeats_every_logged_value(tmp_path):
+    """Checkpoints every 3 steps, a log line every 4: the run resumes (from 6 or 9) in the middle
+    of a log window. The window's sums travel with the checkpoint, so the next line averages
+    the same steps as the uninterrupted run's: every logged key but the timings is equal."""
+    windowed = ["--config=set:train.log_every=4", "--config=set:checkpoint.every=3"]
+    reference = tmp_path / "reference"
+    _train(reference, *windowed)
+    assert sorted(_logged(reference)) == [4, 8, 12]
+
+    workdir = tmp_path / "run"
+    proc, log = _start(workdir, *windowed)
+    _wait_for(workdir / "checkpoints" / "6", proc, log)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    result = _train(workdir, *windowed)
+    resumed = _resumed_from(result.stdout)
+    assert resumed in (6, 9)  # neither is a multiple of 4: the window was open
+    expected, logged = _logged(reference), _logged(workdir)
+    assert logged == expected
+    assert set(logged[12]) >= {"loss", "masked_ce", "lr", "applied"}

@@ -87,7 +87,7 @@ def test_illada_8b_preset_matches_spec_table():
         (["set:diffusion.objective=dpo"], r"diffusion\.objective.*pretrain, sft_llada"),
         (["set:model.mask_token_id=0"], r"model\.mask_token_id=0.*pad_token_id=0"),
         (["set:model.mask_token_id=9000"], r"model\.mask_token_id=9000.*vocab_size=1024"),
-        (["set:train.steps=x"], r"train\.steps='x'.*integer >= 1"),
+        (["set:train.steps=x"], r"train\.steps='x'.*must be an integer.*got the string 'x'"),
         (["set:train.seq_len=100000"], r"train\.seq_len=100000.*max_seq_len=512"),
         (["set:model.n_layerz=2"], r"no field 'n_layerz'.*n_layers"),
         (["set:modle.n_layers=2"], r"no section 'modle'.*model, diffusion"),

@@ -275,7 +275,9 @@ def test_wandb_asked_for_but_missing_is_an_error(tmp_path, monkeypatch):
     assert calls[0][1]["config"] == {"x": 1}
     assert (calls[0][1]["entity"], calls[0][1]["mode"]) == ("team", "offline")
     assert calls[0][1]["name"] == "b" and calls[0][1]["dir"] == str(tmp_path / "b")
-    assert calls[1] == ("log", {"loss": 0.5}, 5)
+    # the id kept in the run directory; W&B's step counts records, the training step is a field
+    assert calls[0][1]["id"] == (tmp_path / "b" / "wandb_run_id").read_text().strip()
+    assert calls[1] == ("log", {"loss": 0.5, "train_step": 5}, 0)
     assert calls[2] == ("finish",)
 
 

@@ -107,13 +107,12 @@ def test_offline_run_holds_the_losses_and_the_resolved_config(tmp_path, wandb_en
     records = list(_wandb_records(log))
     kinds = [r.WhichOneof("record_type") for r in records]
     assert "exit" in kinds  # the writer finished the run
-    wandb_losses = {}
-    for record in records:
-        if record.WhichOneof("record_type") == "history":
-            items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json)
-                     for i in record.history.item}  # fmt: skip
-            if "event" not in items:  # events (`compiled`) are logged too, as in metrics.jsonl
-                wandb_losses[items["_step"]] = items["loss"]
+    history = _history(records)
+    # W&B's step counts the records (metrics.jsonl's lines); the training step is a field
+    assert [h["_step"] for h in history] == list(range(len(logged)))
+    assert [h["train_step"] for h in history] == [r["step"] for r in logged]
+    # events (`compiled`) are logged too, as in metrics.jsonl
+    wandb_losses = {h["train_step"]: h["loss"] for h in history if "event" not in h}
     assert wandb_losses == losses  # the same floats, not approximately
 
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
@@ -123,6 +122,38 @@ def test_offline_run_holds_the_losses_and_the_resolved_config(tmp_path, wandb_en
     assert config == json.loads((workdir / "config.json").read_text())
     assert config["model"]["d_model"] == experiment.model.d_model
     assert config["obs"]["wandb_mode"] == "offline"
+
+
+def _history(records) -> list[dict]:
+    return [
+        {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+
+
+def test_a_resumed_run_continues_the_same_wandb_run_with_steps_that_go_forward(tmp_path, wandb_env):
+    """Two steps, then the same command with 4 steps: one W&B run id (kept in the run
+    directory), and the resumed process logs at W&B steps after the first one's."""
+    from illada_jax.train.loop import train
+
+    data = _small_dataset(tmp_path / "data")
+    wandb_flags = ["set:obs.wandb_project='illada-test'", "set:obs.wandb_mode='offline'"]
+    workdir = tmp_path / "run"
+    train(flags.experiment_from_flags([*FAST, data, *wandb_flags]), workdir, print_fn=print)
+    resumed = [*FAST, data, *wandb_flags, "set:train.steps=4"]
+    train(flags.experiment_from_flags(resumed), workdir, print_fn=print)
+
+    run_id = (workdir / "wandb_run_id").read_text().strip()
+    logs = sorted((workdir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 2 and all(log.name == f"run-{run_id}.wandb" for log in logs)
+    first, second = (_history(list(_wandb_records(log))) for log in logs)
+    steps = [h["_step"] for h in first + second]
+    assert steps == list(range(len(steps)))  # one W&B run, its step only goes forward
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert len(steps) == len(lines)
+    trained = [h["train_step"] for h in second if "loss" in h and "event" not in h]
+    assert trained == [3, 4]
 
 
 def test_bad_wandb_mode_is_a_config_error():
