@@ -146,4 +146,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from illada_jax.cli._quiet import quiet_startup
+
+    quiet_startup()  # before JAX starts a backend: no libtpu / absl start-up lines on CPU hosts
     raise SystemExit(main())

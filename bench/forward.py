@@ -149,4 +149,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from illada_jax.cli._quiet import quiet_startup
+
+    quiet_startup()  # before JAX starts a backend: no libtpu / absl start-up lines on CPU hosts
     main()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from illada_jax.cli._common import dataset_spec, existing_path, positive_int
+from illada_jax.cli._common import (
+    dataset_spec,
+    existing_path,
+    non_negative_int,
+    output_file,
+    positive_int,
+)
 from illada_jax.cli._sampling import load_model
 from illada_jax.errors import IlladaError
 
@@ -45,7 +51,17 @@ def add_parser(sub) -> None:
     parser.add_argument("--mc-num", type=positive_int, default=32,
                         help="MC samples for the ELBO")  # fmt: skip
     parser.add_argument("--gen-length", type=positive_int, default=64,
-                        help="for generate_until tasks")  # fmt: skip
+                        help="for generate_until tasks: the answer budget in tokens")  # fmt: skip
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="for generate_until tasks: sampling steps (default: one token per "
+                        "step)")  # fmt: skip
+    parser.add_argument("--block-length", type=positive_int, default=None,
+                        help="for generate_until tasks: semi-autoregressive block length "
+                        "(default: the whole answer as one block)")  # fmt: skip
+    parser.add_argument("--num-fewshot", type=non_negative_int, default=None,
+                        help="few-shot examples per prompt (default: each task's own)")  # fmt: skip
+    parser.add_argument("--output", type=output_file, default=None, metavar="FILE",
+                        help="also write the results as JSON to FILE")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -60,7 +76,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint step {model.step}: held-out negative ELBO (nats/token)")
     for key, value in record.items():
         print(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}")
+    _write_output(args.output, {"checkpoint_step": model.step, "heldout": record})
     return 0
+
+
+def _write_output(path, results: dict) -> None:
+    if path is None:
+        return
+    import json
+
+    from illada_jax import storage
+
+    storage.atomic_write(path, json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
+    print(f"wrote {path}")
 
 
 def _run_tasks(args: argparse.Namespace) -> int:
@@ -74,11 +102,17 @@ def _run_tasks(args: argparse.Namespace) -> int:
         raise IlladaError(str(err)) from None
 
     model_args = dict(loglikelihood_method=args.method, mc_num=args.mc_num,
-                      gen_length=args.gen_length)  # fmt: skip
+                      gen_length=args.gen_length, steps=args.steps,
+                      block_length=args.block_length)  # fmt: skip
     # The checkpoint loads only after run_tasks has checked the task names.
     results = run_tasks(lambda: load_model(args.checkpoint), tasks, limit=args.limit,
-                        include_path=args.include_path, **model_args)  # fmt: skip
+                        include_path=args.include_path, num_fewshot=args.num_fewshot,
+                        **model_args)  # fmt: skip
     for task, metrics in results["results"].items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         print(f"{task}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
+    _write_output(args.output, {
+        "checkpoint": str(args.checkpoint), "tasks": tasks, "limit": args.limit,
+        "num_fewshot": args.num_fewshot, "model_args": model_args, "results": results["results"],
+    })  # fmt: skip
     return 0

@@ -67,6 +67,24 @@ from illada_jax.sampling.schedule import SamplingError
 METHODS = ("elbo", "confidence")
 
 
+def _quiet_git_commit_hash() -> str | None:
+    """lm-eval records the git commit of the working directory in its results by running
+    `git describe` with git's stderr on the terminal, so every evaluation outside a git checkout
+    printed "fatal: not a git repository". The same lookup, with git's stderr discarded."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "describe", "--always"], capture_output=True, check=True)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+    return out.stdout.decode().strip() or None
+
+
+import lm_eval.evaluator  # noqa: E402  (after the guarded import above)
+
+lm_eval.evaluator.get_git_commit_hash = _quiet_git_commit_hash
+
+
 class HarnessConfigError(IlladaError, ValueError):
     """A model argument the harness cannot use (the message names it and the fix)."""
 

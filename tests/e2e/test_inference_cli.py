@@ -52,6 +52,28 @@ def test_eval_reproduces_the_logged_heldout_bound(run_dir):
     assert float(values["eval_tokens"]) == logged[0]["eval_tokens"]
 
 
+def test_eval_tasks_with_generation_flags_write_the_results_file(run_dir, tmp_path):
+    """The shipped offline tasks with the sampler flags a generation task needs and a results
+    file: the file holds what the lines printed."""
+    pytest.importorskip("lm_eval")
+    out = tmp_path / "results.json"
+    result = illada(
+        "eval", f"--checkpoint={run_dir}", "--tasks", "kjv_next_word,kjv_verse_end",
+        "--limit", "2", "--mc-num", "2", "--gen-length", "8", "--steps", "4",
+        "--block-length", "4", "--num-fewshot", "0", "--output", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(out.read_text())
+    for task in ("kjv_next_word", "kjv_verse_end"):
+        line = next(x for x in result.stdout.splitlines() if x.startswith(f"{task}: "))
+        printed = dict(kv.split("=") for kv in line.split(": ", 1)[1].split(", "))
+        for key, value in printed.items():
+            assert float(value) == pytest.approx(saved["results"][task][key], rel=1e-3)
+        assert saved["model_args"]["steps"] == saved["model_args"]["block_length"] == 4
+        assert saved["results"][task]["sample_len"] == 2
+    assert "not a git repository" not in result.stderr
+
+
 def test_generate_prints_prompt_and_continuation(run_dir):
     result = illada(
         "generate", f"--checkpoint={run_dir}", "--prompt", "In the beginning",

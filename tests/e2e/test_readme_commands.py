@@ -339,6 +339,9 @@ def test_readme_command_runs(sandbox, section, words):
     shown = shlex.join(command)
     assert result.returncode == 0, f"{shown}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr, f"{shown}\n{result.stderr[-3000:]}"
+    # no libtpu / absl start-up lines on this CPU host (`illada` and bench/*.py start quietly)
+    assert "TPU_WORKER_HOSTNAMES" not in result.stderr, f"{shown}\n{result.stderr[-3000:]}"
+    assert "libtpu_init_utils" not in result.stderr, f"{shown}\n{result.stderr[-3000:]}"
     for path in _outputs(command):
         path = home / path  # a directory, a file, or a prefix (tokenizer: PREFIX.model)
         assert path.exists() or any(path.parent.glob(path.name + ".*")), f"{shown}: {path}"
