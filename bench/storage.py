@@ -1,6 +1,7 @@
 """Object storage against local disk: checkpoints of the `100m` preset and the data pipeline.
 
     python bench/storage.py [--preset 100m] [--seq 2048] [--batch 64] [--batches 60]
+                            [--error-rate 0.05]
 
 Starts a GCS emulator on 127.0.0.1 (`illada_jax.tools.gcs_emulator`, a subprocess) and points
 the storage clients at it, then measures:
@@ -11,6 +12,9 @@ the storage clients at it, then measures:
   vs on local disk (one process, shuffled windows, reader threads), and the seconds from opening
   the dataset with an empty shard cache to 4 batches (`pipeline_start_s_*`: for the emulator,
   this includes downloading the shards those batches touch into the cache, `data/remote.py`).
+With `--error-rate R`, the clients reach the emulator through the fault proxy
+(`illada_jax.tools.fault_proxy`), which answers a fraction R of the requests with 429 or 503:
+the same measurements with the clients' retries at work (`injected_faults` in the output).
 Target: pipeline from the emulator >= 1M tokens/s on a 2-core machine (a pod host needs ~50k).
 Final line `RESULT ckpt_save_s_gcs=... ckpt_save_s_local=... ckpt_restore_s_gcs=...
 ckpt_restore_s_local=... pipeline_tokens_per_s_gcs=... pipeline_tokens_per_s_local=...`.
@@ -63,12 +67,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--error-rate", type=float, default=0.0,
+                        help="fraction of storage requests answered 429/503 by the fault proxy")  # fmt: skip
     args = parser.parse_args()
 
     from illada_jax.tools import gcs_emulator
 
     bucket = "illada-bench"
     server, url = gcs_emulator.start(bucket)
+    proxy = None
+    if args.error_rate:
+        from illada_jax.tools import fault_proxy
+
+        proxy, url = fault_proxy.start(url)
+        fault_proxy.configure(url, error_rate=args.error_rate, statuses=[429, 503])
     os.environ["ILLADA_CACHE"] = tempfile.mkdtemp(prefix="illada-bench-cache-")
     from illada_jax import storage
 
@@ -96,7 +108,11 @@ def main() -> None:
                 rate = pipeline_rate(dataset, args.seq, args.batch, args.batches, args.threads,
                                      document_aware=False)[1]  # fmt: skip
                 results[f"pipeline_tokens_per_s_{where}"] = rate
+        if proxy is not None:
+            results["injected_faults"] = fault_proxy.counters(url)["errors"]
     finally:
+        if proxy is not None:
+            proxy.terminate()
         server.terminate()
     for name, value in results.items():
         print(f"{name:<34} {value:,.3f}")

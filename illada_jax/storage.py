@@ -29,6 +29,7 @@ import os
 import pathlib
 import re
 import shutil
+import time
 from collections.abc import Iterator
 
 os.environ.setdefault("EPATH_USE_TF", "false")  # before etils decides (see the docstring)
@@ -203,14 +204,23 @@ def check_bucket(p: PathLike, timeout: float = 10.0) -> None:
             f"then {check}"
         ) from None
     url = f"{fs.base}b/{bucket}"
-    try:
-        response = requests.get(url, headers=headers, timeout=timeout)
-    except requests.RequestException as err:
-        reason = str(err).split(": ", 1)[-1][:160]
-        raise StorageError(
-            f"{where} cannot be reached ({type(err).__name__}: {reason}): no network, DNS "
-            f"failing, a firewall or proxy in the way, or a wrong STORAGE_EMULATOR_HOST; {check}"
-        ) from None
+    # A few quick tries: object stores answer 429/5xx and drop connections now and then; an
+    # unreachable or missing bucket still fails within seconds.
+    for attempt in range(3):
+        time.sleep(0.5 * attempt)
+        try:
+            response = requests.get(url, headers=headers, timeout=timeout)
+        except requests.RequestException as err:
+            if attempt < 2:
+                continue
+            reason = str(err).split(": ", 1)[-1][:160]
+            raise StorageError(
+                f"{where} cannot be reached ({type(err).__name__}: {reason}): no network, DNS "
+                "failing, a firewall or proxy in the way, or a wrong STORAGE_EMULATOR_HOST; "
+                f"{check}"
+            ) from None
+        if response.status_code != 429 and response.status_code < 500:
+            break
     status = response.status_code
     if status == 404:
         raise StorageError(

@@ -1,0 +1,81 @@
+"""Object-storage faults, injected by a proxy in front of the GCS emulator
+(`illada_jax/tools/fault_proxy.py`): `illada train` on a gs:// run directory keeps going through
+429/503 answers, and a bucket the host may not use is one line at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from _cli import FAST_TRAIN
+
+from illada_jax.tools import fault_proxy
+
+
+@pytest.fixture(scope="module")
+def proxied(gcs_emulator):
+    """(the environment pointing every client at the proxy, the proxy's URL)."""
+    proxy, url = fault_proxy.start(gcs_emulator["STORAGE_EMULATOR_HOST"], seed=0)
+    env = {**gcs_emulator, "STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url}
+    try:
+        yield env, url
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+
+
+def _train(env, workdir, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "illada_jax.cli", "train", *FAST_TRAIN,
+         "--config=set:checkpoint.every=2", "--config=set:train.log_every=1", *extra,
+         f"--workdir={workdir}"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def _losses(env, workdir) -> dict[int, float]:
+    from etils import epath
+
+    os.environ.update(env)  # epath's gcsfs in this process reads the proxy too
+    text = epath.Path(f"{workdir}/metrics.jsonl").read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r and "event" not in r}
+
+
+def test_a_bucket_this_host_may_not_use_is_one_line(proxied):
+    env, url = proxied
+    bucket = env["BUCKET"]
+    fault_proxy.configure(url, deny_bucket=bucket)
+    try:
+        result = _train(env, f"gs://{bucket}/runs/denied")
+    finally:
+        fault_proxy.configure(url, deny_bucket="")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"illada train: error: gs://{bucket}: permission denied (HTTP 403)")
+    assert f"gcloud storage ls gs://{bucket}" in line
+
+
+def test_training_keeps_going_through_429_and_503_answers(proxied):
+    """A run whose checkpoints and metrics go through the proxy while 5% of its requests are
+    answered 429 or 503 logs the same losses as a run without faults."""
+    env, url = proxied
+    bucket = env["BUCKET"]
+    clean = _train(env, f"gs://{bucket}/runs/clean")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    before = fault_proxy.counters(url)
+    fault_proxy.configure(url, error_rate=0.05, statuses=[429, 503])
+    try:
+        faulty = _train(env, f"gs://{bucket}/runs/faulty")
+    finally:
+        fault_proxy.configure(url, error_rate=0.0)
+    after = fault_proxy.counters(url)
+    assert faulty.returncode == 0, faulty.stderr[-3000:]
+    assert after["errors"] - before["errors"] > 0  # faults were injected and survived
+    clean_losses = _losses(env, f"gs://{bucket}/runs/clean")
+    assert sorted(clean_losses) == list(range(1, 7))
+    assert _losses(env, f"gs://{bucket}/runs/faulty") == clean_losses
