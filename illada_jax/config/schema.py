@@ -13,11 +13,9 @@ sections fit together.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
-import typing
 from typing import Any
 
+from illada_jax.config import field_types
 from illada_jax.errors import IlladaError
 
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
@@ -46,91 +44,25 @@ def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
         _fail(field, value, f"allowed values are {', '.join(choices)}")
 
 
-# Fields holding a path or URL (local, gs://, or a name the field's docstring lists): named as
-# such in type errors.
-PATH_FIELDS = frozenset(
-    {"cache_dir", "tokenizer", "seqio_module", "tfds_data_dir", "init_from", "eval_dataset",
-     "compilation_cache"}
-)  # fmt: skip
-# String fields with a fixed set of values: a wrong type is reported with the allowed values.
+# Fields holding a path or URL (local, gs://, or a name the field's docstring lists), and the
+# string fields with a fixed set of values: type errors name them as such (`field_types`).
+PATH_FIELDS = frozenset({"cache_dir", "tokenizer", "seqio_module", "tfds_data_dir", "init_from",
+                         "eval_dataset", "compilation_cache"})  # fmt: skip
 CHOICE_FIELDS = {
-    "attention_impl": ATTENTION_IMPLS,
-    "remat_policy": REMAT_POLICIES,
-    "param_dtype": DTYPES,
-    "compute_dtype": DTYPES,
-    "objective": OBJECTIVES,
-    "time_sampling": TIME_SAMPLINGS,
-    "random_length_mode": RANDOM_LENGTH_MODES,
-    "raw_text_unit": ("file", "block"),
-    "schedule": SCHEDULES,
-    "decay_exclude": DECAY_EXCLUDES,
-    "rules": RULE_TABLES,
-    "health_policy": HEALTH_POLICIES,
-    "wandb_mode": WANDB_MODES,
-}
-
-
-def _describe(value: Any) -> str:
-    """How a value reads in an error: its type in words, then the value."""
-    kinds = {bool: "the boolean", int: "the integer", float: "the number", str: "the string"}
-    for kind, words in kinds.items():
-        if type(value) is kind:
-            return f"{words} {value!r}"
-    return f"a {type(value).__name__} ({value!r})"
-
-
-def _expectation(field: str, hint: Any) -> tuple[str, Any]:
-    """(what a field of type `hint` must be, in words; a predicate accepting such values)."""
-    if hint is bool:
-        return "True or False", lambda v: isinstance(v, bool)
-    if hint is int:
-        return "an integer (such as 8)", lambda v: isinstance(v, int) and not isinstance(v, bool)
-    if hint is float:
-        return (
-            "a number (such as 0.001)",
-            lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        )
-    if hint is str:
-        if field in CHOICE_FIELDS:
-            choices = ", ".join(repr(c) for c in CHOICE_FIELDS[field])
-            return f"one of {choices}", lambda v: isinstance(v, str)
-        if field in PATH_FIELDS:
-            return "a path or URL as a string (such as 'gs://bucket/dir')", lambda v: isinstance(
-                v, str
-            )
-        return "a string", lambda v: isinstance(v, str)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is tuple:
-        words, item_ok = _expectation(field, args[0])
-        words = words.split(" (")[0]
-        return f"a tuple whose items are each {words} (such as ({_EXAMPLES[args[0]]},))", (
-            lambda v: isinstance(v, tuple | list) and all(item_ok(x) for x in v)
-        )
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        (inner,) = [a for a in args if a is not type(None)]
-        words, inner_ok = _expectation(field, inner)
-        return f"{words} or None", lambda v: v is None or inner_ok(v)
-    raise TypeError(f"no type check for {field}: {hint}")  # a new kind of field: add it here
-
-
-_EXAMPLES = {str: "'a', 'b'", int: "1, 2", float: "0.5, 1.0"}
-
-
-@functools.cache
-def _field_expectations(cls: type) -> dict[str, tuple[str, Any]]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: _expectation(f.name, hints[f.name]) for f in dataclasses.fields(cls)}
+    "attention_impl": ATTENTION_IMPLS, "remat_policy": REMAT_POLICIES, "param_dtype": DTYPES,
+    "compute_dtype": DTYPES, "objective": OBJECTIVES, "time_sampling": TIME_SAMPLINGS,
+    "random_length_mode": RANDOM_LENGTH_MODES, "raw_text_unit": ("file", "block"),
+    "schedule": SCHEDULES, "decay_exclude": DECAY_EXCLUDES, "rules": RULE_TABLES,
+    "health_policy": HEALTH_POLICIES, "wandb_mode": WANDB_MODES,
+}  # fmt: skip
 
 
 def _check_types(section: Any) -> None:
     """Every field of a section has its declared type (from the type hints): a wrong type fails
     here, naming the field, what it must be and what it got, before any range check runs."""
-    for name, (words, ok) in _field_expectations(type(section)).items():
-        value = getattr(section, name)
-        if not ok(value):
-            raise ConfigError(
-                f"{name}={value!r} is invalid: must be {words}; got {_describe(value)}"
-            )
+    problem = field_types.type_problem(section, CHOICE_FIELDS, PATH_FIELDS)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_int(field: str, value: Any, minimum: int) -> None:

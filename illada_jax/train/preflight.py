@@ -121,8 +121,15 @@ def suggested_topology(total_state_bytes: int) -> str:
     return f"v5p-{2 * chips}"  # v5p names count TensorCores, two per chip
 
 
+def _local_device(run):
+    """One of this process's devices of the mesh (another process's device reports nothing)."""
+    here = jax.process_index()
+    return next(d for d in run.mesh.devices.flat if d.process_index == here)
+
+
 def _refuse(run, needed: int, what: str, fix: str, written: str = "Nothing was written.") -> None:
-    limit, where = device_memory_bytes(run.mesh.devices.flat[0])
+    device = _local_device(run)
+    limit, where = device_memory_bytes(device)
     if needed <= limit:
         return
     total_state = sum(
@@ -132,7 +139,7 @@ def _refuse(run, needed: int, what: str, fix: str, written: str = "Nothing was w
     raise InsufficientMemoryError(
         f"{run.experiment.model.name} does not fit these devices: {what} needs "
         f"{needed / GIB:.1f} GiB per device, and each of the {run.mesh.devices.size} "
-        f"{run.mesh.devices.flat[0].platform} devices has {limit / GIB:.1f} GiB ({where}). "
+        f"{device.platform} devices has {limit / GIB:.1f} GiB ({where}). "
         f"{written} Size a pod for it with the same --config flags: illada compile "
         f"--config=... --topology={suggested_topology(total_state)} (the smallest v5p slice "
         "holding the train state; the compile reports activations too, docs/pods.md), or "
