@@ -20,6 +20,14 @@ Restore (`restore_latest`) tells two failures apart, before anything is written:
   warning naming both. A damaged step is never deleted or overwritten: retention keeps it and a
   save at its step is skipped, so it stays there for inspection.
 All processes agree on the outcome (each reads its own shards).
+
+Saving through storage faults: the storage clients retry each request themselves (gcsfs: 6 tries,
+backing off up to 32 s; tensorstore: `checkpoint.request_retries`, `bound_request_retries`). A save that still fails is tried again as
+a whole, `checkpoint.save_attempts` times, `checkpoint.save_retry_seconds` apart (doubling);
+after that `save` raises `CheckpointSaveError` naming the step and the restore point (the newest
+committed step, untouched). A background (asynchronous) write that fails is reported the same way
+by the next `settle`/`save`/`wait`. A step whose write failed is never listed (orbax lists only
+committed steps), so a restart resumes from the restore point.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import time
 
 import grain
 import numpy as np
@@ -42,6 +51,14 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(IlladaError, RuntimeError):
     """No usable checkpoint where one was required."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written; the newest committed one stays the restore point."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 class IncompatibleCheckpointError(CheckpointError):
@@ -89,11 +106,27 @@ def _ignore_late_read_callbacks() -> None:
     sys.unraisablehook = hook
 
 
+def bound_request_retries(retries: int) -> None:
+    """Make tensorstore, which reads and writes orbax's arrays, retry each object-storage request
+    at most `retries` times (1 s doubling to 32 s) instead of its default 32. Orbax builds every
+    tensorstore context from these two module-level dicts (checked by
+    tests/unit/test_checkpoint_retries.py, so an orbax that stops doing so fails there)."""
+    from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+
+    setting = {"max_retries": retries, "initial_delay": "1s", "max_delay": "32s"}
+    for context in (ts_utils._BASE_TS_CONTEXT, ts_utils._DEFAULT_OCDBT_TS_CONTEXT):
+        context["gcs_request_retries"] = setting
+
+
 class RunCheckpoints:
     """`create=False`: read existing checkpoints only (`check_latest` before a run writes)."""
 
     def __init__(self, workdir: storage.PathLike, cfg: CheckpointConfig, *, create: bool = True):
+        bound_request_retries(cfg.request_retries)
         self.directory = storage.path(workdir) / rundir.CHECKPOINTS
+        self.attempts, self.retry_seconds = cfg.save_attempts, cfg.save_retry_seconds
+        self.writing: int | None = None  # the step an asynchronous save is still writing
+        self.failed: int | None = None  # the last step whose save failed (already reported)
         self.damaged: set[int] = set()  # steps that failed to restore; kept, never replaced
         policies = [ocp.checkpoint_managers.LatestN(n=cfg.keep), _KeepSteps(self.damaged)]
         if cfg.keep_every:
@@ -141,7 +174,52 @@ class RunCheckpoints:
         }
         if streams is not None:
             items["data_streams"] = grain.checkpoint.CheckpointSave(_StreamPosition(streams))
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self.settle()  # an earlier step's failed background write is that step's error
+        error = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+            except Exception as err:  # gcsfs, tensorstore and orbax raise many types
+                error = err
+                log.warning("checkpoint %d: save attempt %d of %d failed: %s: %s", step, attempt,
+                            self.attempts, type(err).__name__, str(err)[:300])  # fmt: skip
+                self.manager.reload()  # forget the step orbax began to write
+                if attempt < self.attempts:
+                    time.sleep(self.retry_seconds * 2 ** (attempt - 1))
+                continue
+            self.writing = step if saved and self.manager.is_saving_in_progress() else None
+            return saved
+        raise self._save_failed(
+            step, f"{self.attempts} attempt(s), last: {type(error).__name__}: {error}"
+        )
+
+    def settle(self) -> None:
+        """Wait for an asynchronous save still writing; `CheckpointSaveError` if it failed."""
+        step, self.writing = self.writing, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:
+            self.manager.reload()
+            for _ in range(2):  # orbax may raise a failed write's error again: let it go now
+                try:
+                    self.manager.wait_until_finished()
+                    break
+                except Exception:
+                    continue
+            raise self._save_failed(
+                step, f"the background write: {type(err).__name__}: {err}"
+            ) from None
+
+    def _save_failed(self, step: int | None, detail: str) -> CheckpointSaveError:
+        self.failed = step if step is not None else -1
+        committed = self.steps()
+        restore_point = f"checkpoint {committed[-1]}" if committed else "none (a fresh start)"
+        return CheckpointSaveError(
+            f"checkpoint {step} in {self.directory} was not saved ({detail[:300]}); the restore point is still {restore_point}. Check that "
+            "the storage answers (`gcloud storage ls` the bucket); a restart resumes from the "
+            "restore point",
+            step if step is not None else -1,
+        )
 
     def restore_latest(self, abstract_state, *, before: int | None = None, config=None):
         """(step, state, data, meta) of the newest checkpoint that restores (optionally only
@@ -260,10 +338,15 @@ class RunCheckpoints:
         return self.manager.reached_preemption(step)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self.settle()
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()  # waits for a background write: raises its error again
+        except Exception:
+            if self.failed is None:
+                raise
+            log.warning("closing after the failed save of checkpoint %d", self.failed)
 
 
 class _StreamPosition:

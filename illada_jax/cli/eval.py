@@ -45,6 +45,10 @@ def add_parser(sub) -> None:
         default=None,
         help="extra lm-eval task directory",
     )
+    parser.add_argument("--task-data", action="append", default=[], metavar="TASK=FILE",
+                        help="run TASK (e.g. lm-eval's gsm8k) on a local copy of its data "
+                        "(.jsonl/.json/.parquet/.csv with the task's fields), offline; "
+                        "repeatable")  # fmt: skip
     parser.add_argument("--method", choices=["elbo", "confidence"], default="elbo",
                         help="loglikelihood: the Monte-Carlo ELBO or iLLaDA's confidence score "
                         "(docs/algorithms.md#likelihood-and-scoring)")  # fmt: skip
@@ -101,13 +105,19 @@ def _run_tasks(args: argparse.Namespace) -> int:
     except ImportError as err:  # the [eval] extra is missing: the message says how to install it
         raise IlladaError(str(err)) from None
 
+    task_data = {}
+    for item in args.task_data:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise IlladaError(f"--task-data {item!r}: write TASK=FILE, e.g. gsm8k=gsm8k_test.jsonl")
+        task_data[task.strip()] = path.strip()
     model_args = dict(loglikelihood_method=args.method, mc_num=args.mc_num,
                       gen_length=args.gen_length, steps=args.steps,
                       block_length=args.block_length)  # fmt: skip
     # The checkpoint loads only after run_tasks has checked the task names.
     results = run_tasks(lambda: load_model(args.checkpoint), tasks, limit=args.limit,
                         include_path=args.include_path, num_fewshot=args.num_fewshot,
-                        **model_args)  # fmt: skip
+                        task_data=task_data, **model_args)  # fmt: skip
     for task, metrics in results["results"].items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         print(f"{task}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))

@@ -7,6 +7,7 @@ import argparse
 from illada_jax.cli._common import (
     existing_path,
     int_at_least,
+    number_in,
     output_dir,
     positive_int,
     tokenizer_path,
@@ -108,6 +109,11 @@ def add_parser(sub) -> None:
         "(--beam-option=--runner=DataflowRunner), since argparse takes a separate --runner=... "
         "for an option of its own",
     )
+    parser.add_argument(
+        "--heldout-fraction", type=number_in(0, 0.5, "0.05"), default=None, metavar="F",
+        help="hold out a fraction F of the documents (chosen by a hash of each document, the "
+        "same on every run) into OUTPUT-heldout, for train.eval_dataset; OUTPUT gets the rest",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -122,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
         raise PrepareError(f"{', '.join(missing)} required (or --verify DIR alone)")
     if args.beam_option and args.runner != "beam":
         raise PrepareError("--beam-option needs --runner beam (or drop the Beam options)")
+    if args.heldout_fraction is not None and (args.format == "sft" or args.runner == "beam"):
+        raise PrepareError("--heldout-fraction works with the local runner and document formats: "
+                           "drop it, or split the input files yourself")  # fmt: skip
     if args.format == "sft":
         if args.runner == "beam":
             raise PrepareError("--format sft runs on this machine only: drop --runner beam")
@@ -146,15 +155,26 @@ def run(args: argparse.Namespace) -> int:
             manifest = prepare_beam(
                 args.input, args.format, args.output, beam_options=args.beam_option, **common
             )
+        elif args.heldout_fraction is not None:
+            parts = {"train": args.output, "heldout": f"{args.output.rstrip('/')}-heldout"}
+            for part, output in parts.items():
+                manifest = prepare(args.input, args.format, output,
+                                   split=(part, args.heldout_fraction), **common)  # fmt: skip
+                _report(manifest, output)
+            return 0
         else:
             manifest = prepare(args.input, args.format, args.output, **common)
+    _report(manifest, args.output)
+    return 0
+
+
+def _report(manifest: dict, output: str) -> None:
     bad = {k: v for k, v in manifest["bad_records"].items() if v}
     print(
         f"prepared {manifest['documents']} documents, {manifest['tokens']} tokens in "
-        f"{manifest['shards']['count']} shards -> {args.output}"
+        f"{manifest['shards']['count']} shards -> {output}"
     )
     print(f"bad records: {bad or 'none'}")
-    return 0
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -441,10 +441,21 @@ class CheckpointConfig:
     # A multi-host run needs a workdir every host sees: object storage (gs://...) or, with this
     # set, a local path on a shared filesystem (NFS, Lustre, a gcsfuse mount) mounted on all hosts.
     shared_filesystem: bool = False
+    # A save that fails (storage errors left after the clients' own per-request retries) is tried
+    # `save_attempts` times, `save_retry_seconds` apart (doubling); if every try fails, training
+    # goes on from the last good checkpoint and the failure is logged (the final save: an error).
+    save_attempts: int = 3
+    save_retry_seconds: float = 10.0
+    # Retries of each checkpoint request on object storage (tensorstore's; 1 s doubling to 32 s).
+    request_retries: int = 10
 
     def __post_init__(self) -> None:
         _check_types(self)
         _check_int("every", self.every, 1)
+        _check_int("save_attempts", self.save_attempts, 1)
+        _check_int("request_retries", self.request_retries, 0)
+        if not self.save_retry_seconds >= 0:
+            _fail("save_retry_seconds", self.save_retry_seconds, "must be >= 0")
         _check_int("keep", self.keep, 1)
         _check_int("keep_every", self.keep_every, 0)
 

@@ -356,11 +356,13 @@ def prepare(
     max_doc_tokens: int = 1 << 20,
     workers: int = 2,
     progress: bool = True,
+    split: tuple[str, float] | None = None,
 ) -> dict:
     """Prepare shards; returns the manifest dict (also written to `output/manifest.json`).
 
     `data_dir`: the TFDS data dir for `tfds` names and seqio tasks that read TFDS; tfds and seqio
-    inputs are described in the manifest's `source` (`sources.describe`)."""
+    inputs are described in the manifest's `source` (`sources.describe`). `split`: ("heldout",
+    F) keeps only the documents `in_heldout(text, F)` selects, ("train", F) only the others."""
     if fmt not in sources.FORMATS:
         raise PrepareError(f"--format {fmt!r} is not one of {', '.join(sources.FORMATS)}")
     if max_doc_tokens < 2:
@@ -380,6 +382,8 @@ def prepare(
         "max_doc_tokens": max_doc_tokens,
         "writer_options": WRITER_OPTIONS,
     }
+    if split is not None:
+        options["split"] = {"part": split[0], "heldout_fraction": split[1]}
     if fmt in ("tfds", "seqio"):  # what the names resolve to (versions, vocabularies, modes)
         source.update(
             sources.describe(
@@ -409,6 +413,9 @@ def prepare(
         tokenizer=tokenizer,
         data_dir=data_dir,
     )
+    if split is not None:
+        part, fraction = split
+        documents = (d for d in documents if in_heldout(d, fraction) == (part == "heldout"))
     shard_results: dict[int, dict] = {}
     bar = _progress_bar(progress)
     context = multiprocessing.get_context("spawn")
@@ -446,6 +453,14 @@ def prepare(
     return write_manifest(
         out_dir, shards, _tokenizer_info(tokenizer), source, options, stats, fingerprint
     )
+
+
+def in_heldout(document: str | np.ndarray, fraction: float) -> bool:
+    """Whether a document belongs to the held-out part: its SHA-256 (of the UTF-8 text, or of the
+    token ids) read as a number in [0, 1) is below `fraction`, so the same documents are held out
+    on every run and on every machine, whatever the input order."""
+    data = document.encode("utf-8") if isinstance(document, str) else np.asarray(document).tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2.0**64 < fraction
 
 
 def prepare_sft(

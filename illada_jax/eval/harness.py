@@ -400,6 +400,7 @@ class IlladaLM(LM):
 def run_tasks(model_or_checkpoint, tasks: Sequence[str], *, limit: int | float | None = None,
               include_path: str | pathlib.Path | Sequence[str | pathlib.Path] | None = None,
               include_defaults: bool = True, num_fewshot: int | None = None,
+              task_data: dict[str, str] | None = None,
               evaluate_kwargs: dict[str, Any] | None = None, **model_args) -> dict:  # fmt: skip
     """Run lm-eval `tasks` (names, tags or groups) on a model and return lm-eval's results
     dict (`results["results"][task]["acc,none"]`, ...).
@@ -410,16 +411,22 @@ def run_tasks(model_or_checkpoint, tasks: Sequence[str], *, limit: int | float |
     always on the include path, with the `include_path` entries; lm-eval's built-in tasks are
     too unless `include_defaults=False` (indexing them takes a few seconds; their data must be
     in the local datasets cache when offline). `evaluate_kwargs` go to `lm_eval.simple_evaluate`
-    (e.g. `bootstrap_iters=0`, `log_samples=False`).
+    (e.g. `bootstrap_iters=0`, `log_samples=False`). `task_data`: {task: local data file} runs a
+    task (lm-eval's own, e.g. gsm8k) on a local copy of its data, offline (`local_task_file`).
     """
     if isinstance(include_path, str | pathlib.Path):
         include_path = [include_path]
     with tempfile.TemporaryDirectory(prefix="illada-tasks-") as tmp:
         manager = task_manager_for(include_path, tmp, include_defaults)
         check_task_names(manager, tasks)  # before a checkpoint is loaded
+        unknown = sorted(set(task_data or {}) - set(tasks))
+        if unknown:
+            raise HarnessConfigError(f"task data given for {unknown}, which --tasks does not name")
+        specs = [local_task_file(manager, t, task_data[t], tmp) if t in (task_data or {}) else t
+                 for t in tasks]  # fmt: skip
         lm = _as_lm(model_or_checkpoint, model_args)
         return lm_eval.simple_evaluate(
-            model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
+            model=lm, tasks=specs, limit=limit, num_fewshot=num_fewshot,
             task_manager=manager, **(evaluate_kwargs or {}),
         )  # fmt: skip
 
@@ -429,6 +436,34 @@ def task_manager_for(include_path: Sequence[str] | None, tmp: str, include_defau
     and (unless `include_defaults=False`) lm-eval's own tasks."""
     paths = [str(shipped_tasks.materialize(tmp)), *map(str, include_path or [])]
     return TaskManager(include_path=paths, include_defaults=include_defaults)
+
+
+DATA_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def local_task_file(manager, task: str, data_file: str, tmp: str) -> str:
+    """A task YAML (in `tmp`) that includes `task`'s own and reads every split it names (test,
+    validation, training, few-shot) from `data_file` through the `datasets` builder of its
+    suffix, so a standard task runs offline on a local copy of its data. Few-shot examples then
+    come from the same file: pass `num_fewshot=0` to keep them out of the prompts."""
+    import yaml
+
+    entry = manager.task_index.get(task)
+    if entry is None or entry.yaml_path is None or entry.cfg is None:
+        raise HarnessConfigError(f"--task-data {task}=...: {task} is not a task defined by a YAML "
+                                 "file (a group or a tag?); name one of its tasks")  # fmt: skip
+    path = pathlib.Path(data_file).expanduser().resolve()
+    builder = DATA_BUILDERS.get(path.suffix)
+    if not path.is_file() or builder is None:
+        raise HarnessConfigError(f"--task-data {task}={data_file}: expected an existing "
+                                 f"{'/'.join(DATA_BUILDERS)} file with the task's fields")  # fmt: skip
+    splits = {entry.cfg[key] for key in ("test_split", "validation_split", "training_split",
+                                         "fewshot_split") if entry.cfg.get(key)}  # fmt: skip
+    config = {"include": str(entry.yaml_path), "task": task, "dataset_path": builder,
+              "dataset_name": None, "dataset_kwargs": {"data_files": dict.fromkeys(splits, str(path))}}  # fmt: skip
+    target = pathlib.Path(tmp) / f"local_{task}.yaml"
+    target.write_text(yaml.safe_dump(config))
+    return str(target)
 
 
 def check_task_names(manager, tasks: Sequence[str]) -> None:

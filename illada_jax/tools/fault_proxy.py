@@ -13,7 +13,10 @@ or the environment variables it sets). Faults, drawn per request from a seeded g
   what GCS answers under load) without reaching the emulator;
 - `reset_rate`: the connection is closed without an answer (a dropped connection);
 - `outage_seconds`: from now on, for that long, every request gets 503;
-- `deny_bucket`: every request naming that bucket gets 403 (a permission problem).
+- `deny_bucket`: every request naming that bucket gets 403 (a permission problem);
+- `fail_pattern`: every request whose URL (percent-decoded) matches this regular expression
+  gets 503, e.g. `checkpoints/4\\b` to make every write of one checkpoint fail ("" = off);
+  with `fail_limit` N > 0 only the next N matching requests fail.
 
 `GET /__faults__` returns the counters (requests, injected errors, resets, denied) as JSON;
 `POST /__faults__` with a JSON body changes the settings (`configure`). Only 127.0.0.1.
@@ -26,6 +29,7 @@ import http.server
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -50,7 +54,10 @@ class _Faults:
         self.reset_rate = 0.0
         self.outage_until = 0.0
         self.deny_bucket = ""
-        self.counts = {"requests": 0, "errors": 0, "resets": 0, "outage": 0, "denied": 0}
+        self.fail_pattern: re.Pattern | None = None
+        self.fail_left = -1  # matching requests still to fail (-1: all of them)
+        self.counts = {"requests": 0, "errors": 0, "resets": 0, "outage": 0, "denied": 0,
+                       "matched": 0}  # fmt: skip
 
     def configure(self, settings: dict) -> None:
         with self.lock:
@@ -64,6 +71,10 @@ class _Faults:
                 self.outage_until = time.monotonic() + float(settings["outage_seconds"])
             if "deny_bucket" in settings:
                 self.deny_bucket = str(settings["deny_bucket"])
+            if "fail_pattern" in settings:
+                pattern = str(settings["fail_pattern"])
+                self.fail_pattern = re.compile(pattern) if pattern else None
+                self.fail_left = int(settings.get("fail_limit", 0)) or -1
 
     def decide(self, path: str) -> tuple[str, int]:
         """("forward", 0), ("status", code) or ("reset", 0) for one request."""
@@ -72,6 +83,11 @@ class _Faults:
             if self.deny_bucket and _names_bucket(path, self.deny_bucket):
                 self.counts["denied"] += 1
                 return "status", 403
+            if (self.fail_pattern and self.fail_left != 0
+                    and self.fail_pattern.search(urllib.parse.unquote(path))):  # fmt: skip
+                self.fail_left -= self.fail_left > 0
+                self.counts["matched"] += 1
+                return "status", 503
             if time.monotonic() < self.outage_until:
                 self.counts["outage"] += 1
                 return "status", 503
@@ -197,6 +213,6 @@ def configure(url: str, **settings) -> dict:
 
 
 def counters(url: str) -> dict:
-    """{"requests", "errors", "resets", "outage", "denied"}: what the proxy has seen and done."""
+    """{"requests", "errors", "resets", "outage", "denied", "matched"}: what the proxy has seen and done."""
     with urllib.request.urlopen(url + CONTROL, timeout=5) as response:
         return json.loads(response.read())

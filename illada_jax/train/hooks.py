@@ -28,6 +28,7 @@ import numpy as np
 
 from illada_jax import storage
 from illada_jax.ckpt import rundir
+from illada_jax.ckpt.manager import CheckpointSaveError
 from illada_jax.obs import flops
 from illada_jax.train.builder import Run
 from illada_jax.train.evaluate import EVAL_SEED, heldout_bound
@@ -318,14 +319,29 @@ class Checkpointing(Hook):
             unresolved_metrics=list(loop.unresolved),
             metric_window=loop.window.saved(),
         )
-        self.checkpoints.save(
-            loop.step,
-            loop.state,
-            {"next_data_step": loop.next_data_step},
-            meta,
-            force=force,
-            streams=loop.stream_state(),
-        )
+        try:
+            self.checkpoints.settle()  # an earlier background write that failed is reported
+        except CheckpointSaveError as err:
+            self._report(loop, err)
+        try:
+            self.checkpoints.save(
+                loop.step,
+                loop.state,
+                {"next_data_step": loop.next_data_step},
+                meta,
+                force=force,
+                streams=loop.stream_state(),
+            )
+        except CheckpointSaveError as err:
+            if force:  # the run's last state: nothing after it would save it
+                raise
+            self._report(loop, err)
+
+    @staticmethod
+    def _report(loop: LoopState, err: CheckpointSaveError) -> None:
+        """Training goes on; the next scheduled save tries again."""
+        loop.record({"step": loop.step, "event": "checkpoint_failed", "checkpoint": err.step,
+                     "error": str(err)}, line=f"checkpoint failed: {err}; training goes on")  # fmt: skip
 
     def on_step(self, loop: LoopState) -> None:
         self.save(loop)

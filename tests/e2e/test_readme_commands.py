@@ -6,7 +6,7 @@
   a few sizes (the commands otherwise run as written; shell variables such as `$BUCKET` take the
   values of `PLACEHOLDERS`, as after docs/pods.md's `export` line). Each must exit 0 without a
   traceback, and every path it names as its output must exist after. The inputs the commands
-  name (docs.jsonl, notes/, part-0.parquet, corpus.txt) and the `runs/tiny` run of the Quickstart
+  name (docs.jsonl, chat.jsonl, gsm8k_test.jsonl, notes/, part-0.parquet, corpus.txt) and the `runs/tiny` run of the Quickstart
   are made by the `sandbox` fixture.
 - Blocks marked `<!-- rehearsal: PHASE -->` (docs/pods.md's "From zero to a running pod job") are
   run as written by the pod rehearsal (tests/e2e/test_pod_rehearsal.py).
@@ -312,6 +312,23 @@ def sandbox(tmp_path_factory):
 
     pq.write_table(pa.table({"content": [t[:2000] for t in docs[25:35]]}), home / "part-0.parquet")
     (home / "corpus.txt").write_text("\n".join(docs)[:300_000])
+    pairs = [("Hello, how are you?", "I am well, thank you."), ("What is your name?", "I am a model."),
+             ("Where do you live?", "In a checkpoint."), ("Good morning.", "Good morning to you."),
+             ("Do you like books?", "I read many of them."), ("Thank you.", "You are welcome.")]  # fmt: skip
+    with (home / "chat.jsonl").open("w") as out:  # docs/guide.md's own dialogues
+        for question, answer in pairs * 4:
+            turns = [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ]
+            out.write(json.dumps({"messages": turns}) + "\n")
+    with (home / "gsm8k_test.jsonl").open("w") as out:  # a local copy in GSM8K's fields
+        for a, b in [(3, 2), (4, 5), (7, 1), (6, 6)]:
+            question = f"Tom has {a} apples and buys {b} more. How many apples does he have?"
+            out.write(
+                json.dumps({"question": question, "answer": f"{a} + {b} = {a + b}\n#### {a + b}"})
+                + "\n"
+            )
     bin_dir = home / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')

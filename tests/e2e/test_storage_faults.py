@@ -79,3 +79,50 @@ def test_training_keeps_going_through_429_and_503_answers(proxied):
     clean_losses = _losses(env, f"gs://{bucket}/runs/clean")
     assert sorted(clean_losses) == list(range(1, 7))
     assert _losses(env, f"gs://{bucket}/runs/faulty") == clean_losses
+
+
+def _train_records(env, workdir) -> list[dict]:
+    from etils import epath
+
+    os.environ.update(env)
+    text = epath.Path(f"{workdir}/metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_a_failed_save_keeps_the_restore_point_and_a_restart_resumes_bit_exact(proxied):
+    """Every write of checkpoints 4 and 6 fails: the run reports checkpoint 4 and goes on, the
+    final save (6) is an error naming the restore point (2); nothing half-written is listed, and
+    the same command, once storage answers, resumes from 2 and logs the clean run's losses."""
+    env, url = proxied
+    bucket = env["BUCKET"]
+    clean = _train(env, f"gs://{bucket}/runs/clean-restart")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    workdir = f"gs://{bucket}/runs/failed-saves"
+    bounds = ["--config=set:checkpoint.save_attempts=1",
+              "--config=set:checkpoint.request_retries=1"]  # fmt: skip
+    fault_proxy.configure(url, fail_pattern=r"runs/failed-saves/checkpoints/[46]\b")
+    try:
+        failed = _train(env, workdir, *bounds)
+    finally:
+        fault_proxy.configure(url, fail_pattern="")
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert "checkpoint failed: checkpoint 4 in" in failed.stdout
+    assert "the restore point is still checkpoint 2" in failed.stdout
+    (line,) = [x for x in failed.stderr.splitlines() if x.startswith("illada train: error:")]
+    assert "checkpoint 6 in" in line and "the restore point is still checkpoint 2" in line
+    events = [r for r in _train_records(env, workdir) if r.get("event") == "checkpoint_failed"]
+    assert [(e["step"], e["checkpoint"]) for e in events] == [(4, 4)]
+
+    from illada_jax.ckpt.manager import RunCheckpoints
+    from illada_jax.config.schema import CheckpointConfig
+
+    assert RunCheckpoints(workdir, CheckpointConfig(), create=False).steps() == [2]
+
+    resumed = _train(env, workdir, *bounds)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from checkpoint 2 in" in resumed.stdout, resumed.stdout[-2000:]
+    losses = {}
+    for record in _train_records(env, workdir):  # the resumed run's records come last
+        if "loss" in record and "event" not in record:
+            losses[record["step"]] = record["loss"]
+    assert losses == _losses(env, f"gs://{bucket}/runs/clean-restart")

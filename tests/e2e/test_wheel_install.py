@@ -82,6 +82,18 @@ def _run(command: list, cwd: pathlib.Path, env: dict | None = None, timeout: flo
     return result
 
 
+def _reach_our_dependencies(python: pathlib.Path, cwd: pathlib.Path) -> pathlib.Path:
+    """A `.pth` line in the fresh environment naming this environment's site-packages (see the
+    module docstring); returns the fresh environment's site-packages."""
+    fresh_site = pathlib.Path(
+        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+             cwd=cwd).stdout.strip()
+    )  # fmt: skip
+    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (fresh_site / "_illada_test_dependencies.pth").write_text("".join(f"{p}\n" for p in ours))
+    return fresh_site
+
+
 def _project_files() -> list[str]:
     """The working tree's files (tracked and untracked, less what git ignores)."""
     try:
@@ -184,12 +196,7 @@ def test_installed_wheel_runs_params_and_train_outside_the_checkout(built, tmp_p
          "--no-cache-dir", wheel],
         cwd=tmp_path,
     )  # fmt: skip
-    fresh_site = pathlib.Path(
-        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-             cwd=tmp_path).stdout.strip()
-    )  # fmt: skip
-    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
-    (fresh_site / "_illada_test_dependencies.pth").write_text("".join(f"{p}\n" for p in ours))
+    fresh_site = _reach_our_dependencies(python, tmp_path)
 
     work = tmp_path / "elsewhere"  # no checkout's configs/ found from here
     work.mkdir()
@@ -227,3 +234,41 @@ def test_installed_wheel_runs_params_and_train_outside_the_checkout(built, tmp_p
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2], records
     assert (run / "checkpoints" / "2").is_dir(), sorted(p.name for p in run.iterdir())
+
+
+def test_the_notebooks_install_cell_installs_the_wheel_in_a_fresh_runtime(built, tmp_path):
+    """The notebooks' first code cell, as a fresh Colab runtime meets it: an interpreter without
+    illada-jax, the built wheel in `dist/` beside the notebook. The cell installs the wheel (pip
+    here gets no index and no dependencies: they come through the `.pth` line, as in the test
+    above), then the quickstart's next cells import the installed package and train."""
+    _, wheel, _ = built
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    cells = {nb.name: [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+             for nb in notebooks}  # fmt: skip
+    install = {"".join(code[0]["source"]) for code in cells.values()}
+    assert len(install) == 1, "the notebooks' install cells differ"
+
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", venv], cwd=tmp_path)  # with pip, as a runtime has
+    python = venv / "bin" / "python"
+    fresh_site = _reach_our_dependencies(python, tmp_path)
+
+    runtime = tmp_path / "content"  # Colab's working directory, the notebook and dist/ in it
+    (runtime / "dist").mkdir(parents=True)
+    shutil.copy2(wheel, runtime / "dist" / wheel.name)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", ILLADA_QUICK="1",
+               PIP_NO_INDEX="1", PIP_NO_DEPS="1", PIP_DISABLE_PIP_VERSION_CHECK="1")  # fmt: skip
+    missing = _run([python, "-c", "import importlib.util as u; print(u.find_spec('illada_jax'))"],
+                   runtime, env)  # fmt: skip
+    assert missing.stdout.strip() == "None", missing.stdout  # a runtime without the project
+
+    quickstart = cells["01_quickstart.ipynb"]
+    script = "\n\n".join("".join(cell["source"]) for cell in quickstart[:4])
+    script += "\n\nprint('installed at', illada_jax.__file__)\n"
+    # `-c`, as a kernel runs cells: a __main__ without a file, which the data preparation's
+    # spawned workers do not re-run
+    result = _run([python, "-c", script], runtime, env, timeout=900)
+    where = pathlib.Path(result.stdout.split("installed at ")[-1].strip()).resolve()
+    assert where.is_relative_to(fresh_site.resolve()), where
+    assert "training loss" in result.stdout and "held-out bound" in result.stdout, result.stdout

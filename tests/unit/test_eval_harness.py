@@ -8,6 +8,7 @@ logits computed directly on `[prompt, MASK, EOS]`.
 
 import json
 import os
+import pathlib
 import tempfile
 
 import numpy as np
@@ -202,3 +203,28 @@ def test_bad_arguments_name_the_fix(model):
     lm = harness.IlladaLM(model=model, max_length=16)
     with pytest.raises(likelihood.ScoringError, match="max_length=16"):
         lm.loglikelihood(_requests("loglikelihood", [(CONTEXT * 5, " created")]))
+
+
+def test_a_standard_task_reads_a_local_copy_of_its_data(tmp_path):
+    """lm-eval's own gsm8k, pointed at a local file: every split it names reads the file, and
+    its prompt, stop strings and answer filters are gsm8k's."""
+    import yaml
+    from lm_eval.tasks import TaskManager
+
+    data = tmp_path / "gsm8k_test.jsonl"
+    rows = [{"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
+            for a, b in [(1, 2), (3, 4), (5, 6)]]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manager = TaskManager()
+    spec = harness.local_task_file(manager, "gsm8k", str(data), str(tmp_path))
+    written = yaml.safe_load(pathlib.Path(spec).read_text())
+    assert written["dataset_kwargs"]["data_files"] == {"test": str(data), "train": str(data)}
+    task = manager.load([spec])["tasks"]["gsm8k"]
+    assert [d["question"] for d in task.test_docs()] == [r["question"] for r in rows]
+    assert task.config.doc_to_text == "Question: {{question}}\nAnswer:"
+    assert "Question:" in task.config.generation_kwargs["until"]
+    with pytest.raises(harness.HarnessConfigError, match="expected an existing"):
+        harness.local_task_file(manager, "gsm8k", str(tmp_path / "missing.jsonl"), str(tmp_path))
+    with pytest.raises(harness.HarnessConfigError, match="which --tasks does not name"):
+        run_tasks(lambda: None, ["kjv_next_word"], task_data={"gsm8k": str(data)},
+                  include_defaults=False)  # fmt: skip

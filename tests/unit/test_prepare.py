@@ -445,3 +445,36 @@ def test_bom_edited_inputs_and_missing_inputs(tmp_path, tok):
     with pytest.raises(SourceError, match="missing.txt"):
         prepare([str(tmp_path / "missing.txt")], "text", tmp_path / "never", progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def test_heldout_fraction_splits_documents_by_their_hash(tmp_path, tok):
+    """`illada prepare --heldout-fraction F`: OUTPUT-heldout holds exactly the documents whose
+    SHA-256, read as a number in [0, 1), is below F (a float64 reference computed here), OUTPUT
+    the others, whatever the input order."""
+    import subprocess
+    import sys
+
+    texts = [f"document number {k}: " + "the word " * (k % 5 + 1) for k in range(40)]
+    for order, name in ((texts, "a.jsonl"), (texts[::-1], "b.jsonl")):
+        (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in order))
+    expected = {t for t in texts
+                if int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "big") / 2.0**64 < 0.25}  # fmt: skip
+    assert 0 < len(expected) < len(texts)
+    for name in ("a.jsonl", "b.jsonl"):
+        out = tmp_path / name.replace(".jsonl", "")
+        result = subprocess.run(
+            [sys.executable, "-m", "illada_jax.cli", "prepare", "--format", "jsonl", "--input",
+             str(tmp_path / name), "--output", str(out), "--heldout-fraction", "0.25", "--quiet"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+        def records(directory):
+            return sorted(tuple(r) for shard in read_shards(directory) for r in shard)
+
+        held_texts = [t for t in texts if t in expected]
+        rest_texts = [t for t in texts if t not in expected]
+        assert records(pathlib.Path(f"{out}-heldout")) == sorted(
+            tuple(r) for r in expected_records(tok, held_texts)
+        )
+        assert records(out) == sorted(tuple(r) for r in expected_records(tok, rest_texts))
