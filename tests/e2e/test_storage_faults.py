@@ -126,3 +126,42 @@ def test_a_failed_save_keeps_the_restore_point_and_a_restart_resumes_bit_exact(p
         if "loss" in record and "event" not in record:
             losses[record["step"]] = record["loss"]
     assert losses == _losses(env, f"gs://{bucket}/runs/clean-restart")
+
+
+def test_a_storage_outage_during_training_is_ridden_out(proxied):
+    """Data, held-out data, metrics and checkpoints on gs://; once the run has logged its first
+    step every request fails for 6 s (all of them: 503). The run retries through it and logs
+    exactly the losses and held-out bounds of a run without the outage."""
+    env, url = proxied
+    bucket = env["BUCKET"]
+    data = f"gs://{bucket}/data/heldout-sp1k"
+    prepared = subprocess.run(
+        [sys.executable, "-m", "illada_jax.cli", "prepare", "--format", "embedded", "--input",
+         "heldout", "--tokenizer", "shipped:sp1k", "--output", data, "--quiet"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **env},
+    )  # fmt: skip
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    on_bucket = [f"--config=set:data.datasets=('{data}',)", f"--config=set:train.eval_dataset={data}",
+                 "--config=set:train.eval_every=3", "--config=set:train.eval_batches=2"]  # fmt: skip
+    clean = _train(env, f"gs://{bucket}/runs/outage-clean", *on_bucket)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+
+    command = [sys.executable, "-m", "illada_jax.cli", "train", *FAST_TRAIN,
+               "--config=set:checkpoint.every=2", "--config=set:train.log_every=1", *on_bucket,
+               f"--workdir=gs://{bucket}/runs/outage"]  # fmt: skip
+    before = fault_proxy.counters(url)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, **env}) as run:  # fmt: skip
+        for line in run.stdout:
+            if line.startswith("step 1/"):
+                fault_proxy.configure(url, outage_seconds=6)
+                break
+        rest, errors = run.communicate(timeout=600)
+    assert run.returncode == 0, errors[-3000:]
+    assert fault_proxy.counters(url)["outage"] > before["outage"]  # requests met the outage
+
+    def logged(workdir):
+        return [{k: r[k] for k in ("step", "loss", "eval_nll_bound") if k in r}
+                for r in _train_records(env, workdir) if "event" not in r and "step" in r]  # fmt: skip
+
+    assert logged(f"gs://{bucket}/runs/outage") == logged(f"gs://{bucket}/runs/outage-clean")
