@@ -44,8 +44,7 @@ def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
         _fail(field, value, f"allowed values are {', '.join(choices)}")
 
 
-# Fields holding a path or URL (local, gs://, or a name the field's docstring lists), and the
-# string fields with a fixed set of values: type errors name them as such (`field_types`).
+# Path/URL fields and fixed-choice string fields: type errors name them so (`field_types`).
 PATH_FIELDS = frozenset({"cache_dir", "tokenizer", "seqio_module", "tfds_data_dir", "init_from",
                          "eval_dataset", "compilation_cache"})  # fmt: skip
 CHOICE_FIELDS = {
@@ -487,11 +486,13 @@ class TrainConfig:
     inject_nan_step: int = -1
     # (first, last) steps to trace with jax.profiler into WORKDIR/profile (empty = off).
     profile_steps: tuple[int, ...] = ()
-    # Samples written to WORKDIR/samples/ at every eval step and printed at the end: greedy
-    # fixed-canvas generation of `sample_length` tokens (one per step) after each prompt
-    # (0 = off). Chat-formatted for SFT objectives.
+    # Samples in WORKDIR/samples/ at every eval step, printed at the end: `sample_length` tokens
+    # (0 = off) after each prompt (chat-formatted for SFT), in blocks of `sample_block_length`
+    # (0 = one block), greedy or at `sample_temperature` (train/samples.py).
     sample_prompts: tuple[str, ...] = ("In the beginning", "The LORD is my", "Hello, how are")
     sample_length: int = 32
+    sample_block_length: int = 0
+    sample_temperature: float = 0.0
     # JAX's persistent compilation cache, so a restarted job (preemption, crash) loads its
     # compiled steps instead of compiling them again: "auto" = WORKDIR/compile_cache (gs:// works),
     # "off", or a directory of your own (shared by runs; a cache set by JAX_COMPILATION_CACHE_DIR
@@ -500,15 +501,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        for field in (
-            "steps",
-            "batch_size",
-            "seq_len",
-            "log_every",
-            "grad_accum",
-            "eval_batches",
-            "spike_window",
-        ):
+        for field in ("steps", "batch_size", "seq_len", "log_every", "grad_accum", "eval_batches",
+                      "spike_window"):  # fmt: skip
             _check_int(field, getattr(self, field), 1)
         _check_int("seed", self.seed, 0)
         _check_int("eval_every", self.eval_every, 0)
@@ -520,6 +514,12 @@ class TrainConfig:
                 "`illada prepare` and name the directory",
             )
         _check_int("sample_length", self.sample_length, 0)
+        _check_int("sample_block_length", self.sample_block_length, 0)
+        if self.sample_block_length and self.sample_length % self.sample_block_length:
+            _fail("sample_block_length", self.sample_block_length,
+                  f"must divide train.sample_length={self.sample_length} (or 0: one block)")  # fmt: skip
+        if not self.sample_temperature >= 0:
+            _fail("sample_temperature", self.sample_temperature, "must be >= 0 (0: greedy)")
         if not isinstance(self.compilation_cache, str) or not self.compilation_cache.strip():
             _fail("compilation_cache", self.compilation_cache,
                   '"auto" (WORKDIR/compile_cache), "off", or a directory')  # fmt: skip

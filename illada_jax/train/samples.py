@@ -1,9 +1,10 @@
 """Text samples during training: the run shows what the model says, not only its loss.
 
-At every eval step the runner calls `TrainingSamples.write(step, params)`: greedy fixed-canvas
-generation (one token per step, pure diffusion, docs/algorithms.md#sampling) after each of
-`train.sample_prompts`, written to `WORKDIR/samples/step_<step>.txt`; the last ones are printed when
-training ends. Prompts are plain text for pre-training and one user turn in the chat template for
+At every eval step the runner calls `TrainingSamples.write(step, params)`: fixed-canvas
+generation (one token per step, docs/algorithms.md#sampling) after each of `train.sample_prompts`,
+in blocks of `train.sample_block_length` (default: one block, pure diffusion), greedy or at
+`train.sample_temperature` with seed 0 (the same samples for the same parameters), written to
+`WORKDIR/samples/step_<step>.txt`; the last ones are printed when training ends. Prompts are plain text for pre-training and one user turn in the chat template for
 SFT.
 
 Single-process runs only: under `jax.distributed` the prompt would have to be a global array on
@@ -42,7 +43,9 @@ class TrainingSamples:
         self.prompts = list(tcfg.sample_prompts)
         self.ids = SpecialIds.from_config(experiment.model)
         length = tcfg.sample_length
-        self.options = SamplingOptions(gen_length=length, steps=length, block_length=length)
+        self.options = SamplingOptions(gen_length=length, steps=length,
+                                       block_length=tcfg.sample_block_length or length,
+                                       temperature=tcfg.sample_temperature)  # fmt: skip
         self.last: list[tuple[str, str]] = []
         self.step: int | None = None  # the step of `last`
         if not self.enabled:

@@ -1,9 +1,12 @@
 """README's first command, `illada train` with no arguments, learns more than token frequencies:
-its final held-out bound ends at least 0.1 nats/token below the unigram baseline it logs, and the
-samples it prints at the end are mostly words.
+its final held-out bound ends at least 0.4 nats/token below the unigram baseline it logs, and the
+samples it prints at the end are mostly words of the corpus.
 
 The baseline is checked against a float64 numpy count of the prepared shards written here, not
-against the code that logs it.
+against the code that logs it; the corpus vocabulary is read from the embedded corpus here.
+`bench/quickstart.py` measures the samples over 8 prompts (README's figures: 85% corpus words,
+no word more than twice in a row); this test asks 70% of the 3 printed samples' words, a margin
+for hosts whose arithmetic (AVX2 vs AVX-512) sends training down another path.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import sys
 import numpy as np
 import pytest
 
-MARGIN = 0.1  # nats/token below the unigram baseline
+MARGIN = 0.4  # nats/token below the unigram baseline
+CORPUS_WORDS = 0.7  # of the printed samples' words
 
 
 def _shard_tokens(directory) -> np.ndarray:
@@ -81,7 +85,8 @@ def test_the_final_bound_is_below_the_unigram_baseline(quickstart):
 
 
 def test_the_printed_samples_are_mostly_words(quickstart):
-    """At least half the whitespace-separated pieces the model generated contain a letter."""
+    """At least half the whitespace-separated pieces the model generated contain a letter, and
+    70% of its words (letters only, lower-cased) are words of the training corpus."""
     printed = re.findall(r"^sample \| (.*)$", quickstart["stdout"], re.M)
     prompts = ("In the beginning", "The LORD is my", "Hello, how are")
     assert [any(s.startswith(p) for s in printed) for p in prompts] == [True] * 3, printed
@@ -99,3 +104,11 @@ def test_the_printed_samples_are_mostly_words(quickstart):
     pieces = " ".join(generated).split()
     with_letters = [p for p in pieces if re.search(r"[A-Za-z]", p)]
     assert pieces and len(with_letters) >= 0.5 * len(pieces), generated
+    from illada_jax.data.corpus import embedded_documents
+
+    vocabulary = set()
+    for document in embedded_documents("train"):
+        vocabulary.update(re.findall(r"[a-z]+", document.text.lower()))
+    words = re.findall(r"[a-z]+", " ".join(generated).lower())
+    assert len(words) >= 30, generated  # 3 samples of 32 tokens
+    assert sum(w in vocabulary for w in words) >= CORPUS_WORDS * len(words), generated

@@ -100,6 +100,7 @@ TINY_ARGS = {
         "2",
     ],  # fmt: skip
     ("python", "bench/convert.py"): ["--preset", "tiny"],
+    ("python", "bench/quickstart.py"): TINY_TRAIN,
     ("python", "bench/compile.py"): [
         "--config=config:tiny",
         "--topology",

@@ -186,3 +186,23 @@ def test_dataclass_validation_directly():
     with pytest.raises(ConfigError, match="loss_chunk_size=0"):
         DiffusionConfig(loss_chunk_size=0)
     assert ModelConfig(n_heads=8, n_kv_heads=2).q_per_kv == 4
+
+
+def test_training_samples_use_the_configured_sampler():
+    """`train.sample_block_length` / `sample_temperature` reach the sampler of the run's samples
+    (the quickstart's: blocks of 4 at 0.7); a block that does not divide the length is refused."""
+    from illada_jax.config.schema import TrainConfig
+    from illada_jax.train.samples import TrainingSamples
+
+    experiment = flags.experiment_from_flags(["config:tiny"])
+    samples = TrainingSamples(experiment, graphdef=None, out_dir="unused", tokenizer=None)
+    assert samples.options.block_length == 4 and samples.options.temperature == 0.7
+    assert samples.options.gen_length == samples.options.steps == 32
+    default = flags.experiment_from_flags(["config:tiny", "set:train.sample_block_length=0",
+                                           "set:train.sample_temperature=0.0"])  # fmt: skip
+    options = TrainingSamples(default, graphdef=None, out_dir="unused", tokenizer=None).options
+    assert options.block_length == 32 and options.temperature == 0.0  # pure diffusion, greedy
+    with pytest.raises(ConfigError, match="sample_block_length=5 is invalid: must divide"):
+        TrainConfig(sample_length=32, sample_block_length=5)
+    with pytest.raises(ConfigError, match="sample_temperature"):
+        TrainConfig(sample_temperature=-0.5)
