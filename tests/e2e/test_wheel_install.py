@@ -56,9 +56,9 @@ DATA_FILES = (
 
 def _tiny_params() -> tuple[int, int]:
     """(total, non-embedding) parameters of the built-in `config:tiny`, counted from its shape:
-    4 layers of d_model 128, 4 query and 2 key/value heads of 32, SwiGLU width 512, a 1024-piece
+    2 layers of d_model 128, 4 query and 2 key/value heads of 32, SwiGLU width 512, a 1024-piece
     vocabulary with tied embeddings, RMSNorm scales only, no biases."""
-    layers, d_model, heads, kv_heads, head_dim, mlp, vocab = 4, 128, 4, 2, 32, 512, 1024
+    layers, d_model, heads, kv_heads, head_dim, mlp, vocab = 2, 128, 4, 2, 32, 512, 1024
     attention = 2 * d_model * heads * head_dim + 2 * d_model * kv_heads * head_dim  # q, o; k, v
     swiglu = 3 * d_model * mlp  # gate, up, down
     norms = 2 * d_model  # before attention and before the MLP
