@@ -34,9 +34,9 @@ from math import nan
 
 import numpy as np
 
-from illada_jax.data.packing import PreparedDataset
-from illada_jax.data.pipeline import Pipeline, PipelineSpec
-from illada_jax.data.prepare import prepare, shard_name, write_manifest, write_records
+from illada_jax.data.pipeline.batches import Pipeline, PipelineSpec
+from illada_jax.data.pipeline.packing import PreparedDataset
+from illada_jax.data.preparation.prepare import prepare, shard_name, write_manifest, write_records
 
 # The tiny shards of `many_shards`: one 6-token document + EOS each.
 SHARD_DOC = np.arange(10, 16, dtype=np.int32)
@@ -70,7 +70,7 @@ def beam_prepare_rates() -> dict[str, float]:
     worker processes, each into a fresh directory: tokens/s, start-up included."""
     if importlib.util.find_spec("apache_beam") is None:  # no [beam] extra
         return {}
-    from illada_jax.data.beam_prepare import prepare_beam
+    from illada_jax.data.preparation.beam_prepare import prepare_beam
 
     results = {}
     for workers in (1, 2):
@@ -85,7 +85,7 @@ def beam_prepare_rates() -> dict[str, float]:
 
 def onthefly_rate(seq: int, batch: int, batches: int, workers: int = 2) -> float:
     """Tokens/s of a `raw:jsonl:` pipeline over the embedded corpus (see the module doc)."""
-    from illada_jax.data.corpus import embedded_documents
+    from illada_jax.data.sources.corpus import embedded_documents
 
     with tempfile.TemporaryDirectory() as tmp:
         parts = [[] for _ in range(8)]

@@ -76,7 +76,7 @@ def words(text: str) -> list[str]:
 
 def corpus_vocabulary() -> set[str]:
     """Every word of the embedded corpus's training split (Shakespeare + the King James Bible)."""
-    from illada_jax.data.corpus import embedded_documents
+    from illada_jax.data.sources.corpus import embedded_documents
 
     vocab: set[str] = set()
     for doc in embedded_documents("train"):
@@ -115,7 +115,7 @@ def read_metrics(run_dir: pathlib.Path) -> dict:
 
 def prepare_corpus(cache_dir: pathlib.Path, tokenizer: str) -> float:
     """Prepare the embedded corpus (train and held-out splits) into `cache_dir`; seconds."""
-    from illada_jax.data.pipeline import embedded_dataset_dir
+    from illada_jax.data.pipeline.batches import embedded_dataset_dir
 
     start = time.perf_counter()
     for split in ("train", "heldout"):

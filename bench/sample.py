@@ -72,7 +72,7 @@ def heldout_prompt(tokenizer, prompt_len: int, gen_length: int):
     embedded corpus long enough for both."""
     import numpy as np
 
-    from illada_jax.data.corpus import embedded_documents
+    from illada_jax.data.sources.corpus import embedded_documents
 
     for doc in embedded_documents("heldout"):
         ids = tokenizer.encode(doc.text)

@@ -11,7 +11,7 @@ the storage clients at it, then measures:
 - pipeline tokens/s reading the embedded corpus (3.4M tokens, 9 shards) prepared on the emulator
   vs on local disk (one process, shuffled windows, reader threads), and the seconds from opening
   the dataset with an empty shard cache to 4 batches (`pipeline_start_s_*`: for the emulator,
-  this includes downloading the shards those batches touch into the cache, `data/remote.py`).
+  this includes downloading the shards those batches touch into the cache, `data/pipeline/remote.py`).
 With `--error-rate R`, the clients reach the emulator through the fault proxy
 (`illada_jax.tools.fault_proxy`), which answers a fraction R of the requests with 429 or 503:
 the same measurements with the clients' retries at work (`injected_faults` in the output).
@@ -87,8 +87,8 @@ def main() -> None:
     storage.use_gcs_emulator(url)  # before any storage client starts
     pipeline_rate = _bench_data().pipeline_rate
 
-    from illada_jax.data.packing import PreparedDataset
-    from illada_jax.data.prepare import prepare
+    from illada_jax.data.pipeline.packing import PreparedDataset
+    from illada_jax.data.preparation.prepare import prepare
 
     results = {}
     try:

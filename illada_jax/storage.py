@@ -15,7 +15,7 @@ uses the helpers below instead of `os` calls, so the same run works on a laptop 
   gcsfuse at `$ILLADA_GCSFUSE_ROOT/BUCKET` (default `/gcs/BUCKET`, the Vertex AI convention).
   ArrayRecord's reader opens local files only; on pods the field mounts buckets with gcsfuse
   (`launch/tpu_vm.py --gcsfuse` does), and without a mount the data reader caches shards
-  (`data/remote.py`).
+  (`data/pipeline/remote.py`).
 - Test and emulator support: `STORAGE_EMULATOR_HOST` (gcsfs, google-cloud-storage) and
   `TENSORSTORE_GCS_HTTP_URL` (orbax's tensorstore) point the clients at a local GCS emulator;
   `use_gcs_emulator(url)` sets all of them before the clients start.

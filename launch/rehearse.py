@@ -385,8 +385,8 @@ def write_inputs(repo: pathlib.Path, env: dict[str, str]) -> None:
     project's special ids), which the `rehearsal` fiddler gives the model."""
     code = (
         "import json, pathlib\n"
-        "from illada_jax.data.corpus import embedded_documents\n"
-        "from illada_jax.data.tokenizer_train import train_tokenizer\n"
+        "from illada_jax.data.sources.corpus import embedded_documents\n"
+        "from illada_jax.data.tokenizers.tokenizer_train import train_tokenizer\n"
         "for split, name, count in (('train', 'train', 80), ('heldout', 'heldout', 20)):\n"
         "    out = pathlib.Path('corpus') / name\n"
         "    out.mkdir(parents=True)\n"

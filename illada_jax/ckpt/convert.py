@@ -118,7 +118,7 @@ def load_hf(path: storage.PathLike, *, param_dtype: str | None = None):
     """(ModelConfig, params as numpy pure dict, Tokenizer or None) of an HF checkpoint directory,
     for `illada_jax.load`. The tokenizer is loaded when tokenizer.json / tokenizer.model is there
     and its special ids match the config (else None, with a warning)."""
-    from illada_jax.data.tokenizer import Tokenizer, TokenizerError
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer, TokenizerError
 
     path = storage.path(path)
     cfg, params = hf_to_native(path, param_dtype=param_dtype)
@@ -145,7 +145,7 @@ def native_dir_to_hf(src: storage.PathLike, dst: storage.PathLike, *,
     `dst` in `layout` (default: `default_layout`), with its tokenizer when the run has one.
     Returns the layout written."""
     from illada_jax.ckpt.manager import restore_checkpoint_params
-    from illada_jax.data.tokenizer import Tokenizer
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
     experiment, _, params = restore_checkpoint_params(src)
     cfg = experiment.model

@@ -101,7 +101,7 @@ def existing_path(kind: str = "any"):
 def tokenizer_path(text: str) -> str:
     """An argparse type: a shipped tokenizer (`shipped:NAME`), or a tokenizer file or directory
     that exists."""
-    from illada_jax.data.tokenizer import SHIPPED_PREFIX
+    from illada_jax.data.tokenizers.tokenizer import SHIPPED_PREFIX
 
     return text if text.startswith(SHIPPED_PREFIX) else existing_path("any")(text)
 

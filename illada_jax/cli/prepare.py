@@ -119,7 +119,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from illada_jax.data.prepare import PrepareError, prepare, prepare_sft
+    from illada_jax.data.preparation.prepare import PrepareError, prepare, prepare_sft
 
     if args.verify:
         return _verify(args)
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         if args.runner == "beam":
-            from illada_jax.data.beam_prepare import prepare_beam
+            from illada_jax.data.preparation.beam_prepare import prepare_beam
 
             manifest = prepare_beam(
                 args.input, args.format, args.output, beam_options=args.beam_option, **common
@@ -178,8 +178,8 @@ def _report(manifest: dict, output: str) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from illada_jax.data.prepare import PrepareError
-    from illada_jax.data.verify import verify_dataset
+    from illada_jax.data.preparation.prepare import PrepareError
+    from illada_jax.data.preparation.verify import verify_dataset
 
     given = [f"--{name.replace('_', '-')}" for name in ("input", "format", "output", "tokenizer")
              if getattr(args, name)]  # fmt: skip

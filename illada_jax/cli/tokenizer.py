@@ -1,5 +1,5 @@
 """`illada tokenizer train`: a SentencePiece or byte-level BPE tokenizer with the special ids the
-models need (`illada_jax.data.tokenizer_train`)."""
+models need (`illada_jax.data.tokenizers.tokenizer_train`)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from illada_jax.data.tokenizer_train import TRAIN_TYPES
+    from illada_jax.data.tokenizers.tokenizer_train import TRAIN_TYPES
 
     parser.add_argument("--input", nargs="+", type=existing_path("file"), default=[], metavar="FILE",
                         help="text files (whole file) or .jsonl files ({'text': ...} per line)")  # fmt: skip
@@ -44,14 +44,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, load the result (which validates it) and print a summary."""
-    from illada_jax.data.tokenizer import Tokenizer, TokenizerError
-    from illada_jax.data.tokenizer_train import train_tokenizer
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer, TokenizerError
+    from illada_jax.data.tokenizers.tokenizer_train import train_tokenizer
 
     if not args.input and not args.embedded:
         raise TokenizerError("give --input FILE ... and/or --embedded")
     texts: Iterable[str] = ()
     if args.embedded:
-        from illada_jax.data.corpus import embedded_documents
+        from illada_jax.data.sources.corpus import embedded_documents
 
         texts = (doc.text for doc in embedded_documents("train"))
     path = train_tokenizer(args.input, args.output, args.vocab_size, args.type, texts=texts,

@@ -222,7 +222,7 @@ class DiffusionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Training data (`illada_jax.data.pipeline`): prepared datasets mixed with weights.
+    """Training data (`illada_jax.data.pipeline.batches`): prepared datasets mixed with weights.
 
     A dataset is a directory written by `illada prepare`; `embedded` / `embedded:heldout`: the
     embedded corpus, prepared with the default tokenizer on first use into `cache_dir` (default

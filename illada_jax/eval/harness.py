@@ -146,7 +146,7 @@ def _load_model(checkpoint, model, tokenizer) -> Model:
     if not isinstance(model, Model):
         raise HarnessConfigError(f"model= must be an illada_jax.Model, got {type(model)}")
     if tokenizer is not None:
-        from illada_jax.data.tokenizer import Tokenizer
+        from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
         model = copy.copy(model)  # the caller's Model keeps its own tokenizer
         model.tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(

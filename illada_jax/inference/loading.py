@@ -9,7 +9,7 @@ from illada_jax import storage
 from illada_jax.ckpt import convert
 from illada_jax.ckpt.manager import restore_checkpoint_params
 from illada_jax.ckpt.rundir import LoadError
-from illada_jax.data.tokenizer import Tokenizer
+from illada_jax.data.tokenizers.tokenizer import Tokenizer
 from illada_jax.inference.model import Model
 from illada_jax.model.transformer import graphdef_and_specs
 

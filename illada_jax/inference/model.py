@@ -234,7 +234,7 @@ class Model:
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         if chat:
-            from illada_jax.data.sft import ChatFormatter
+            from illada_jax.data.chat.sft import ChatFormatter
 
             formatter = ChatFormatter(tokenizer)
             rows = [formatter.prompt([{"role": "user", "content": p}]) for p in prompts]
@@ -249,7 +249,7 @@ class Model:
         """The assistant's next reply to a dialogue (`[{"role": "user" | "assistant" |
         "system", "content": str}, ...]`, ending with a user turn), generated from the whole
         dialogue in the chat template. Other arguments as `generate`."""
-        from illada_jax.data.sft import ChatFormatter
+        from illada_jax.data.chat.sft import ChatFormatter
 
         prompt = ChatFormatter(self.need_tokenizer()).prompt(list(messages))
         reply = self.complete_ids([prompt], gen_length, stop_strings=stop_strings, **kwargs)[0]

@@ -35,7 +35,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from illada_jax.config.schema import Experiment
-from illada_jax.data.pipeline import LladaSftPipeline, Pipeline, PipelineSpec
+from illada_jax.data.pipeline.batches import LladaSftPipeline, Pipeline, PipelineSpec
 from illada_jax.model.transformer import graphdef_and_specs
 from illada_jax.parallel import mesh as mesh_lib
 from illada_jax.parallel.rules import batch_spec
@@ -214,7 +214,7 @@ def make_pipeline(experiment: Experiment, *, dataset: str | None = None, seed: i
     data, tcfg = experiment.data, experiment.train
     process = dict(process_index=jax.process_index(), process_count=jax.process_count())
     if pipeline_class(experiment) is LladaSftPipeline and dataset is None:
-        from illada_jax.data.tokenizer import Tokenizer
+        from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(data.tokenizer) if data.tokenizer else Tokenizer.default()
         pipeline = LladaSftPipeline(data.datasets[0], tcfg.seq_len, tcfg.batch_size, tcfg.seed,

@@ -214,7 +214,7 @@ class MetricsLog(Hook):
 class HeldOutEval(Hook):
     """Every `train.eval_every` steps: the held-out negative ELBO (nats/token, fixed seeds) on
     `train.eval_dataset`. At a fresh start: the unigram baseline, the held-out dataset's tokens
-    scored with the training data's token frequencies (`data/unigram.py`), which a model must
+    scored with the training data's token frequencies (`data/pipeline/unigram.py`), which a model must
     beat to have learned more than frequencies."""
 
     def __init__(self, run: Run):
@@ -245,9 +245,9 @@ class HeldOutEval(Hook):
 
 def _unigram_baseline(run: Run) -> float | None:
     """The unigram baseline when the run evaluates on prepared shards (None otherwise)."""
-    from illada_jax.data import onthefly
-    from illada_jax.data.pipeline import resolve_dataset
-    from illada_jax.data.unigram import unigram_baseline
+    from illada_jax.data.pipeline import onthefly
+    from illada_jax.data.pipeline.batches import resolve_dataset
+    from illada_jax.data.pipeline.unigram import unigram_baseline
 
     experiment = run.experiment
     if not experiment.train.eval_every or experiment.diffusion.objective == "sft_llada":

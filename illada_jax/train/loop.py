@@ -190,7 +190,7 @@ def compile_steps(run: Run, print_fn=None) -> dict:
 
 def default_hooks(run: Run, workdir, checkpoints) -> list[Hook]:
     """The runner's hooks, in the order they run after a step."""
-    from illada_jax.data.tokenizer import Tokenizer
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
     tokenizer, why = Tokenizer.for_model(run.experiment.data.tokenizer, run.experiment.model)
     if tokenizer is None:

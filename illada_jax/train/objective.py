@@ -4,7 +4,7 @@
 This is the only place where diffusion meets the model. A batch is a dict of arrays:
 - `tokens [batch, length] int32` (always);
 - `segment_ids`, `positions [batch, length] int32` (optional; segment id 0 = padding, other ids
-  separate documents, see `illada_jax.data.packing`);
+  separate documents, see `illada_jax.data.pipeline.packing`);
 - `prompt_lengths [batch] int32` (objective `sft_llada` only).
 
 iLLaDA's two-segment split cuts every chosen row once, splitting whichever segment (document) holds

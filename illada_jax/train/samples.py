@@ -51,7 +51,7 @@ class TrainingSamples:
         if not self.enabled:
             return
         if experiment.diffusion.objective.startswith("sft"):
-            from illada_jax.data.sft import ChatFormatter
+            from illada_jax.data.chat.sft import ChatFormatter
 
             formatter = ChatFormatter(tokenizer)
             rows = [formatter.prompt([{"role": "user", "content": p}]) for p in self.prompts]

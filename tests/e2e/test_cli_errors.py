@@ -163,8 +163,8 @@ def build_runs(root) -> dict:
     (`illada prepare` would spend seconds starting a tokeniser process)."""
     import numpy as np
 
-    from illada_jax.data.prepare import prepare_token_documents
-    from illada_jax.data.tokenizer import Tokenizer
+    from illada_jax.data.preparation.prepare import prepare_token_documents
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load("shipped:sp1k")
     data, run = root / "data", root / "run"

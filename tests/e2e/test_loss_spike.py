@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from illada_jax.config import flags
-from illada_jax.data import pipeline as pipeline_lib
+from illada_jax.data.pipeline import batches as pipeline_lib
 
 SPIKE = 24  # the optimizer step (1-based) whose batch is corrupted
 STEPS = 28
@@ -51,9 +51,9 @@ RUN = [
 def dataset(tmp_path_factory):
     """Four embedded-corpus documents (~14k tokens) prepared with the tiny preset's tokenizer,
     and token ids that occur nowhere in them (the model learns to give them little mass)."""
-    from illada_jax.data.corpus import embedded_documents
-    from illada_jax.data.prepare import prepare_token_documents
-    from illada_jax.data.tokenizer import Tokenizer
+    from illada_jax.data.preparation.prepare import prepare_token_documents
+    from illada_jax.data.sources.corpus import embedded_documents
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load("shipped:sp1k")
     texts = [doc.text for doc in itertools.islice(embedded_documents("train"), 4)]

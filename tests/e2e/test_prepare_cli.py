@@ -11,8 +11,8 @@ import pytest
 from _cli import FAST_TRAIN, illada
 from array_record.python.array_record_module import ArrayRecordReader
 
-from illada_jax.data.tokenizer import Tokenizer
-from illada_jax.data.tokenizer_train import train_tokenizer
+from illada_jax.data.tokenizers.tokenizer import Tokenizer
+from illada_jax.data.tokenizers.tokenizer_train import train_tokenizer
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from illada_jax.data.packing import DataError, PreparedDataset
-from illada_jax.data.verify import verify_dataset
+from illada_jax.data.pipeline.packing import DataError, PreparedDataset
+from illada_jax.data.preparation.verify import verify_dataset
 
 SITECUSTOMIZE = """
 import os

@@ -104,7 +104,7 @@ def test_the_printed_samples_are_mostly_words(quickstart):
     pieces = " ".join(generated).split()
     with_letters = [p for p in pieces if re.search(r"[A-Za-z]", p)]
     assert pieces and len(with_letters) >= 0.5 * len(pieces), generated
-    from illada_jax.data.corpus import embedded_documents
+    from illada_jax.data.sources.corpus import embedded_documents
 
     vocabulary = set()
     for document in embedded_documents("train"):

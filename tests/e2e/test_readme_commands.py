@@ -296,7 +296,7 @@ def test_every_other_command_is_covered_by_a_named_test():
 def sandbox(tmp_path_factory):
     """A scratch directory with the README's inputs and a tiny `runs/tiny`; PATH finds this
     interpreter's `illada` and `python`."""
-    from illada_jax.data.corpus import embedded_documents
+    from illada_jax.data.sources.corpus import embedded_documents
 
     home = tmp_path_factory.mktemp("readme")
     for name in ("bench", "launch"):

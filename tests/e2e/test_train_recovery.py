@@ -286,7 +286,7 @@ def test_nan_with_rollback_policy_and_synchronous_saves_finishes(tmp_path):
 def test_an_on_the_fly_run_killed_with_9_resumes_its_streams_exactly(tmp_path):
     """Raw jsonl tokenised while training (2 tokeniser workers): the position in the raw files
     is saved with every checkpoint, so the resumed run logs the uninterrupted run's losses."""
-    from illada_jax.data.corpus import embedded_documents
+    from illada_jax.data.sources.corpus import embedded_documents
 
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -45,8 +45,8 @@ PACKAGE = "illada_jax"
 RECIPES = "illada_jax/recipes"  # where the wheel puts the checkout's configs/*.py
 # Besides the code: what the package reads at run time through importlib.resources.
 DATA_FILES = (
-    "illada_jax/data/assets/sp1k.model",
-    "illada_jax/data/assets/default_sp8k.model",
+    "illada_jax/data/tokenizers/assets/sp1k.model",
+    "illada_jax/data/tokenizers/assets/default_sp8k.model",
     "illada_jax/eval/tasks/kjv_next_word.yaml",
     "illada_jax/eval/tasks/kjv_next_word.jsonl",
     "illada_jax/eval/tasks/kjv_verse_end.yaml",

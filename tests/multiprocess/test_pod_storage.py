@@ -68,8 +68,8 @@ def data(env):
     with the tokenizer file from the bucket, as the README's pod section does."""
     code = (
         "import json; from etils import epath\n"
-        "from illada_jax.data.corpus import embedded_documents\n"
-        "from illada_jax.data.tokenizer import shipped_model_path\n"
+        "from illada_jax.data.sources.corpus import embedded_documents\n"
+        "from illada_jax.data.tokenizers.tokenizer import shipped_model_path\n"
         "lines = [json.dumps({'text': d.text}) for d in embedded_documents('heldout')]\n"
         f"epath.Path({_gs(env, 'raw/docs.jsonl')!r}).write_text('\\n'.join(lines) + '\\n')\n"
         f"epath.Path({_gs(env, 'tokenizers/sp1k.model')!r}).write_bytes("
@@ -92,7 +92,7 @@ def test_prepare_reads_and_writes_the_bucket(env, data):
     assert "manifest.json" in names and "shard-00000.arrayrecord" in names
     manifest = json.loads(_read(env, f"{output}/manifest.json"))
     assert manifest["source"]["inputs"] == [_gs(env, "raw/")]
-    from illada_jax.data.corpus import embedded_documents
+    from illada_jax.data.sources.corpus import embedded_documents
 
     assert manifest["documents"] == len(list(embedded_documents("heldout")))  # one per jsonl line
     assert manifest["tokenizer"]["vocab_size"] == 1024

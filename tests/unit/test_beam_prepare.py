@@ -1,4 +1,4 @@
-"""`illada prepare --runner beam` (`illada_jax.data.beam_prepare`) against the single-host path.
+"""`illada prepare --runner beam` (`illada_jax.data.preparation.beam_prepare`) against the single-host path.
 
 Beam runs on the DirectRunner's engine with 2 worker processes; module fixtures share one Beam run
 per input set, since worker start-up dominates. The oracle is independent of the Beam code: the
@@ -32,13 +32,13 @@ from test_prepare import (  # noqa: E402 (after the skip)
 )
 
 from illada_jax.cli import main as cli_main  # noqa: E402
-from illada_jax.data.beam_prepare import pipeline_options, prepare_beam  # noqa: E402
-from illada_jax.data.corpus import embedded_documents  # noqa: E402
-from illada_jax.data.packing import PreparedDataset  # noqa: E402
-from illada_jax.data.pipeline import Pipeline, PipelineSpec  # noqa: E402
-from illada_jax.data.prepare import PrepareError, prepare  # noqa: E402
-from illada_jax.data.sources import SourceError  # noqa: E402
-from illada_jax.data.tokenizer import Tokenizer  # noqa: E402
+from illada_jax.data.pipeline.batches import Pipeline, PipelineSpec  # noqa: E402
+from illada_jax.data.pipeline.packing import PreparedDataset  # noqa: E402
+from illada_jax.data.preparation.beam_prepare import pipeline_options, prepare_beam  # noqa: E402
+from illada_jax.data.preparation.prepare import PrepareError, prepare  # noqa: E402
+from illada_jax.data.sources.corpus import embedded_documents  # noqa: E402
+from illada_jax.data.sources.formats import SourceError  # noqa: E402
+from illada_jax.data.tokenizers.tokenizer import Tokenizer  # noqa: E402
 
 SHARD_CHARS = 150_000  # several shards per big file, several files per unit for small ones
 MAX_DOC_TOKENS = 512  # most embedded documents are longer: many overlong splits

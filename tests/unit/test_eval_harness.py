@@ -23,7 +23,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from illada_jax.config.presets import MODEL_PRESETS  # noqa: E402
 from illada_jax.config.schema import ModelConfig  # noqa: E402
-from illada_jax.data.tokenizer import Tokenizer  # noqa: E402
+from illada_jax.data.tokenizers.tokenizer import Tokenizer  # noqa: E402
 from illada_jax.diffusion import likelihood  # noqa: E402
 from illada_jax.eval import harness, run_tasks, tasks  # noqa: E402
 from illada_jax.inference import Model  # noqa: E402

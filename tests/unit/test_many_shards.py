@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from illada_jax.data import packing
-from illada_jax.data.packing import PreparedDataset
-from illada_jax.data.pipeline import Pipeline, PipelineSpec
+from illada_jax.data.pipeline import packing
+from illada_jax.data.pipeline.batches import Pipeline, PipelineSpec
+from illada_jax.data.pipeline.packing import PreparedDataset
 
 # bench/data.py: the shard maker (and the start-up figure of the benchmark).
 _BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "data.py"

@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
-from illada_jax.data.corpus import embedded_documents
-from illada_jax.data.mixture import dataset_seed
-from illada_jax.data.onthefly import RawStream
-from illada_jax.data.packing import DataError, PreparedDataset, TokenWindows
-from illada_jax.data.pipeline import Pipeline, PipelineSpec
-from illada_jax.data.prepare import prepare
-from illada_jax.data.tokenizer import Tokenizer
+from illada_jax.data.pipeline.batches import Pipeline, PipelineSpec
+from illada_jax.data.pipeline.mixture import dataset_seed
+from illada_jax.data.pipeline.onthefly import RawStream
+from illada_jax.data.pipeline.packing import DataError, PreparedDataset, TokenWindows
+from illada_jax.data.preparation.prepare import prepare
+from illada_jax.data.sources.corpus import embedded_documents
+from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
 SEQ = 64
 
@@ -192,7 +192,7 @@ def test_bad_names_and_too_few_files_are_clear_errors(raw_dir):
 
 _KILLABLE = """
 import hashlib, json, pathlib, sys
-from illada_jax.data.pipeline import Pipeline, PipelineSpec
+from illada_jax.data.pipeline.batches import Pipeline, PipelineSpec
 def main():
     out, raw = pathlib.Path(sys.argv[1]), sys.argv[2]
     spec = PipelineSpec(datasets=(raw,), weights=(), seq_len=64, global_batch=4, seed=7,

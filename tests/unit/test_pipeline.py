@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from illada_jax.config.schema import ModelConfig
-from illada_jax.data.packing import DataError, PreparedDataset, TokenWindows
-from illada_jax.data.pipeline import Pipeline, PipelineSpec
-from illada_jax.data.prepare import PrepareError, prepare_token_documents
+from illada_jax.data.pipeline.batches import Pipeline, PipelineSpec
+from illada_jax.data.pipeline.packing import DataError, PreparedDataset, TokenWindows
+from illada_jax.data.preparation.prepare import PrepareError, prepare_token_documents
 
 SPECIAL = {"pad": 0, "unk": 1, "bos": 2, "eos": 3, "mask": 4, "eot": None}
 VOCAB = 1_000_000
@@ -272,7 +272,7 @@ def test_verify_reads_every_byte(dataset):
     intact dataset passes; the CRC-32 is zlib's over the whole file."""
     import zlib
 
-    from illada_jax.data.verify import verify_dataset
+    from illada_jax.data.preparation.verify import verify_dataset
 
     ds, _ = dataset
     manifest = json.loads((ds.directory / "manifest.json").read_text())

@@ -1,4 +1,4 @@
-"""`illada prepare` (`illada_jax.data.prepare`): shards, manifest, bad-record rules, re-runs.
+"""`illada prepare` (`illada_jax.data.preparation.prepare`): shards, manifest, bad-record rules, re-runs.
 
 Expected token ids are computed here from the documents' texts with `Tokenizer.default()` (plus
 EOS), and shards are read back with ArrayRecord directly, not through the code under test.
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
-from illada_jax.data.corpus import embedded_documents
-from illada_jax.data.packing import PreparedDataset
-from illada_jax.data.prepare import PrepareError, prepare
-from illada_jax.data.sources import SourceError
-from illada_jax.data.tokenizer import Tokenizer, default_model_path
+from illada_jax.data.pipeline.packing import PreparedDataset
+from illada_jax.data.preparation.prepare import PrepareError, prepare
+from illada_jax.data.sources.corpus import embedded_documents
+from illada_jax.data.sources.formats import SourceError
+from illada_jax.data.tokenizers.tokenizer import Tokenizer, default_model_path
 
 BAD_KEYS = (
     "invalid_utf8_replaced",

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from illada_jax.data.corpus import embedded_documents
-from illada_jax.data.onthefly import RawStream
-from illada_jax.data.packing import DataError
-from illada_jax.data.pipeline import Pipeline, PipelineSpec
-from illada_jax.data.seqio_stream import SeqioExamples
-from illada_jax.data.tokenizer import Tokenizer
+from illada_jax.data.pipeline.batches import Pipeline, PipelineSpec
+from illada_jax.data.pipeline.onthefly import RawStream
+from illada_jax.data.pipeline.packing import DataError
+from illada_jax.data.pipeline.seqio_stream import SeqioExamples
+from illada_jax.data.sources.corpus import embedded_documents
+from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
 seqio = pytest.importorskip("seqio")
 

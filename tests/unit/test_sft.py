@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from illada_jax.data import sft
-from illada_jax.data.tokenizer import Tokenizer
-from illada_jax.data.tokenizer_train import train_tokenizer
+from illada_jax.data.chat import sft
+from illada_jax.data.tokenizers.tokenizer import Tokenizer
+from illada_jax.data.tokenizers.tokenizer_train import train_tokenizer
 
 BOS, EOS, START, END, EOT = 2, 3, 5, 6, 7
 

@@ -24,9 +24,9 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
 from illada_jax.cli import main as cli_main
-from illada_jax.data import records, sources, tfds_source
-from illada_jax.data.prepare import prepare, tokenize_documents
-from illada_jax.data.tokenizer import Tokenizer, default_model_path, shipped_model_path
+from illada_jax.data.preparation.prepare import prepare, tokenize_documents
+from illada_jax.data.sources import formats, records, tfds_source
+from illada_jax.data.tokenizers.tokenizer import Tokenizer, default_model_path, shipped_model_path
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 EOS, MASK = 3, 4  # the shipped tokenizers' ids
@@ -105,7 +105,7 @@ def test_tfds_array_record_dataset(tmp_path, monkeypatch):
     builder = TfdsMini(data_dir=str(tmp_path), file_format="array_record")
     builder.download_and_prepare()
     stats = collections.Counter()
-    docs = list(sources.iter_documents("tfds", [f"{builder.data_dir}:train"], stats, field="text"))
+    docs = list(formats.iter_documents("tfds", [f"{builder.data_dir}:train"], stats, field="text"))
     # TFDS shuffles examples on write: compare as sets; the empty text is dropped and counted.
     assert sorted(docs) == sorted(t for t in TEXTS if t)
     assert stats == {"empty_skipped": 1}
@@ -136,7 +136,7 @@ def test_tfds_by_name_with_version_config_and_split(tmp_path, tfds_dirs):
 
     # TFDS's split slicing; a version wildcard.
     docs = list(
-        sources.iter_documents(
+        formats.iter_documents(
             "tfds", ["tfds_mini_configs/big:1.*.*:train[:50%]"], collections.Counter(),
             data_dir=data_dir,
         )
@@ -162,7 +162,7 @@ def test_tfds_by_name_through_the_cli_in_a_fresh_process(tmp_path, tfds_dirs):
 def test_tfds_name_not_prepared_is_a_clear_error(tmp_path, tfds_dirs):
     empty = tfds_dirs["empty"]
     # Registered (its builder code is imported) but not prepared under this data dir.
-    with pytest.raises(sources.SourceError, match="not prepared under") as err:
+    with pytest.raises(formats.SourceError, match="not prepared under") as err:
         prepare(["tfds_mini"], "tfds", tmp_path / "out", data_dir=empty, progress=False)
     assert empty in str(err.value) and "tfds build tfds_mini" in str(err.value)
     assert "download_and_prepare" in str(err.value)
@@ -172,8 +172,8 @@ def test_tfds_name_not_prepared_is_a_clear_error(tmp_path, tfds_dirs):
             empty, "--output", str(tmp_path / "cli"), "--quiet"]  # fmt: skip
     assert cli_main(argv) == 2
     # Neither registered nor prepared: a short message (not TFDS's list of every dataset).
-    with pytest.raises(sources.SourceError, match="not registered and not prepared") as err:
-        sources.describe("tfds", ["no_such_dataset_xyz:train"], data_dir=empty)
+    with pytest.raises(formats.SourceError, match="not registered and not prepared") as err:
+        formats.describe("tfds", ["no_such_dataset_xyz:train"], data_dir=empty)
     assert "tfds build no_such_dataset_xyz" in str(err.value) and len(str(err.value)) < 1000
     data_dir = tfds_dirs["array_record"]
     for spec, pattern in [
@@ -181,10 +181,10 @@ def test_tfds_name_not_prepared_is_a_clear_error(tmp_path, tfds_dirs):
         ("tfds_mini:1.0.0:validation", "no split 'validation'"),
         ("tfds_mini:1.0.0:train:extra", "expected NAME"),
     ]:
-        with pytest.raises(sources.SourceError, match=pattern):
-            sources.describe("tfds", [spec], data_dir=data_dir)
-    with pytest.raises(sources.SourceError, match="no feature 'body'.*'text'"):
-        sources.describe("tfds", ["tfds_mini"], field="body", data_dir=data_dir)
+        with pytest.raises(formats.SourceError, match=pattern):
+            formats.describe("tfds", [spec], data_dir=data_dir)
+    with pytest.raises(formats.SourceError, match="no feature 'body'.*'text'"):
+        formats.describe("tfds", ["tfds_mini"], field="body", data_dir=data_dir)
 
 
 def test_tfds_tfrecord_dataset_is_read_with_tf_data(tmp_path, tfds_dirs):
@@ -193,11 +193,11 @@ def test_tfds_tfrecord_dataset_is_read_with_tf_data(tmp_path, tfds_dirs):
     data_dir = str(tmp_path / "tfrecord")
     tfds_dirs["module"].TfdsMini(data_dir=data_dir, file_format="tfrecord").download_and_prepare()
     stats = collections.Counter()
-    docs = list(sources.iter_documents("tfds", ["tfds_mini"], stats, data_dir=data_dir))
+    docs = list(formats.iter_documents("tfds", ["tfds_mini"], stats, data_dir=data_dir))
     assert sorted(docs) == sorted(t for t in tfds_dirs["module"].TEXTS if t)
     assert stats == {"empty_skipped": 1}
     assert (
-        sources.describe("tfds", ["tfds_mini"], data_dir=data_dir)["tfds"][0]["file_format"]
+        formats.describe("tfds", ["tfds_mini"], data_dir=data_dir)["tfds"][0]["file_format"]
         == "tfrecord"
     )
 
@@ -220,8 +220,8 @@ def test_tfds_and_seqio_input_grammar():
 
 def test_tfds_without_the_extra_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import -> ImportError
-    with pytest.raises(sources.SourceError, match=r"\[tfds\] extra"):
-        list(sources.iter_documents("tfds", ["mnist"], collections.Counter()))
+    with pytest.raises(formats.SourceError, match=r"\[tfds\] extra"):
+        list(formats.iter_documents("tfds", ["mnist"], collections.Counter()))
 
 
 # ------------------------------------------------------------------------------ seqio
@@ -358,7 +358,7 @@ def test_seqio_vocabulary_comparison(tmp_path, registry):
     ]
     for index, (vocab, tokenizer, mode) in enumerate(cases):
         task = registry.line_task(f"v{index}", lines, vocab)
-        described = sources.describe("seqio", [task], tokenizer=tokenizer)["seqio"]
+        described = formats.describe("seqio", [task], tokenizer=tokenizer)["seqio"]
         assert described["mode"] == mode, (index, described)
 
 
@@ -367,7 +367,7 @@ def test_seqio_other_vocabulary_without_pretokenized_text_is_refused(tmp_path, r
     task = registry.line_task(
         "nocopy", lines, vocabulary(registry.seqio, SP1K), copy_pretokenized=False
     )
-    with pytest.raises(sources.SourceError, match="copy_pretokenized=True") as err:
+    with pytest.raises(formats.SourceError, match="copy_pretokenized=True") as err:
         prepare([task], "seqio", tmp_path / "out", progress=False)
     assert "targets_pretokenized" in str(err.value) and "--field" in str(err.value)
     assert not (tmp_path / "out").exists()
@@ -398,13 +398,13 @@ def test_seqio_features_make_one_document(tmp_path, registry):
     for field in ("inputs,targets", "inputs_pretokenized, targets"):
         stats = collections.Counter()
         docs = list(
-            sources.iter_documents("seqio", [task], stats, field=field, tokenizer=tokenizer)
+            formats.iter_documents("seqio", [task], stats, field=field, tokenizer=tokenizer)
         )
         records, _ = tokenize_documents(tokenizer, docs, 1 << 20)
         assert [r.tolist() for r in records] == expected, field
         assert stats == {}
-    with pytest.raises(sources.SourceError, match="no feature 'answers'.*inputs_pretokenized"):
-        sources.describe("seqio", [task], field="inputs,answers", tokenizer=tokenizer)
+    with pytest.raises(formats.SourceError, match="no feature 'answers'.*inputs_pretokenized"):
+        formats.describe("seqio", [task], field="inputs,answers", tokenizer=tokenizer)
 
 
 def test_seqio_ids_holding_the_mask_id_are_refused(tmp_path, registry):
@@ -415,10 +415,10 @@ def test_seqio_ids_holding_the_mask_id_are_refused(tmp_path, registry):
 
     lines = write_lines(tmp_path / "lines.txt", LINES[:1])
     task = registry.line_task("mask", lines, vocabulary(registry.seqio, SP8K), after=[add_mask])
-    documents = sources.iter_documents(
+    documents = formats.iter_documents(
         "seqio", [task], collections.Counter(), tokenizer=Tokenizer.default()
     )
-    with pytest.raises(sources.SourceError, match=f"mask id {MASK}"):
+    with pytest.raises(formats.SourceError, match=f"mask id {MASK}"):
         list(documents)
 
 
@@ -471,12 +471,12 @@ def test_seqio_task_reading_tfds_under_data_dir(tmp_path, registry, tfds_dirs):
         output_features={},
     )  # fmt: skip
     stats = collections.Counter()
-    docs = list(sources.iter_documents("seqio", [task], stats, data_dir=data_dir))
+    docs = list(formats.iter_documents("seqio", [task], stats, data_dir=data_dir))
     assert sorted(docs) == sorted(t for t in tfds_dirs["module"].TEXTS if t)
     assert stats == {"empty_skipped": 1}
 
 
 def test_seqio_without_the_extra_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "seqio", None)  # import seqio -> ImportError
-    with pytest.raises(sources.SourceError, match=r"\[seqio\] extra"):
-        list(sources.iter_documents("seqio", ["t"], collections.Counter()))
+    with pytest.raises(formats.SourceError, match=r"\[seqio\] extra"):
+        list(formats.iter_documents("seqio", ["t"], collections.Counter()))

@@ -17,10 +17,10 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from illada_jax import cli
 from illada_jax.config.schema import ModelConfig
-from illada_jax.data import tokenizer as tokenizer_lib
-from illada_jax.data.corpus import embedded_documents
-from illada_jax.data.tokenizer import Tokenizer, TokenizerError
-from illada_jax.data.tokenizer_train import train_tokenizer
+from illada_jax.data.sources.corpus import embedded_documents
+from illada_jax.data.tokenizers import tokenizer as tokenizer_lib
+from illada_jax.data.tokenizers.tokenizer import Tokenizer, TokenizerError
+from illada_jax.data.tokenizers.tokenizer_train import train_tokenizer
 
 CONTRACT_IDS = {"pad": 0, "unk": 1, "bos": 2, "eos": 3, "mask": 4, "eot": 7}
 SPECIAL_RANGE = set(range(8))

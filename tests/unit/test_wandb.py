@@ -32,9 +32,9 @@ FAST = [
 def _small_dataset(directory) -> str:
     """A prepared dataset of four embedded-corpus documents (~14k tokens, the tiny preset's
     tokenizer), written in-process in milliseconds instead of preparing the whole corpus."""
-    from illada_jax.data.corpus import embedded_documents
-    from illada_jax.data.prepare import prepare_token_documents
-    from illada_jax.data.tokenizer import Tokenizer
+    from illada_jax.data.preparation.prepare import prepare_token_documents
+    from illada_jax.data.sources.corpus import embedded_documents
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load("shipped:sp1k")
     texts = [doc.text for doc in itertools.islice(embedded_documents("train"), 4)]

@@ -3,7 +3,7 @@
     python -m illada_jax.eval.tasks.build            # rewrites the *.jsonl files next to this file
 
 Items come from the held-out King James Bible chapters of the embedded corpus
-(`illada_jax.data.corpus.is_heldout`), so a model pre-trained on the default corpus is scored on
+(`illada_jax.data.sources.corpus.is_heldout`), so a model pre-trained on the default corpus is scored on
 verses it never saw:
 
 - `kjv_next_word.jsonl` (multiple choice): `context` is the start of a verse, `choices` four
@@ -23,7 +23,7 @@ import random
 import string
 from collections.abc import Iterator
 
-from illada_jax.data import corpus
+from illada_jax.data.sources import corpus
 
 N_ITEMS = 40
 N_CHOICES = 4

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 from illada_jax import storage
-from illada_jax.data.packing import DataError, PreparedDataset
-from illada_jax.data.prepare import file_size_and_crc32
+from illada_jax.data.pipeline.packing import DataError, PreparedDataset
+from illada_jax.data.preparation.prepare import file_size_and_crc32
 
 
 @dataclasses.dataclass

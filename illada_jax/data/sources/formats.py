@@ -30,8 +30,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from illada_jax import storage
-from illada_jax.data import seqio_source, tfds_source
-from illada_jax.data.records import BOM, SourceError, decode, field_text, keep
+from illada_jax.data.sources import seqio_source, tfds_source
+from illada_jax.data.sources.records import BOM, SourceError, decode, field_text, keep
 
 FORMATS = ("text", "jsonl", "parquet", "tfds", "seqio", "embedded")
 TEXT_UNITS = ("file", "block")
@@ -166,7 +166,7 @@ def describe(
 
 
 def embedded_documents_text(inputs, stats) -> Iterator[str]:
-    from illada_jax.data.corpus import SPLITS, embedded_documents
+    from illada_jax.data.sources.corpus import SPLITS, embedded_documents
 
     for split in inputs or ["train"]:
         if split not in SPLITS:

@@ -44,8 +44,8 @@ import grain.experimental as grain_exp
 import numpy as np
 
 from illada_jax import storage
-from illada_jax.data import records, sources
-from illada_jax.data.packing import DataError
+from illada_jax.data.pipeline.packing import DataError
+from illada_jax.data.sources import formats, records
 
 RAW_PREFIX = "raw:"
 RAW_FORMATS = ("jsonl", "text", "parquet", "arrayrecord", "seqio")
@@ -127,7 +127,7 @@ def _jsonl_line_text(raw_line: bytes, field: str, stats: collections.Counter) ->
 
 
 def _text_texts(path: str, position: int, text_unit: str) -> Iterator[tuple[str | None, int]]:
-    pieces = list(sources.text_documents([path], collections.Counter(), text_unit))
+    pieces = list(formats.text_documents([path], collections.Counter(), text_unit))
     for index in range(position, len(pieces)):
         yield pieces[index], index + 1
 
@@ -156,7 +156,7 @@ def _parquet_texts(path: str, position: int, field: str) -> Iterator[tuple[str |
 def _arrayrecord_texts(path: str, position: int) -> Iterator[tuple[str | None, int]]:
     from array_record.python import array_record_module
 
-    from illada_jax.data.remote import readable_path
+    from illada_jax.data.pipeline.remote import readable_path
 
     stats = collections.Counter()
     reader = array_record_module.ArrayRecordReader(readable_path(storage.path(path)))
@@ -312,7 +312,7 @@ def _absl_flags_parsed() -> None:
 
 
 def load_tokenizer(path: str):
-    from illada_jax.data.tokenizer import Tokenizer
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
     return Tokenizer.load(path) if path else Tokenizer.default()
 
@@ -346,7 +346,7 @@ class RawStream:
         self.workers, self.shuffle = workers, shuffle
         self.seqio = None
         if self.spec.fmt == "seqio":
-            from illada_jax.data.seqio_stream import SeqioSettings
+            from illada_jax.data.pipeline.seqio_stream import SeqioSettings
 
             self.seqio = SeqioSettings(self.spec.patterns, field, tokenizer, seqio_module,
                                        tfds_data_dir)  # fmt: skip
@@ -361,7 +361,7 @@ class RawStream:
     def windows(self, process_index: int, process_count: int, seed: int) -> grain.IterDataset:
         """This process's window stream (infinite: files repeat, reshuffled every epoch)."""
         if self.seqio is not None:
-            from illada_jax.data.seqio_stream import SeqioExamples
+            from illada_jax.data.pipeline.seqio_stream import SeqioExamples
 
             documents = SeqioExamples(self.seqio, process_index, process_count, seed, self.shuffle)
             return self._packed(documents)

@@ -4,11 +4,11 @@
 shipped ones by name: `shipped:sp8k` (the default, `Tokenizer.default()`: SentencePiece BPE with
 8192 pieces) and `shipped:sp1k` (1024 pieces, the CPU demo's: a small vocabulary keeps the output
 head cheap and each token easy to predict from its neighbours). Both were trained on the train
-split of the embedded corpus (`illada_jax.data.corpus`) and are rebuilt (same piece list; the
+split of the embedded corpus (`illada_jax.data.sources.corpus`) and are rebuilt (same piece list; the
 `.model` bytes are not reproducible, so the files are committed) with
 
-    illada tokenizer train --embedded --vocab-size 8192 --output illada_jax/data/assets/default_sp8k
-    illada tokenizer train --embedded --vocab-size 1024 --output illada_jax/data/assets/sp1k
+    illada tokenizer train --embedded --vocab-size 8192 --output illada_jax/data/tokenizers/assets/default_sp8k
+    illada tokenizer train --embedded --vocab-size 1024 --output illada_jax/data/tokenizers/assets/sp1k
 
 Special ids (docs/models.md#special-ids: they are properties of a model, never constants).
 Resolution order, per role: the explicit argument to `load`; for SentencePiece the model's
@@ -22,7 +22,7 @@ The mask token can never come out of `encode` (docs/models.md#special-ids), chec
   encoding the mask string and strings around it must not yield the mask id.
 
 `encode` never adds BOS/EOS; formatting (BOS, chat turns, EOS) belongs to the callers
-(`illada_jax.data.sft`, the data preparation). Training: `data/tokenizer_train.py` (`illada
+(`illada_jax.data.chat.sft`, the data preparation). Training: `data/tokenizers/tokenizer_train.py` (`illada
 tokenizer train`).
 """
 
@@ -445,7 +445,9 @@ def shipped_model_path(name: str) -> pathlib.Path:
             f"{SHIPPED_PREFIX}{name}: no such shipped tokenizer; shipped ones are "
             + ", ".join(SHIPPED_PREFIX + n for n in SHIPPED)
         )
-    resource = importlib.resources.files("illada_jax.data").joinpath("assets", SHIPPED[name])
+    resource = importlib.resources.files("illada_jax.data.tokenizers").joinpath(
+        "assets", SHIPPED[name]
+    )
     path = pathlib.Path(str(resource))
     if not path.is_file():
         raise MissingInputError(

@@ -5,7 +5,7 @@ The layout of an output directory is described in `manifest.py`.
 Documents are read in a deterministic order and cut into shards of about `shard_chars`
 characters; worker processes tokenise and write shards in parallel (both cores). Re-running with the
 same inputs and options skips finished shards; a directory holding shards of a different run is an
-error. Bad-record rules: see `sources.py`; in addition a document longer than `max_doc_tokens`
+error. Bad-record rules: see `sources/formats.py`; in addition a document longer than `max_doc_tokens`
 tokens is split into consecutive records of at most that many tokens (`overlong_split` counts the
 documents split), and only the last piece carries the EOS.
 """
@@ -29,14 +29,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from illada_jax import storage
-from illada_jax.data import sources
-from illada_jax.data.manifest import (
+from illada_jax.data.preparation.manifest import (
     FORMAT_VERSION,
     MANIFEST,
     SHARD_FORMAT_VERSION,
     shard_name,
     shard_table_json,
 )
+from illada_jax.data.sources import formats
 from illada_jax.errors import IlladaError
 
 # ArrayRecord: one record per group so that a window can read single documents; zstd keeps
@@ -72,7 +72,7 @@ _TOKENIZERS: dict[tuple, object] = {}
 
 
 def _worker_tokenizer(path: str | None, overrides: dict):
-    from illada_jax.data.tokenizer import Tokenizer
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
     key = (path, tuple(sorted(overrides.items())))
     if key not in _TOKENIZERS:
@@ -361,10 +361,10 @@ def prepare(
     """Prepare shards; returns the manifest dict (also written to `output/manifest.json`).
 
     `data_dir`: the TFDS data dir for `tfds` names and seqio tasks that read TFDS; tfds and seqio
-    inputs are described in the manifest's `source` (`sources.describe`). `split`: ("heldout",
+    inputs are described in the manifest's `source` (`formats.describe`). `split`: ("heldout",
     F) keeps only the documents `in_heldout(text, F)` selects, ("train", F) only the others."""
-    if fmt not in sources.FORMATS:
-        raise PrepareError(f"--format {fmt!r} is not one of {', '.join(sources.FORMATS)}")
+    if fmt not in formats.FORMATS:
+        raise PrepareError(f"--format {fmt!r} is not one of {', '.join(formats.FORMATS)}")
     if max_doc_tokens < 2:
         raise PrepareError(f"max_doc_tokens={max_doc_tokens} must be >= 2")
     overrides = dict(tokenizer_overrides or {})
@@ -386,7 +386,7 @@ def prepare(
         options["split"] = {"part": split[0], "heldout_fraction": split[1]}
     if fmt in ("tfds", "seqio"):  # what the names resolve to (versions, vocabularies, modes)
         source.update(
-            sources.describe(
+            formats.describe(
                 fmt,
                 inputs,
                 field=field,
@@ -396,14 +396,14 @@ def prepare(
             )
         )
     # Inputs are checked (and their sizes and mtimes fingerprinted) before anything is written.
-    files = sources.file_signature(fmt, inputs)
+    files = formats.file_signature(fmt, inputs)
     fingerprint = run_fingerprint(tokenizer.identity, overrides, source, options, files)
 
     out_dir = storage.path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out_dir)
     stats = collections.Counter()
-    documents = sources.iter_documents(
+    documents = formats.iter_documents(
         fmt,
         inputs,
         stats,
@@ -474,7 +474,7 @@ def prepare_sft(
     whole chat-formatted dialogue ending with a single EOS — so windows over the stream are the SFT
     training windows.
     `source`: a JSONL file of dialogues or `demo`."""
-    from illada_jax.data.sft import ChatFormatter, load_dialogues
+    from illada_jax.data.chat.sft import ChatFormatter, load_dialogues
 
     tokenizer = _worker_tokenizer(tokenizer_path, {})
     formatter = ChatFormatter(tokenizer)

@@ -29,10 +29,10 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
-from illada_jax.data import seqio_source
-from illada_jax.data.mixture import dataset_seed
-from illada_jax.data.packing import DataError
-from illada_jax.data.records import SourceError
+from illada_jax.data.pipeline.mixture import dataset_seed
+from illada_jax.data.pipeline.packing import DataError
+from illada_jax.data.sources import seqio_source
+from illada_jax.data.sources.records import SourceError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ class SeqioSettings:
     def resolve(self):
         """(seqio tasks resolved against our tokenizer, our tokenizer). Raises DataError naming
         the fix when a task is unknown or unreadable."""
-        from illada_jax.data.tokenizer import Tokenizer
+        from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(self.tokenizer) if self.tokenizer else Tokenizer.default()
         try:

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from illada_jax.data.records import SourceError, common, decode, keep, spec_parts
+from illada_jax.data.sources.records import SourceError, common, decode, keep, spec_parts
 
 
 def import_seqio(module: str | None, data_dir: str | None):

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator, Sequence
 
 from illada_jax import storage
-from illada_jax.data.records import SourceError, field_text, spec_parts
+from illada_jax.data.sources.records import SourceError, field_text, spec_parts
 
 # TFDS's version grammar (`tfds.core.Version`, wildcards allowed): never a split name.
 _TFDS_VERSION = re.compile(r"(?:0|[1-9]\d*|\*)\.(?:0|[1-9]\d*|\*)\.(?:0|[1-9]\d*|\*)")

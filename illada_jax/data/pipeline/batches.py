@@ -28,10 +28,10 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
-from illada_jax.data import onthefly
-from illada_jax.data.manifest import MANIFEST
-from illada_jax.data.mixture import Mixture, dataset_seed
-from illada_jax.data.packing import DataError, PreparedDataset, TokenWindows
+from illada_jax.data.pipeline import onthefly
+from illada_jax.data.pipeline.mixture import Mixture, dataset_seed
+from illada_jax.data.pipeline.packing import DataError, PreparedDataset, TokenWindows
+from illada_jax.data.preparation.manifest import MANIFEST
 from illada_jax.storage import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,8 @@ def embedded_dataset_dir(
     """The embedded corpus prepared with `tokenizer` (a SentencePiece .model or HF
     tokenizer.json; empty = the shipped default), prepared once into the cache, then reused.
     The cache directory is named after the tokenizer's content hash."""
-    from illada_jax.data.prepare import prepare
-    from illada_jax.data.tokenizer import Tokenizer
+    from illada_jax.data.preparation.prepare import prepare
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
     loaded = Tokenizer.load(tokenizer) if tokenizer else Tokenizer.default()
     identity = loaded.identity.split(":")[-1][:12]
@@ -330,7 +330,7 @@ class LladaSftPipeline:
         process_index: int = 0,
         process_count: int = 1,
     ):
-        from illada_jax.data.sft import (
+        from illada_jax.data.chat.sft import (
             ChatFormatter,
             filter_long_pairs,
             llada_pairs,
@@ -363,7 +363,7 @@ class LladaSftPipeline:
             raise DataError(f"SFT tokenizer does not match the model: {err}") from err
 
     def process_batch(self, step: int) -> dict[str, np.ndarray]:
-        from illada_jax.data.sft import llada_sft_batch
+        from illada_jax.data.chat.sft import llada_sft_batch
 
         first = step * self.global_batch + self.first_row
         rows = [self.pairs[self.order[first + j]] for j in range(self.per_process_batch)]

@@ -14,7 +14,7 @@ import pathlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from illada_jax.data.tokenizer import TOKEN_NAMES, TokenizerError
+from illada_jax.data.tokenizers.tokenizer import TOKEN_NAMES, TokenizerError
 from illada_jax.errors import MissingInputError
 
 DEFAULT_SPECIAL_TOKENS = (

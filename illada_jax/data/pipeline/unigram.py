@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from illada_jax.data.packing import PreparedDataset
+from illada_jax.data.pipeline.packing import PreparedDataset
 
 UNIGRAM_TOKEN_CAP = 20_000_000
 

@@ -53,8 +53,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 
 from illada_jax import storage
-from illada_jax.data import sources
-from illada_jax.data.prepare import (
+from illada_jax.data.preparation.prepare import (
     WRITER_OPTIONS,
     PrepareError,
     _chunk_documents,
@@ -67,6 +66,7 @@ from illada_jax.data.prepare import (
     run_fingerprint,
     write_manifest,
 )
+from illada_jax.data.sources import formats
 
 FILE_FORMATS = ("text", "jsonl", "parquet")
 SUMMARY = ".beam-summary.json"  # in the output directory while the launcher reads it
@@ -131,7 +131,7 @@ def pipeline_options(options: Sequence[str], workers: int = 2):
 
 
 def work_units(fmt: str, inputs: Sequence[str], files: list, shard_chars: int) -> list[list[str]]:
-    """Inputs of each work unit, in order. files: `sources.file_signature` (path, bytes, mtime)
+    """Inputs of each work unit, in order. files: `formats.file_signature` (path, bytes, mtime)
     of every input file (file formats; empty otherwise)."""
     if fmt not in FILE_FORMATS:
         return [list(inputs)]
@@ -187,7 +187,7 @@ def _dofns(beam):
             stats = collections.Counter()
             # The tokenizer: what seqio token ids are compared with (loaded once per worker).
             tokenizer = _worker_tokenizer(self.tokenizer, self.overrides)
-            documents = sources.iter_documents(
+            documents = formats.iter_documents(
                 self.fmt, inputs, stats, tokenizer=tokenizer, **self.reader_options
             )
             count = 0
@@ -235,7 +235,7 @@ def _dofns(beam):
 
 def _on_every_machine(path: str) -> bool:
     """A path every worker resolves alike: object storage or a shipped tokenizer."""
-    from illada_jax.data.tokenizer import SHIPPED_PREFIX
+    from illada_jax.data.tokenizers.tokenizer import SHIPPED_PREFIX
 
     return not storage.is_local(path) or str(path).startswith(SHIPPED_PREFIX)
 
@@ -286,13 +286,13 @@ def prepare_beam(
     (`--runner=DataflowRunner`, `--project=...`); without a runner, the DirectRunner's engine with
     `workers` processes (`pipeline_options`)."""
     beam = _import_beam()
-    if fmt not in sources.FORMATS:
-        raise PrepareError(f"--format {fmt!r} is not one of {', '.join(sources.FORMATS)}")
+    if fmt not in formats.FORMATS:
+        raise PrepareError(f"--format {fmt!r} is not one of {', '.join(formats.FORMATS)}")
     if max_doc_tokens < 2:
         raise PrepareError(f"max_doc_tokens={max_doc_tokens} must be >= 2")
-    if fmt == "text" and text_unit not in sources.TEXT_UNITS:
-        raise sources.SourceError(
-            f"text_unit={text_unit!r} is not one of {', '.join(sources.TEXT_UNITS)}"
+    if fmt == "text" and text_unit not in formats.TEXT_UNITS:
+        raise formats.SourceError(
+            f"text_unit={text_unit!r} is not one of {', '.join(formats.TEXT_UNITS)}"
         )
     options = pipeline_options(beam_options, workers)
     runner = _runner_name(options)
@@ -319,7 +319,7 @@ def prepare_beam(
     }
     if fmt in ("tfds", "seqio"):  # what the names resolve to, as the single-host path records
         source.update(
-            sources.describe(
+            formats.describe(
                 fmt,
                 inputs,
                 field=field,
@@ -328,7 +328,7 @@ def prepare_beam(
                 data_dir=data_dir,
             )
         )
-    files = sources.file_signature(fmt, inputs)  # checks the inputs before anything is written
+    files = formats.file_signature(fmt, inputs)  # checks the inputs before anything is written
     fingerprint = run_fingerprint(tokenizer.identity, overrides, source, run_options, files)
     units = work_units(fmt, inputs, files, shard_chars)
 

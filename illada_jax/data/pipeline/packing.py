@@ -30,7 +30,7 @@ import threading
 import numpy as np
 
 from illada_jax import storage
-from illada_jax.data.manifest import MANIFEST, READABLE_VERSIONS, shard_table
+from illada_jax.data.preparation.manifest import MANIFEST, READABLE_VERSIONS, shard_table
 from illada_jax.errors import IlladaError
 
 MAX_OPEN_READERS = 32  # per reading thread
@@ -151,7 +151,7 @@ class PreparedDataset:
     def _reader(self, shard: int):
         from array_record.python import array_record_module
 
-        from illada_jax.data.remote import readable_path
+        from illada_jax.data.pipeline.remote import readable_path
 
         readers = self._local.__dict__.setdefault("readers", collections.OrderedDict())
         if shard in readers:

@@ -1,0 +1,1 @@
+"""Chat-formatted data: SFT dialogues, the chat template and their rules."""

@@ -1,0 +1,1 @@
+"""The training pipeline: prepared or on-the-fly datasets, mixtures, packed windows."""

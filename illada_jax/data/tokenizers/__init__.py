@@ -1,0 +1,1 @@
+"""Tokenizers: the SentencePiece/HF wrapper, training one, the shipped models (assets/)."""
