@@ -72,6 +72,9 @@ class FakeCheckpoints:
     def reached_preemption(self, step):
         return step == self.preempt_at
 
+    def settle(self):  # RunCheckpoints: raises for a failed background write (none here)
+        pass
+
     def wait(self):
         self.waits += 1
 
