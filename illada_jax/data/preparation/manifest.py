@@ -1,5 +1,5 @@
 """The on-disk format of a prepared dataset, shared by its writers (`prepare.py`,
-`beam_prepare.py`) and its reader (`packing.py`):
+`beam_prepare.py`) and its reader (`pipeline/packing.py`):
 
     shard-00000.arrayrecord        one record per document: little-endian int32 token ids, EOS last
     shard-00000.lengths.npy        int32 [documents]: tokens per record (random access by offset)
