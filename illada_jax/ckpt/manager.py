@@ -22,8 +22,8 @@ Restore (`restore_latest`) tells two failures apart, before anything is written:
 All processes agree on the outcome (each reads its own shards).
 
 Saving through storage faults: the storage clients retry each request themselves (gcsfs: 6 tries,
-backing off up to 32 s; tensorstore: `checkpoint.request_retries`, `bound_request_retries`). A save that still fails is tried again as
-a whole, `checkpoint.save_attempts` times, `checkpoint.save_retry_seconds` apart (doubling);
+backing off up to 32 s; tensorstore: `checkpoint.request_retries`, see `bound_request_retries`).
+A save that still fails is tried again as a whole, `checkpoint.save_attempts` times, `checkpoint.save_retry_seconds` apart (doubling);
 after that `save` raises `CheckpointSaveError` naming the step and the restore point (the newest
 committed step, untouched). A background (asynchronous) write that fails is reported the same way
 by the next `settle`/`save`/`wait`. A step whose write failed is never listed (orbax lists only
@@ -211,14 +211,16 @@ class RunCheckpoints:
             ) from None
 
     def _save_failed(self, step: int | None, detail: str) -> CheckpointSaveError:
-        self.failed = step if step is not None else -1
+        """`step`: None when the failed background write's step is not known."""
+        self.failed = -1 if step is None else step
         committed = self.steps()
         restore_point = f"checkpoint {committed[-1]}" if committed else "none (a fresh start)"
+        which = "an earlier checkpoint" if step is None else f"checkpoint {step}"
         return CheckpointSaveError(
-            f"checkpoint {step} in {self.directory} was not saved ({detail[:300]}); the restore point is still {restore_point}. Check that "
-            "the storage answers (`gcloud storage ls` the bucket); a restart resumes from the "
-            "restore point",
-            step if step is not None else -1,
+            f"{which} in {self.directory} was not saved ({detail[:300]}); the restore point is "
+            f"still {restore_point}. Check that the storage answers (`gcloud storage ls` the "
+            "bucket); a restart resumes from the restore point",
+            self.failed,
         )
 
     def restore_latest(self, abstract_state, *, before: int | None = None, config=None):

@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
                 args.input, args.format, args.output, beam_options=args.beam_option, **common
             )
         elif args.heldout_fraction is not None:
-            parts = {"train": args.output, "heldout": f"{args.output.rstrip('/')}-heldout"}
+            # The held-out part first: on a small input it is the one that can come out empty.
+            parts = {"heldout": f"{args.output.rstrip('/')}-heldout", "train": args.output}
             for part, output in parts.items():
                 manifest = prepare(args.input, args.format, output,
                                    split=(part, args.heldout_fraction), **common)  # fmt: skip

@@ -517,7 +517,7 @@ class TrainConfig:
         _check_int("sample_block_length", self.sample_block_length, 0)
         if self.sample_block_length and self.sample_length % self.sample_block_length:
             _fail("sample_block_length", self.sample_block_length,
-                  f"must divide train.sample_length={self.sample_length} (or 0: one block)")  # fmt: skip
+                  f"must divide sample_length={self.sample_length} (or 0: one block)")  # fmt: skip
         if not self.sample_temperature >= 0:
             _fail("sample_temperature", self.sample_temperature, "must be >= 0 (0: greedy)")
         if not isinstance(self.compilation_cache, str) or not self.compilation_cache.strip():

@@ -85,7 +85,8 @@ class _Faults:
                 return "status", 403
             if (self.fail_pattern and self.fail_left != 0
                     and self.fail_pattern.search(urllib.parse.unquote(path))):  # fmt: skip
-                self.fail_left -= self.fail_left > 0
+                if self.fail_left > 0:
+                    self.fail_left -= 1
                 self.counts["matched"] += 1
                 return "status", 503
             if time.monotonic() < self.outage_until:

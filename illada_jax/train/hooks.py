@@ -214,8 +214,8 @@ class MetricsLog(Hook):
 class HeldOutEval(Hook):
     """Every `train.eval_every` steps: the held-out negative ELBO (nats/token, fixed seeds) on
     `train.eval_dataset`. At a fresh start: the unigram baseline, the held-out dataset's tokens
-    scored with the training data's token frequencies (`data/pipeline/unigram.py`), which a model must
-    beat to have learned more than frequencies."""
+    scored with the training data's token frequencies (`data/pipeline/unigram.py`), which a model
+    must beat to have learned more than frequencies."""
 
     def __init__(self, run: Run):
         self.every = run.experiment.train.eval_every

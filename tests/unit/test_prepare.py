@@ -478,3 +478,24 @@ def test_heldout_fraction_splits_documents_by_their_hash(tmp_path, tok):
             tuple(r) for r in expected_records(tok, held_texts)
         )
         assert records(out) == sorted(tuple(r) for r in expected_records(tok, rest_texts))
+
+
+def test_a_heldout_fraction_that_selects_nothing_is_one_clear_error(tmp_path):
+    """One document whose hash is above the fraction: the held-out part (prepared first) is
+    empty, which is refused naming the option and the fix; the training part is not written."""
+    import subprocess
+    import sys
+
+    text = "only one document here"
+    assert int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2.0**64 >= 0.05
+    (tmp_path / "one.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "illada_jax.cli", "prepare", "--format", "jsonl", "--input",
+         str(tmp_path / "one.jsonl"), "--output", str(tmp_path / "out"),
+         "--heldout-fraction", "0.05", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--heldout-fraction 0.05 left the heldout part" in result.stderr
+    assert "raise the fraction" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

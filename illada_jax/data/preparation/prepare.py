@@ -449,6 +449,17 @@ def prepare(
 
     shards = [shard_results[i] for i in sorted(shard_results)]
     stats["overlong_split"] += sum(s["overlong_split"] for s in shards)
+    if split is not None and not sum(s["tokens"] for s in shards):
+        part, fraction = split
+        raise PrepareError(
+            f"--heldout-fraction {fraction:g} left the {part} part of "
+            f"{', '.join(map(str, inputs))} without a document: "
+            + (
+                "raise the fraction or give more documents"
+                if part == "heldout"
+                else "lower the fraction"
+            )  # fmt: skip
+        )
     check_not_empty(shards, source, stats)
     return write_manifest(
         out_dir, shards, _tokenizer_info(tokenizer), source, options, stats, fingerprint
