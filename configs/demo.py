@@ -59,3 +59,30 @@ def tiny_sft_llada() -> fdl.Config:
     cfg.diffusion.objective = "sft_llada"
     cfg.data.datasets = ("demo",)
     return cfg
+
+
+def tiny_vrpo() -> fdl.Config:
+    """Preference optimisation (VRPO) of the LLaDA-style SFT model on the demo preference pairs:
+    the same answer with a courteous or a rude closing; the SFT model, pre-trained on King James
+    English, prefers the rude ones (docs/algorithms.md#preference-optimisation-vrpo).
+
+    Command:   illada prepare --format pref --input demo --tokenizer shipped:sp1k --heldout-fraction 0.2 --output data/pref
+               illada train --config=config:tiny_vrpo --workdir=runs/tiny-vrpo
+    Hardware:  2 CPU cores; needs the LLaDA-style SFT run in runs/tiny-sft-llada (it starts
+               this run and is its frozen reference).
+    Expected:  see bench/post_train.py.
+    """
+    cfg = tiny_sft_llada()
+    cfg.diffusion.objective = "vrpo"
+    cfg.data.datasets = ("data/pref",)
+    cfg.checkpoint.init_from = "runs/tiny-sft-llada"
+    cfg.train.eval_dataset = "data/pref-heldout"
+    cfg.train.eval_every = 25
+    cfg.train.eval_batches = 8
+    cfg.train.steps = 100
+    cfg.checkpoint.every = 25
+    cfg.checkpoint.keep_every = 25  # the early policies too: bench/post_train.py reads step 25
+    cfg.optim.learning_rate = 5e-4
+    cfg.vrpo.beta = 0.1
+    cfg.vrpo.samples = 4
+    return cfg

@@ -454,12 +454,34 @@ def init_from_step_dir(path: storage.PathLike) -> storage.Path:
         raise CheckpointError(f"checkpoint.init_from={path}: {err}") from None
 
 
-def restore_params(path: storage.PathLike, abstract_params, *, init_from: bool = True):
+def check_init_from(path: storage.PathLike, abstract_params) -> None:
+    """Refuse (`CheckpointError`) a `checkpoint.init_from` whose parameters do not fit this
+    model, from the checkpoint's metadata only (no array is read), before a run writes anything."""
+    step_dir = init_from_step_dir(path)
+    try:
+        stored = ocp.PyTreeCheckpointHandler().metadata(step_dir / "state")["params"]
+    except Exception as err:  # orbax raises many types for damaged or foreign directories
+        raise CheckpointError(
+            f"checkpoint.init_from={step_dir}: cannot read its parameters' metadata "
+            f"({type(err).__name__}: {str(err)[:200]}); give a checkpoint written by illada train"
+        ) from None
+    problems = tree_differences({"params": stored}, {"params": abstract_params})
+    if problems:
+        raise CheckpointError(
+            f"checkpoint.init_from={step_dir} does not fit this model: {'; '.join(problems[:3])}. "
+            "Start from a run of the same model config (its config.json), or change model.* to "
+            "match it"
+        )
+
+
+def restore_params(path: storage.PathLike, abstract_params, *, init_from: bool = True,
+                   name: str = "params"):  # fmt: skip
     """Parameters only, from a checkpoint step directory or a run directory (its latest step).
     `init_from`: the path is `checkpoint.init_from` (named so in errors); else a checkpoint being
-    loaded (`illada_jax.load`)."""
+    loaded (`illada_jax.load`). `name`: the state's entry (`ref_params`: a preference run's
+    frozen reference)."""
     step_dir = init_from_step_dir(path) if init_from else rundir.find_step_dir(path)
-    item = {"params": abstract_params}
+    item = {name: abstract_params}
     handler = ocp.PyTreeCheckpointHandler()
     try:
         with ocp.Checkpointer(handler) as checkpointer:
@@ -484,7 +506,7 @@ def restore_params(path: storage.PathLike, abstract_params, *, init_from: bool =
             "(a truncated or missing file) or does not match its stored config. Give another "
             "checkpoints/<step> directory of the run"
         ) from err
-    return restored["params"]
+    return restored[name]
 
 
 def restore_checkpoint_params(path: storage.PathLike):

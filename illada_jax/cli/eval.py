@@ -76,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
     from illada_jax.eval.heldout import heldout_bound
 
     record = heldout_bound(model, dataset=args.dataset, batches=args.batches,
-                           batch_size=args.batch_size, seq_len=args.seq_len)  # fmt: skip
-    print(f"checkpoint step {model.step}: held-out negative ELBO (nats/token)")
+                           batch_size=args.batch_size, seq_len=args.seq_len,
+                           checkpoint=args.checkpoint)  # fmt: skip
+    measure = ("held-out preference accuracy (against the frozen reference)"
+               if "eval_pref_accuracy" in record else "held-out negative ELBO (nats/token)")  # fmt: skip
+    print(f"checkpoint step {model.step}: {measure}")
     for key, value in record.items():
         print(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}")
     _write_output(args.output, {"checkpoint_step": model.step, "heldout": record})

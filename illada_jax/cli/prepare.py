@@ -40,9 +40,10 @@ def add_parser(sub) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=["text", "jsonl", "parquet", "tfds", "seqio", "embedded", "sft"],
+        choices=["text", "jsonl", "parquet", "tfds", "seqio", "embedded", "sft", "pref"],
         help="(required unless --verify) sft: chat dialogues (JSONL with messages or prompt/response, or `demo`) as "
-        "iLLaDA-style SFT streams",
+        "iLLaDA-style SFT streams; pref: preference pairs (JSONL with prompt or messages, "
+        "chosen, rejected, or `demo`) for objective=vrpo",
     )
     parser.add_argument(
         "--field",
@@ -128,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         raise PrepareError(f"{', '.join(missing)} required (or --verify DIR alone)")
     if args.beam_option and args.runner != "beam":
         raise PrepareError("--beam-option needs --runner beam (or drop the Beam options)")
+    if args.format == "pref":
+        return _prepare_pref(args)
     if args.heldout_fraction is not None and (args.format == "sft" or args.runner == "beam"):
         raise PrepareError("--heldout-fraction works with the local runner and document formats: "
                            "drop it, or split the input files yourself")  # fmt: skip
@@ -166,6 +169,24 @@ def run(args: argparse.Namespace) -> int:
         else:
             manifest = prepare(args.input, args.format, args.output, **common)
     _report(manifest, args.output)
+    return 0
+
+
+def _prepare_pref(args: argparse.Namespace) -> int:
+    from illada_jax.data.preparation.post_training import prepare_pref
+    from illada_jax.data.preparation.prepare import PrepareError
+
+    if args.runner == "beam" or len(args.input) != 1:
+        raise PrepareError("--format pref takes one --input (a JSONL file of preference pairs, "
+                           "or demo) and runs on this machine: drop --runner beam")  # fmt: skip
+    manifests = prepare_pref(args.input[0], args.output, tokenizer_path=args.tokenizer,
+                             heldout_fraction=args.heldout_fraction)  # fmt: skip
+    for output, manifest in manifests.items():
+        print(f"prepared {manifest['pairs']} preference pairs, {manifest['tokens']} tokens "
+              f"-> {output}")  # fmt: skip
+        print(f"bad records: {manifest['bad_records'] or 'none'}")
+        for example in manifest["bad_examples"][:3]:
+            print(f"  {example}")
     return 0
 
 

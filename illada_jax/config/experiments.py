@@ -14,6 +14,7 @@ import dataclasses
 
 import fiddle as fdl
 
+from illada_jax.config.post_training import VrpoConfig
 from illada_jax.config.presets import MODEL_PRESETS
 from illada_jax.config.schema import (
     CheckpointConfig,
@@ -44,6 +45,7 @@ def experiment_for_preset(name: str) -> fdl.Config:
         optim=fdl.Config(OptimConfig),
         train=fdl.Config(TrainConfig),
         obs=fdl.Config(ObsConfig),
+        vrpo=fdl.Config(VrpoConfig),
     )
 
 

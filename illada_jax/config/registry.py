@@ -26,10 +26,10 @@ import importlib.util
 import inspect
 import os
 import pathlib
-import sys
 from collections.abc import Callable
 
 from illada_jax.config.schema import ConfigError
+from illada_jax.pyfiles import load_module_file
 
 CONFIGS_DIR = "configs"
 INSTALLED_PACKAGE = "illada_jax.recipes"  # configs/ as packaged (pyproject.toml maps it)
@@ -90,18 +90,11 @@ def installed_configs_dir() -> pathlib.Path | None:
 
 
 def _load_file(path: pathlib.Path):
-    name = f"{_MODULE_PREFIX}.{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look modules up by name
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:
-        del sys.modules[name]
-        raise ConfigError(
-            f"recipe file {path} does not import: {type(err).__name__}: {err}"
-        ) from err
-    return module
+    return load_module_file(
+        path,
+        f"{_MODULE_PREFIX}.{path.stem}",
+        lambda err: ConfigError(f"recipe file {path} does not import: {type(err).__name__}: {err}"),
+    )
 
 
 def _recipes_in(module, path: pathlib.Path) -> list[Recipe]:

@@ -16,32 +16,24 @@ import dataclasses
 from typing import Any
 
 from illada_jax.config import field_types
-from illada_jax.errors import IlladaError
+from illada_jax.config.checks import ConfigError  # noqa: F401  (re-exported)
+from illada_jax.config.checks import check_choice as _check_choice
+from illada_jax.config.checks import check_int as _check_int
+from illada_jax.config.checks import check_prob as _check_prob
+from illada_jax.config.checks import fail as _fail
+from illada_jax.config.post_training import REFERENCE_OBJECTIVES, VrpoConfig
 
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
 DTYPES = ("float32", "bfloat16")
 TIME_SAMPLINGS = ("uniform", "antithetic")
 RANDOM_LENGTH_MODES = ("none", "llada_truncate", "illada_split")
-OBJECTIVES = ("pretrain", "sft_llada", "sft_illada")
+OBJECTIVES = ("pretrain", "sft_llada", "sft_illada", "vrpo")
 SCHEDULES = ("constant", "cosine", "wsd", "illada")
 DECAY_EXCLUDES = ("none", "norms_and_embeddings")
 RULE_TABLES = ("auto", "fsdp", "fsdp_tp", "dp")
 HEALTH_POLICIES = ("none", "skip", "rollback")
 WANDB_MODES = ("online", "offline", "disabled")
-
-
-class ConfigError(IlladaError, ValueError):
-    """A configuration value is invalid. The message names the field and the allowed values."""
-
-
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
-
-
-def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        _fail(field, value, f"allowed values are {', '.join(choices)}")
 
 
 # Path/URL fields and fixed-choice string fields: type errors name them so (`field_types`).
@@ -62,23 +54,6 @@ def _check_types(section: Any) -> None:
     problem = field_types.type_problem(section, CHOICE_FIELDS, PATH_FIELDS)
     if problem:
         raise ConfigError(problem)
-
-
-def _check_int(field: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(field, value, f"must be an integer >= {minimum}")
-    if value < minimum:
-        _fail(field, value, f"must be an integer >= {minimum}")
-
-
-def _check_prob(field: str, value: Any, *, open_low: bool = False, open_high: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(field, value, "must be a number in [0, 1]")
-    low_ok = value > 0 if open_low else value >= 0
-    high_ok = value < 1 if open_high else value <= 1
-    if not (low_ok and high_ok):
-        lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
-        _fail(field, value, f"must lie in {lo}0, 1{hi}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -577,6 +552,7 @@ class Experiment:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     obs: ObsConfig = dataclasses.field(default_factory=ObsConfig)
+    vrpo: VrpoConfig = dataclasses.field(default_factory=VrpoConfig)
 
     def __post_init__(self) -> None:
         if self.train.seq_len > self.model.max_seq_len:
@@ -591,10 +567,15 @@ class Experiment:
                 self.data.datasets,
                 "objective=sft_llada takes exactly one SFT source (a JSONL file or 'demo')",
             )
-        if self.diffusion.objective == "sft_llada" and self.diffusion.random_length_mode != "none":
-            _fail(
-                "diffusion.random_length_mode",
-                self.diffusion.random_length_mode,
-                "must be 'none' with objective=sft_llada (SFT batches are padded with EOS, "
-                "docs/algorithms.md#sft-llada-style)",
-            )
+        objective = self.diffusion.objective
+        if objective in ("sft_llada", "vrpo") and self.diffusion.random_length_mode != "none":
+            _fail("diffusion.random_length_mode", self.diffusion.random_length_mode,
+                  f"must be 'none' with objective={objective} (its rows are (prompt, answer) "
+                  "pairs, docs/algorithms.md#sft-llada-style)")  # fmt: skip
+        if objective in REFERENCE_OBJECTIVES and not self.checkpoint.init_from:
+            _fail("checkpoint.init_from", "", f"objective={objective} starts from a fine-tuned "
+                  "run, which is also its frozen reference: set checkpoint.init_from=RUN_DIR "
+                  "(e.g. an SFT run)")  # fmt: skip
+        if objective == "vrpo" and len(self.data.datasets) != 1:
+            _fail("data.datasets", self.data.datasets, "objective=vrpo takes exactly one "
+                  "preference dataset (made by illada prepare --format pref)")  # fmt: skip

@@ -34,8 +34,10 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from illada_jax.config.post_training import REFERENCE_OBJECTIVES
 from illada_jax.config.schema import Experiment
 from illada_jax.data.pipeline.batches import LladaSftPipeline, Pipeline, PipelineSpec
+from illada_jax.data.pipeline.preference import PreferencePipeline
 from illada_jax.model.transformer import graphdef_and_specs
 from illada_jax.parallel import mesh as mesh_lib
 from illada_jax.parallel.rules import batch_spec
@@ -44,6 +46,7 @@ from illada_jax.train import state as state_lib
 from illada_jax.train.optim import fit_schedule, learning_rate_schedule, make_optimizer
 from illada_jax.train.step import (
     batch_shardings,
+    is_row_vector,
     make_eval_step,
     make_train_step,
     weights_compute_dtype,
@@ -66,7 +69,7 @@ class Run:
     batch_shardings: dict[str, NamedSharding]
     # The jitted functions, never called directly: only lowered under the mesh (module doc).
     jitted_train_step: Callable  # (state, batch, key, controls) -> (state, metrics)
-    jitted_eval_step: Callable  # (params, batch, key) -> (bound_sum, n_tokens)
+    jitted_eval_step: Callable  # (eval_params(state), batch, key) -> (bound_sum, n_tokens)
     # Set when the schedule's phases were scaled to fit train.steps (`optim.fit_schedule`).
     schedule_note: str | None = None
     _compiled: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
@@ -81,8 +84,19 @@ class Run:
 
     @property
     def eval_step(self) -> jax.stages.Compiled:
-        """The compiled held-out step `(params, batch, key) -> (bound_sum, n_tokens)`."""
+        """The compiled held-out step `(eval_params(state), batch, key) -> (bound_sum,
+        n_tokens)`; for objective=vrpo -> the held-out preference sums."""
         return self.compile_eval_step()
+
+    @property
+    def preference(self) -> bool:
+        """Whether the run optimises preferences (objective=vrpo): preference batches, a frozen
+        reference in the state, held-out preference accuracy."""
+        return self.experiment.diffusion.objective == "vrpo"
+
+    def eval_params(self, state):
+        """The held-out step's first argument: the parameters, or (params, ref_params)."""
+        return (state["params"], state["ref_params"]) if self.preference else state["params"]
 
     def compile_train_step(self) -> jax.stages.Compiled:
         """`lower_train_step().compile()`, once per run: what `illada compile` compiles too."""
@@ -132,11 +146,11 @@ class Run:
 
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
         """The global batch as ShapeDtypeStructs: int32 `[batch, seq_len]` arrays (and `[batch]`
-        prompt lengths for sft_llada), with the batch shardings."""
+        `*_lengths` for sft_llada and vrpo), with the batch shardings."""
         shape = (self.experiment.train.batch_size, self.experiment.train.seq_len)
         return {
             key: jax.ShapeDtypeStruct(
-                shape[:1] if key == "prompt_lengths" else shape,
+                shape[:1] if is_row_vector(key) else shape,
                 jnp.int32,
                 sharding=self.batch_shardings[key],
             )
@@ -166,8 +180,11 @@ class Run:
 
     def abstract_eval_inputs(self) -> tuple:
         """(params, batch, key) of the held-out step as ShapeDtypeStructs: the held-out data is
-        always prepared shards (`Pipeline` rows, also for sft_llada runs), `[batch, seq_len]`
-        int32 arrays with `eval_rows_sharding`."""
+        prepared shards (`Pipeline` rows, also for sft_llada runs), `[batch, seq_len]` int32
+        arrays with `eval_rows_sharding`; for vrpo, preference batches like the training ones."""
+        if self.preference:
+            key = self.abstract_step_inputs()[2]
+            return self.eval_params(self.abstract_state), self.abstract_batch(), key
         rows = eval_rows_sharding(self)
         shape = (self.experiment.train.batch_size, self.experiment.train.seq_len)
         batch = {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rows)
@@ -176,7 +193,10 @@ class Run:
         return self.abstract_state["params"], batch, key
 
     def eval_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """This process's rows of a held-out batch -> global arrays with `eval_rows_sharding`."""
+        """This process's rows of a held-out batch -> global arrays with `eval_rows_sharding`
+        (preference batches: the training batch's shardings)."""
+        if self.preference:
+            return self.global_batch(local)
         rows, sharding = self.experiment.train.batch_size, eval_rows_sharding(self)
         return {
             key: jax.make_array_from_process_local_data(sharding, value, (rows, *value.shape[1:]))
@@ -194,8 +214,9 @@ class Run:
         """A freshly initialised train state, created already sharded."""
         cfg = self.experiment
         return state_lib.create_state(
-            cfg.model, self.optimizer, self.mesh, self.rules, cfg.train.seed
-        )
+            cfg.model, self.optimizer, self.mesh, self.rules, cfg.train.seed,
+            reference=cfg.diffusion.objective in REFERENCE_OBJECTIVES,
+        )  # fmt: skip
 
     def pipeline(self, *, dataset: str | None = None, seed: int | None = None):
         """This process's data (or one `dataset`, e.g. for evaluation); see `make_pipeline`."""
@@ -203,17 +224,25 @@ class Run:
 
 
 def pipeline_class(experiment: Experiment) -> type:
-    """The pipeline the experiment's objective reads: dialogues for sft_llada, else shards."""
-    return LladaSftPipeline if experiment.diffusion.objective == "sft_llada" else Pipeline
+    """The pipeline the experiment's objective reads: dialogues for sft_llada, preference
+    pairs for vrpo, else shards."""
+    objective = experiment.diffusion.objective
+    if objective == "vrpo":
+        return PreferencePipeline
+    return LladaSftPipeline if objective == "sft_llada" else Pipeline
 
 
 def make_pipeline(experiment: Experiment, *, dataset: str | None = None, seed: int | None = None):
     """This process's data for `experiment` (or one `dataset`, e.g. for evaluation), checked
-    against the model's vocabulary and special ids: a `Pipeline` over prepared shards, or for
-    objective=sft_llada a `LladaSftPipeline` over dialogues."""
+    against the model's vocabulary and special ids: a `Pipeline` over prepared shards, for
+    objective=sft_llada a `LladaSftPipeline` over dialogues, for vrpo a `PreferencePipeline`
+    (held-out data too)."""
     data, tcfg = experiment.data, experiment.train
     process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    if pipeline_class(experiment) is LladaSftPipeline and dataset is None:
+    if pipeline_class(experiment) is PreferencePipeline:
+        pipeline = PreferencePipeline(dataset or data.datasets[0], tcfg.seq_len, tcfg.batch_size,
+                                      tcfg.seed if seed is None else seed, **process)  # fmt: skip
+    elif pipeline_class(experiment) is LladaSftPipeline and dataset is None:
         from illada_jax.data.tokenizers.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(data.tokenizer) if data.tokenizer else Tokenizer.default()
@@ -254,7 +283,9 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
     optimizer = make_optimizer(optim_cfg, total_steps=tcfg.steps)
     schedule = learning_rate_schedule(optim_cfg, total_steps=tcfg.steps)
     graphdef = graphdef_and_specs(experiment.model)[0]
-    abstract_state = state_lib.abstract_state(experiment.model, optimizer, mesh, rules, tcfg.seed)
+    reference = experiment.diffusion.objective in REFERENCE_OBJECTIVES
+    abstract_state = state_lib.abstract_state(experiment.model, optimizer, mesh, rules, tcfg.seed,
+                                              reference)  # fmt: skip
     shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
     keys = pipeline_class(experiment).output_keys
     # Jitted only: traced by `Run.lower_*` under the mesh, never at a call (module doc).
@@ -270,13 +301,20 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
         global_batch=tcfg.batch_size,
         batch_keys=keys,
         compute_dtype=weights_compute_dtype(experiment.model),
+        vrpo=experiment.vrpo,
     )
+    preference = experiment.diffusion.objective == "vrpo"
     eval_step = make_eval_step(
         graphdef,
-        param_shardings=shardings["params"],
+        param_shardings=(shardings["params"], shardings["ref_params"])
+        if preference
+        else shardings["params"],
         mesh=mesh,
         rules=rules,
         global_batch=tcfg.batch_size,
+        vrpo=experiment.vrpo if preference else None,
+        chunk_size=experiment.diffusion.loss_chunk_size,
+        batch_keys=keys if preference else None,
     )
     return Run(
         experiment=experiment,

@@ -1,4 +1,5 @@
-"""The held-out negative ELBO bound: the runner's periodic evaluation and `illada eval`.
+"""The held-out negative ELBO bound: the runner's periodic evaluation and `illada eval`; for
+preference optimisation, the held-out preference accuracy.
 
 The estimator is the `l`-form of the bound (exactly l of n tokens masked, weight n/l;
 docs/algorithms.md#the-held-out-bound) with fixed keys (`EVAL_SEED`), so the same checkpoint,
@@ -30,3 +31,22 @@ def heldout_bound(eval_step: Callable, params, pipeline, batches: int, put: Call
         total += float(bound)
         tokens += float(n)
     return {"eval_nll_bound": total / max(tokens, 1.0), "eval_tokens": tokens}
+
+
+def heldout_preference(eval_step: Callable, params, pipeline, batches: int, put: Callable) -> dict:
+    """Over batches 0..`batches`-1 of a preference pipeline (docs/algorithms.md#preference-optimisation-vrpo):
+    `eval_pref_accuracy`, the fraction of pairs whose chosen answer gains more ELBO over the
+    reference than the rejected one (ties count half: 0.5 at the start, when the policy is the
+    reference); `eval_reward_margin`, the mean β·margin; `eval_likelihood_accuracy`, the fraction
+    whose chosen answer has the higher ELBO under the model itself; `eval_pairs`.
+    `eval_step(params, batch, key)` returns those sums (`train/objective.preference_eval`)."""
+    sums: dict[str, float] = {}
+    for index in range(batches):
+        out = eval_step(params, put(pipeline.process_batch(index)), eval_key(index))
+        for name, value in out.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+    pairs = max(sums["pairs"], 1.0)
+    return {"eval_pref_accuracy": sums["right"] / pairs,
+            "eval_reward_margin": sums["margin"] / pairs,
+            "eval_likelihood_accuracy": sums["likelihood_right"] / pairs,
+            "eval_pairs": sums["pairs"]}  # fmt: skip

@@ -31,7 +31,7 @@ from illada_jax.ckpt import rundir
 from illada_jax.ckpt.manager import CheckpointSaveError
 from illada_jax.obs import flops
 from illada_jax.train.builder import Run
-from illada_jax.train.evaluate import EVAL_SEED, heldout_bound
+from illada_jax.train.evaluate import EVAL_SEED, heldout_bound, heldout_preference
 
 
 @dataclasses.dataclass
@@ -213,7 +213,8 @@ class MetricsLog(Hook):
 
 class HeldOutEval(Hook):
     """Every `train.eval_every` steps: the held-out negative ELBO (nats/token, fixed seeds) on
-    `train.eval_dataset`. At a fresh start: the unigram baseline, the held-out dataset's tokens
+    `train.eval_dataset` (objective=vrpo: the held-out preference accuracy and reward margin on
+    preference pairs). At a fresh start: the unigram baseline, the held-out dataset's tokens
     scored with the training data's token frequencies (`data/pipeline/unigram.py`), which a model
     must beat to have learned more than frequencies."""
 
@@ -224,6 +225,8 @@ class HeldOutEval(Hook):
         if self.every:  # refuse held-out data that does not fit the model now, on every process
             run = loop.run
             run.pipeline(dataset=run.experiment.train.eval_dataset, seed=EVAL_SEED)
+            if run.preference and not loop.step:  # where preference training starts from
+                self.on_step(loop)
         # Logged once, at a fresh start (a resumed run has it in metrics.jsonl), by process 0.
         if loop.step or not loop.writer.enabled:
             return
@@ -238,8 +241,9 @@ class HeldOutEval(Hook):
     def on_step(self, loop: LoopState) -> None:
         run = loop.run
         pipeline = run.pipeline(dataset=run.experiment.train.eval_dataset, seed=EVAL_SEED)
-        record = heldout_bound(run.eval_step, loop.state["params"], pipeline,
-                               run.experiment.train.eval_batches, put=run.eval_batch)  # fmt: skip
+        measure = heldout_preference if run.preference else heldout_bound
+        record = measure(run.eval_step, run.eval_params(loop.state), pipeline,
+                         run.experiment.train.eval_batches, put=run.eval_batch)  # fmt: skip
         loop.record({"step": loop.step, **record}, line=f"step {loop.step}: held-out {record}")
 
 
@@ -250,7 +254,7 @@ def _unigram_baseline(run: Run) -> float | None:
     from illada_jax.data.pipeline.unigram import unigram_baseline
 
     experiment = run.experiment
-    if not experiment.train.eval_every or experiment.diffusion.objective == "sft_llada":
+    if not experiment.train.eval_every or experiment.diffusion.objective in ("sft_llada", "vrpo"):
         return None
     data = experiment.data
 

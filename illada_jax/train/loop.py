@@ -10,7 +10,7 @@
 3. `config.json`, the checkpoint manager and the metric writers; `start`: resume from the newest
    good checkpoint in `WORKDIR/checkpoints` (state, data position, learning-rate scale, spike
    window, the metrics of the unfinished log window), else initialise (parameters from
-   `checkpoint.init_from` when set).
+   `checkpoint.init_from` when set; for vrpo also the frozen reference `ref_params`).
 4. The loop: take this process's rows of the next global batch, dispatch the train step, fetch
    the previous step's metrics (this step's only when a hook needs them: logging), then the
    hooks that are due (train/hooks.py, train/recovery.py): logging, held-out evaluation, text
@@ -143,7 +143,12 @@ def start(
         if init_from is not None:
             params = restore_params(init_from, run.abstract_state["params"])
             state = {**state, "params": params}
-            print_fn(f"initialised parameters from {ccfg.init_from}")
+            if "ref_params" in state:  # the frozen reference: a second copy, never updated
+                state["ref_params"] = restore_params(init_from, run.abstract_state["ref_params"])
+            print_fn(
+                f"initialised parameters from {ccfg.init_from}"
+                + (" (also the frozen reference)" if "ref_params" in state else "")
+            )
         writer.write_text("config", flags.to_json(experiment), step=0)
     progress = TrainProgress(tcfg.steps, initial_step=step, enabled=writer.enabled)
     loop = LoopState(

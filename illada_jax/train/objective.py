@@ -7,6 +7,10 @@ This is the only place where diffusion meets the model. A batch is a dict of arr
   separate documents, see `illada_jax.data.pipeline.packing`);
 - `prompt_lengths [batch] int32` (objective `sft_llada` only).
 
+A preference batch (objective `vrpo`, `preference_loss`) instead holds `chosen`, `rejected
+[batch, length] int32` (`[prompt, answer, pad...]` rows sharing the prompt) with `prompt_lengths`,
+`chosen_lengths`, `rejected_lengths [batch] int32`.
+
 iLLaDA's two-segment split cuts every chosen row once, splitting whichever segment (document) holds
 the cut point; other segments are untouched.
 """
@@ -16,8 +20,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from illada_jax.config.post_training import VrpoConfig
 from illada_jax.config.schema import DiffusionConfig
-from illada_jax.diffusion import losses, masking
+from illada_jax.diffusion import losses, masking, preference
 
 
 def diffusion_loss(
@@ -89,3 +94,87 @@ def elbo_bound(model, batch: dict, key: jax.Array) -> tuple[jax.Array, jax.Array
     per_row = jnp.sum(jnp.where(is_masked, ce, 0.0), axis=1) * weight
     n_tokens = tokens.size if valid is None else jnp.sum(valid)
     return jnp.sum(per_row), n_tokens
+
+
+PREFERENCE_SIDES = ("chosen", "rejected")
+
+
+def _answer_elbo(model, tokens, draws: preference.AnswerDraws, chunk_size: int):
+    """(the ELBO estimate `B [rows]` of each row's answer under `model` from its draws, the sum
+    of the cross-entropy over the masked tokens: a scalar)."""
+    rows, samples, length = draws.noisy.shape
+    flat = lambda x: x.reshape(rows * samples, length)  # noqa: E731
+    key_mask = flat(jnp.broadcast_to(draws.key_mask[:, None, :], draws.noisy.shape))
+    targets = flat(jnp.broadcast_to(tokens[:, None, :], draws.noisy.shape))
+    hidden = model.hidden_states(flat(draws.noisy), key_mask=key_mask)
+    ce = losses.token_cross_entropy(hidden, targets, model.project, chunk_size)
+    ce = ce.reshape(rows, samples, length)
+    masked_sum = jnp.sum(jnp.where(draws.masked, ce, 0.0))
+    return preference.elbo_from_cross_entropy(ce, draws), masked_sum
+
+
+def preference_elbos(policy, reference, batch: dict, key: jax.Array, cfg: VrpoConfig,
+                     chunk_size: int) -> dict:  # fmt: skip
+    """{side: (B_policy [P], B_reference [P], Σ policy CE over masked tokens, policy draws)}
+    for side in chosen, rejected (docs/algorithms.md#preference-optimisation-vrpo). With
+    `cfg.antithetic` the reference scores the policy's very draws; the reference's ELBOs carry
+    no gradient."""
+    mask_id = policy.cfg.mask_token_id
+    out = {}
+    for index, side in enumerate(PREFERENCE_SIDES):
+        side_key = jax.random.fold_in(key, index)
+        tokens, lengths = batch[side], batch[f"{side}_lengths"]
+
+        def draw(k, tokens=tokens, lengths=lengths):
+            return preference.answer_draws(k, tokens, batch["prompt_lengths"], lengths, mask_id,
+                                           cfg.samples, cfg.stratified)  # fmt: skip
+
+        draws = draw(side_key)
+        reference_draws = draws if cfg.antithetic else draw(jax.random.fold_in(side_key, 1))
+        policy_elbo, masked_ce_sum = _answer_elbo(policy, tokens, draws, chunk_size)
+        reference_elbo = jax.lax.stop_gradient(
+            _answer_elbo(reference, tokens, reference_draws, chunk_size)[0]
+        )
+        out[side] = (policy_elbo, reference_elbo, masked_ce_sum, draws)
+    return out
+
+
+def preference_loss(policy, reference, batch: dict, key: jax.Array, cfg: VrpoConfig,
+                    chunk_size: int) -> tuple[jax.Array, dict]:  # fmt: skip
+    """VRPO: DPO's loss with ELBO estimates (docs/algorithms.md#preference-optimisation-vrpo).
+    Returns (loss, metrics): the reward margin β·margin, preference accuracy (margin > 0) and
+    the chosen answers' drift B_θ - B_ref (nats per answer) are means over the pairs;
+    `masked_ce` (the spike test's input) is the policy's mean CE over its masked tokens."""
+    elbos = preference_elbos(policy, reference, batch, key, cfg, chunk_size)
+    (policy_w, reference_w, ce_w, draws_w), (policy_l, reference_l, ce_l, draws_l) = (
+        elbos[side] for side in PREFERENCE_SIDES
+    )
+    out = preference.dpo_loss(policy_w, reference_w, policy_l, reference_l, cfg.beta)
+    num_masked = jnp.sum(draws_w.masked, dtype=jnp.int32) + jnp.sum(draws_l.masked, dtype=jnp.int32)
+    masked_ce = (ce_w + ce_l) / jnp.maximum(num_masked, 1)
+    metrics = {
+        "loss": out.loss,
+        "masked_ce": masked_ce,
+        "num_masked": num_masked,
+        "reward_margin": cfg.beta * jnp.mean(out.margin),
+        "pref_accuracy": jnp.mean((out.margin > 0).astype(jnp.float32)),
+        "chosen_drift": jnp.mean(out.chosen_drift),
+        "rejected_drift": jnp.mean(out.rejected_drift),
+    }
+    return out.loss, metrics
+
+
+def preference_eval(policy, reference, batch: dict, key: jax.Array, cfg: VrpoConfig,
+                    chunk_size: int) -> dict:  # fmt: skip
+    """Held-out preference sums over the batch, with the caller's fixed key: `right`, pairs
+    whose margin is positive (a tie, as when the policy is still the reference, counts half);
+    `margin`, Σ β·margin; `likelihood_right`, pairs whose chosen answer has the higher ELBO
+    under the policy itself (the model's own preference, reference aside); `pairs`."""
+    elbos = preference_elbos(policy, reference, batch, key, cfg, chunk_size)
+    (policy_w, reference_w, *_), (policy_l, reference_l, *_) = (
+        elbos[side] for side in PREFERENCE_SIDES
+    )
+    margin = (policy_w - reference_w) - (policy_l - reference_l)
+    right = jnp.sum(margin > 0) + 0.5 * jnp.sum(margin == 0)
+    return {"right": right, "margin": cfg.beta * jnp.sum(margin),
+            "likelihood_right": jnp.sum(policy_w > policy_l), "pairs": margin.shape[0]}  # fmt: skip

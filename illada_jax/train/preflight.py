@@ -60,14 +60,14 @@ def check_inputs(run):
     """Open the training data (and the held-out set when the run evaluates) and resolve
     `checkpoint.init_from`: a mistake there is reported before anything is written. Returns the
     training pipeline."""
-    from illada_jax.ckpt.manager import init_from_step_dir
+    from illada_jax.ckpt.manager import check_init_from
 
     experiment = run.experiment
     pipeline = run.pipeline()
     if experiment.train.eval_every:
         run.pipeline(dataset=experiment.train.eval_dataset)
-    if experiment.checkpoint.init_from:
-        init_from_step_dir(experiment.checkpoint.init_from)
+    if experiment.checkpoint.init_from:  # it exists and its parameters fit this model
+        check_init_from(experiment.checkpoint.init_from, run.abstract_state["params"])
     return pipeline
 
 

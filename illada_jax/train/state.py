@@ -1,8 +1,13 @@
 """The train state and its shardings; the state is created already sharded.
 
 A train state is a plain pytree (so orbax saves it as is):
-`{"step": int32 [], "params": nested dict of arrays, "opt_state": optax state}`. Parameters are
-the model's pure dict (`nnx.to_pure_dict`); `nnx.merge(graphdef, params)` rebuilds the network.
+`{"step": int32 [], "params": nested dict of arrays, "opt_state": optax state}`, plus
+`"ref_params"` for the post-training objectives that compare with a frozen reference model
+(vrpo: docs/algorithms.md#preference-optimisation-vrpo): a copy of the starting parameters,
+sharded like `params`, never updated. Keeping it in the state makes it resident on the devices
+beside the policy and saved with every checkpoint, so a resumed run scores against exactly the
+same reference without reading `checkpoint.init_from` again. Parameters are the model's pure dict
+(`nnx.to_pure_dict`); `nnx.merge(graphdef, params)` rebuilds the network.
 
 Shardings come from the parameters' logical axis names and the rule table (`parallel/rules.py`);
 `create_state` runs the initialiser under `jit` with those `out_shardings`, so every device
@@ -32,20 +37,26 @@ def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: str):
     )
 
 
-def _init_fn(cfg: ModelConfig, optimizer: optax.GradientTransformation, seed: int):
+def _init_fn(cfg: ModelConfig, optimizer: optax.GradientTransformation, seed: int,
+             reference: bool = False):  # fmt: skip
     def init():
         params = nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed))))
-        return {
+        state = {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
             "opt_state": optimizer.init(params),
         }
+        if reference:
+            state["ref_params"] = jax.tree.map(jnp.copy, params)
+        return state
 
     return init
 
 
-def state_shardings(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int = 0):
-    """NamedShardings for the whole train state (optimizer moments follow their parameters)."""
+def state_shardings(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int = 0,
+                    reference: bool = False):  # fmt: skip
+    """NamedShardings for the whole train state (optimizer moments follow their parameters,
+    the reference, when there is one, is sharded like the parameters)."""
     params = param_shardings(cfg, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     abstract = jax.eval_shape(_init_fn(cfg, optimizer, seed))
@@ -56,19 +67,25 @@ def state_shardings(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int = 0
         params,
         transform_non_params=lambda _: replicated,
     )
-    return {"step": replicated, "params": params, "opt_state": opt}
+    shardings = {"step": replicated, "params": params, "opt_state": opt}
+    if reference:
+        shardings["ref_params"] = params
+    return shardings
 
 
-def abstract_state(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int = 0):
+def abstract_state(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int = 0,
+                   reference: bool = False):  # fmt: skip
     """The state as ShapeDtypeStructs carrying shardings (a restore target; nothing allocated)."""
-    shapes = jax.eval_shape(_init_fn(cfg, optimizer, seed))
-    shardings = state_shardings(cfg, optimizer, mesh, rules, seed)
+    shapes = jax.eval_shape(_init_fn(cfg, optimizer, seed, reference))
+    shardings = state_shardings(cfg, optimizer, mesh, rules, seed, reference)
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
 
 
-def create_state(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int):
-    """A freshly initialised, sharded train state."""
-    shardings = state_shardings(cfg, optimizer, mesh, rules, seed)
-    return jax.jit(_init_fn(cfg, optimizer, seed), out_shardings=shardings)()
+def create_state(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int,
+                 reference: bool = False):  # fmt: skip
+    """A freshly initialised, sharded train state (with `reference`: `ref_params`, a copy of
+    the initial parameters; the runner replaces both with `checkpoint.init_from`'s)."""
+    shardings = state_shardings(cfg, optimizer, mesh, rules, seed, reference)
+    return jax.jit(_init_fn(cfg, optimizer, seed, reference), out_shardings=shardings)()

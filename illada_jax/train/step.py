@@ -21,6 +21,12 @@ SwiGLU gating, softmax and the cross-entropy compute in fp32 inside the model wh
 weights' dtype.
 
 `eval_step(params, batch, key) -> (bound_sum, n_tokens)`: the held-out ELBO bound.
+
+Objective `vrpo` (docs/algorithms.md#preference-optimisation-vrpo): the state also holds the
+frozen reference `ref_params`, which the step reads (cast like the parameters) and returns
+unchanged; the batch is a preference batch (`train/objective.py`); the eval step takes
+`(params, ref_params)` as its first argument and returns the held-out preference sums
+(`train/objective.preference_eval`).
 """
 
 from __future__ import annotations
@@ -31,9 +37,15 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from illada_jax.config.post_training import VrpoConfig
 from illada_jax.config.schema import DiffusionConfig
 from illada_jax.parallel.rules import batch_spec
-from illada_jax.train.objective import diffusion_loss, elbo_bound
+from illada_jax.train.objective import (
+    diffusion_loss,
+    elbo_bound,
+    preference_eval,
+    preference_loss,
+)
 
 
 def _micro_batches(batch: dict, accum: int) -> dict:
@@ -64,11 +76,17 @@ def cast_params(params, dtype):
     )
 
 
+def is_row_vector(key: str) -> bool:
+    """Batch arrays named `*_lengths` (`prompt_lengths`, `chosen_lengths`, ...) are [batch];
+    the others [batch, length]."""
+    return key.endswith("_lengths")
+
+
 def batch_shardings(mesh, rules: str, global_batch: int, keys) -> dict:
-    """Row shardings of a batch dict: [batch, length] arrays, and [batch] `prompt_lengths`."""
+    """Row shardings of a batch dict: [batch, length] arrays, and [batch] `*_lengths`."""
     rows = batch_spec(rules, mesh, global_batch)
     return {
-        key: NamedSharding(mesh, PartitionSpec(rows[0]) if key == "prompt_lengths" else rows)
+        key: NamedSharding(mesh, PartitionSpec(rows[0]) if is_row_vector(key) else rows)
         for key in keys
     }
 
@@ -86,16 +104,24 @@ def make_train_step(
     global_batch: int | None = None,
     batch_keys=None,
     compute_dtype=None,
+    vrpo: VrpoConfig | None = None,
 ):
     """Jitted train step. With `mesh`, inputs/outputs carry explicit shardings; `batch_keys`
     names the batch's arrays when they are not all [batch, length] (e.g. `prompt_lengths`);
     `compute_dtype` (e.g. jnp.bfloat16; None = as stored) is the dtype the weights are cast to
-    once per step (module doc)."""
+    once per step (module doc); `vrpo`: the preference settings of objective=vrpo."""
 
-    def loss_and_grads(params, batch, key, data_step):
+    def model_loss(params, ref_params, batch, key):
+        model = nnx.merge(graphdef, cast_params(params, compute_dtype))
+        if diffusion.objective == "vrpo":
+            reference = nnx.merge(graphdef, cast_params(ref_params, compute_dtype))
+            return preference_loss(model, reference, batch, key, vrpo or VrpoConfig(),
+                                   diffusion.loss_chunk_size)  # fmt: skip
+        return diffusion_loss(model, batch, key, diffusion)
+
+    def loss_and_grads(params, batch, key, data_step, ref_params=None):
         def objective(p):
-            model = nnx.merge(graphdef, cast_params(p, compute_dtype))
-            loss, metrics = diffusion_loss(model, batch, key, diffusion)
+            loss, metrics = model_loss(p, ref_params, batch, key)
             poison = jnp.where(data_step == inject_nan_step, jnp.nan, 1.0)
             return loss * poison, {**metrics, "loss": metrics["loss"] * poison}
 
@@ -103,8 +129,9 @@ def make_train_step(
 
     def train_step(state, batch, key, controls):
         params, step, data_step = state["params"], state["step"], controls["data_step"]
+        ref_params = state.get("ref_params")
         if grad_accum == 1:
-            (loss, metrics), grads = loss_and_grads(params, batch, key, data_step)
+            (loss, metrics), grads = loss_and_grads(params, batch, key, data_step, ref_params)
         else:
             micro = _micro_batches(batch, grad_accum)
 
@@ -112,7 +139,7 @@ def make_train_step(
                 grads_sum, loss_sum, metrics_sum = carry
                 index, micro_batch = xs
                 (loss, m), g = loss_and_grads(
-                    params, micro_batch, jax.random.fold_in(key, index), data_step
+                    params, micro_batch, jax.random.fold_in(key, index), data_step, ref_params
                 )
                 add = lambda a, b: a + b  # noqa: E731
                 return (
@@ -123,7 +150,9 @@ def make_train_step(
 
             zeros = jax.tree.map(jnp.zeros_like, params)
             metric_shapes = jax.eval_shape(
-                lambda: loss_and_grads(params, jax.tree.map(lambda x: x[0], micro), key, data_step)
+                lambda: loss_and_grads(
+                    params, jax.tree.map(lambda x: x[0], micro), key, data_step, ref_params
+                )
             )[0][1]
             metric_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
             (grads, loss, metrics), _ = jax.lax.scan(
@@ -148,6 +177,8 @@ def make_train_step(
             "params": jax.tree.map(keep, new_params, params),
             "opt_state": jax.tree.map(keep, new_opt_state, state["opt_state"]),
         }
+        if ref_params is not None:  # frozen: passed through (the state is donated)
+            new_state["ref_params"] = ref_params
         metrics = {**metrics, "grad_norm": grad_norm, "applied": healthy.astype(jnp.int32)}
         return new_state, metrics
 
@@ -169,15 +200,26 @@ def make_train_step(
 
 
 def make_eval_step(
-    graphdef, *, param_shardings=None, mesh=None, rules="fsdp", global_batch: int | None = None
-):
+    graphdef, *, param_shardings=None, mesh=None, rules="fsdp", global_batch: int | None = None,
+    vrpo: VrpoConfig | None = None, chunk_size: int = 512, batch_keys=None,
+):  # fmt: skip
+    """Jitted held-out step: the ELBO bound, or with `vrpo` the held-out preference accuracy
+    (then `params` is `(params, ref_params)` and `param_shardings` theirs)."""
+
     def eval_step(params, batch, key):
+        if vrpo is not None:
+            policy, reference = (nnx.merge(graphdef, p) for p in params)
+            return preference_eval(policy, reference, batch, key, vrpo, chunk_size)
         return elbo_bound(nnx.merge(graphdef, params), batch, key)
 
     if mesh is None:
         return jax.jit(eval_step)
     replicated = NamedSharding(mesh, PartitionSpec())
-    rows = NamedSharding(mesh, batch_spec(rules, mesh, global_batch))
+    rows = (
+        NamedSharding(mesh, batch_spec(rules, mesh, global_batch))
+        if batch_keys is None
+        else batch_shardings(mesh, rules, global_batch, batch_keys)
+    )
     return jax.jit(
         eval_step, in_shardings=(param_shardings, rows, replicated), out_shardings=replicated
     )

@@ -101,6 +101,7 @@ TINY_ARGS = {
     ],  # fmt: skip
     ("python", "bench/convert.py"): ["--preset", "tiny"],
     ("python", "bench/quickstart.py"): TINY_TRAIN,
+    ("python", "bench/post_train.py"): [*TINY_TRAIN, "--pairs", "4", "--draws", "4"],
     ("python", "bench/compile.py"): [
         "--config=config:tiny",
         "--topology",

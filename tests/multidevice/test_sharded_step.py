@@ -1,5 +1,6 @@
 """One train step on an 8-device CPU mesh equals the single-device step (rule tables `fsdp` and
-`fsdp_tp`, gradient accumulation), and parameters are really sharded as the rule tables say.
+`fsdp_tp`, gradient accumulation; the pre-training and the preference (vrpo) objectives), and
+parameters are really sharded as the rule tables say.
 
 Every step goes through the runner's own path: `build_run`, `Run.init_state`, `Run.global_batch`
 and `Run.train_step` (the compiled executable) called outside any mesh context, as
@@ -40,7 +41,8 @@ SCRIPT = textwrap.dedent(
     from jax.sharding import NamedSharding
 
     from illada_jax.config.schema import (
-        DiffusionConfig, Experiment, MeshConfig, ModelConfig, OptimConfig, TrainConfig,
+        CheckpointConfig, DataConfig, DiffusionConfig, Experiment, MeshConfig, ModelConfig,
+        OptimConfig, TrainConfig,
     )
     from illada_jax.train.builder import build_run
 
@@ -62,6 +64,24 @@ SCRIPT = textwrap.dedent(
         tokens = rng.integers(8, MODEL.vocab_size, (batch_size, SEQ)).astype(np.int32)
         positions = np.broadcast_to(np.arange(SEQ, dtype=np.int32), tokens.shape).copy()
         return {"tokens": tokens, "segment_ids": np.ones_like(tokens), "positions": positions}
+
+
+    def preference_rows(batch_size):
+        # A preference batch: a prompt of 3..8 tokens, answers of 1..12 (one of 1 token), EOS
+        # padding; token ids 8..63.
+        rng = np.random.default_rng(1)
+        batch = {side: np.full((batch_size, SEQ), 3, np.int32) for side in ("chosen", "rejected")}
+        prompts = rng.integers(3, 9, batch_size).astype(np.int32)
+        batch["prompt_lengths"] = prompts
+        for side in ("chosen", "rejected"):
+            lengths = rng.integers(1, 13, batch_size).astype(np.int32)
+            lengths[0] = 1
+            batch[f"{side}_lengths"] = lengths
+            for row in range(batch_size):
+                end = prompts[row] + lengths[row]
+                batch[side][row, :end] = rng.integers(8, MODEL.vocab_size, end)
+            batch[side][:, :prompts.max()] = batch["chosen"][:, :prompts.max()]  # shared prompt
+        return batch
 
 
     def layout(array):
@@ -93,11 +113,15 @@ SCRIPT = textwrap.dedent(
 
     def run(mesh_cfg, rules, devices, diffusion, batch_size, grad_accum=1):
         # The runner's own path (train/loop.py): build_run, init_state, global_batch, then the
-        # compiled step called outside any mesh context, exactly as `advance` calls it.
+        # compiled step called outside any mesh context, exactly as `advance` calls it. vrpo:
+        # the state's frozen reference is its initial parameters (init_from is not read here).
+        vrpo = diffusion.objective == "vrpo"
         experiment = Experiment(
             model=MODEL, diffusion=diffusion, optim=OPTIM,
             mesh=dataclasses.replace(mesh_cfg, rules=rules),
             train=TrainConfig(steps=10, batch_size=batch_size, seq_len=SEQ, grad_accum=grad_accum),
+            checkpoint=CheckpointConfig(init_from="runs/sft" if vrpo else ""),
+            data=DataConfig(datasets=("data/pref",)) if vrpo else DataConfig(),
         )
         run = build_run(experiment, devices)
         state = run.init_state()
@@ -117,8 +141,8 @@ SCRIPT = textwrap.dedent(
                 ],
             },
         }
-        batch = run.global_batch(rows(batch_size))
-        out["layout"]["batch"] = layout(batch["tokens"])
+        batch = run.global_batch((preference_rows if vrpo else rows)(batch_size))
+        out["layout"]["batch"] = layout(batch["chosen" if vrpo else "tokens"])
         out["collectives"] = collectives(run.train_step.as_text())
         out["param_elements"] = sum(leaf.size for leaf in jax.tree.leaves(params))
         controls = run.controls(lr_scale=1.0, loss_ceiling=np.inf, data_step=0)
@@ -127,6 +151,9 @@ SCRIPT = textwrap.dedent(
         out["metrics"] = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
         out["step"] = int(new_state["step"])
         out["params"] = flat(new_state["params"])
+        if vrpo:  # the reference is passed through unchanged, sharded like the parameters
+            out["ref_unchanged"] = flat(new_state["ref_params"]) == out["init"]
+            out["layout"]["ref_embed"] = layout(new_state["ref_params"]["embed"])
         return out
 
 
@@ -143,6 +170,10 @@ SCRIPT = textwrap.dedent(
         "accum1": run(MeshConfig(fsdp=1), "fsdp", one, full_mask, 16, 1),
         "accum2": run(MeshConfig(fsdp=8), "fsdp", None, full_mask, 16, 2),
     }
+    vrpo = DiffusionConfig(objective="vrpo", random_length_mode="none")
+    results["vrpo_single"] = run(MeshConfig(fsdp=1), "fsdp", one, vrpo, 8)
+    results["vrpo_fsdp"] = run(MeshConfig(fsdp=8), "fsdp", None, vrpo, 8)
+    results["vrpo_fsdp_tp"] = run(MeshConfig(fsdp=4, tensor=2), "fsdp_tp", None, vrpo, 8)
     print("RESULT " + json.dumps(results))
     """
 )
@@ -199,6 +230,22 @@ def test_sharded_step_equals_single_device_step(results, run):
         np.testing.assert_allclose(results[run]["init"][name], value, rtol=0, atol=0)
     # ... and the same update.
     _assert_same_update(results["single"], results[run])
+
+
+@pytest.mark.parametrize("run", ["vrpo_fsdp", "vrpo_fsdp_tp"])
+def test_sharded_preference_step_equals_single_device_step(results, run):
+    single = results["vrpo_single"]
+    # The step moves the policy (the reference starts equal, so the margin is 0 and the loss
+    # log 2, but its gradient is not 0) and leaves the reference as it was.
+    assert single["metrics"]["loss"] == pytest.approx(np.log(2.0), rel=1e-5)
+    moved = max(np.abs(np.asarray(single["params"][n]) - np.asarray(single["init"][n])).max()
+                for n in single["params"])  # fmt: skip
+    assert moved > 1e-4
+    assert single["ref_unchanged"] and results[run]["ref_unchanged"]
+    assert results[run]["layout"]["ref_embed"] == results[run]["layout"]["embed"]
+    for name, value in single["init"].items():
+        np.testing.assert_allclose(results[run]["init"][name], value, rtol=0, atol=0)
+    _assert_same_update(single, results[run])
 
 
 def test_fsdp_shards_parameters_over_eight_devices(results):

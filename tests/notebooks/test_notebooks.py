@@ -107,8 +107,8 @@ def test_01_quickstart(workdir):
 
 def test_02_finetune_and_evaluate(workdir):
     notebook = _execute("02_finetune_and_evaluate.ipynb", workdir)
-    _assert_figures(workdir, ["02_sft_loss.png", "02_multiple_choice.png"])
-    assert _inline_images(notebook) >= 2
+    _assert_figures(workdir, ["02_sft_loss.png", "02_multiple_choice.png", "02_vrpo.png"])
+    assert _inline_images(notebook) >= 3
     for style in ("illada_sft", "llada_sft"):
         run = workdir / "illada_notebooks" / style
         assert (run / "checkpoints" / "30").is_dir(), style
@@ -123,6 +123,12 @@ def test_02_finetune_and_evaluate(workdir):
         r"kjv_next_word \(8 questions, confidence scoring\): \{'acc,none': ([0-9.]+)", out
     )
     assert match and 0.0 <= float(match.group(1)) <= 1.0, out[-2000:]
+    # VRPO from the LLaDA-style run: held-out accuracy at steps 0, 10, 20, starting at 0.5 (the
+    # policy is the reference) and moving off it.
+    held = [r for r in _metrics(workdir / "illada_notebooks" / "vrpo") if "eval_pref_accuracy" in r]
+    assert [r["step"] for r in held] == [0, 10, 20] and held[0]["eval_pref_accuracy"] == 0.5
+    assert held[-1]["eval_pref_accuracy"] != 0.5, held
+    assert out.count("held-out preference accuracy") == 3
 
 
 def test_03_ablations(workdir):

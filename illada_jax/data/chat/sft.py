@@ -155,6 +155,44 @@ def parse_record(record: Any) -> list[Message]:
     return validate_messages(messages)
 
 
+def iter_jsonl(
+    path: str | pathlib.Path,
+    parse,
+    *,
+    on_error: str = "raise",
+    skipped: list[tuple[int, str]] | None = None,
+    error: type[SftFormatError] = SftFormatError,
+) -> Iterator[Any]:
+    """`parse(record)` of every JSON line of a file (blank lines ignored), by the SFT rules for
+    bad lines: `parse` raises `SftFormatError` (or a subclass) naming the problem; a bad line
+    raises `error("path:line: problem")`, or with `on_error="skip"` is skipped and appended to
+    `skipped` as (line number, problem). Local or gs:// (a pod reads it from the bucket)."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}: allowed values are {', '.join(ON_ERROR)}")
+    with storage.path(path).open("rb") as f:
+        for number, raw_line in enumerate(f, 1):
+            if not raw_line.strip():
+                continue
+            try:
+                try:
+                    line = raw_line.decode("utf-8")
+                except UnicodeDecodeError as problem:
+                    raise SftFormatError(
+                        f"not UTF-8 text ({problem.reason} at byte {problem.start}); is it a "
+                        "JSONL file?"
+                    ) from None
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as problem:
+                    raise SftFormatError(f"invalid JSON ({problem.msg})") from None
+                yield parse(record)
+            except SftFormatError as problem:
+                if on_error == "raise":
+                    raise error(f"{path}:{number}: {problem}") from None
+                if skipped is not None:
+                    skipped.append((number, str(problem)))
+
+
 def iter_sft_jsonl(
     path: str | pathlib.Path,
     *,
@@ -163,30 +201,7 @@ def iter_sft_jsonl(
 ) -> Iterator[list[Message]]:
     """Dialogues of a JSONL file. Bad lines raise `SftFormatError("path:line: problem")`, or
     with `on_error="skip"` are skipped and appended to `skipped` as (line number, problem)."""
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error={on_error!r}: allowed values are {', '.join(ON_ERROR)}")
-    with storage.path(path).open("rb") as f:  # local or gs:// (a pod reads it from the bucket)
-        for number, raw_line in enumerate(f, 1):
-            if not raw_line.strip():
-                continue
-            try:
-                try:
-                    line = raw_line.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    raise SftFormatError(
-                        f"not UTF-8 text ({error.reason} at byte {error.start}); is it a JSONL "
-                        "file?"
-                    ) from None
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise SftFormatError(f"invalid JSON ({error.msg})") from None
-                yield parse_record(record)
-            except SftFormatError as error:
-                if on_error == "raise":
-                    raise SftFormatError(f"{path}:{number}: {error}") from None
-                if skipped is not None:
-                    skipped.append((number, str(error)))
+    return iter_jsonl(path, parse_record, on_error=on_error, skipped=skipped)
 
 
 def read_sft_jsonl(

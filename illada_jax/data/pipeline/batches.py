@@ -307,7 +307,22 @@ class StreamBatches:
             iterator.close()
 
 
-class LladaSftPipeline:
+class StepIndexedPipeline:
+    """A pipeline of `pairs` whose step is its whole data position: `process_batch(step)` is a
+    pure function of (seed, step), so it needs no iterator state in checkpoints."""
+
+    def iterator(self, start_step: int = 0, state: None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Batches from `start_step` on (`state`: always None, the step is the whole position)."""
+        step = start_step
+        while True:
+            yield self.process_batch(step)
+            step += 1
+
+    def epochs(self, step: int) -> list[float]:
+        return [step * self.global_batch / len(self.pairs)]
+
+
+class LladaSftPipeline(StepIndexedPipeline):
     """`sft_llada` batches (docs/algorithms.md#sft-llada-style): every (prompt, answer) pair of the
     SFT dialogues, pairs longer than `seq_len` dropped (counted in `dropped`), EOS-padded to a
     static `seq_len`.
@@ -368,13 +383,3 @@ class LladaSftPipeline:
         first = step * self.global_batch + self.first_row
         rows = [self.pairs[self.order[first + j]] for j in range(self.per_process_batch)]
         return llada_sft_batch(rows, self.tokenizer, self.seq_len, pad_multiple=self.seq_len)
-
-    def iterator(self, start_step: int = 0, state: None = None) -> Iterator[dict[str, np.ndarray]]:
-        """Batches from `start_step` on (`state`: always None, the step is the whole position)."""
-        step = start_step
-        while True:
-            yield self.process_batch(step)
-            step += 1
-
-    def epochs(self, step: int) -> list[float]:
-        return [step * self.global_batch / len(self.pairs)]

@@ -1,0 +1,123 @@
+"""`illada prepare --format pref`: preference JSONL -> a prepared preference dataset
+(docs/data.md#preference-pairs).
+
+The dataset is a directory (local or gs://), written whole or not at all
+(`storage.atomic_directory`):
+- `pairs.npz`: `tokens [T] int32`, `offsets [N, 4] int64` (`data/chat/pref.py: pack_pairs`);
+- `manifest.json`: `{"format": "pref", "pairs": N, "bad_records": {problem: count},
+  "bad_examples": [...], "tokenizer": {...}, "source": {...}, "longest": {...}}`.
+
+With a held-out fraction F the pairs whose *prompt* hashes below F (`prepare.in_heldout` of the
+prompt's token ids) go to `OUTPUT-heldout`, so no held-out prompt is trained on, whatever the
+input order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+from illada_jax import storage
+from illada_jax.data.chat.pref import (
+    PAIRS_FILE,
+    PreferencePair,
+    pack_pairs,
+    read_preference_jsonl,
+    unpack_pairs,
+)
+from illada_jax.data.preparation.manifest import MANIFEST
+from illada_jax.data.preparation.prepare import (
+    PrepareError,
+    _tokenizer_info,
+    _worker_tokenizer,
+    in_heldout,
+)
+
+PREF_FORMAT = "pref"
+
+
+def prepare_pref(source: str, output: storage.PathLike, *, tokenizer_path: str | None = None,
+                 heldout_fraction: float | None = None) -> dict[str, dict]:  # fmt: skip
+    """Prepare the preference JSONL `source` (or `demo`: `demo_preference_jsonl`'s pairs) into
+    `output` (and `output-heldout` with `heldout_fraction`); returns {output dir: manifest}.
+    Nothing is written when no record is usable."""
+    from illada_jax.data.chat.sft import ChatFormatter
+
+    tokenizer = _worker_tokenizer(tokenizer_path, {})
+    path = source
+    if source == "demo":
+        from illada_jax.data.chat.pref_demo import demo_preference_jsonl
+
+        path = demo_preference_jsonl()
+    elif not storage.path(source).is_file():
+        raise PrepareError(f"preference data {source} does not exist (a JSONL file, or `demo`)")
+    pairs, bad, examples = read_preference_jsonl(path, ChatFormatter(tokenizer))
+    if not pairs:
+        found = "; ".join(examples[:3]) or "the file holds no record"
+        raise PrepareError(f"{source}: no usable preference pair ({found}). Each line needs "
+                           '{"prompt" (or "messages"), "chosen", "rejected"}')  # fmt: skip
+    parts = {str(output): pairs}
+    if heldout_fraction is not None:
+        held = [in_heldout(np.asarray(p.prompt, np.int32), heldout_fraction) for p in pairs]
+        parts = {
+            f"{str(output).rstrip('/')}-heldout": [p for p, h in zip(pairs, held) if h],
+            str(output): [p for p, h in zip(pairs, held) if not h],
+        }
+        empty = [name for name, part in parts.items() if not part]
+        if empty:
+            raise PrepareError(f"--heldout-fraction {heldout_fraction} leaves {empty[0]} empty "
+                               f"({len(pairs)} pairs in all): change the fraction")  # fmt: skip
+    source_info = {"format": PREF_FORMAT, "inputs": [source], "template": "default"}
+    return {
+        name: _write(name, part, bad, examples, _tokenizer_info(tokenizer), source_info)
+        for name, part in parts.items()
+    }
+
+
+def _write(output: str, pairs: list[PreferencePair], bad, examples, tokenizer_info: dict,
+           source_info: dict) -> dict:  # fmt: skip
+    target = storage.path(output)
+    if target.exists() and any(target.iterdir()):
+        raise PrepareError(f"{output} exists and is not empty: choose another --output or "
+                           "delete it")  # fmt: skip
+    buffer = io.BytesIO()
+    np.savez(buffer, **pack_pairs(pairs))
+    manifest = {
+        "format": PREF_FORMAT,
+        "pairs": len(pairs),
+        "tokens": int(sum(len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)),
+        "longest": {
+            name: max(len(getattr(p, name)) for p in pairs) for name in PreferencePair._fields
+        },  # fmt: skip
+        "bad_records": dict(bad),
+        "bad_examples": examples,
+        "tokenizer": tokenizer_info,
+        "source": source_info,
+    }
+    with storage.atomic_directory(target) as directory:
+        (directory / PAIRS_FILE).write_bytes(buffer.getvalue())
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def is_preference_dataset(directory: storage.PathLike) -> bool:
+    """Whether `directory` holds a prepared preference dataset."""
+    return (storage.path(directory) / PAIRS_FILE).exists()
+
+
+def load_pref(directory: storage.PathLike) -> tuple[list[PreferencePair], dict]:
+    """(pairs, manifest) of a prepared preference dataset; `PrepareError` naming the fix when
+    the directory is not one."""
+    directory = storage.path(directory)
+    if not (directory / PAIRS_FILE).exists() or not (directory / MANIFEST).exists():
+        raise PrepareError(f"{directory} is not a prepared preference dataset (no {PAIRS_FILE}); "
+                           "make one with illada prepare --format pref --input PAIRS.jsonl "
+                           f"--output {directory}")  # fmt: skip
+    storage.check_complete(directory)
+    manifest = storage.read_json_object(directory / MANIFEST, PrepareError,
+                                        "prepare the dataset again")  # fmt: skip
+    with (directory / PAIRS_FILE).open("rb") as f:
+        arrays = np.load(io.BytesIO(f.read()))
+        return unpack_pairs(arrays["tokens"], arrays["offsets"]), manifest

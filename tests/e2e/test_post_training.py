@@ -1,0 +1,160 @@
+"""Post-training through the command line: `illada prepare --format pref` and `illada train`
+with objective=vrpo (docs/algorithms.md#preference-optimisation-vrpo), as a user runs them.
+
+- The demo pairs prepared with a held-out part; a short VRPO run from a small pre-trained run
+  logs the preference metrics and the held-out preference accuracy, keeps its reference equal to
+  the starting run, and, killed with -9 and restarted, repeats the uninterrupted losses.
+- Bad input: a preference file without `rejected`, a starting run of another shape: one line,
+  exit 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from _cli import FAST_TRAIN, illada
+
+ENV = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+STEPS = 8
+VRPO = [
+    "--config=config:tiny_vrpo",
+    *FAST_TRAIN,
+    "--config=set:train.seq_len=64",
+    f"--config=set:train.steps={STEPS}",
+    "--config=set:train.log_every=1",
+    "--config=set:train.eval_every=4",
+    "--config=set:train.eval_batches=2",
+    "--config=set:checkpoint.every=2",
+    "--config=set:vrpo.samples=2",
+]
+
+
+def _train(cwd: pathlib.Path, *args: str, background: bool = False):
+    command = [sys.executable, "-m", "illada_jax.cli", "train", *args]
+    if background:
+        with open(cwd / "background.log", "w") as log:  # the child keeps its own descriptor
+            return subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                    env=ENV)  # fmt: skip
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=ENV)
+
+
+def _records(workdir: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(workdir: pathlib.Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _records(workdir) if "loss" in r and "event" not in r}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> pathlib.Path:
+    """A directory with the demo pairs prepared (and held out) and a 20-step tiny run to start
+    from (runs/start), as the recipe's commands make them."""
+    root = tmp_path_factory.mktemp("post")
+    result = illada("prepare", "--format", "pref", "--input", "demo", "--tokenizer",
+                    "shipped:sp1k", "--heldout-fraction", "0.2", "--output", "data/pref",
+                    cwd=root)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "preference pairs" in result.stdout
+    start = _train(root, *FAST_TRAIN, "--config=set:train.steps=20", "--config=set:train.eval_every=0",
+                   "--workdir=runs/start")  # fmt: skip
+    assert start.returncode == 0, start.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(project) -> pathlib.Path:
+    result = _train(project, *VRPO, "--config=set:checkpoint.init_from=runs/start",
+                    "--workdir=runs/vrpo")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "initialised parameters from runs/start (also the frozen reference)" in result.stdout
+    return project / "runs/vrpo"
+
+
+def test_prepared_pairs_split_by_prompt(project):
+    train = json.loads((project / "data/pref/manifest.json").read_text())
+    held = json.loads((project / "data/pref-heldout/manifest.json").read_text())
+    assert train["format"] == held["format"] == "pref"
+    assert train["pairs"] > held["pairs"] > 0 and train["bad_records"] == {}
+    from illada_jax.data.preparation.post_training import load_pref
+
+    train_prompts = {tuple(p.prompt) for p in load_pref(project / "data/pref")[0]}
+    held_prompts = {tuple(p.prompt) for p in load_pref(project / "data/pref-heldout")[0]}
+    assert not train_prompts & held_prompts
+
+
+def test_a_vrpo_run_logs_the_preference_metrics(uninterrupted):
+    records = _records(uninterrupted)
+    steps = [r for r in records if "loss" in r and "event" not in r]
+    assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
+    # Step 1: the policy equals the reference, so every margin is 0 and the loss is log 2.
+    assert steps[0]["loss"] == pytest.approx(np.log(2.0), abs=1e-5)
+    assert steps[0]["reward_margin"] == pytest.approx(0.0, abs=1e-6)
+    for record in steps:
+        for key in ("reward_margin", "pref_accuracy", "chosen_drift", "rejected_drift"):
+            assert np.isfinite(record[key]), (key, record)
+    assert any(r["chosen_drift"] != 0 for r in steps[1:])  # the policy moves
+    held = [r for r in records if "eval_pref_accuracy" in r]
+    assert [r["step"] for r in held] == [0, 4, 8]
+    # At the start the policy is the reference: every held-out margin is a tie (counted half).
+    assert held[0]["eval_pref_accuracy"] == 0.5 and held[0]["eval_reward_margin"] == 0.0
+    for r in held:
+        assert r["eval_pairs"] == 4
+        assert 0 <= r["eval_pref_accuracy"] <= 1 and 0 <= r["eval_likelihood_accuracy"] <= 1
+    assert not any("unigram_baseline_nats" in r for r in records)
+
+
+def test_killed_with_9_the_run_resumes_with_the_same_reference_and_losses(project, uninterrupted):
+    workdir = project / "runs/vrpo-killed"
+    args = (*VRPO, "--config=set:checkpoint.init_from=runs/start", f"--workdir={workdir}")
+    proc = _train(project, *args, background=True)
+    deadline = time.monotonic() + 300
+    while not (workdir / "checkpoints" / "4").exists():
+        assert proc.poll() is None, (project / "background.log").read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    result = _train(project, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from checkpoint" in result.stdout
+    assert _losses(workdir) == _losses(uninterrupted)
+
+
+def test_a_pref_file_without_rejected_is_one_line_and_writes_nothing(tmp_path):
+    lines = [{"prompt": "Say hi", "chosen": "hi"}, {"prompt": "Say yo", "chosen": "yo"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = illada("prepare", "--format", "pref", "--input", "pairs.jsonl", "--output", "out",
+                    cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert "\n" not in message and "Traceback" not in message
+    assert "no usable preference pair" in message and "'rejected'" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_starting_run_of_another_shape_is_refused_before_anything_is_written(project):
+    result = _train(project, *VRPO, "--config=set:model.n_layers=3",
+                    "--config=set:checkpoint.init_from=runs/start", "--workdir=runs/bad")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = result.stderr.strip()
+    assert "\n" not in message and "runs/start" in message
+    assert not (project / "runs/bad").exists()
+
+
+def test_illada_eval_reports_the_runs_held_out_preference_accuracy(project, uninterrupted):
+    result = illada("eval", "--checkpoint", "runs/vrpo", cwd=project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held-out preference accuracy" in result.stdout
+    printed = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    last = [r for r in _records(uninterrupted) if "eval_pref_accuracy" in r][-1]
+    for key in ("eval_pref_accuracy", "eval_reward_margin", "eval_likelihood_accuracy"):
+        assert float(printed[key]) == pytest.approx(last[key], rel=1e-5, abs=1e-6), key
