@@ -18,9 +18,11 @@ from illada_jax.errors import IlladaError
 def add_parser(sub) -> None:
     parser = sub.add_parser(
         "eval",
-        help="held-out ELBO bound of a checkpoint, or lm-eval tasks",
+        help="held-out ELBO bound of a checkpoint, lm-eval tasks, or reward tasks",
         description="Without --tasks: the held-out negative ELBO (nats/token, fixed seeds) on "
-        "prepared shards. With --tasks: lm-evaluation-harness tasks (the [eval] extra). "
+        "prepared shards (a preference run: its held-out preference accuracy). With --tasks: "
+        "lm-evaluation-harness tasks (the [eval] extra). With --rl-data: completions of RL "
+        "prompts scored by --reward. "
         "Example: illada eval --checkpoint runs/tiny --tasks kjv_next_word --limit 20",
     )
     parser.add_argument(
@@ -64,14 +66,32 @@ def add_parser(sub) -> None:
                         "(default: the whole answer as one block)")  # fmt: skip
     parser.add_argument("--num-fewshot", type=non_negative_int, default=None,
                         help="few-shot examples per prompt (default: each task's own)")  # fmt: skip
+    parser.add_argument("--rl-data", type=existing_path("dir"), default=None, metavar="DIR",
+                        help="RL prompts (illada prepare --format rl): sample completions and "
+                        "report their mean reward and accuracy (with --gen-length, --steps, "
+                        "--block-length, --temperature, --samples, --limit)")  # fmt: skip
+    parser.add_argument("--reward", default="final_number", metavar="SPEC",
+                        help="with --rl-data: a reward name (exact_match, final_number, "
+                        "format_regex), regex:PATTERN, file.py:function, or a weighted sum "
+                        "(final_number+0.5*format_regex)")  # fmt: skip
+    parser.add_argument("--samples", type=positive_int, default=1,
+                        help="with --rl-data: completions per prompt")  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="with --rl-data: sampling temperature")  # fmt: skip
     parser.add_argument("--output", type=output_file, default=None, metavar="FILE",
                         help="also write the results as JSON to FILE")  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tasks is not None and args.rl_data is not None:
+        from illada_jax.eval.harness import HarnessConfigError
+
+        raise HarnessConfigError("--tasks and --rl-data are two evaluations: run one at a time")
     if args.tasks is not None:
         return _run_tasks(args)
+    if args.rl_data is not None:
+        return _run_rewards(args)
     model = load_model(args.checkpoint)
     from illada_jax.eval.heldout import heldout_bound
 
@@ -84,6 +104,23 @@ def run(args: argparse.Namespace) -> int:
     for key, value in record.items():
         print(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}")
     _write_output(args.output, {"checkpoint_step": model.step, "heldout": record})
+    return 0
+
+
+def _run_rewards(args: argparse.Namespace) -> int:
+    from illada_jax.eval.rewards import reward_eval
+
+    model = load_model(args.checkpoint)
+    record = reward_eval(model, args.rl_data, args.reward, limit=args.limit,
+                         samples=args.samples, gen_length=args.gen_length, steps=args.steps,
+                         block_length=args.block_length, temperature=args.temperature)  # fmt: skip
+    print(f"checkpoint step {model.step}: reward {record['reward']} on {record['prompts']} "
+          f"prompts x {record['samples']} samples")  # fmt: skip
+    for example in record["examples"]:
+        print(f"  {example['prompt']!r} -> {example['completion']!r}: {example['reward']:g}")
+    print(f"reward_mean={record['reward_mean']:.6g}")
+    print(f"accuracy={record['accuracy']:.6g}")
+    _write_output(args.output, {"checkpoint_step": model.step, "rewards": record})
     return 0
 
 

@@ -40,10 +40,11 @@ def add_parser(sub) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=["text", "jsonl", "parquet", "tfds", "seqio", "embedded", "sft", "pref"],
+        choices=["text", "jsonl", "parquet", "tfds", "seqio", "embedded", "sft", "pref", "rl"],
         help="(required unless --verify) sft: chat dialogues (JSONL with messages or prompt/response, or `demo`) as "
         "iLLaDA-style SFT streams; pref: preference pairs (JSONL with prompt or messages, "
-        "chosen, rejected, or `demo`) for objective=vrpo",
+        "chosen, rejected, or `demo`) for objective=vrpo; rl: prompts with reference answers "
+        "(JSONL with prompt, messages or question, and answer, or `demo`) for reward evaluation",
     )
     parser.add_argument(
         "--field",
@@ -129,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
         raise PrepareError(f"{', '.join(missing)} required (or --verify DIR alone)")
     if args.beam_option and args.runner != "beam":
         raise PrepareError("--beam-option needs --runner beam (or drop the Beam options)")
-    if args.format == "pref":
-        return _prepare_pref(args)
+    if args.format in ("pref", "rl"):
+        return _prepare_post_training(args)
     if args.heldout_fraction is not None and (args.format == "sft" or args.runner == "beam"):
         raise PrepareError("--heldout-fraction works with the local runner and document formats: "
                            "drop it, or split the input files yourself")  # fmt: skip
@@ -172,18 +173,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_pref(args: argparse.Namespace) -> int:
-    from illada_jax.data.preparation.post_training import prepare_pref
+def _prepare_post_training(args: argparse.Namespace) -> int:
+    from illada_jax.data.preparation.post_training import prepare_pref, prepare_rl
     from illada_jax.data.preparation.prepare import PrepareError
 
+    what = {"pref": "a JSONL file of preference pairs", "rl": "a JSONL file of RL prompts"}
     if args.runner == "beam" or len(args.input) != 1:
-        raise PrepareError("--format pref takes one --input (a JSONL file of preference pairs, "
-                           "or demo) and runs on this machine: drop --runner beam")  # fmt: skip
-    manifests = prepare_pref(args.input[0], args.output, tokenizer_path=args.tokenizer,
-                             heldout_fraction=args.heldout_fraction)  # fmt: skip
+        raise PrepareError(f"--format {args.format} takes one --input ({what[args.format]}, or "
+                           "demo) and runs on this machine: drop --runner beam")  # fmt: skip
+    prepare = prepare_pref if args.format == "pref" else prepare_rl
+    manifests = prepare(args.input[0], args.output, tokenizer_path=args.tokenizer,
+                        heldout_fraction=args.heldout_fraction)  # fmt: skip
     for output, manifest in manifests.items():
-        print(f"prepared {manifest['pairs']} preference pairs, {manifest['tokens']} tokens "
-              f"-> {output}")  # fmt: skip
+        count = (f"{manifest['pairs']} preference pairs" if args.format == "pref"
+                 else f"{manifest['prompts']} RL prompts")  # fmt: skip
+        print(f"prepared {count}, {manifest['tokens']} tokens -> {output}")
         print(f"bad records: {manifest['bad_records'] or 'none'}")
         for example in manifest["bad_examples"][:3]:
             print(f"  {example}")

@@ -158,3 +158,60 @@ def test_illada_eval_reports_the_runs_held_out_preference_accuracy(project, unin
     last = [r for r in _records(uninterrupted) if "eval_pref_accuracy" in r][-1]
     for key in ("eval_pref_accuracy", "eval_reward_margin", "eval_likelihood_accuracy"):
         assert float(printed[key]) == pytest.approx(last[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.fixture(scope="module")
+def rl_data(project) -> pathlib.Path:
+    result = illada("prepare", "--format", "rl", "--input", "demo", "--tokenizer", "shipped:sp1k",
+                    "--heldout-fraction", "0.1", "--output", "data/rl", cwd=project)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "RL prompts" in result.stdout
+    return project / "data/rl-heldout"
+
+
+def test_illada_eval_scores_completions_of_rl_prompts_with_a_users_reward(project, rl_data):
+    (project / "my_reward.py").write_text(
+        "def length(prompt, completion, example):\n"
+        "    assert prompt.startswith('What is') and example['answer'].isdigit()\n"
+        "    return float(len(completion))\n"
+    )
+    result = illada("eval", "--checkpoint", "runs/start", "--rl-data", "data/rl-heldout",
+                    "--reward", "my_reward.py:length", "--limit", "3", "--gen-length", "4",
+                    "--temperature", "0.8", "--output", "rewards.json", cwd=project)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((project / "rewards.json").read_text())["rewards"]
+    assert record["prompts"] == 3 and len(record["examples"]) == 3
+    lengths = [len(e["completion"]) for e in record["examples"]]
+    assert [e["reward"] for e in record["examples"]] == lengths
+    assert record["reward_mean"] == pytest.approx(np.mean(lengths))
+    assert record["accuracy"] == pytest.approx(np.mean(np.array(lengths) >= 1))
+    assert f"reward_mean={record['reward_mean']:.6g}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "reward, expected",
+    [("no_such_reward", "registered"), ("bad.py:broken", "reward 'bad.py:broken' on example 0")],
+)
+def test_a_bad_reward_is_one_line(project, rl_data, reward, expected):
+    (project / "bad.py").write_text(
+        "def broken(prompt, completion, example):\n    return float('nan')\n"
+    )
+    result = illada("eval", "--checkpoint", "runs/start", "--rl-data", "data/rl-heldout",
+                    "--reward", reward, "--limit", "2", "--gen-length", "2", cwd=project)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = result.stderr.strip()
+    assert "\n" not in message and "Traceback" not in message and expected in message, message
+
+
+def test_prepared_rl_prompts_split_by_prompt_and_keep_their_records(project, rl_data):
+    from illada_jax.data.chat.rl import arithmetic_task
+    from illada_jax.data.preparation.post_training import load_rl
+
+    train_prompts, train_examples, manifest = load_rl(project / "data/rl")
+    held_prompts, held_examples, _ = load_rl(rl_data)
+    assert manifest["format"] == "rl" and manifest["bad_records"] == {}
+    assert len(train_prompts) + len(held_prompts) == 2000
+    assert not {tuple(p) for p in train_prompts} & {tuple(p) for p in held_prompts}
+    # Every record as the demo made it, in order within each part.
+    demo = arithmetic_task(2000, seed=0)
+    assert sorted(map(str, train_examples + held_examples)) == sorted(map(str, demo))

@@ -86,13 +86,18 @@ def test_train_lines_build_as_written(name, words):
 
 
 def _produced() -> dict[str, str | None]:
-    """Paths the recipes' `illada prepare` / `convert` lines write -> the tokenizer used."""
+    """Paths the recipes' `illada prepare` / `convert` / `train` lines write -> the tokenizer
+    used (None for a conversion or a run)."""
     out = {}
     for _, words in OTHER:
         if words[1] == "prepare":
             out[_option(words, "--output")] = _option(words, "--tokenizer")
+            if _option(words, "--heldout-fraction"):  # the held-out part, beside the output
+                out[_option(words, "--output") + "-heldout"] = _option(words, "--tokenizer")
         elif words[1] == "convert":
             out[_option(words, "--dst")] = None
+    for _, words in TRAIN:  # a run directory: what a later recipe starts from (init_from)
+        out[_option(words, "--workdir")] = None
     return out
 
 

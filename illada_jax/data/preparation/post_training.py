@@ -1,5 +1,5 @@
-"""`illada prepare --format pref`: preference JSONL -> a prepared preference dataset
-(docs/data.md#preference-pairs).
+"""`illada prepare --format pref | rl`: preference pairs or RL prompts (JSONL) -> a prepared
+dataset for the post-training objectives (docs/data.md#preference-pairs, docs/data.md#rl-prompts).
 
 The dataset is a directory (local or gs://), written whole or not at all
 (`storage.atomic_directory`):
@@ -7,7 +7,12 @@ The dataset is a directory (local or gs://), written whole or not at all
 - `manifest.json`: `{"format": "pref", "pairs": N, "bad_records": {problem: count},
   "bad_examples": [...], "tokenizer": {...}, "source": {...}, "longest": {...}}`.
 
-With a held-out fraction F the pairs whose *prompt* hashes below F (`prepare.in_heldout` of the
+An RL prompt dataset (`--format rl`, `data/chat/rl.py`'s records) is a directory of
+`prompts.npz` (`tokens [T] int32`, `offsets [N + 1] int64`: each chat-formatted prompt),
+`examples.jsonl` (each record as given: what a reward function receives as `example`) and
+`manifest.json` (`"format": "rl"`, `"prompts": N`, bad records as for pairs).
+
+With a held-out fraction F the pairs (prompts) whose *prompt* hashes below F (`prepare.in_heldout` of the
 prompt's token ids) go to `OUTPUT-heldout`, so no held-out prompt is trained on, whatever the
 input order.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 
 import numpy as np
 
@@ -36,6 +42,8 @@ from illada_jax.data.preparation.prepare import (
 )
 
 PREF_FORMAT = "pref"
+RL_FORMAT = "rl"
+PROMPTS_FILE, EXAMPLES_FILE = "prompts.npz", "examples.jsonl"
 
 
 def prepare_pref(source: str, output: storage.PathLike, *, tokenizer_path: str | None = None,
@@ -121,3 +129,94 @@ def load_pref(directory: storage.PathLike) -> tuple[list[PreferencePair], dict]:
     with (directory / PAIRS_FILE).open("rb") as f:
         arrays = np.load(io.BytesIO(f.read()))
         return unpack_pairs(arrays["tokens"], arrays["offsets"]), manifest
+
+
+def prepare_rl(source: str, output: storage.PathLike, *, tokenizer_path: str | None = None,
+               heldout_fraction: float | None = None) -> dict[str, dict]:  # fmt: skip
+    """Prepare the RL prompt JSONL `source` (or `demo`: `arithmetic_task`'s questions) into
+    `output` (and `output-heldout`); returns {output dir: manifest}. Bad records are skipped and
+    counted; nothing is written when none is usable."""
+    from illada_jax.data.chat.rl import arithmetic_task, read_rl_jsonl, write_jsonl
+    from illada_jax.data.chat.sft import ChatFormatter
+
+    tokenizer = _worker_tokenizer(tokenizer_path, {})
+    path = source
+    if source == "demo":
+        path = storage.path(storage.default_cache_dir()) / "rl_demo.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(arithmetic_task(2000, seed=0), path)
+    elif not storage.path(source).is_file():
+        raise PrepareError(f"RL prompts {source} do not exist (a JSONL file, or `demo`)")
+    examples, skipped = read_rl_jsonl(path, on_error="skip")
+    problems = [f"{source}:{number}: {problem}" for number, problem in skipped[:10]]
+    if not examples:
+        found = "; ".join(problems[:3]) or "the file holds no record"
+        raise PrepareError(f"{source}: no usable RL prompt ({found}). Each line needs "
+                           '{"prompt" (or "messages" or "question"), "answer"}')  # fmt: skip
+    formatter = ChatFormatter(tokenizer)
+    prompts = [formatter.prompt(example.messages) for example in examples]
+    rows = list(zip(prompts, examples))
+    parts = {str(output): rows}
+    if heldout_fraction is not None:
+        held = [in_heldout(np.asarray(p, np.int32), heldout_fraction) for p in prompts]
+        parts = {
+            f"{str(output).rstrip('/')}-heldout": [r for r, h in zip(rows, held) if h],
+            str(output): [r for r, h in zip(rows, held) if not h],
+        }
+        empty = [name for name, part in parts.items() if not part]
+        if empty:
+            raise PrepareError(f"--heldout-fraction {heldout_fraction} leaves {empty[0]} empty "
+                               f"({len(rows)} prompts in all): change the fraction")  # fmt: skip
+    bad = dict(Counter(problem for _, problem in skipped))
+    info = {"format": RL_FORMAT, "inputs": [source], "template": "default"}
+    return {
+        name: _write_rl(name, part, bad, problems, _tokenizer_info(tokenizer), info)
+        for name, part in parts.items()
+    }
+
+
+def _write_rl(output: str, rows, bad: dict, problems: list[str], tokenizer_info: dict,
+              source_info: dict) -> dict:  # fmt: skip
+    target = storage.path(output)
+    if target.exists() and any(target.iterdir()):
+        raise PrepareError(f"{output} exists and is not empty: choose another --output or "
+                           "delete it")  # fmt: skip
+    lengths = np.array([len(prompt) for prompt, _ in rows], np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, tokens=np.concatenate([np.asarray(p, np.int32) for p, _ in rows]),
+             offsets=np.concatenate([[0], np.cumsum(lengths)]))  # fmt: skip
+    examples = "".join(json.dumps(example.fields) + "\n" for _, example in rows)
+    manifest = {
+        "format": RL_FORMAT,
+        "prompts": len(rows),
+        "tokens": int(lengths.sum()),
+        "longest_prompt": int(lengths.max()),
+        "bad_records": bad,
+        "bad_examples": problems,
+        "tokenizer": tokenizer_info,
+        "source": source_info,
+    }
+    with storage.atomic_directory(target) as directory:
+        (directory / PROMPTS_FILE).write_bytes(buffer.getvalue())
+        (directory / EXAMPLES_FILE).write_text(examples)
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def load_rl(directory: storage.PathLike) -> tuple[list[list[int]], list[dict], dict]:
+    """(prompt ids, examples, manifest) of a prepared RL prompt dataset; `PrepareError` naming
+    the fix when the directory is not one."""
+    directory = storage.path(directory)
+    if not (directory / PROMPTS_FILE).exists() or not (directory / MANIFEST).exists():
+        raise PrepareError(f"{directory} is not a prepared RL prompt dataset (no {PROMPTS_FILE}); "
+                           "make one with illada prepare --format rl --input PROMPTS.jsonl "
+                           f"--output {directory}")  # fmt: skip
+    storage.check_complete(directory)
+    manifest = storage.read_json_object(directory / MANIFEST, PrepareError,
+                                        "prepare the dataset again")  # fmt: skip
+    with (directory / PROMPTS_FILE).open("rb") as f:
+        arrays = np.load(io.BytesIO(f.read()))
+    tokens, offsets = arrays["tokens"], arrays["offsets"]
+    prompts = [tokens[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    examples = [json.loads(line) for line in (directory / EXAMPLES_FILE).read_text().splitlines()]
+    return prompts, examples, manifest
