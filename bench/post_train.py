@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def run_commands(workdir: pathlib.Path, reuse: bool, directives: list[str]) -> d
 
 
 def _models(workdir: pathlib.Path, step: int | None):
-    """(policy, reference, batch of `pairs` held-out pairs) as nnx modules and arrays."""
+    """(policy Model, reference Model, [policy, reference] as nnx modules)."""
     from flax import nnx
 
     import illada_jax
@@ -147,8 +148,10 @@ def main() -> None:
     if args.workdir is None:
         temporary = tempfile.TemporaryDirectory(prefix="illada-post-")
         args.workdir = pathlib.Path(temporary.name)
+    args.workdir = args.workdir.resolve()  # the bench changes into it below
     args.workdir.mkdir(parents=True, exist_ok=True)
     seconds = run_commands(args.workdir, args.reuse, args.config)
+    os.chdir(args.workdir)  # the runs name their data relative to it, as the commands did
     held = held_out(args.workdir)
     kept = sorted(int(p.name) for p in (args.workdir / "runs/tiny-vrpo/checkpoints").iterdir()
                   if p.name.isdigit())  # fmt: skip

@@ -463,7 +463,8 @@ def check_init_from(path: storage.PathLike, abstract_params) -> None:
     except Exception as err:  # orbax raises many types for damaged or foreign directories
         raise CheckpointError(
             f"checkpoint.init_from={step_dir}: cannot read its parameters' metadata "
-            f"({type(err).__name__}: {str(err)[:200]}); give a checkpoint written by illada train"
+            f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); give a checkpoint "
+            "written by illada train"
         ) from None
     problems = tree_differences({"params": stored}, {"params": abstract_params})
     if problems:

@@ -6,8 +6,9 @@ Per prompt q the sampler draws G completions o_1..o_G and a reward function scor
 Rows are the P·G (prompt, completion) sequences, grouped by prompt: row `p·G + i` holds
 completion i of prompt p, laid out `[prompt, completion, pad...]`.
 
-- Advantages: `A_i = r_i - mean_group(r)`, optionally divided by the group's standard deviation
-  (+ `eps`): a group whose rewards are all equal has A = 0 and teaches nothing but the KL term.
+- Advantages: `A_i = r_i - mean_group(r)`, optionally divided by the group's sample standard
+  deviation (ddof 1, as d1's `torch.std`) + `eps`: a group whose rewards are all equal has A = 0
+  and teaches nothing but the KL term.
 - Per-token log-probabilities from one forward pass: every prompt token independently replaced by
   the mask with probability `p_mask_prompt` (a fresh mask at every inner update: a regulariser),
   the completion **fully** masked; `log π(o^k | q', all-mask)` for every completion token k.
@@ -31,7 +32,7 @@ def group_advantages(rewards: jax.Array, group_size: int, *, scale_by_std: bool 
     groups = rewards.reshape(-1, group_size)
     centred = groups - jnp.mean(groups, axis=1, keepdims=True)
     if scale_by_std:
-        centred = centred / (jnp.std(groups, axis=1, keepdims=True) + eps)
+        centred = centred / (jnp.std(groups, axis=1, keepdims=True, ddof=1) + eps)
     return centred.reshape(-1)
 
 
@@ -50,7 +51,9 @@ def mask_for_log_probs(key, tokens, prompt_lengths, completion_lengths, mask_id:
 
 
 class PolicyLoss(NamedTuple):
-    """loss: scalar; metrics: mean KL, clipped fraction and mean ratio over completion tokens."""
+    """loss: scalar; metrics over completion tokens: mean KL, the fraction where the clip is
+    active (ρ > 1+ε with A > 0, or ρ < 1-ε with A < 0: no gradient flows there) and the mean
+    ratio."""
 
     loss: jax.Array
     kl: jax.Array
@@ -71,7 +74,8 @@ def policy_loss(log_probs, old_log_probs, ref_log_probs, advantages, completion,
     tokens = jnp.maximum(jnp.sum(completion, axis=1), 1)
     loss = -jnp.mean(jnp.sum(per_token, axis=1) / tokens)
     n = jnp.maximum(jnp.sum(completion), 1)
-    clipped = (jnp.abs(ratio - 1) > clip_eps) & completion
+    clipped = ((ratio > 1 + clip_eps) & (a > 0)) | ((ratio < 1 - clip_eps) & (a < 0))
+    clipped = clipped & completion
     return PolicyLoss(
         loss,
         jnp.sum(jnp.where(completion, kl, 0.0)) / n,

@@ -23,8 +23,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from illada_jax.diffusion.likelihood import stratified_counts
-
 
 class AnswerDraws(NamedTuple):
     """`n` masked copies of each row. noisy, masked: [R, n, L]; weights [R, n] (A/l);
@@ -36,19 +34,28 @@ class AnswerDraws(NamedTuple):
     key_mask: jax.Array
 
 
-def mask_counts(key, answer_lengths, samples: int, stratified: bool) -> jax.Array:
-    """Masking counts `l [R, n]` in 1..A_r.
+def stratified_from_offset(offset, samples: int, answer_lengths) -> jax.Array:
+    """`l_j = ((k - 1 + round(j·A/n)) mod A) + 1` for j = 0..n-1: the n counts spread evenly over
+    1..A from offset k [R, 1] (answer_lengths [R, 1]). The rounding is of the spacing only, so
+    with k uniform on 1..A every l_j is exactly uniform on 1..A (an unbiased ELBO term)."""
+    a = answer_lengths.astype(jnp.int32)
+    spacing = jnp.round(jnp.arange(samples)[None, :] * (a.astype(jnp.float32) / samples))
+    return (offset - 1 + spacing.astype(jnp.int32)) % a + 1
 
-    stratified: one offset k ~ U{1..A} per row and `l_j = round(k + j·A/n)` wrapped into 1..A,
-    which spreads the n counts evenly over the range (LLaDA 1.5: n timesteps, one mask each);
-    otherwise n independent uniform counts.
+
+def mask_counts(key, answer_lengths, samples: int, stratified: bool) -> jax.Array:
+    """Masking counts `l [R, n]` in 1..A_r, each uniform on 1..A_r.
+
+    stratified: one offset k ~ U{1..A} per row and the n counts spread evenly from it
+    (`stratified_from_offset`; LLaDA 1.5: n timesteps, one mask each); otherwise n independent
+    uniform counts.
     """
     a = answer_lengths[:, None].astype(jnp.int32)
     uniform = jax.random.uniform(key, (answer_lengths.shape[0], 1 if stratified else samples))
     draws = jnp.minimum(jnp.floor(uniform * a).astype(jnp.int32) + 1, a)  # U{1..A}
     if not stratified:
         return draws
-    return stratified_counts(draws.astype(jnp.float32), samples, a)
+    return stratified_from_offset(draws, samples, a)
 
 
 def answer_draws(key, tokens, prompt_lengths, answer_lengths, mask_id: int, samples: int,

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from illada_jax import rewards
-from illada_jax.data.preparation.post_training import load_rl
+from illada_jax.data.preparation.post_training import check_tokenizer, load_rl
+from illada_jax.data.preparation.prepare import PrepareError
 from illada_jax.inference import Model
 
 
@@ -33,7 +34,8 @@ def reward_eval(model: Model, dataset: str, reward: str = "final_number", *,
     completion, reward) triples. `sampling`: `Model.generate`'s options (steps, block_length,
     temperature, remasking, threshold, ...)."""
     reward_fn = rewards.get(reward)
-    prompts, examples, _ = load_rl(dataset)
+    prompts, examples, manifest = load_rl(dataset)
+    check_tokenizer(manifest, model.config, dataset, PrepareError)
     if limit is not None:
         prompts, examples = prompts[:limit], examples[:limit]
     scores, shown = [], []

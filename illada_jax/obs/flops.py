@@ -112,6 +112,19 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return float(6 * matmul_params(cfg) + 12 * cfg.n_layers * _attention_width(cfg) * seq_len)
 
 
+def train_step_work(experiment) -> tuple[int, float]:
+    """(token positions per optimizer step, FLOPs per such position) of `experiment`'s train
+    step: batch × seq_len at `train_flops_per_token`; for preference optimisation (vrpo) each
+    pair runs 2 answers × `vrpo.samples` masked copies through the policy (forward and backward)
+    and the reference (forward), so positions count those copies and each adds a forward."""
+    tcfg, cfg = experiment.train, experiment.model
+    tokens, per_token = tcfg.batch_size * tcfg.seq_len, train_flops_per_token(cfg, tcfg.seq_len)
+    if experiment.diffusion.objective == "vrpo":
+        tokens *= 2 * experiment.vrpo.samples
+        per_token += forward_flops_per_token(cfg, tcfg.seq_len)
+    return tokens, per_token
+
+
 def mfu(tokens_per_s: float, flops_per_token: float, peak_total: float | None) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over the summed peak of all devices used.
 

@@ -141,10 +141,10 @@ def make_report(experiment: Experiment, slice_, mesh, rules: str, compiled, erro
     from illada_jax.parallel.mesh import data_parallel_size
 
     tcfg = experiment.train
-    tokens_per_step = tcfg.batch_size * tcfg.seq_len
+    tokens_per_step, flops_per_token = flops.train_step_work(experiment)
     peak = getattr(slice_, "peak_flops_per_chip", None)  # a host target: measured
     peak = peak or flops.PEAK_FLOPS[flops.peak_table_key(slice_.generation.device_kind)]
-    model_flops = flops.train_flops_per_token(experiment.model, tcfg.seq_len) * tokens_per_step
+    model_flops = flops_per_token * tokens_per_step
     step_s = model_flops / (slice_.num_chips * peak * mfu)
     report = Report(
         topology=slice_.name,

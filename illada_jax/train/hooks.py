@@ -171,15 +171,13 @@ class Progress(Hook):
 
 class MetricsLog(Hook):
     """Every `train.log_every` steps and at the last step: the window's mean metrics, learning
-    rate, tokens/s, MFU and epoch, to `metrics.jsonl`, TensorBoard and the console."""
+    rate, tokens/s, MFU and epoch, to `metrics.jsonl`, TensorBoard and the console. For a
+    preference run tokens/s counts the positions of every masked copy the policy processes."""
 
     def __init__(self, run: Run):
         experiment = run.experiment
         self.every = experiment.train.log_every
-        self.tokens_per_step = experiment.train.batch_size * experiment.train.seq_len
-        self.flops_per_token = flops.train_flops_per_token(
-            experiment.model, experiment.train.seq_len
-        )
+        self.tokens_per_step, self.flops_per_token = flops.train_step_work(experiment)
         self.peak, self.peak_source = flops.total_peak_flops(
             measured_cpu_dtype=experiment.model.compute_dtype
         )

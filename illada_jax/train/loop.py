@@ -67,6 +67,9 @@ def train(
     preflight.check_checkpoints(run, workdir)
     if run.schedule_note and is_main:
         print_fn(run.schedule_note)
+    if getattr(pipeline, "dropped", 0) and is_main:  # SFT and preference pairs that do not fit
+        print_fn(f"{pipeline.dropped} of the training pairs are longer than train.seq_len="
+                 f"{experiment.train.seq_len} and are left out")  # fmt: skip
     compile_cache.configure(experiment.train.compilation_cache, workdir)
     compiled = compile_steps(run, print_fn if is_main else None)
     preflight.check_compiled_memory(run, run.train_step)
@@ -106,6 +109,14 @@ def train(
     return loop.history
 
 
+def copy_params(params, shardings):
+    """A second copy of `params` on the devices, with `shardings` (nothing read again)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(params)
+
+
 def check_shared_workdir(workdir, shared_filesystem: bool, process_count: int) -> None:
     """A multi-host run writes one run directory that every host must see: refuse a local path
     (each host would write its own) unless the user says it is a shared filesystem."""
@@ -143,8 +154,8 @@ def start(
         if init_from is not None:
             params = restore_params(init_from, run.abstract_state["params"])
             state = {**state, "params": params}
-            if "ref_params" in state:  # the frozen reference: a second copy, never updated
-                state["ref_params"] = restore_params(init_from, run.abstract_state["ref_params"])
+            if "ref_params" in state:  # the frozen reference: a copy on the devices, never updated
+                state["ref_params"] = copy_params(params, run.state_shardings["ref_params"])
             print_fn(
                 f"initialised parameters from {ccfg.init_from}"
                 + (" (also the frozen reference)" if "ref_params" in state else "")

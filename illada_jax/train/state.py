@@ -6,7 +6,7 @@ A train state is a plain pytree (so orbax saves it as is):
 (vrpo: docs/algorithms.md#preference-optimisation-vrpo): a copy of the starting parameters,
 sharded like `params`, never updated. Keeping it in the state makes it resident on the devices
 beside the policy and saved with every checkpoint, so a resumed run scores against exactly the
-same reference without reading `checkpoint.init_from` again. Parameters are the model's pure dict
+reference it started with (from the checkpoint, not from `checkpoint.init_from`). Parameters are the model's pure dict
 (`nnx.to_pure_dict`); `nnx.merge(graphdef, params)` rebuilds the network.
 
 Shardings come from the parameters' logical axis names and the rule table (`parallel/rules.py`);

@@ -111,6 +111,13 @@ def test_draws_mask_exactly_l_answer_tokens_and_weigh_them_a_over_l():
     # Stratified: n = A draws of a 7-token answer cover every count 1..7 once.
     counts = preference.mask_counts(jax.random.key(4), jnp.array([7]), 7, True)
     assert sorted(np.asarray(counts)[0].tolist()) == list(range(1, 8))
+    # Unbiased: over the A equally likely offsets, every draw j takes each count 1..A once, for
+    # spacings A/n that end in .5 too (A = 12, n = 8), which round-half-even would skew.
+    for a, n in ((12, 8), (7, 7), (5, 2), (1, 4)):
+        offsets = jnp.arange(1, a + 1)[:, None]
+        counts = np.asarray(preference.stratified_from_offset(offsets, n, jnp.full((a, 1), a)))
+        for j in range(n):
+            assert sorted(counts[:, j].tolist()) == list(range(1, a + 1)), (a, n, j)
 
 
 def test_a_draws_elbo_is_minus_a_over_l_times_the_masked_cross_entropy():

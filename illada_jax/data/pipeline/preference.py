@@ -25,7 +25,7 @@ class PreferencePipeline(StepIndexedPipeline):
 
     def __init__(self, dataset: str, seq_len: int, global_batch: int, seed: int, *,
                  process_index: int = 0, process_count: int = 1):  # fmt: skip
-        from illada_jax.data.preparation.post_training import load_pref
+        from illada_jax.data.preparation.post_training import load_pref_arrays
         from illada_jax.data.preparation.prepare import PrepareError
 
         if global_batch % process_count:
@@ -33,14 +33,15 @@ class PreferencePipeline(StepIndexedPipeline):
                 f"global batch {global_batch} does not divide over {process_count} processes"
             )
         try:
-            pairs, self.manifest = load_pref(dataset)
+            self.tokens, offsets, self.manifest = load_pref_arrays(dataset)
         except PrepareError as error:
             raise DataError(str(error)) from None
         self.dataset, self.seq_len = dataset, seq_len
-        self.pairs = [p for p in pairs if len(p.prompt) + max(len(p.chosen), len(p.rejected))
-                      <= seq_len]  # fmt: skip
-        self.dropped = len(pairs) - len(self.pairs)
-        if not self.pairs:
+        lengths = np.diff(offsets, axis=1)  # [N, 3]: prompt, chosen, rejected
+        fits = lengths[:, 0] + lengths[:, 1:].max(axis=1) <= seq_len
+        self.pairs = offsets[fits]  # [N', 4] offsets of the pairs that fit
+        self.dropped = int((~fits).sum())
+        if not len(self.pairs):
             raise DataError(f"{dataset}: no preference pair fits train.seq_len={seq_len} "
                             f"({self.dropped} dropped); raise train.seq_len")  # fmt: skip
         self.order = grain.MapDataset.range(len(self.pairs)).shuffle(seed=seed)
@@ -51,19 +52,9 @@ class PreferencePipeline(StepIndexedPipeline):
 
     def check_compatible(self, model_cfg) -> None:
         """Refuse pairs tokenised for another vocabulary or with other special ids."""
-        tokenizer = self.manifest["tokenizer"]
-        problems = [] if tokenizer["vocab_size"] == model_cfg.vocab_size else [
-            f"vocab_size {tokenizer['vocab_size']} != model.vocab_size {model_cfg.vocab_size}"
-        ]  # fmt: skip
-        for name in ("mask", "eos"):
-            data_id = tokenizer["special_ids"].get(name)
-            if data_id != getattr(model_cfg, f"{name}_token_id"):
-                problems.append(f"{name} id {data_id} != model.{name}_token_id "
-                                f"{getattr(model_cfg, f'{name}_token_id')}")  # fmt: skip
-        if problems:
-            raise DataError(f"{self.dataset} was prepared with tokenizer {tokenizer['identity']} "
-                            f"that does not match the model: {'; '.join(problems)}. Prepare the "
-                            "pairs with the model's tokenizer (--tokenizer)")  # fmt: skip
+        from illada_jax.data.preparation.post_training import check_tokenizer
+
+        check_tokenizer(self.manifest, model_cfg, self.dataset, DataError)
 
     def process_batch(self, step: int) -> dict[str, np.ndarray]:
         rows = self.per_process_batch
@@ -72,10 +63,11 @@ class PreferencePipeline(StepIndexedPipeline):
             batch[side] = np.full((rows, self.seq_len), self.eos_id, np.int32)
         first = step * self.global_batch + self.first_row
         for row in range(rows):
-            pair = self.pairs[self.order[first + row]]
-            batch["prompt_lengths"][row] = len(pair.prompt)
-            for side in ("chosen", "rejected"):
-                answer = getattr(pair, side)
-                batch[side][row, : len(pair.prompt) + len(answer)] = [*pair.prompt, *answer]
-                batch[f"{side}_lengths"][row] = len(answer)
+            start, chosen, rejected, end = self.pairs[self.order[first + row]]
+            prompt = self.tokens[start:chosen]
+            batch["prompt_lengths"][row] = len(prompt)
+            for side, (a, b) in (("chosen", (chosen, rejected)), ("rejected", (rejected, end))):
+                batch[side][row, : len(prompt)] = prompt
+                batch[side][row, len(prompt) : len(prompt) + b - a] = self.tokens[a:b]
+                batch[f"{side}_lengths"][row] = b - a
         return batch

@@ -78,18 +78,25 @@ def prepare_pref(source: str, output: storage.PathLike, *, tokenizer_path: str |
             raise PrepareError(f"--heldout-fraction {heldout_fraction} leaves {empty[0]} empty "
                                f"({len(pairs)} pairs in all): change the fraction")  # fmt: skip
     source_info = {"format": PREF_FORMAT, "inputs": [source], "template": "default"}
+    _check_empty(parts)
     return {
         name: _write(name, part, bad, examples, _tokenizer_info(tokenizer), source_info)
         for name, part in parts.items()
     }
 
 
+def _check_empty(outputs) -> None:
+    """Refuse before anything is written when any output directory exists with files in it."""
+    for output in outputs:
+        target = storage.path(output)
+        if target.exists() and any(target.iterdir()):
+            raise PrepareError(f"{output} exists and is not empty: choose another --output or "
+                               "delete it")  # fmt: skip
+
+
 def _write(output: str, pairs: list[PreferencePair], bad, examples, tokenizer_info: dict,
            source_info: dict) -> dict:  # fmt: skip
     target = storage.path(output)
-    if target.exists() and any(target.iterdir()):
-        raise PrepareError(f"{output} exists and is not empty: choose another --output or "
-                           "delete it")  # fmt: skip
     buffer = io.BytesIO()
     np.savez(buffer, **pack_pairs(pairs))
     manifest = {
@@ -110,25 +117,48 @@ def _write(output: str, pairs: list[PreferencePair], bad, examples, tokenizer_in
     return manifest
 
 
-def is_preference_dataset(directory: storage.PathLike) -> bool:
-    """Whether `directory` holds a prepared preference dataset."""
-    return (storage.path(directory) / PAIRS_FILE).exists()
+def check_tokenizer(manifest: dict, model_cfg, dataset, error: type[Exception]) -> None:
+    """Raise `error` when a prepared post-training dataset was tokenised for another vocabulary
+    or with other special ids (mask, EOS, BOS) than `model_cfg`'s."""
+    tokenizer = manifest["tokenizer"]
+    problems = [] if tokenizer["vocab_size"] == model_cfg.vocab_size else [
+        f"vocab_size {tokenizer['vocab_size']} != model.vocab_size {model_cfg.vocab_size}"
+    ]  # fmt: skip
+    for name in ("mask", "eos", "bos"):
+        data_id, model_id = (
+            tokenizer["special_ids"].get(name),
+            getattr(model_cfg, f"{name}_token_id"),
+        )
+        if data_id != model_id:
+            problems.append(f"{name} id {data_id} != model.{name}_token_id {model_id}")
+    if problems:
+        raise error(f"{dataset} was prepared with tokenizer {tokenizer['identity']}, which does "
+                    f"not match the model: {'; '.join(problems)}. Prepare it with the model's "
+                    "tokenizer (--tokenizer)")  # fmt: skip
 
 
 def load_pref(directory: storage.PathLike) -> tuple[list[PreferencePair], dict]:
     """(pairs, manifest) of a prepared preference dataset; `PrepareError` naming the fix when
     the directory is not one."""
+    tokens, offsets, manifest = load_pref_arrays(directory)
+    return unpack_pairs(tokens, offsets), manifest
+
+
+def load_pref_arrays(directory: storage.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(tokens [T] int32, offsets [N, 4] int64, manifest) of a prepared preference dataset, as
+    stored (a pipeline slices rows from them: no per-token Python objects)."""
     directory = storage.path(directory)
     if not (directory / PAIRS_FILE).exists() or not (directory / MANIFEST).exists():
-        raise PrepareError(f"{directory} is not a prepared preference dataset (no {PAIRS_FILE}); "
-                           "make one with illada prepare --format pref --input PAIRS.jsonl "
-                           f"--output {directory}")  # fmt: skip
+        raise PrepareError(f"{directory} is not a prepared preference dataset (no {PAIRS_FILE}): "
+                           "objective=vrpo reads pairs made by illada prepare --format pref "
+                           "--input PAIRS.jsonl --output DIR; point data.datasets (and "
+                           "train.eval_dataset, or set train.eval_every=0) at one")  # fmt: skip
     storage.check_complete(directory)
     manifest = storage.read_json_object(directory / MANIFEST, PrepareError,
                                         "prepare the dataset again")  # fmt: skip
     with (directory / PAIRS_FILE).open("rb") as f:
         arrays = np.load(io.BytesIO(f.read()))
-        return unpack_pairs(arrays["tokens"], arrays["offsets"]), manifest
+        return arrays["tokens"], arrays["offsets"], manifest
 
 
 def prepare_rl(source: str, output: storage.PathLike, *, tokenizer_path: str | None = None,
@@ -169,6 +199,7 @@ def prepare_rl(source: str, output: storage.PathLike, *, tokenizer_path: str | N
                                f"({len(rows)} prompts in all): change the fraction")  # fmt: skip
     bad = dict(Counter(problem for _, problem in skipped))
     info = {"format": RL_FORMAT, "inputs": [source], "template": "default"}
+    _check_empty(parts)
     return {
         name: _write_rl(name, part, bad, problems, _tokenizer_info(tokenizer), info)
         for name, part in parts.items()
@@ -178,9 +209,6 @@ def prepare_rl(source: str, output: storage.PathLike, *, tokenizer_path: str | N
 def _write_rl(output: str, rows, bad: dict, problems: list[str], tokenizer_info: dict,
               source_info: dict) -> dict:  # fmt: skip
     target = storage.path(output)
-    if target.exists() and any(target.iterdir()):
-        raise PrepareError(f"{output} exists and is not empty: choose another --output or "
-                           "delete it")  # fmt: skip
     lengths = np.array([len(prompt) for prompt, _ in rows], np.int64)
     buffer = io.BytesIO()
     np.savez(buffer, tokens=np.concatenate([np.asarray(p, np.int32) for p, _ in rows]),
