@@ -203,8 +203,17 @@ def sft_data(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="module")
+def pref_data(tmp_path_factory) -> str:
+    """The demo preference pairs (`illada prepare --format pref`), with shipped:sp1k."""
+    out = tmp_path_factory.mktemp("pref") / "data"
+    assert main(["prepare", "--format", "pref", "--input", "demo", "--tokenizer",
+                 "shipped:sp1k", "--output", str(out)]) == 0  # fmt: skip
+    return str(out)
+
+
 @pytest.mark.parametrize("recipe", _recipes())
-def test_every_recipe_runs_two_steps(recipe, sft_data, tmp_path, capsys):
+def test_every_recipe_runs_two_steps(recipe, sft_data, pref_data, tmp_path, capsys):
     from illada_jax.config import flags
     from illada_jax.train.loop import train
 
@@ -218,6 +227,12 @@ def test_every_recipe_runs_two_steps(recipe, sft_data, tmp_path, capsys):
         directives.append("set:data.datasets=('demo',)")
     elif objective == "sft_illada":  # the demo dialogues, prepared with shipped:sp1k
         directives.append(f"set:data.datasets=('{sft_data}',)")
+    elif objective == "vrpo":  # the demo pairs, from a one-step run of the same model
+        start = [*directives, "set:diffusion.objective='pretrain'", "set:train.steps=1",
+                 "set:data.datasets=('embedded',)"]  # fmt: skip
+        train(flags.experiment_from_flags(start), tmp_path / "start", print_fn=lambda _: None)
+        directives += [f"set:data.datasets=('{pref_data}',)",
+                       f"set:checkpoint.init_from='{tmp_path / 'start'}'"]  # fmt: skip
     else:
         directives.append("set:data.datasets=('embedded',)")
     experiment = flags.experiment_from_flags(directives)
