@@ -1,14 +1,18 @@
 """Post-training on the CPU demo: does preference optimisation (VRPO) learn the demo preference,
-and how much do its variance reductions cut the variance of its preference score?
+how much do its variance reductions cut the variance of its preference score, and does online
+RL (diffu-GRPO) raise the demo task's held-out reward?
 
-    python bench/post_train.py [--workdir DIR] [--reuse] [--config DIRECTIVE ...] [--pairs 64]
-                               [--draws 100] [--samples 4] [--json out.json]
+    python bench/post_train.py [--workdir DIR] [--reuse] [--config DIRECTIVE ...]
+                               [--grpo-config DIRECTIVE ...] [--pairs 64] [--draws 100]
+                               [--samples 4] [--json out.json]
 
 In `--workdir` (default: a temporary directory, removed afterwards) it runs the recipes'
 commands as a user would, each timed: `illada prepare --format pref --input demo` (held out
-0.2), `illada train` (the quickstart), `illada train --config=config:tiny_sft_llada` and
-`illada train --config=config:tiny_vrpo`, each train command with the `--config` directives
-given here appended (e.g. a shorter run). With `--reuse`, runs already in `--workdir` are kept.
+0.2), `illada prepare --format rl --input demo` (held out 0.1), `illada train` (the
+quickstart), `illada train --config=config:tiny_sft_llada`, `illada train
+--config=config:tiny_vrpo` and `illada train --config=config:tiny_grpo`, each train command with
+the `--config` directives given here appended (e.g. a shorter run; `--grpo-config` ones go to
+the GRPO run only, after them). With `--reuse`, runs already in `--workdir` are kept.
 
 Measured:
 - `vrpo_heldout_accuracy`: the held-out preference accuracy of the final VRPO model, as
@@ -22,11 +26,20 @@ Measured:
   by its variance with stratified counts and antithetic draws, at the same budget (`--samples`
   draws per answer), averaged over pairs; for the policy at its first kept checkpoint (step 25)
   and at the end (`_end`) (the contract: >= 4);
-- `vrpo_train_seconds`: the VRPO run, compile included.
+- `vrpo_train_seconds`: the VRPO run, compile included;
+- `grpo_reward_start` / `grpo_reward_end` / `grpo_reward_gain`: the GRPO run's held-out reward
+  (`eval_reward_mean`: `grpo.group_size` completions of each held-out prompt, fixed keys, the
+  rollouts' sampler) at step 0 (the SFT model) and at the end, and their difference (the
+  contract: >= 0.2, or the end >= 2x the start);
+- `grpo_step_s`: seconds per GRPO step, rollouts included (the median over the logged windows
+  of rows x seq_len / tokens_per_s), and `sampling_share`: the fraction of it spent sampling
+  (`sample_s` per step over `grpo_step_s`); `grpo_train_seconds`: the GRPO run, compile and
+  held-out evaluations included.
 
-Prints each command and the last lines of its log, then
-`RESULT vrpo_heldout_accuracy=... vrpo_variance_reduction=... vrpo_variance_reduction_end=...
-vrpo_likelihood_accuracy_start=... vrpo_likelihood_accuracy_end=... vrpo_train_seconds=...`.
+Prints each command and the last lines of its log, then `RESULT vrpo_heldout_accuracy=...
+vrpo_variance_reduction=... vrpo_variance_reduction_end=... vrpo_likelihood_accuracy_start=...
+vrpo_likelihood_accuracy_end=... vrpo_train_seconds=... grpo_reward_start=... grpo_reward_end=...
+grpo_reward_gain=... grpo_step_s=... sampling_share=... grpo_train_seconds=...`.
 """
 
 from __future__ import annotations
@@ -47,14 +60,19 @@ COMMANDS = [
     ("runs/tiny-sft-llada", ["train", "--config=config:tiny_sft_llada",
                              "--workdir=runs/tiny-sft-llada"]),
     ("runs/tiny-vrpo", ["train", "--config=config:tiny_vrpo", "--workdir=runs/tiny-vrpo"]),
+    ("data/rl", ["prepare", "--format", "rl", "--input", "demo", "--tokenizer", "shipped:sp1k",
+                 "--heldout-fraction", "0.1", "--output", "data/rl"]),
+    ("runs/tiny-grpo", ["train", "--config=config:tiny_grpo", "--workdir=runs/tiny-grpo"]),
 ]  # fmt: skip
 
 
-def run_commands(workdir: pathlib.Path, reuse: bool, directives: list[str]) -> dict[str, float]:
+def run_commands(workdir: pathlib.Path, reuse: bool, directives: list[str],
+                 grpo_directives: list[str]) -> dict[str, float]:  # fmt: skip
     seconds = {}
     for output, args in COMMANDS:
         if args[0] == "train":
-            args = [*args, *(f"--config={d}" for d in directives)]
+            extra = [*directives, *(grpo_directives if output == "runs/tiny-grpo" else ())]
+            args = [*args, *(f"--config={d}" for d in extra)]
         if reuse and (workdir / output).exists():
             print(f"reusing {output}")
             continue
@@ -133,12 +151,31 @@ def variance_reduction(workdir: pathlib.Path, step: int | None, pairs: int, draw
     return float(np.mean(independent / np.maximum(reduced, 1e-12)))
 
 
+def grpo_measures(workdir: pathlib.Path) -> dict[str, float]:
+    """The GRPO run's held-out rewards and step timings, read from its metrics.jsonl."""
+    import numpy as np
+
+    run = workdir / "runs/tiny-grpo"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((run / "config.json").read_text())
+    held = [r for r in records if "eval_reward_mean" in r]
+    logged = [r for r in records if "sample_s" in r and r.get("tokens_per_s")]
+    rows = config["train"]["batch_size"] * config["train"]["seq_len"]
+    step_s = float(np.median([rows / r["tokens_per_s"] for r in logged]))
+    sample_s = float(np.median([r["sample_s"] for r in logged]))
+    start, end = held[0]["eval_reward_mean"], held[-1]["eval_reward_mean"]
+    return {"grpo_reward_start": start, "grpo_reward_end": end, "grpo_reward_gain": end - start,
+            "grpo_step_s": step_s, "sampling_share": sample_s / step_s}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=pathlib.Path, default=None)
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--config", action="append", default=[], metavar="DIRECTIVE",
                         help="appended to every train command as --config=DIRECTIVE")  # fmt: skip
+    parser.add_argument("--grpo-config", action="append", default=[], metavar="DIRECTIVE",
+                        help="appended to the GRPO train command only, after --config")  # fmt: skip
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--draws", type=int, default=100)
     parser.add_argument("--samples", type=int, default=4)
@@ -150,7 +187,7 @@ def main() -> None:
         args.workdir = pathlib.Path(temporary.name)
     args.workdir = args.workdir.resolve()  # the bench changes into it below
     args.workdir.mkdir(parents=True, exist_ok=True)
-    seconds = run_commands(args.workdir, args.reuse, args.config)
+    seconds = run_commands(args.workdir, args.reuse, args.config, args.grpo_config)
     os.chdir(args.workdir)  # the runs name their data relative to it, as the commands did
     held = held_out(args.workdir)
     kept = sorted(int(p.name) for p in (args.workdir / "runs/tiny-vrpo/checkpoints").iterdir()
@@ -166,6 +203,8 @@ def main() -> None:
         "vrpo_likelihood_accuracy_start": held["start"]["eval_likelihood_accuracy"],
         "vrpo_likelihood_accuracy_end": held["final"]["eval_likelihood_accuracy"],
         "vrpo_train_seconds": seconds.get("runs/tiny-vrpo", float("nan")),
+        **grpo_measures(args.workdir),
+        "grpo_train_seconds": seconds.get("runs/tiny-grpo", float("nan")),
     }
     print(f"held-out pairs: {held['final']['eval_pairs']:.0f}; policy at step {kept[0]} for "
           "the variance")  # fmt: skip

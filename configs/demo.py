@@ -89,3 +89,41 @@ def tiny_vrpo() -> fdl.Config:
     cfg.vrpo.beta = 0.1
     cfg.vrpo.samples = 4
     return cfg
+
+
+def tiny_grpo() -> fdl.Config:
+    """Online RL with a verifiable reward (diffu-GRPO) of the LLaDA-style SFT model on the demo
+    task: a demo question ending "Start your reply with the letter T." (A, I or T), rewarded 1
+    when the reply opens with that letter (docs/algorithms.md#reinforcement-learning-diffu-grpo).
+
+    Command:   illada prepare --format rl --input demo --tokenizer shipped:sp1k --heldout-fraction 0.1 --output data/rl
+               illada train --config=config:tiny_grpo --workdir=runs/tiny-grpo
+               illada eval --checkpoint runs/tiny-grpo --rl-data data/rl-heldout --reward format_regex --gen-length 16 --block-length 4 --temperature 1.0
+    Hardware:  2 CPU cores; needs the LLaDA-style SFT run in runs/tiny-sft-llada (it starts
+               this run and is its frozen reference).
+    Expected:  about 3.5 minutes; the held-out reward (256 completions of 32 prompts) goes 0.07
+               (the SFT model: chance) -> 0.25 (step 50: it opens with the likeliest letter) ->
+               0.95 (step 300: it copies the asked letter) (bench/post_train.py).
+    """
+    cfg = tiny_sft_llada()
+    cfg.diffusion.objective = "grpo"
+    cfg.data.datasets = ("data/rl",)
+    cfg.checkpoint.init_from = "runs/tiny-sft-llada"
+    cfg.train.eval_dataset = "data/rl-heldout"
+    cfg.train.eval_every = 50
+    cfg.train.eval_batches = 4
+    cfg.train.batch_size = 64  # 8 prompts x 8 completions
+    cfg.train.seq_len = 72  # prompts up to 56 tokens (97% of the demo task) + 16 generated
+    cfg.train.steps = 300
+    cfg.train.log_every = 25
+    cfg.checkpoint.every = 50
+    cfg.optim.learning_rate = 1e-3
+    cfg.optim.warmup_steps = 5
+    cfg.grpo.group_size = 8
+    cfg.grpo.inner_updates = 2
+    cfg.grpo.reward = "format_regex"
+    cfg.grpo.gen_length = 16
+    cfg.grpo.steps = 16
+    cfg.grpo.block_length = 4
+    cfg.grpo.temperature = 1.0
+    return cfg

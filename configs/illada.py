@@ -179,3 +179,58 @@ def illada_8b_vrpo() -> fdl.Config:
     cfg.vrpo.beta = 0.1
     cfg.vrpo.samples = 8
     return cfg
+
+
+def illada_8b_grpo() -> fdl.Config:
+    """Online RL with verifiable rewards (d1's diffu-GRPO) of the iLLaDA-8B SFT model on
+    GSM8K-style math word problems, rewarded by the final number
+    (docs/algorithms.md#reinforcement-learning-diffu-grpo).
+
+    Data:      illada prepare --format rl --input gs://BUCKET/raw/gsm8k-train.jsonl --tokenizer gs://BUCKET/tokenizers/illada-8b/tokenizer.json --heldout-fraction 0.02 --output gs://BUCKET/data/gsm8k-rl
+    Command:   illada train --config=config:illada_8b_grpo --workdir=gs://BUCKET/runs/illada-8b-grpo --config=set:checkpoint.init_from=gs://BUCKET/runs/illada-8b-sft --config=set:data.datasets="('gs://BUCKET/data/gsm8k-rl',)" --config=set:train.eval_dataset=gs://BUCKET/data/gsm8k-rl-heldout --config=set:data.tokenizer=gs://BUCKET/tokenizers/illada-8b/tokenizer.json
+    Check:     illada compile --config=config:illada_8b_grpo --topology=v5p-128
+    Hardware:  TPU v5p-128 (64 chips): 64 prompts per rollout, 8 completions each, 8 rows of
+               768 tokens per chip; the frozen reference is resident beside the policy, sharded
+               like it, and the rollout (completions, masks, old and reference log-probabilities)
+               is part of the train state.
+    Expected:  `illada compile` (the train step): see the numbers in docs/pods.md; each rollout
+               also runs the sampler (256 tokens in 128 steps, blocks of 32) and 2 x 4 forwards
+               for the old and reference log-probabilities.
+
+    Recipe: d1's settings where it gives them (G, p_mask_prompt 0.15, β 0.04, 256 generated
+    tokens in 128 steps with blocks of 32, temperature 0.9), our choices elsewhere: μ = 4 inner
+    updates per rollout (d1: 12), 64 prompts per rollout, learning rate 1e-6 (full fine-tuning;
+    d1 trains LoRA adapters), clip 0.2, one epoch of GSM8K's 7,473 training problems; prompts up
+    to 512 tokens (longer ones are left out and counted).
+    """
+    cfg = pod_settings(experiment_for_preset("illada_8b"), remat="full")
+    cfg.diffusion.objective = "grpo"
+    cfg.diffusion.random_length_mode = "none"
+    cfg.data.datasets = ("data/gsm8k-rl",)
+    cfg.data.tokenizer = TOKENIZER
+    cfg.checkpoint.init_from = "runs/illada-8b-sft"
+    prompts, group, inner = 64, 8, 4
+    cfg.grpo.group_size = group
+    cfg.grpo.inner_updates = inner
+    cfg.grpo.p_mask_prompt = 0.15
+    cfg.grpo.beta = 0.04
+    cfg.grpo.clip_eps = 0.2
+    cfg.grpo.reward = "final_number"
+    cfg.grpo.gen_length = 256
+    cfg.grpo.steps = 128
+    cfg.grpo.block_length = 32
+    cfg.grpo.temperature = 0.9
+    cfg.optim.learning_rate = 1e-6
+    cfg.optim.warmup_steps = 20
+    cfg.optim.schedule = "constant"
+    cfg.optim.final_learning_rate = 0.0
+    cfg.optim.weight_decay = 0.0
+    cfg.train.steps = round(7_473 / prompts) * inner
+    cfg.train.batch_size = prompts * group
+    cfg.train.seq_len = 512 + 256
+    cfg.train.sample_length = 0
+    cfg.train.eval_dataset = "data/gsm8k-rl-heldout"
+    cfg.train.eval_every = 100
+    cfg.train.eval_batches = 1
+    cfg.checkpoint.every = 100
+    return cfg

@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
         "eval",
         help="held-out ELBO bound of a checkpoint, lm-eval tasks, or reward tasks",
         description="Without --tasks: the held-out negative ELBO (nats/token, fixed seeds) on "
-        "prepared shards (a preference run: its held-out preference accuracy). With --tasks: "
+        "prepared shards (a preference run: its held-out preference accuracy; an RL run: the "
+        "mean reward of its held-out prompts with its own reward and sampler). With --tasks: "
         "lm-evaluation-harness tasks (the [eval] extra). With --rl-data: completions of RL "
         "prompts scored by --reward. "
         "Example: illada eval --checkpoint runs/tiny --tasks kjv_next_word --limit 20",
@@ -93,6 +94,15 @@ def run(args: argparse.Namespace) -> int:
     if args.rl_data is not None:
         return _run_rewards(args)
     model = load_model(args.checkpoint)
+    experiment = model.experiment
+    if experiment is not None and experiment.diffusion.objective == "grpo":
+        # An RL run: the reward of its held-out prompts, with its reward and its sampler.
+        grpo = experiment.grpo
+        return _run_rewards(args, model, dataset=args.dataset or experiment.train.eval_dataset,
+                            reward=grpo.reward, samples=grpo.group_size,
+                            gen_length=grpo.gen_length, steps=grpo.steps,
+                            block_length=grpo.block_length, temperature=grpo.temperature,
+                            remasking=grpo.remasking)  # fmt: skip
     from illada_jax.eval.heldout import heldout_bound
 
     record = heldout_bound(model, dataset=args.dataset, batches=args.batches,
@@ -107,13 +117,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_rewards(args: argparse.Namespace) -> int:
+def _run_rewards(args: argparse.Namespace, model=None, **settings) -> int:
+    """--rl-data: the mean reward of sampled completions; `settings` (an RL run's own) replace
+    the command line's dataset, reward and sampler."""
     from illada_jax.eval.rewards import reward_eval
 
-    model = load_model(args.checkpoint)
-    record = reward_eval(model, args.rl_data, args.reward, limit=args.limit,
-                         samples=args.samples, gen_length=args.gen_length, steps=args.steps,
-                         block_length=args.block_length, temperature=args.temperature)  # fmt: skip
+    model = model or load_model(args.checkpoint)
+    options = {"dataset": args.rl_data, "reward": args.reward, "samples": args.samples,
+               "gen_length": args.gen_length, "steps": args.steps,
+               "block_length": args.block_length, "temperature": args.temperature, **settings}  # fmt: skip
+    record = reward_eval(model, options.pop("dataset"), options.pop("reward"), limit=args.limit,
+                         **options)  # fmt: skip
     print(f"checkpoint step {model.step}: reward {record['reward']} on {record['prompts']} "
           f"prompts x {record['samples']} samples")  # fmt: skip
     for example in record["examples"]:

@@ -14,7 +14,7 @@ import dataclasses
 
 import fiddle as fdl
 
-from illada_jax.config.post_training import VrpoConfig
+from illada_jax.config.post_training import GrpoConfig, VrpoConfig
 from illada_jax.config.presets import MODEL_PRESETS
 from illada_jax.config.schema import (
     CheckpointConfig,
@@ -46,6 +46,7 @@ def experiment_for_preset(name: str) -> fdl.Config:
         train=fdl.Config(TrainConfig),
         obs=fdl.Config(ObsConfig),
         vrpo=fdl.Config(VrpoConfig),
+        grpo=fdl.Config(GrpoConfig),
     )
 
 
@@ -147,7 +148,9 @@ def rehearsal(cfg: fdl.Config) -> None:
     - one CPU device per host (`mesh.cpu_devices=1`: a host stands in for one chip);
     - 24 steps of 8 x 64 tokens; warmup and the schedule's decay points scaled from the
       recipe's steps to 24; a checkpoint every 8 steps (a permanent one every 16 when the recipe
-      keeps some); the held-out bound once, at the end, on 2 batches; a log line per step.
+      keeps some); the held-out bound once, at the end, on 2 batches; a log line per step;
+    - online RL (grpo): completions of 16 tokens in one block of 16 steps, groups of 4 when the
+      recipe's do not divide the batch.
 
     The rehearsal appends it to a documented command, after the command's own directives, so
     it wins over their sizes and kernel (a GPU command's `cudnn`) and keeps the rest (paths).
@@ -188,6 +191,10 @@ def rehearsal(cfg: fdl.Config) -> None:
     cfg.checkpoint.every = REHEARSAL_CHECKPOINT_EVERY
     if cfg.checkpoint.keep_every:
         cfg.checkpoint.keep_every = 2 * REHEARSAL_CHECKPOINT_EVERY
+    if cfg.diffusion.objective == "grpo":  # completions of 16 tokens, groups that fill a batch
+        if REHEARSAL_BATCH % cfg.grpo.group_size:
+            cfg.grpo.group_size = 4
+        cfg.grpo.gen_length = cfg.grpo.steps = cfg.grpo.block_length = 16
 
 
 FIDDLERS = {

@@ -21,14 +21,14 @@ from illada_jax.config.checks import check_choice as _check_choice
 from illada_jax.config.checks import check_int as _check_int
 from illada_jax.config.checks import check_prob as _check_prob
 from illada_jax.config.checks import fail as _fail
-from illada_jax.config.post_training import REFERENCE_OBJECTIVES, VrpoConfig
+from illada_jax.config.post_training import REFERENCE_OBJECTIVES, GrpoConfig, VrpoConfig
 
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
 DTYPES = ("float32", "bfloat16")
 TIME_SAMPLINGS = ("uniform", "antithetic")
 RANDOM_LENGTH_MODES = ("none", "llada_truncate", "illada_split")
-OBJECTIVES = ("pretrain", "sft_llada", "sft_illada", "vrpo")
+OBJECTIVES = ("pretrain", "sft_llada", "sft_illada", "vrpo", "grpo")
 SCHEDULES = ("constant", "cosine", "wsd", "illada")
 DECAY_EXCLUDES = ("none", "norms_and_embeddings")
 RULE_TABLES = ("auto", "fsdp", "fsdp_tp", "dp")
@@ -553,6 +553,7 @@ class Experiment:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     obs: ObsConfig = dataclasses.field(default_factory=ObsConfig)
     vrpo: VrpoConfig = dataclasses.field(default_factory=VrpoConfig)
+    grpo: GrpoConfig = dataclasses.field(default_factory=GrpoConfig)
 
     def __post_init__(self) -> None:
         if self.train.seq_len > self.model.max_seq_len:
@@ -568,7 +569,10 @@ class Experiment:
                 "objective=sft_llada takes exactly one SFT source (a JSONL file or 'demo')",
             )
         objective = self.diffusion.objective
-        if objective in ("sft_llada", "vrpo") and self.diffusion.random_length_mode != "none":
+        if (
+            objective in ("sft_llada", "vrpo", "grpo")
+            and self.diffusion.random_length_mode != "none"
+        ):
             _fail("diffusion.random_length_mode", self.diffusion.random_length_mode,
                   f"must be 'none' with objective={objective} (its rows are (prompt, answer) "
                   "pairs, docs/algorithms.md#sft-llada-style)")  # fmt: skip
@@ -576,6 +580,21 @@ class Experiment:
             _fail("checkpoint.init_from", "", f"objective={objective} starts from a fine-tuned "
                   "run, which is also its frozen reference: set checkpoint.init_from=RUN_DIR "
                   "(e.g. an SFT run)")  # fmt: skip
-        if objective == "vrpo" and len(self.data.datasets) != 1:
-            _fail("data.datasets", self.data.datasets, "objective=vrpo takes exactly one "
-                  "preference dataset (made by illada prepare --format pref)")  # fmt: skip
+        made_by = {"vrpo": "preference dataset (made by illada prepare --format pref)",
+                   "grpo": "prompt dataset (made by illada prepare --format rl)"}  # fmt: skip
+        if objective in made_by and len(self.data.datasets) != 1:
+            _fail("data.datasets", self.data.datasets,
+                  f"objective={objective} takes exactly one {made_by[objective]}")  # fmt: skip
+        if objective == "grpo":
+            self._check_grpo()
+
+    def _check_grpo(self) -> None:
+        group, width = self.grpo.group_size, self.train.seq_len - self.grpo.gen_length
+        if self.train.batch_size % group:
+            _fail("train.batch_size", self.train.batch_size, f"must be a multiple of "
+                  f"grpo.group_size={group}: a step's rows are prompts x their {group} "
+                  "completions")  # fmt: skip
+        if width < 1:
+            _fail("grpo.gen_length", self.grpo.gen_length, f"must be < train.seq_len="
+                  f"{self.train.seq_len}: a row is the prompt (seq_len - gen_length tokens, "
+                  "left-padded) and its completion")  # fmt: skip

@@ -4,14 +4,16 @@ no model, sampler, mesh or data here.
 
 Per prompt q the sampler draws G completions o_1..o_G and a reward function scores them r_i.
 Rows are the P·G (prompt, completion) sequences, grouped by prompt: row `p·G + i` holds
-completion i of prompt p, laid out `[prompt, completion, pad...]`.
+completion i of prompt p, laid out as the sampler's canvas `[left-padded prompt, completion]`
+(W columns, the last `gen_length` generated); `prompt_mask [R, W]` marks the real prompt tokens.
 
 - Advantages: `A_i = r_i - mean_group(r)`, optionally divided by the group's sample standard
   deviation (ddof 1, as d1's `torch.std`) + `eps`: a group whose rewards are all equal has A = 0
   and teaches nothing but the KL term.
 - Per-token log-probabilities from one forward pass: every prompt token independently replaced by
   the mask with probability `p_mask_prompt` (a fresh mask at every inner update: a regulariser),
-  the completion **fully** masked; `log π(o^k | q', all-mask)` for every completion token k.
+  the completion **fully** masked; `log π(o^k | q', all-mask)` for every completion token k up to
+  and including its first EOS (`completion_mask`).
 - The loss (minimised; d1's objective with the sign flipped), per row i with |o_i| tokens:
   `-(1/|o_i|) Σ_k [ min(ρ_ik A_i, clip(ρ_ik, 1-ε, 1+ε) A_i) - β KL_ik ]`, averaged over rows
   (= over groups of `1/G Σ_i`), with `ρ_ik = π_θ / π_old` and the k3 estimator
@@ -36,18 +38,29 @@ def group_advantages(rewards: jax.Array, group_size: int, *, scale_by_std: bool 
     return centred.reshape(-1)
 
 
-def mask_for_log_probs(key, tokens, prompt_lengths, completion_lengths, mask_id: int,
-                       p_mask_prompt: float) -> tuple[jax.Array, jax.Array, jax.Array]:  # fmt: skip
-    """The one-forward input: (noisy [R, L], completion positions [R, L] bool, key mask [R, L]).
-    Prompt tokens masked independently with `p_mask_prompt`, completion tokens all masked,
-    padding (after prompt + completion) hidden from attention."""
-    position = jnp.arange(tokens.shape[1])[None, :]
-    in_prompt = position < prompt_lengths[:, None]
-    end = prompt_lengths[:, None] + completion_lengths[:, None]
-    is_completion = ~in_prompt & (position < end)
-    prompt_masked = in_prompt & (jax.random.uniform(key, tokens.shape) < p_mask_prompt)
-    noisy = jnp.where(is_completion | prompt_masked, mask_id, tokens)
-    return noisy, is_completion, position < end
+def hide_prompt(key, prompt_mask, p_mask_prompt: float) -> jax.Array:
+    """bool [R, W]: each real prompt token (`prompt_mask [R, W]`) hidden independently with
+    probability `p_mask_prompt` (a fresh draw at every inner update)."""
+    return prompt_mask & (jax.random.uniform(key, prompt_mask.shape) < p_mask_prompt)
+
+
+def log_prob_input(tokens, prompt_mask, hidden_prompt, gen_length: int,
+                   mask_id: int) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    """The one-forward input (noisy [R, W], key mask [R, W]): the hidden prompt tokens and the
+    whole completion (the last `gen_length` columns) replaced by the mask; the left padding
+    before the prompt hidden from attention."""
+    generated = jnp.arange(tokens.shape[1])[None, :] >= tokens.shape[1] - gen_length
+    noisy = jnp.where(hidden_prompt | generated, mask_id, tokens)
+    return noisy, prompt_mask | generated
+
+
+def completion_mask(tokens, gen_length: int, stop_ids) -> jax.Array:
+    """bool [R, W]: the scored completion tokens, up to and including the first stop id
+    (EOS / end-of-turn) of the last `gen_length` columns (all of them when there is none)."""
+    rows, width = tokens.shape
+    stop = jnp.isin(tokens[:, width - gen_length :], jnp.asarray(stop_ids))
+    scored = (jnp.cumsum(stop, axis=1) - stop) == 0
+    return jnp.concatenate([jnp.zeros((rows, width - gen_length), bool), scored], axis=1)
 
 
 class PolicyLoss(NamedTuple):

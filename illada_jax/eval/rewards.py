@@ -14,15 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from illada_jax import rewards
+from illada_jax.data.chat.rl import prompt_text
 from illada_jax.data.preparation.post_training import check_tokenizer, load_rl
 from illada_jax.data.preparation.prepare import PrepareError
 from illada_jax.inference import Model
-
-
-def _prompt_text(example: dict) -> str:
-    if "messages" in example:
-        return [m for m in example["messages"] if m.get("role") == "user"][-1]["content"]
-    return str(example.get("prompt", example.get("question", "")))
 
 
 def reward_eval(model: Model, dataset: str, reward: str = "final_number", *,
@@ -44,7 +39,7 @@ def reward_eval(model: Model, dataset: str, reward: str = "final_number", *,
             rows = prompts[first : first + batch_size]
             batch = examples[first : first + batch_size]
             completions = model.complete_ids(rows, gen_length, seed=seed + sample, **sampling)
-            texts = [_prompt_text(example) for example in batch]
+            texts = [prompt_text(example) for example in batch]
             got = rewards.score(reward_fn, reward, texts, completions, batch)
             scores.append(got)
             for text, completion, value in zip(texts, completions, got):

@@ -116,12 +116,18 @@ def train_step_work(experiment) -> tuple[int, float]:
     """(token positions per optimizer step, FLOPs per such position) of `experiment`'s train
     step: batch × seq_len at `train_flops_per_token`; for preference optimisation (vrpo) each
     pair runs 2 answers × `vrpo.samples` masked copies through the policy (forward and backward)
-    and the reference (forward), so positions count those copies and each adds a forward."""
+    and the reference (forward), so positions count those copies and each adds a forward; for
+    online RL (grpo) each row also carries its share of the rollout, made once every μ steps:
+    `grpo.steps` sampler forwards and μ forwards each of the old policy and the reference."""
     tcfg, cfg = experiment.train, experiment.model
     tokens, per_token = tcfg.batch_size * tcfg.seq_len, train_flops_per_token(cfg, tcfg.seq_len)
     if experiment.diffusion.objective == "vrpo":
         tokens *= 2 * experiment.vrpo.samples
         per_token += forward_flops_per_token(cfg, tcfg.seq_len)
+    if experiment.diffusion.objective == "grpo":
+        grpo = experiment.grpo
+        rollout_forwards = (grpo.steps + 2 * grpo.inner_updates) / grpo.inner_updates
+        per_token += rollout_forwards * forward_flops_per_token(cfg, tcfg.seq_len)
     return tokens, per_token
 
 

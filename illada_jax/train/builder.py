@@ -38,12 +38,14 @@ from illada_jax.config.post_training import REFERENCE_OBJECTIVES
 from illada_jax.config.schema import Experiment
 from illada_jax.data.pipeline.batches import LladaSftPipeline, Pipeline, PipelineSpec
 from illada_jax.data.pipeline.preference import PreferencePipeline
+from illada_jax.data.pipeline.rl import RlPipeline
 from illada_jax.model.transformer import graphdef_and_specs
 from illada_jax.parallel import mesh as mesh_lib
 from illada_jax.parallel.rules import batch_spec
 from illada_jax.parallel.rules import resolve as resolve_rules
 from illada_jax.train import state as state_lib
 from illada_jax.train.optim import fit_schedule, learning_rate_schedule, make_optimizer
+from illada_jax.train.rollout import rollout_abstract
 from illada_jax.train.step import (
     batch_shardings,
     is_row_vector,
@@ -93,6 +95,12 @@ class Run:
         """Whether the run optimises preferences (objective=vrpo): preference batches, a frozen
         reference in the state, held-out preference accuracy."""
         return self.experiment.diffusion.objective == "vrpo"
+
+    @property
+    def reinforcement(self) -> bool:
+        """Whether the run is online RL (objective=grpo): rollouts in the state, prompt batches,
+        the held-out reward of sampled completions."""
+        return self.experiment.diffusion.objective == "grpo"
 
     def eval_params(self, state):
         """The held-out step's first argument: the parameters, or (params, ref_params)."""
@@ -216,6 +224,7 @@ class Run:
         return state_lib.create_state(
             cfg.model, self.optimizer, self.mesh, self.rules, cfg.train.seed,
             reference=cfg.diffusion.objective in REFERENCE_OBJECTIVES,
+            rollout=self.abstract_state.get("rollout"),
         )  # fmt: skip
 
     def pipeline(self, *, dataset: str | None = None, seed: int | None = None):
@@ -225,10 +234,12 @@ class Run:
 
 def pipeline_class(experiment: Experiment) -> type:
     """The pipeline the experiment's objective reads: dialogues for sft_llada, preference
-    pairs for vrpo, else shards."""
+    pairs for vrpo, prompts for grpo, else shards."""
     objective = experiment.diffusion.objective
     if objective == "vrpo":
         return PreferencePipeline
+    if objective == "grpo":
+        return RlPipeline
     return LladaSftPipeline if objective == "sft_llada" else Pipeline
 
 
@@ -239,7 +250,14 @@ def make_pipeline(experiment: Experiment, *, dataset: str | None = None, seed: i
     (held-out data too)."""
     data, tcfg = experiment.data, experiment.train
     process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    if pipeline_class(experiment) is PreferencePipeline:
+    if pipeline_class(experiment) is RlPipeline:  # held-out prompts: one rollout per batch
+        grpo = experiment.grpo
+        pipeline = RlPipeline(dataset or data.datasets[0], tcfg.seq_len - grpo.gen_length,
+                              tcfg.batch_size // grpo.group_size,
+                              tcfg.seed if seed is None else seed,
+                              inner_updates=1 if dataset else grpo.inner_updates,
+                              **process)  # fmt: skip
+    elif pipeline_class(experiment) is PreferencePipeline:
         pipeline = PreferencePipeline(dataset or data.datasets[0], tcfg.seq_len, tcfg.batch_size,
                                       tcfg.seed if seed is None else seed, **process)  # fmt: skip
     elif pipeline_class(experiment) is LladaSftPipeline and dataset is None:
@@ -284,10 +302,13 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
     schedule = learning_rate_schedule(optim_cfg, total_steps=tcfg.steps)
     graphdef = graphdef_and_specs(experiment.model)[0]
     reference = experiment.diffusion.objective in REFERENCE_OBJECTIVES
+    grpo = experiment.diffusion.objective == "grpo"
+    rollout = rollout_abstract(experiment, mesh, rules) if grpo else None
     abstract_state = state_lib.abstract_state(experiment.model, optimizer, mesh, rules, tcfg.seed,
-                                              reference)  # fmt: skip
+                                              reference, rollout)  # fmt: skip
     shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
-    keys = pipeline_class(experiment).output_keys
+    # grpo's train step reads its rows from the state's rollout: its batch is empty.
+    keys = () if grpo else pipeline_class(experiment).output_keys
     # Jitted only: traced by `Run.lower_*` under the mesh, never at a call (module doc).
     train_step = make_train_step(
         graphdef,
@@ -302,6 +323,7 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
         batch_keys=keys,
         compute_dtype=weights_compute_dtype(experiment.model),
         vrpo=experiment.vrpo,
+        grpo=experiment.grpo,
     )
     preference = experiment.diffusion.objective == "vrpo"
     eval_step = make_eval_step(

@@ -101,6 +101,7 @@ class LoopState:
     history: list = dataclasses.field(default_factory=list)  # what this call logged
     loss_ceiling: float = float("inf")  # masked CE above this is a spike (recovery.LossHealth)
     stop: bool = False  # a hook asks the loop to end after this step (preemption)
+    rollouts: Any = None  # objective=grpo: train/rollout.Rollouts, refreshes the state's rollout
 
     @property
     def total_steps(self) -> int:
@@ -212,7 +213,8 @@ class MetricsLog(Hook):
 class HeldOutEval(Hook):
     """Every `train.eval_every` steps: the held-out negative ELBO (nats/token, fixed seeds) on
     `train.eval_dataset` (objective=vrpo: the held-out preference accuracy and reward margin on
-    preference pairs). At a fresh start: the unigram baseline, the held-out dataset's tokens
+    preference pairs; objective=grpo: the mean reward of sampled completions of held-out prompts).
+    At a fresh start: the unigram baseline, the held-out dataset's tokens
     scored with the training data's token frequencies (`data/pipeline/unigram.py`), which a model
     must beat to have learned more than frequencies."""
 
@@ -223,7 +225,7 @@ class HeldOutEval(Hook):
         if self.every:  # refuse held-out data that does not fit the model now, on every process
             run = loop.run
             run.pipeline(dataset=run.experiment.train.eval_dataset, seed=EVAL_SEED)
-            if run.preference and not loop.step:  # where preference training starts from
+            if (run.preference or run.reinforcement) and not loop.step:  # the starting point
                 self.on_step(loop)
         # Logged once, at a fresh start (a resumed run has it in metrics.jsonl), by process 0.
         if loop.step or not loop.writer.enabled:
@@ -239,6 +241,11 @@ class HeldOutEval(Hook):
     def on_step(self, loop: LoopState) -> None:
         run = loop.run
         pipeline = run.pipeline(dataset=run.experiment.train.eval_dataset, seed=EVAL_SEED)
+        if loop.rollouts is not None:  # grpo: the reward of sampled held-out completions
+            record = loop.rollouts.evaluate(loop.state["params"], pipeline,
+                                            run.experiment.train.eval_batches)  # fmt: skip
+            loop.record({"step": loop.step, **record}, line=f"step {loop.step}: held-out {record}")
+            return
         measure = heldout_preference if run.preference else heldout_bound
         record = measure(run.eval_step, run.eval_params(loop.state), pipeline,
                          run.experiment.train.eval_batches, put=run.eval_batch)  # fmt: skip
@@ -252,7 +259,11 @@ def _unigram_baseline(run: Run) -> float | None:
     from illada_jax.data.pipeline.unigram import unigram_baseline
 
     experiment = run.experiment
-    if not experiment.train.eval_every or experiment.diffusion.objective in ("sft_llada", "vrpo"):
+    if not experiment.train.eval_every or experiment.diffusion.objective in (
+        "sft_llada",
+        "vrpo",
+        "grpo",
+    ):
         return None
     data = experiment.data
 

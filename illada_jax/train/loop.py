@@ -68,8 +68,10 @@ def train(
     if run.schedule_note and is_main:
         print_fn(run.schedule_note)
     if getattr(pipeline, "dropped", 0) and is_main:  # SFT and preference pairs that do not fit
-        print_fn(f"{pipeline.dropped} of the training pairs are longer than train.seq_len="
-                 f"{experiment.train.seq_len} and are left out")  # fmt: skip
+        what = "RL prompts" if run.reinforcement else "training pairs"
+        limit = (f"train.seq_len - grpo.gen_length = {pipeline.width}" if run.reinforcement
+                 else f"train.seq_len={experiment.train.seq_len}")  # fmt: skip
+        print_fn(f"{pipeline.dropped} of the {what} are longer than {limit} and are left out")
     compile_cache.configure(experiment.train.compilation_cache, workdir)
     compiled = compile_steps(run, print_fn if is_main else None)
     preflight.check_compiled_memory(run, run.train_step)
@@ -176,11 +178,23 @@ def start(
         progress=progress,
         unresolved=collections.deque(unresolved),
         window=window,
+        rollouts=rollouts(run),
     )
     loop.restart_data()
     if writer.enabled:
         writer.write_metrics(step, {"event": "compiled", **compiled})
     return loop
+
+
+def rollouts(run: Run):
+    """objective=grpo's rollout maker (None for the other objectives)."""
+    if not run.reinforcement:
+        return None
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer
+    from illada_jax.train.rollout import Rollouts
+
+    experiment = run.experiment
+    return Rollouts(run, Tokenizer.for_model(experiment.data.tokenizer, experiment.model)[0])
 
 
 def compile_steps(run: Run, print_fn=None) -> dict:
@@ -189,7 +203,7 @@ def compile_steps(run: Run, print_fn=None) -> dict:
     from illada_jax.train.builder import program_fingerprint
 
     steps = {"train": run.compile_train_step()}
-    if run.experiment.train.eval_every:
+    if run.experiment.train.eval_every and not run.reinforcement:  # grpo's is the sampler
         steps["eval"] = run.compile_eval_step()
     seconds = run.compile_seconds()
     record = {}
@@ -233,9 +247,19 @@ def advance(loop: LoopState, hooks: list[Hook]) -> None:
     controls = run.controls(
         lr_scale=loop.lr_scale, loss_ceiling=loop.loss_ceiling, data_step=loop.next_data_step
     )
-    loop.state, metrics = run.train_step(
-        loop.state, run.global_batch(local), run.step_key(loop.step), controls
-    )
+    timings = {}
+    if loop.rollouts is not None:  # grpo: the step trains on the state's rollout, no batch
+        if loop.rollouts.due(loop.step):
+            loop.state, timings = loop.rollouts(
+                loop.state, local, loop.pipeline.examples, loop.step
+            )
+        batch = {}
+    else:
+        batch = run.global_batch(local)
+    loop.state, metrics = run.train_step(loop.state, batch, run.step_key(loop.step), controls)
+    if loop.rollouts is not None:  # every step logs the rollout's seconds (0 between rollouts)
+        metrics = {**metrics, "sample_s": timings.get("sample_s", 0.0),
+                   "rollout_s": timings.get("rollout_s", 0.0)}  # fmt: skip
     loop.step += 1
     loop.next_data_step += 1
     step = loop.step

@@ -11,6 +11,9 @@ A preference batch (objective `vrpo`, `preference_loss`) instead holds `chosen`,
 [batch, length] int32` (`[prompt, answer, pad...]` rows sharing the prompt) with `prompt_lengths`,
 `chosen_lengths`, `rejected_lengths [batch] int32`.
 
+An RL batch (objective `grpo`, `grpo_loss`) is a rollout: the sampler's completions with their
+rewards, advantages and the old and reference log-probabilities (`train/rollout.py`).
+
 iLLaDA's two-segment split cuts every chosen row once, splitting whichever segment (document) holds
 the cut point; other segments are untouched.
 """
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 
 from illada_jax.config.post_training import VrpoConfig
 from illada_jax.config.schema import DiffusionConfig
-from illada_jax.diffusion import losses, masking, preference
+from illada_jax.diffusion import grpo, losses, masking, preference
 
 
 def diffusion_loss(
@@ -178,3 +181,43 @@ def preference_eval(policy, reference, batch: dict, key: jax.Array, cfg: VrpoCon
     right = jnp.sum(margin > 0) + 0.5 * jnp.sum(margin == 0)
     return {"right": right, "margin": cfg.beta * jnp.sum(margin),
             "likelihood_right": jnp.sum(policy_w > policy_l), "pairs": margin.shape[0]}  # fmt: skip
+
+
+def completion_log_probs(model, rows: dict, hidden_prompt, gen_length: int,
+                         chunk_size: int) -> jax.Array:  # fmt: skip
+    """log π(o_k | q', all-mask) [R, W] from one forward (docs/algorithms.md#reinforcement-
+    learning-diffu-grpo): `grpo.log_prob_input` of a rollout's `tokens`, `prompt_mask [R, W]`
+    with the prompt tokens in `hidden_prompt [R, W]` hidden."""
+    noisy, key_mask = grpo.log_prob_input(rows["tokens"], rows["prompt_mask"], hidden_prompt,
+                                          gen_length, model.cfg.mask_token_id)  # fmt: skip
+    hidden = model.hidden_states(noisy, key_mask=key_mask)
+    return -losses.token_cross_entropy(hidden, rows["tokens"], model.project, chunk_size)
+
+
+def grpo_loss(model, rows: dict, inner: jax.Array, cfg, chunk_size: int
+              ) -> tuple[jax.Array, dict]:  # fmt: skip
+    """diffu-GRPO's clipped policy loss with the k3 KL (docs/algorithms.md#reinforcement-
+    learning-diffu-grpo) at inner update `inner` (0..μ-1) of a rollout. `rows`: the rollout
+    (`train/rollout.py`): `tokens`, `prompt_mask`, `completion [R, W]`; `hidden_prompt`,
+    `old_log_probs`, `ref_log_probs [R, μ, W]`; `advantages`, `rewards [R]`. `cfg`: GrpoConfig.
+    `masked_ce` (the spike test's input) is the policy's mean CE over the completion tokens."""
+    pick = lambda x: jnp.take(x, inner, axis=1)  # noqa: E731
+    log_probs = completion_log_probs(model, rows, pick(rows["hidden_prompt"]), cfg.gen_length,
+                                     chunk_size)  # fmt: skip
+    completion = rows["completion"]
+    out = grpo.policy_loss(log_probs, pick(rows["old_log_probs"]), pick(rows["ref_log_probs"]),
+                           rows["advantages"], completion, clip_eps=cfg.clip_eps,
+                           beta=cfg.beta)  # fmt: skip
+    num_tokens = jnp.sum(completion, dtype=jnp.int32)
+    ce_sum = -jnp.sum(jnp.where(completion, log_probs, 0.0))
+    metrics = {
+        "loss": out.loss,
+        "masked_ce": ce_sum / jnp.maximum(num_tokens, 1),
+        "num_masked": num_tokens,
+        "kl": out.kl,
+        "clip_fraction": out.clipped,
+        "ratio": out.ratio,
+        "reward_mean": jnp.mean(rows["rewards"]),
+        "completion_tokens": jnp.mean(jnp.sum(completion, axis=1).astype(jnp.float32)),
+    }
+    return out.loss, metrics

@@ -68,7 +68,28 @@ def check_inputs(run):
         run.pipeline(dataset=experiment.train.eval_dataset)
     if experiment.checkpoint.init_from:  # it exists and its parameters fit this model
         check_init_from(experiment.checkpoint.init_from, run.abstract_state["params"])
+    if run.reinforcement:
+        check_reward(run, pipeline)
     return pipeline
+
+
+def check_reward(run, pipeline) -> None:
+    """objective=grpo: the completions can be decoded (a tokenizer for the model) and the reward
+    runs: it scores the first prompts' reference answers as completions, so a reward that raises
+    or returns NaN is refused (`RewardError` naming the example) before the run writes a file."""
+    from illada_jax import rewards
+    from illada_jax.data.chat.rl import prompt_text
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer
+
+    experiment = run.experiment
+    tokenizer, why = Tokenizer.for_model(experiment.data.tokenizer, experiment.model)
+    if tokenizer is None:
+        raise rewards.RewardError(f"objective=grpo scores decoded completions, but {why}; set "
+                                  "data.tokenizer to the model's tokenizer")  # fmt: skip
+    examples = pipeline.examples[:8]
+    rewards.score(rewards.get(experiment.grpo.reward), experiment.grpo.reward,
+                  [prompt_text(e) for e in examples], [e["answer"] for e in examples],
+                  examples)  # fmt: skip
 
 
 def check_checkpoints(run, workdir) -> None:

@@ -6,7 +6,9 @@ A train state is a plain pytree (so orbax saves it as is):
 (vrpo: docs/algorithms.md#preference-optimisation-vrpo): a copy of the starting parameters,
 sharded like `params`, never updated. Keeping it in the state makes it resident on the devices
 beside the policy and saved with every checkpoint, so a resumed run scores against exactly the
-reference it started with (from the checkpoint, not from `checkpoint.init_from`). Parameters are the model's pure dict
+reference it started with (from the checkpoint, not from `checkpoint.init_from`). Objective grpo
+also keeps `"rollout"`, the completions its steps train on (`train/rollout.py`; `rollout`
+here is its arrays as ShapeDtypeStructs with shardings). Parameters are the model's pure dict
 (`nnx.to_pure_dict`); `nnx.merge(graphdef, params)` rebuilds the network.
 
 Shardings come from the parameters' logical axis names and the rule table (`parallel/rules.py`);
@@ -38,7 +40,7 @@ def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: str):
 
 
 def _init_fn(cfg: ModelConfig, optimizer: optax.GradientTransformation, seed: int,
-             reference: bool = False):  # fmt: skip
+             reference: bool = False, rollout: dict | None = None):  # fmt: skip
     def init():
         params = nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed))))
         state = {
@@ -48,15 +50,18 @@ def _init_fn(cfg: ModelConfig, optimizer: optax.GradientTransformation, seed: in
         }
         if reference:
             state["ref_params"] = jax.tree.map(jnp.copy, params)
+        if rollout:
+            state["rollout"] = {k: jnp.zeros(s.shape, s.dtype) for k, s in rollout.items()}
         return state
 
     return init
 
 
 def state_shardings(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int = 0,
-                    reference: bool = False):  # fmt: skip
+                    reference: bool = False, rollout: dict | None = None):  # fmt: skip
     """NamedShardings for the whole train state (optimizer moments follow their parameters,
-    the reference, when there is one, is sharded like the parameters)."""
+    the reference, when there is one, is sharded like the parameters, a rollout's arrays
+    carry their own)."""
     params = param_shardings(cfg, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     abstract = jax.eval_shape(_init_fn(cfg, optimizer, seed))
@@ -70,22 +75,24 @@ def state_shardings(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int = 0
     shardings = {"step": replicated, "params": params, "opt_state": opt}
     if reference:
         shardings["ref_params"] = params
+    if rollout:
+        shardings["rollout"] = {k: s.sharding for k, s in rollout.items()}
     return shardings
 
 
 def abstract_state(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int = 0,
-                   reference: bool = False):  # fmt: skip
+                   reference: bool = False, rollout: dict | None = None):  # fmt: skip
     """The state as ShapeDtypeStructs carrying shardings (a restore target; nothing allocated)."""
-    shapes = jax.eval_shape(_init_fn(cfg, optimizer, seed, reference))
-    shardings = state_shardings(cfg, optimizer, mesh, rules, seed, reference)
+    shapes = jax.eval_shape(_init_fn(cfg, optimizer, seed, reference, rollout))
+    shardings = state_shardings(cfg, optimizer, mesh, rules, seed, reference, rollout)
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
 
 
 def create_state(cfg: ModelConfig, optimizer, mesh, rules: str, seed: int,
-                 reference: bool = False):  # fmt: skip
+                 reference: bool = False, rollout: dict | None = None):  # fmt: skip
     """A freshly initialised, sharded train state (with `reference`: `ref_params`, a copy of
     the initial parameters; the runner replaces both with `checkpoint.init_from`'s)."""
-    shardings = state_shardings(cfg, optimizer, mesh, rules, seed, reference)
-    return jax.jit(_init_fn(cfg, optimizer, seed, reference), out_shardings=shardings)()
+    shardings = state_shardings(cfg, optimizer, mesh, rules, seed, reference, rollout)
+    return jax.jit(_init_fn(cfg, optimizer, seed, reference, rollout), out_shardings=shardings)()

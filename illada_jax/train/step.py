@@ -27,6 +27,11 @@ frozen reference `ref_params`, which the step reads (cast like the parameters) a
 unchanged; the batch is a preference batch (`train/objective.py`); the eval step takes
 `(params, ref_params)` as its first argument and returns the held-out preference sums
 (`train/objective.preference_eval`).
+
+Objective `grpo` (docs/algorithms.md#reinforcement-learning-diffu-grpo): the state also holds
+the current rollout (`train/rollout.py`: completions, rewards, advantages, old and reference
+log-probabilities), which the runner refreshes every μ = `grpo.inner_updates` steps; the step
+trains on it (inner update `step % μ`), so its `batch` is empty, and returns it unchanged.
 """
 
 from __future__ import annotations
@@ -37,12 +42,13 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from illada_jax.config.post_training import VrpoConfig
+from illada_jax.config.post_training import GrpoConfig, VrpoConfig
 from illada_jax.config.schema import DiffusionConfig
 from illada_jax.parallel.rules import batch_spec
 from illada_jax.train.objective import (
     diffusion_loss,
     elbo_bound,
+    grpo_loss,
     preference_eval,
     preference_loss,
 )
@@ -105,23 +111,26 @@ def make_train_step(
     batch_keys=None,
     compute_dtype=None,
     vrpo: VrpoConfig | None = None,
+    grpo: GrpoConfig | None = None,
 ):
     """Jitted train step. With `mesh`, inputs/outputs carry explicit shardings; `batch_keys`
     names the batch's arrays when they are not all [batch, length] (e.g. `prompt_lengths`);
     `compute_dtype` (e.g. jnp.bfloat16; None = as stored) is the dtype the weights are cast to
-    once per step (module doc); `vrpo`: the preference settings of objective=vrpo."""
+    once per step (module doc); `vrpo`, `grpo`: the settings of objective=vrpo, grpo."""
 
-    def model_loss(params, ref_params, batch, key):
+    def model_loss(params, ref_params, batch, key, inner):
         model = nnx.merge(graphdef, cast_params(params, compute_dtype))
+        if diffusion.objective == "grpo":
+            return grpo_loss(model, batch, inner, grpo or GrpoConfig(), diffusion.loss_chunk_size)
         if diffusion.objective == "vrpo":
             reference = nnx.merge(graphdef, cast_params(ref_params, compute_dtype))
             return preference_loss(model, reference, batch, key, vrpo or VrpoConfig(),
                                    diffusion.loss_chunk_size)  # fmt: skip
         return diffusion_loss(model, batch, key, diffusion)
 
-    def loss_and_grads(params, batch, key, data_step, ref_params=None):
+    def loss_and_grads(params, batch, key, data_step, ref_params=None, inner=None):
         def objective(p):
-            loss, metrics = model_loss(p, ref_params, batch, key)
+            loss, metrics = model_loss(p, ref_params, batch, key, inner)
             poison = jnp.where(data_step == inject_nan_step, jnp.nan, 1.0)
             return loss * poison, {**metrics, "loss": metrics["loss"] * poison}
 
@@ -129,9 +138,13 @@ def make_train_step(
 
     def train_step(state, batch, key, controls):
         params, step, data_step = state["params"], state["step"], controls["data_step"]
-        ref_params = state.get("ref_params")
+        ref_params, rollout, inner = state.get("ref_params"), state.get("rollout"), None
+        if rollout is not None:  # grpo: the batch is the rollout's completions (`rollout.py`)
+            batch, inner = rollout, step % (grpo or GrpoConfig()).inner_updates
         if grad_accum == 1:
-            (loss, metrics), grads = loss_and_grads(params, batch, key, data_step, ref_params)
+            (loss, metrics), grads = loss_and_grads(
+                params, batch, key, data_step, ref_params, inner
+            )
         else:
             micro = _micro_batches(batch, grad_accum)
 
@@ -139,7 +152,12 @@ def make_train_step(
                 grads_sum, loss_sum, metrics_sum = carry
                 index, micro_batch = xs
                 (loss, m), g = loss_and_grads(
-                    params, micro_batch, jax.random.fold_in(key, index), data_step, ref_params
+                    params,
+                    micro_batch,
+                    jax.random.fold_in(key, index),
+                    data_step,
+                    ref_params,
+                    inner,
                 )
                 add = lambda a, b: a + b  # noqa: E731
                 return (
@@ -151,7 +169,7 @@ def make_train_step(
             zeros = jax.tree.map(jnp.zeros_like, params)
             metric_shapes = jax.eval_shape(
                 lambda: loss_and_grads(
-                    params, jax.tree.map(lambda x: x[0], micro), key, data_step, ref_params
+                    params, jax.tree.map(lambda x: x[0], micro), key, data_step, ref_params, inner
                 )
             )[0][1]
             metric_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
@@ -179,6 +197,8 @@ def make_train_step(
         }
         if ref_params is not None:  # frozen: passed through (the state is donated)
             new_state["ref_params"] = ref_params
+        if rollout is not None:  # read-only here: the runner replaces it every μ steps
+            new_state["rollout"] = rollout
         metrics = {**metrics, "grad_norm": grad_norm, "applied": healthy.astype(jnp.int32)}
         return new_state, metrics
 

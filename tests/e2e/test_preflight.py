@@ -212,8 +212,17 @@ def pref_data(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="module")
+def rl_data(tmp_path_factory) -> str:
+    """The demo RL prompts (`illada prepare --format rl`), with shipped:sp1k."""
+    out = tmp_path_factory.mktemp("rl") / "data"
+    assert main(["prepare", "--format", "rl", "--input", "demo", "--tokenizer",
+                 "shipped:sp1k", "--output", str(out)]) == 0  # fmt: skip
+    return str(out)
+
+
 @pytest.mark.parametrize("recipe", _recipes())
-def test_every_recipe_runs_two_steps(recipe, sft_data, pref_data, tmp_path, capsys):
+def test_every_recipe_runs_two_steps(recipe, sft_data, pref_data, rl_data, tmp_path, capsys):
     from illada_jax.config import flags
     from illada_jax.train.loop import train
 
@@ -227,12 +236,17 @@ def test_every_recipe_runs_two_steps(recipe, sft_data, pref_data, tmp_path, caps
         directives.append("set:data.datasets=('demo',)")
     elif objective == "sft_illada":  # the demo dialogues, prepared with shipped:sp1k
         directives.append(f"set:data.datasets=('{sft_data}',)")
-    elif objective == "vrpo":  # the demo pairs, from a one-step run of the same model
+    elif objective in ("vrpo", "grpo"):  # the demo pairs / prompts, from a one-step run
         start = [*directives, "set:diffusion.objective='pretrain'", "set:train.steps=1",
                  "set:data.datasets=('embedded',)"]  # fmt: skip
         train(flags.experiment_from_flags(start), tmp_path / "start", print_fn=lambda _: None)
-        directives += [f"set:data.datasets=('{pref_data}',)",
+        data = pref_data if objective == "vrpo" else rl_data
+        directives += [f"set:data.datasets=('{data}',)",
                        f"set:checkpoint.init_from='{tmp_path / 'start'}'"]  # fmt: skip
+        if objective == "grpo":  # one prompt's group, prompts up to 48 tokens, the demo's reward
+            directives += [f"set:train.batch_size={own.grpo.group_size}", "set:grpo.gen_length=16",
+                           "set:grpo.steps=16", "set:grpo.block_length=16",
+                           "set:grpo.reward='format_regex'"]  # fmt: skip
     else:
         directives.append("set:data.datasets=('embedded',)")
     experiment = flags.experiment_from_flags(directives)

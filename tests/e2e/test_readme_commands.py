@@ -53,6 +53,14 @@ TINY_TRAIN = [
 # Appended to a command whose words start with the key.
 TINY_ARGS = {
     ("illada", "train"): TINY_TRAIN,
+    # After TINY_TRAIN (a later setting wins): one group of 8 completions of prompts up to 56
+    # tokens.
+    ("illada", "train", "--config=config:tiny_grpo"): [
+        "--config=set:train.batch_size=8",
+        "--config=set:train.seq_len=64",
+        "--config=set:grpo.gen_length=8",
+        "--config=set:grpo.steps=8",
+    ],
     ("illada", "sweep"): TINY_TRAIN,
     ("illada", "compile"): ["--no-probes"],
     ("illada", "compile", "--config=config:tiny", "--topology=v5p-8", "--search"): [
@@ -101,7 +109,23 @@ TINY_ARGS = {
     ],  # fmt: skip
     ("python", "bench/convert.py"): ["--preset", "tiny"],
     ("python", "bench/quickstart.py"): TINY_TRAIN,
-    ("python", "bench/post_train.py"): [*TINY_TRAIN, "--pairs", "4", "--draws", "4"],
+    ("python", "bench/post_train.py"): [
+        *TINY_TRAIN,
+        "--pairs",
+        "4",
+        "--draws",
+        "4",
+        "--grpo-config",
+        "set:train.batch_size=8",
+        "--grpo-config",
+        "set:train.seq_len=64",
+        "--grpo-config",
+        "set:grpo.gen_length=8",
+        "--grpo-config",
+        "set:grpo.steps=8",
+        "--grpo-config",
+        "set:train.eval_every=1",
+    ],  # fmt: skip
     ("python", "bench/compile.py"): [
         "--config=config:tiny",
         "--topology",

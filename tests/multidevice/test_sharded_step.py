@@ -1,5 +1,6 @@
 """One train step on an 8-device CPU mesh equals the single-device step (rule tables `fsdp` and
-`fsdp_tp`, gradient accumulation; the pre-training and the preference (vrpo) objectives), and
+`fsdp_tp`, gradient accumulation; the pre-training, preference (vrpo) and online RL (grpo)
+objectives; for grpo also the rollout: the sampled completions, rewards and log-probabilities), and
 parameters are really sharded as the rule tables say.
 
 Every step goes through the runner's own path: `build_run`, `Run.init_state`, `Run.global_batch`
@@ -157,6 +158,48 @@ SCRIPT = textwrap.dedent(
         return out
 
 
+    class IdsText:
+        # Completions as text for the reward: the token ids, space-separated.
+        def decode(self, ids, skip_special=True):
+            return " ".join(map(str, ids))
+
+
+    def grpo_run(mesh_cfg, rules, devices):
+        # objective=grpo through the runner's path: a rollout (the sampler under the mesh, the
+        # reward on the host, the old and reference log-probabilities), then the train step on it.
+        from illada_jax.config.post_training import GrpoConfig
+        from illada_jax.train.rollout import Rollouts
+
+        experiment = Experiment(
+            model=MODEL, diffusion=DiffusionConfig(objective="grpo", random_length_mode="none"),
+            optim=OPTIM, mesh=dataclasses.replace(mesh_cfg, rules=rules),
+            train=TrainConfig(steps=10, batch_size=8, seq_len=SEQ),
+            checkpoint=CheckpointConfig(init_from="runs/sft"), data=DataConfig(datasets=("data/rl",)),
+            # Reward 1 when a completion opens with an even token id: the groups get mixed rewards.
+            grpo=GrpoConfig(group_size=4, inner_updates=2, gen_length=8, steps=8, block_length=8,
+                            reward="regex:^[0-9]*[02468]( |$)", p_mask_prompt=0.5),
+        )
+        run = build_run(experiment, devices)
+        state = run.init_state()
+        out = {"init": flat(state["params"])}
+        rng = np.random.default_rng(2)
+        prompts = {"prompt": rng.integers(8, MODEL.vocab_size, (2, SEQ - 8)).astype(np.int32),
+                   "prompt_mask": np.ones((2, SEQ - 8), np.int32), "example": np.arange(2)}
+        prompts["prompt_mask"][0, :5] = 0  # a shorter, left-padded prompt
+        state, _ = Rollouts(run, IdsText())(state, prompts, [{"answer": "a"}, {"answer": "b"}], 0)
+        out["rollout"] = flat(state["rollout"])
+        out["layout"] = {"rollout_tokens": layout(state["rollout"]["tokens"]),
+                         "rollout_old": layout(state["rollout"]["old_log_probs"])}
+        controls = run.controls(lr_scale=1.0, loss_ceiling=np.inf, data_step=0)
+        new_state, metrics = run.train_step(state, {}, run.step_key(0), controls)
+        out["metrics"] = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        out["step"] = int(new_state["step"])
+        out["params"] = flat(new_state["params"])
+        out["ref_unchanged"] = flat(new_state["ref_params"]) == out["init"]
+        out["rollout_unchanged"] = flat(new_state["rollout"]) == out["rollout"]
+        return out
+
+
     one = jax.devices()[:1]
     split = DiffusionConfig()  # the default: iLLaDA two-segment split, random per row
     # Each micro-batch draws its own times and masks (key folded with the micro-batch index), so
@@ -174,6 +217,9 @@ SCRIPT = textwrap.dedent(
     results["vrpo_single"] = run(MeshConfig(fsdp=1), "fsdp", one, vrpo, 8)
     results["vrpo_fsdp"] = run(MeshConfig(fsdp=8), "fsdp", None, vrpo, 8)
     results["vrpo_fsdp_tp"] = run(MeshConfig(fsdp=4, tensor=2), "fsdp_tp", None, vrpo, 8)
+    results["grpo_single"] = grpo_run(MeshConfig(fsdp=1), "fsdp", one)
+    results["grpo_fsdp"] = grpo_run(MeshConfig(fsdp=8), "fsdp", None)
+    results["grpo_fsdp_tp"] = grpo_run(MeshConfig(fsdp=4, tensor=2), "fsdp_tp", None)
     print("RESULT " + json.dumps(results))
     """
 )
@@ -395,3 +441,35 @@ def test_activation_layout_rows_over_data_axes_heads_over_tensor():
         np.zeros((4, 4), np.float32)
     )
     assert not any(e.primitive.name == "sharding_constraint" for e in jaxpr.eqns)
+
+
+@pytest.mark.parametrize("run", ["grpo_fsdp", "grpo_fsdp_tp"])
+def test_sharded_rl_rollout_and_step_equal_the_single_device_ones(results, run):
+    single, sharded = results["grpo_single"], results[run]
+    for name, value in single["init"].items():
+        np.testing.assert_allclose(sharded["init"][name], value, rtol=0, atol=0)
+    rollout, other = single["rollout"], sharded["rollout"]
+    # The same completions (the sampler under the mesh), hence the same rewards and advantages.
+    for name in ("['tokens']", "['completion']", "['hidden_prompt']", "['rewards']"):
+        np.testing.assert_array_equal(other[name], rollout[name], err_msg=name)
+    rewards = np.asarray(rollout["['rewards']"]).reshape(2, 4)
+    assert (rewards.min(axis=1) < rewards.max(axis=1)).any(), rewards  # some group is mixed
+    for name in ("['advantages']", "['old_log_probs']", "['ref_log_probs']"):
+        np.testing.assert_allclose(other[name], rollout[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    # Rows over the data axes, like a batch.
+    assert sharded["layout"]["rollout_tokens"]["shard"][0] < 8
+    assert sharded["layout"]["rollout_old"]["shard"][1:] == [2, 32]
+    # The step right after the rollout: the policy is the one that sampled (ratio 1, KL 0) and
+    # the advantages are centred per group, so the loss is 0 but its gradient is not.
+    assert single["metrics"]["loss"] == pytest.approx(0.0, abs=1e-6)
+    assert single["metrics"]["ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert single["metrics"]["grad_norm"] > 1e-4
+    assert single["ref_unchanged"] and sharded["ref_unchanged"]
+    assert single["rollout_unchanged"] and sharded["rollout_unchanged"]
+    ref_m, m = single["metrics"], sharded["metrics"]
+    assert m["grad_norm"] == pytest.approx(ref_m["grad_norm"], rel=1e-4)
+    assert m["reward_mean"] == ref_m["reward_mean"]
+    assert sharded["step"] == single["step"] == 1
+    for name in single["params"]:
+        np.testing.assert_allclose(sharded["params"][name], single["params"][name], rtol=1e-4,
+                                   atol=1e-6, err_msg=name)  # fmt: skip

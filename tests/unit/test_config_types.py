@@ -44,6 +44,7 @@ WRONG = {
     "path": ("12", "must be a path or URL"),
     "tuple": ("12", "must be a tuple"),
     "int|None": ("fast", "must be an integer (such as 8) or None"),
+    "float|None": ("fast", "must be a number"),
     "str|None": ("12", "must be a string or None"),
     "enum|None": ("12", "must be one of"),
 }

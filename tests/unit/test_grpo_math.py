@@ -83,24 +83,26 @@ def test_equal_rewards_leave_only_the_kl_gradient():
 
 
 def test_the_forward_input_masks_the_whole_completion_and_part_of_the_prompt():
+    # Two rows of W = 10: prompts of 4 and 6 tokens left-padded into 7 columns, 3 generated.
     tokens = jnp.arange(10, 30, dtype=jnp.int32).reshape(2, 10)
-    prompt_lengths, completion_lengths = jnp.array([4, 6]), jnp.array([3, 4])
-    noisy, completion, key_mask = grpo.mask_for_log_probs(
-        jax.random.key(0), tokens, prompt_lengths, completion_lengths, 4, 0.5
-    )
-    noisy, completion, key_mask = map(np.asarray, (noisy, completion, key_mask))
-    np.testing.assert_array_equal(completion[0], [0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
-    np.testing.assert_array_equal(key_mask[1], [1] * 10)
-    assert (noisy[completion] == 4).all()
-    assert (noisy[~key_mask] == np.asarray(tokens)[~key_mask]).all()  # padding untouched
-    prompt = np.arange(10)[None, :] < np.asarray(prompt_lengths)[:, None]
-    # A prompt token is either itself or the mask (tokens 10..29 are never the mask id 4).
-    assert ((noisy == np.asarray(tokens)) | (noisy == 4))[prompt].all()
-    # p = 0.5 over many prompt tokens: some masked, some not; p = 0 masks none.
-    long = jnp.zeros((1, 400), jnp.int32) + 9
-    many, _, _ = grpo.mask_for_log_probs(jax.random.key(1), long, jnp.array([400]),
-                                         jnp.array([0]), 4, 0.5)  # fmt: skip
-    assert 0.4 < float(np.mean(np.asarray(many) == 4)) < 0.6
-    none, _, _ = grpo.mask_for_log_probs(jax.random.key(1), long, jnp.array([400]),
-                                         jnp.array([0]), 4, 0.0)  # fmt: skip
-    assert not (np.asarray(none) == 4).any()
+    prompt_mask = jnp.asarray([[0, 0, 0, 1, 1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1, 0, 0, 0]],
+                              bool)  # fmt: skip
+    hidden = grpo.hide_prompt(jax.random.key(0), prompt_mask, 0.5)
+    noisy, key_mask = grpo.log_prob_input(tokens, prompt_mask, hidden, 3, 4)
+    noisy, key_mask, hidden = map(np.asarray, (noisy, key_mask, hidden))
+    np.testing.assert_array_equal(key_mask[0], [0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    assert (noisy[:, 7:] == 4).all()  # the completion: all masked
+    assert not hidden[~np.asarray(prompt_mask)].any()  # only real prompt tokens are hidden
+    np.testing.assert_array_equal(noisy[:, :7] == 4, hidden[:, :7])
+    # p = 0.5 over many prompt tokens: some hidden, some not; p = 0 hides none.
+    many = np.asarray(grpo.hide_prompt(jax.random.key(1), jnp.ones((1, 400), bool), 0.5))
+    assert 0.4 < many.mean() < 0.6
+    assert not np.asarray(grpo.hide_prompt(jax.random.key(1), jnp.ones((1, 400), bool), 0.0)).any()
+
+
+def test_the_completion_is_scored_up_to_and_including_its_first_stop():
+    eos, eot = 2, 3
+    tokens = jnp.asarray([[9, 9, 5, 6, 2, 2, 2], [9, 9, 5, 3, 6, 2, 7], [9, 9, 5, 6, 7, 8, 8]])
+    scored = np.asarray(grpo.completion_mask(tokens, 5, (eos, eot)))
+    np.testing.assert_array_equal(scored, [[0, 0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 0, 0, 0],
+                                           [0, 0, 1, 1, 1, 1, 1]])  # fmt: skip

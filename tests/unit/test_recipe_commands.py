@@ -125,7 +125,8 @@ def test_pod_train_lines_read_what_the_recipes_prepare_on_the_bucket(name, words
 @pytest.mark.parametrize("name, words", OTHER, ids=[f"{n}-{w[1]}" for n, w in OTHER])
 def test_other_lines_parse_with_the_command_line(name, words, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for option in ("--src", "--checkpoint"):  # released weights, a run the lines before made
+    # Released weights, a run or prepared data the lines before made.
+    for option in ("--src", "--checkpoint", "--rl-data"):
         source = _option(words, option)
         if source and not source.startswith("gs://"):
             (tmp_path / source).mkdir(parents=True)

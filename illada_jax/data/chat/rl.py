@@ -114,6 +114,14 @@ def tokenize_rl_examples(
     return [formatter.prompt(example.messages) for example in examples]
 
 
+def prompt_text(example: dict) -> str:
+    """The text a reward receives as the prompt: the record's last user message, or its
+    "prompt" / "question"."""
+    if "messages" in example:
+        return [m for m in example["messages"] if m.get("role") == "user"][-1]["content"]
+    return str(example.get("prompt", example.get("question", "")))
+
+
 def write_jsonl(records: Iterable[dict[str, Any]], path: str | pathlib.Path) -> int:
     """Write records as JSONL (local or gs://); returns the count."""
     count = 0

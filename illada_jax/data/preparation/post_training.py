@@ -163,18 +163,20 @@ def load_pref_arrays(directory: storage.PathLike) -> tuple[np.ndarray, np.ndarra
 
 def prepare_rl(source: str, output: storage.PathLike, *, tokenizer_path: str | None = None,
                heldout_fraction: float | None = None) -> dict[str, dict]:  # fmt: skip
-    """Prepare the RL prompt JSONL `source` (or `demo`: `arithmetic_task`'s questions) into
+    """Prepare the RL prompt JSONL `source` (or `demo`: the opening-word task of
+    `data/chat/rl_demo.py`) into
     `output` (and `output-heldout`); returns {output dir: manifest}. Bad records are skipped and
     counted; nothing is written when none is usable."""
-    from illada_jax.data.chat.rl import arithmetic_task, read_rl_jsonl, write_jsonl
+    from illada_jax.data.chat.rl import read_rl_jsonl
     from illada_jax.data.chat.sft import ChatFormatter
 
     tokenizer = _worker_tokenizer(tokenizer_path, {})
     path = source
     if source == "demo":
-        path = storage.path(storage.default_cache_dir()) / "rl_demo.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(arithmetic_task(2000, seed=0), path)
+        from illada_jax.data.chat.rl_demo import demo_rl_jsonl
+
+        storage.path(storage.default_cache_dir()).mkdir(parents=True, exist_ok=True)
+        path = demo_rl_jsonl()
     elif not storage.path(source).is_file():
         raise PrepareError(f"RL prompts {source} do not exist (a JSONL file, or `demo`)")
     examples, skipped = read_rl_jsonl(path, on_error="skip")
