@@ -70,9 +70,9 @@ def tiny_vrpo() -> fdl.Config:
                illada train --config=config:tiny_vrpo --workdir=runs/tiny-vrpo
     Hardware:  2 CPU cores; needs the LLaDA-style SFT run in runs/tiny-sft-llada (it starts
                this run and is its frozen reference).
-    Expected:  about 2 minutes (compile included); the held-out preference accuracy (128 pairs)
-               goes 0.5 (step 0: policy = reference) -> 0.92 (25) -> 0.99 (100), and the model
-               itself ranks 88% of held-out pairs right by their ELBOs, against 27% for the SFT
+    Expected:  about 1.5 minutes (compile included); the held-out preference accuracy (128 pairs)
+               goes 0.5 (step 0: policy = reference) -> 0.92 (25) -> 1.0 (50 to 100), and the
+               model itself ranks 87% of held-out pairs right by their ELBOs, against 25% for the SFT
                model (bench/post_train.py).
     """
     cfg = tiny_sft_llada()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -300,11 +301,13 @@ def test_killed_with_9_between_rollouts_the_grpo_run_repeats_its_losses_and_rewa
         ("grpo.group_size=1", "grpo.group_size=1 is invalid: must be >= 2"),
         ("grpo.reward='no_such_reward'", "no_such_reward"),
         ("grpo.reward='nan_reward.py:nan'", "reward 'nan_reward.py:nan' on example 0"),
+        ("grpo.reward='nan_reward.py:fails'", "reward 'nan_reward.py:fails' on example 0"),
     ],
 )
 def test_bad_rl_settings_are_one_line_and_write_nothing(project, rl_data, setting, expected):
     (project / "nan_reward.py").write_text(
-        "def nan(prompt, completion, example):\n    return float('nan')\n"
+        "def nan(prompt, completion, example):\n    return float('nan')\n\n\n"
+        "def fails(prompt, completion, example):\n    return {}['missing']\n"
     )
     result = _train(project, *GRPO, f"--config=set:{setting}",
                     "--config=set:checkpoint.init_from=runs/start", "--workdir=runs/bad-rl")  # fmt: skip
@@ -312,3 +315,20 @@ def test_bad_rl_settings_are_one_line_and_write_nothing(project, rl_data, settin
     message = result.stderr.strip()
     assert "\n" not in message and "Traceback" not in message and expected in message, message
     assert not (project / "runs/bad-rl").exists()
+
+
+def test_illada_eval_of_a_grpo_run_scores_its_held_out_prompts_with_its_own_settings(
+    project, grpo_run
+):
+    result = illada("eval", "--checkpoint", "runs/grpo", "--limit", "3", "--output", "r.json",
+                    cwd=project)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((project / "r.json").read_text())["rewards"]
+    # The run's held-out prompts, reward and group size (8 completions of each prompt).
+    assert record["dataset"].endswith("data/rl-heldout") and record["reward"] == "format_regex"
+    assert record["prompts"] == 3 and record["samples"] == 8
+    assert 0.0 <= record["reward_mean"] <= 1.0 and record["accuracy"] == record["reward_mean"]
+    for example in record["examples"]:
+        letter = example["prompt"][-2]  # "... Start your reply with the letter T."
+        opens = re.match(rf"\W*{letter}", example["completion"]) is not None
+        assert example["reward"] == float(opens), example

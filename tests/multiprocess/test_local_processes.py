@@ -4,7 +4,10 @@ process layout.
 
 Runs (module fixtures, in this order): one process with 4 CPU devices for 10 steps (the
 reference; it also prepares the embedded corpus before several processes read it); 2 processes
-x 2 devices for 6 steps; that run resumed by 1 process x 4 devices up to step 10.
+x 2 devices for 6 steps; that run resumed by 1 process x 4 devices up to step 10. Online RL
+(objective=grpo) from the reference run, on 1 process x 4 devices and on 2 x 2: each process
+samples, decodes and scores the completions of its own prompts, and the rewards, advantages and
+losses are those of the one process.
 """
 
 from __future__ import annotations
@@ -146,3 +149,51 @@ def test_two_process_checkpoint_resumes_on_one_process_with_four_devices(two_pro
     np.testing.assert_allclose(
         [resumed[s] for s in range(7, 11)], [one[s] for s in range(7, 11)], rtol=1e-5
     )
+
+
+def _launch_two(workdir: pathlib.Path, logs: pathlib.Path, args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "local.py"), "--num-processes", "2",
+         "--devices-per-process", "2", "--log-dir", str(logs), "--", "illada", *args,
+         "--config=set:checkpoint.shared_filesystem=True", f"--workdir={workdir}"],
+        capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO,
+    )  # fmt: skip
+    other = (logs / "local-1.log").read_text() if (logs / "local-1.log").exists() else ""
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:] + other[-3000:]
+
+
+def test_two_processes_score_their_own_completions_as_one_process_does(single, tmp_path):
+    data = tmp_path / "rl"
+    prepared = subprocess.run(
+        [sys.executable, "-m", "illada_jax.cli", "prepare", "--format", "rl", "--input", "demo",
+         "--tokenizer", "shipped:sp1k", "--heldout-fraction", "0.1", "--output", str(data)],
+        capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO,
+    )  # fmt: skip
+    assert prepared.returncode == 0, prepared.stderr
+    grpo = [
+        "train", "--config=config:tiny_grpo", *TRAIN[1:], "--config=set:train.steps=4",
+        "--config=set:train.batch_size=8", "--config=set:train.seq_len=64",
+        "--config=set:grpo.group_size=4", "--config=set:grpo.gen_length=8",
+        "--config=set:grpo.steps=8", "--config=set:train.eval_every=2",
+        "--config=set:train.eval_batches=1", "--config=set:train.sample_length=0",
+        f"--config=set:checkpoint.init_from={single}", f"--config=set:data.datasets=('{data}',)",
+        f"--config=set:train.eval_dataset={data}-heldout",
+    ]  # fmt: skip
+    one = subprocess.run([sys.executable, "-m", "illada_jax.cli", *grpo,
+                          f"--workdir={tmp_path / 'one'}"], capture_output=True, text=True,
+                         timeout=300, env=_env(devices=4), cwd=REPO)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-4000:]
+    _launch_two(tmp_path / "two", tmp_path / "logs", grpo)
+
+    def steps(workdir):
+        return [r for r in _records(workdir) if "loss" in r and "event" not in r]
+
+    ones, twos = steps(tmp_path / "one"), steps(tmp_path / "two")
+    assert [r["step"] for r in twos] == [r["step"] for r in ones] == [1, 2, 3, 4]
+    for a, b in zip(ones, twos):
+        assert b["reward_mean"] == a["reward_mean"]  # the same completions, scored alike
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(b["kl"], a["kl"], rtol=1e-3, atol=1e-7)
+    held = [[r["eval_reward_mean"] for r in _records(w) if "eval_reward_mean" in r]
+            for w in (tmp_path / "one", tmp_path / "two")]  # fmt: skip
+    assert len(held[0]) == 3 and held[1] == held[0]

@@ -107,8 +107,9 @@ def test_01_quickstart(workdir):
 
 def test_02_finetune_and_evaluate(workdir):
     notebook = _execute("02_finetune_and_evaluate.ipynb", workdir)
-    _assert_figures(workdir, ["02_sft_loss.png", "02_multiple_choice.png", "02_vrpo.png"])
-    assert _inline_images(notebook) >= 3
+    _assert_figures(workdir, ["02_sft_loss.png", "02_multiple_choice.png", "02_vrpo.png",
+                              "02_grpo.png"])  # fmt: skip
+    assert _inline_images(notebook) >= 4
     for style in ("illada_sft", "llada_sft"):
         run = workdir / "illada_notebooks" / style
         assert (run / "checkpoints" / "30").is_dir(), style
@@ -129,6 +130,16 @@ def test_02_finetune_and_evaluate(workdir):
     assert [r["step"] for r in held] == [0, 10, 20] and held[0]["eval_pref_accuracy"] == 0.5
     assert held[-1]["eval_pref_accuracy"] != 0.5, held
     assert out.count("held-out preference accuracy") == 3
+    # GRPO from the same run: the held-out reward of 64 sampled completions (8 prompts x 8) at
+    # steps 0, 4, 8, each a mean of 0/1 rewards.
+    rewards = [
+        r for r in _metrics(workdir / "illada_notebooks" / "grpo") if "eval_reward_mean" in r
+    ]
+    assert [r["step"] for r in rewards] == [0, 4, 8], rewards
+    for r in rewards:
+        assert r["eval_completions"] == 64 and 0.0 <= r["eval_reward_mean"] <= 1.0
+        assert r["eval_reward_mean"] * 64 == round(r["eval_reward_mean"] * 64)
+    assert out.count("held-out reward") == 3
 
 
 def test_03_ablations(workdir):
