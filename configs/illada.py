@@ -189,8 +189,8 @@ def illada_8b_grpo() -> fdl.Config:
     Data:      illada prepare --format rl --input gs://BUCKET/raw/gsm8k-train.jsonl --tokenizer gs://BUCKET/tokenizers/illada-8b/tokenizer.json --heldout-fraction 0.02 --output gs://BUCKET/data/gsm8k-rl
     Command:   illada train --config=config:illada_8b_grpo --workdir=gs://BUCKET/runs/illada-8b-grpo --config=set:checkpoint.init_from=gs://BUCKET/runs/illada-8b-sft --config=set:data.datasets="('gs://BUCKET/data/gsm8k-rl',)" --config=set:train.eval_dataset=gs://BUCKET/data/gsm8k-rl-heldout --config=set:data.tokenizer=gs://BUCKET/tokenizers/illada-8b/tokenizer.json
     Check:     illada compile --config=config:illada_8b_grpo --topology=v5p-128
-    Hardware:  TPU v5p-128 (64 chips): 64 prompts per rollout, 8 completions each, 8 rows of
-               768 tokens per chip; the frozen reference is resident beside the policy, sharded
+    Hardware:  TPU v5p-128 (64 chips): 8 rows of 768 tokens per chip (64 prompts per rollout,
+               8 completions each); the frozen reference is resident beside the policy, sharded
                like it, and the rollout (completions, masks, old and reference log-probabilities)
                is part of the train state.
     Expected:  `illada compile` (the train step): 25.5 GiB per chip of 95 (saving every
@@ -199,6 +199,9 @@ def illada_8b_grpo() -> fdl.Config:
                forwards for the old and reference log-probabilities, so per update the FLOPs are
                the policy's forward and backward plus 34 forwards (86% of them sampling): at 40%
                MFU 19.4 s per update, 2.5 hours for the 468 updates (117 rollouts).
+    Scale-out: the batch stays 512 rows (the rollout's prompts x completions): on two slices
+               (`set:mesh.dcn_data=2`) each chip holds 4 rows:
+               illada compile --config=config:illada_8b_grpo --topology=v5p-128 --num-slices 2 --config=set:mesh.dcn_data=2
 
     Recipe: d1's settings where it gives them (G, p_mask_prompt 0.15, β 0.04, 256 generated
     tokens in 128 steps with blocks of 32, temperature 0.9), our choices elsewhere: μ = 4 inner
