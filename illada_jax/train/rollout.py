@@ -152,6 +152,10 @@ class Rollouts:
         self.dtype = weights_compute_dtype(model)
         self.shardings = {k: v.sharding for k, v in run.abstract_state["rollout"].items()}
         self.width = experiment.train.seq_len - self.cfg.gen_length
+        # (Σ reward, completions with reward >= 1) of a global reward array, on every process;
+        # made once: a jit of a fresh lambda would compile at every held-out evaluation.
+        self._reward_sums = jax.jit(lambda r: jnp.stack([jnp.sum(r), jnp.sum(r >= 1.0)]),
+                                    out_shardings=NamedSharding(run.mesh, PartitionSpec()))  # fmt: skip
 
     def due(self, step: int) -> bool:
         return step % self.cfg.inner_updates == 0
@@ -208,14 +212,12 @@ class Rollouts:
         with reward >= 1), "eval_completions"}."""
         from illada_jax.train.evaluate import eval_key
 
-        summary = jax.jit(lambda r: jnp.stack([jnp.sum(r), jnp.sum(r >= 1.0)]),
-                          out_shardings=NamedSharding(self.run.mesh, PartitionSpec()))  # fmt: skip
         total = np.zeros(2)
         for index in range(batches):
             local = pipeline.process_batch(index)
             reward_array = self.sample_and_score(params, local, pipeline.examples,
                                                  eval_key(index))[2]  # fmt: skip
-            total += np.asarray(summary(reward_array).addressable_data(0))
+            total += np.asarray(self._reward_sums(reward_array).addressable_data(0))
         count = batches * self.run.experiment.train.batch_size
         return {"eval_reward_mean": float(total[0] / count),
                 "eval_accuracy": float(total[1] / count), "eval_completions": count}  # fmt: skip

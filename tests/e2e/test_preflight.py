@@ -194,31 +194,30 @@ RUN_SMALL = ["set:train.steps=2", "set:train.seq_len=64", "set:train.batch_size=
              "set:checkpoint.init_from=''", "set:data.weights=()"]  # fmt: skip
 
 
+def _demo_data(tmp_path_factory, fmt: str) -> str:
+    """The demo data of `illada prepare --format FMT --input demo`, with shipped:sp1k."""
+    out = tmp_path_factory.mktemp(fmt) / "data"
+    assert main(["prepare", "--format", fmt, "--input", "demo", "--tokenizer", "shipped:sp1k",
+                 "--output", str(out)]) == 0  # fmt: skip
+    return str(out)
+
+
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory) -> str:
-    """The demo dialogues prepared as iLLaDA-style SFT data (`illada prepare --format sft`)."""
-    out = tmp_path_factory.mktemp("sft") / "data"
-    assert main(["prepare", "--format", "sft", "--input", "demo", "--tokenizer",
-                 "shipped:sp1k", "--output", str(out)]) == 0  # fmt: skip
-    return str(out)
+    """The demo dialogues prepared as iLLaDA-style SFT data."""
+    return _demo_data(tmp_path_factory, "sft")
 
 
 @pytest.fixture(scope="module")
 def pref_data(tmp_path_factory) -> str:
-    """The demo preference pairs (`illada prepare --format pref`), with shipped:sp1k."""
-    out = tmp_path_factory.mktemp("pref") / "data"
-    assert main(["prepare", "--format", "pref", "--input", "demo", "--tokenizer",
-                 "shipped:sp1k", "--output", str(out)]) == 0  # fmt: skip
-    return str(out)
+    """The demo preference pairs."""
+    return _demo_data(tmp_path_factory, "pref")
 
 
 @pytest.fixture(scope="module")
 def rl_data(tmp_path_factory) -> str:
-    """The demo RL prompts (`illada prepare --format rl`), with shipped:sp1k."""
-    out = tmp_path_factory.mktemp("rl") / "data"
-    assert main(["prepare", "--format", "rl", "--input", "demo", "--tokenizer",
-                 "shipped:sp1k", "--output", str(out)]) == 0  # fmt: skip
-    return str(out)
+    """The demo RL prompts."""
+    return _demo_data(tmp_path_factory, "rl")
 
 
 @pytest.mark.parametrize("recipe", _recipes())
