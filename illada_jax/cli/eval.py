@@ -109,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, seq_len=args.seq_len,
                            checkpoint=args.checkpoint)  # fmt: skip
     measure = ("held-out preference accuracy (against the frozen reference)"
-               if "eval_pref_accuracy" in record else "held-out negative ELBO (nats/token)")  # fmt: skip
+               if "eval_pref_accuracy" in record else
+               "held-out next-token NLL (nats/token)" if "eval_ar_nll" in record else
+               "held-out negative ELBO (nats/token)")  # fmt: skip
     print(f"checkpoint step {model.step}: {measure}")
     for key, value in record.items():
         print(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}")

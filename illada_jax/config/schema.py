@@ -21,14 +21,15 @@ from illada_jax.config.checks import check_choice as _check_choice
 from illada_jax.config.checks import check_int as _check_int
 from illada_jax.config.checks import check_prob as _check_prob
 from illada_jax.config.checks import fail as _fail
-from illada_jax.config.post_training import REFERENCE_OBJECTIVES, GrpoConfig, VrpoConfig
+from illada_jax.config.objectives import check_objective
+from illada_jax.config.post_training import GrpoConfig, VrpoConfig
 
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
 DTYPES = ("float32", "bfloat16")
 TIME_SAMPLINGS = ("uniform", "antithetic")
 RANDOM_LENGTH_MODES = ("none", "llada_truncate", "illada_split")
-OBJECTIVES = ("pretrain", "sft_llada", "sft_illada", "vrpo", "grpo")
+OBJECTIVES = ("pretrain", "sft_llada", "sft_illada", "vrpo", "grpo", "ar", "block_diffusion")
 SCHEDULES = ("constant", "cosine", "wsd", "illada")
 DECAY_EXCLUDES = ("none", "norms_and_embeddings")
 RULE_TABLES = ("auto", "fsdp", "fsdp_tp", "dp")
@@ -169,7 +170,8 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
     """The forward process and the training objective (docs/algorithms.md: the
-    pre-training loss, time sampling, random length, SFT)."""
+    pre-training loss, time sampling, random length, SFT, block diffusion, the autoregressive
+    baseline)."""
 
     objective: str = "pretrain"
     # p_mask = (1 - mask_eps) * t + mask_eps keeps 1/p_mask bounded.
@@ -183,6 +185,9 @@ class DiffusionConfig:
     two_segment_prob: float = 0.3
     # Sequence positions per cross-entropy chunk: [batch, chunk, vocab] fp32 logits at most.
     loss_chunk_size: int = 512
+    # objective=block_diffusion: tokens per block; must divide train.seq_len (= seq_len is masked
+    # diffusion exactly). 0 (unset) for the other objectives.
+    block_size: int = 0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -193,6 +198,7 @@ class DiffusionConfig:
         _check_prob("random_length_prob", self.random_length_prob)
         _check_prob("two_segment_prob", self.two_segment_prob)
         _check_int("loss_chunk_size", self.loss_chunk_size, 1)
+        _check_int("block_size", self.block_size, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -562,39 +568,4 @@ class Experiment:
                 self.train.seq_len,
                 f"must be <= model.max_seq_len={self.model.max_seq_len}",
             )
-        if self.diffusion.objective == "sft_llada" and len(self.data.datasets) != 1:
-            _fail(
-                "data.datasets",
-                self.data.datasets,
-                "objective=sft_llada takes exactly one SFT source (a JSONL file or 'demo')",
-            )
-        objective = self.diffusion.objective
-        if (
-            objective in ("sft_llada", "vrpo", "grpo")
-            and self.diffusion.random_length_mode != "none"
-        ):
-            _fail("diffusion.random_length_mode", self.diffusion.random_length_mode,
-                  f"must be 'none' with objective={objective} (its rows are (prompt, answer) "
-                  "pairs, docs/algorithms.md#sft-llada-style)")  # fmt: skip
-        if objective in REFERENCE_OBJECTIVES and not self.checkpoint.init_from:
-            _fail("checkpoint.init_from", "", f"objective={objective} starts from a fine-tuned "
-                  "run, which is also its frozen reference: set checkpoint.init_from=RUN_DIR "
-                  "(e.g. an SFT run)")  # fmt: skip
-        made_by = {"vrpo": "preference dataset (made by illada prepare --format pref)",
-                   "grpo": "prompt dataset (made by illada prepare --format rl)"}  # fmt: skip
-        if objective in made_by and len(self.data.datasets) != 1:
-            _fail("data.datasets", self.data.datasets,
-                  f"objective={objective} takes exactly one {made_by[objective]}")  # fmt: skip
-        if objective == "grpo":
-            self._check_grpo()
-
-    def _check_grpo(self) -> None:
-        group, width = self.grpo.group_size, self.train.seq_len - self.grpo.gen_length
-        if self.train.batch_size % group:
-            _fail("train.batch_size", self.train.batch_size, f"must be a multiple of "
-                  f"grpo.group_size={group}: a step's rows are prompts x their {group} "
-                  "completions")  # fmt: skip
-        if width < 1:
-            _fail("grpo.gen_length", self.grpo.gen_length, f"must be < train.seq_len="
-                  f"{self.train.seq_len}: a row is the prompt (seq_len - gen_length tokens, "
-                  "left-padded) and its completion")  # fmt: skip
+        check_objective(self)

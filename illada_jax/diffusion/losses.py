@@ -71,14 +71,15 @@ def pretrain_loss(
     ce: jax.Array, is_masked: jax.Array, mask_prob: jax.Array, valid: jax.Array | None = None
 ) -> LossOutput:
     """docs/algorithms.md#the-pre-training-loss. ce, is_masked, valid: [batch, length]; mask_prob:
-    [batch].
+    [batch], or [batch, length] (block diffusion: each token's block's probability).
 
     valid marks real tokens (None = all); it sets the normaliser (B·L, or B·l when truncated),
     and a masked position outside it is ignored.
     """
     if valid is not None:
         is_masked = is_masked & valid
-    weighted = jnp.where(is_masked, ce / mask_prob[:, None], 0.0)
+    per_token = mask_prob if mask_prob.ndim == 2 else mask_prob[:, None]
+    weighted = jnp.where(is_masked, ce / per_token, 0.0)
     normaliser = ce.size if valid is None else jnp.maximum(jnp.sum(valid), 1)
     return LossOutput(jnp.sum(weighted) / normaliser, *_masked_stats(ce, is_masked))
 

@@ -45,11 +45,12 @@ def apply_mask(
 ) -> tuple[jax.Array, jax.Array]:
     """Independent Bernoulli masking.
 
-    tokens: [batch, length] int; mask_prob: [batch]; maskable: [batch, length] bool or None (all).
+    tokens: [batch, length] int; mask_prob: [batch], or [batch, length] (one per token: block
+    diffusion); maskable: [batch, length] bool or None (all).
     Returns (noisy tokens [batch, length], is_masked [batch, length] bool).
     """
     draws = jax.random.uniform(key, tokens.shape, jnp.float32)
-    is_masked = draws < mask_prob[:, None]
+    is_masked = draws < (mask_prob if mask_prob.ndim == 2 else mask_prob[:, None])
     if maskable is not None:
         is_masked = is_masked & maskable
     return jnp.where(is_masked, jnp.asarray(mask_id, tokens.dtype), tokens), is_masked

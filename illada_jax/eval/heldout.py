@@ -21,12 +21,12 @@ from illada_jax.train.builder import make_pipeline
 from illada_jax.train.evaluate import EVAL_SEED
 from illada_jax.train.evaluate import heldout_bound as bound_over_batches
 from illada_jax.train.evaluate import heldout_preference as preference_over_batches
-from illada_jax.train.objective import elbo_bound, preference_eval
+from illada_jax.train.objective import heldout_name, heldout_nll, preference_eval
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _bound(graphdef, params, batch, key):
-    return elbo_bound(nnx.merge(graphdef, params), batch, key)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _bound(graphdef, diffusion, params, batch, key):
+    return heldout_nll(nnx.merge(graphdef, params), batch, key, diffusion)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -38,7 +38,8 @@ def _preference(graphdef, vrpo, chunk_size, params, batch, key):
 def heldout_bound(model: Model, *, dataset: str | None = None, batches: int | None = None,
                   batch_size: int | None = None, seq_len: int | None = None,
                   checkpoint=None) -> dict:  # fmt: skip
-    """{"dataset", "eval_nll_bound": nats/token, "eval_tokens": n, "batches": b} for `model`
+    """{"dataset", "eval_nll_bound": nats/token (`eval_ar_nll` for an autoregressive run),
+    "eval_tokens": n, "batches": b} for `model`
     (loaded from a run, whose config supplies the defaults) on `dataset` (default
     `train.eval_dataset`). A preference (vrpo) run: {"dataset", "eval_pref_accuracy",
     "eval_reward_margin", "eval_likelihood_accuracy", "eval_pairs", "batches"} against the frozen
@@ -69,10 +70,11 @@ def heldout_bound(model: Model, *, dataset: str | None = None, batches: int | No
                                          tcfg.eval_batches, put=put)  # fmt: skip
         return {"dataset": tcfg.eval_dataset, **record, "batches": tcfg.eval_batches}
     record = bound_over_batches(
-        functools.partial(_bound, model.graphdef),
+        functools.partial(_bound, model.graphdef, experiment.diffusion),
         model.params,
         pipeline,
         tcfg.eval_batches,
         put=put,
+        name=heldout_name(experiment.diffusion.objective),
     )
     return {"dataset": tcfg.eval_dataset, **record, "batches": tcfg.eval_batches}

@@ -1,6 +1,8 @@
-"""Bidirectional grouped-query attention with three kernels (docs/models.md#the-block).
+"""Grouped-query attention with three kernels (docs/models.md#the-block).
 
-No causal mask anywhere. Two optional restrictions, both with static shapes:
+Bidirectional unless the objective asks for another pattern (`model/masks.py`: causal for the
+autoregressive objective, block-causal and noisy+clean for block diffusion). Two optional per-row
+restrictions, both with static shapes, apply on top of the pattern:
 - `key_mask [batch, length]` (True = a real token): padded keys are invisible to every query;
 - `segment_ids [batch, length]`: a query attends only to keys of its own segment (packed
   documents, iLLaDA's two-segment split).
@@ -8,8 +10,8 @@ No causal mask anywhere. Two optional restrictions, both with static shapes:
 Kernels (`ModelConfig.attention_impl`):
 - `xla`: einsum + fp32 softmax, the CPU default and the numerical reference;
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on NVIDIA GPUs);
-- `splash`: the Pallas TPU splash kernel with a full (bidirectional) mask; padding and segments are
-  expressed as segment ids. Under a mesh it runs inside `shard_map`, the batch split over the data
+- `splash`: the Pallas TPU splash kernel with the pattern as its block-sparse mask (tiles the
+  pattern hides are skipped); padding and segments are expressed as segment ids. Under a mesh it runs inside `shard_map`, the batch split over the data
   axes (`dcn_data`, `data`, `fsdp`) and the heads over `tensor` (the mesh axis names of parallel/mesh.py).
 """
 
@@ -30,20 +32,29 @@ from illada_jax.model.layers import (
     param,
     zeros_param,
 )
+from illada_jax.model.masks import BIDIRECTIONAL, AttentionPattern, splash_pattern_mask
 from illada_jax.parallel.rules import DATA_AXES, constrain
 
 # Finite, so a row whose keys are all hidden (a padded query) gives a uniform softmax, not NaN.
 _MASKED_SCORE = -1e30
 
 
-def attention_mask(key_mask: jax.Array | None, segment_ids: jax.Array | None) -> jax.Array | None:
-    """Combine padding and segments into one boolean mask [batch, 1, q_len, kv_len] (True = attend).
+def attention_mask(key_mask: jax.Array | None, segment_ids: jax.Array | None,
+                   pattern: AttentionPattern = BIDIRECTIONAL,
+                   length: int | None = None) -> jax.Array | None:  # fmt: skip
+    """Combine padding, segments and the pattern into one boolean mask [batch | 1, 1, length,
+    length] (True = attend); `length` is needed only when neither per-row input is given.
 
     Returns None when there is nothing to mask (plain full attention).
     """
     mask = None
+    if not pattern.is_full:
+        if length is None:
+            length = (key_mask if key_mask is not None else segment_ids).shape[1]
+        mask = pattern.dense(length, length)[None]
     if segment_ids is not None:
-        mask = segment_ids[:, :, None] == segment_ids[:, None, :]
+        segments = segment_ids[:, :, None] == segment_ids[:, None, :]
+        mask = segments if mask is None else mask & segments
     if key_mask is not None:
         keys = key_mask.astype(bool)[:, None, :]
         mask = keys if mask is None else mask & keys
@@ -101,7 +112,8 @@ def _splash_block(padded_length: int) -> int:
 
 
 @functools.cache
-def _splash_kernel(n_heads: int, length: int, block: int, interpret: bool):
+def _splash_kernel(n_heads: int, length: int, block: int, interpret: bool,
+                   pattern: AttentionPattern, real_length: int):  # fmt: skip
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as splash,
     )
@@ -109,7 +121,7 @@ def _splash_kernel(n_heads: int, length: int, block: int, interpret: bool):
         splash_attention_mask as splash_mask,
     )
 
-    mask = splash_mask.MultiHeadMask([splash_mask.FullMask((length, length))] * n_heads)
+    mask = splash_mask.MultiHeadMask([splash_pattern_mask(pattern, length, real_length)] * n_heads)
     sizes = splash.BlockSizes(
         block_q=block,
         block_kv=block,
@@ -135,7 +147,8 @@ def _dividing_axes(mesh, axes: tuple[str, ...], size: int) -> tuple[str, ...] | 
     return tuple(kept) or None
 
 
-def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False):
+def splash_attention(q, k, v, key_mask, segment_ids, *, pattern: AttentionPattern = BIDIRECTIONAL,
+                     interpret: bool = False):  # fmt: skip
     """Pallas splash attention (TPU). q: [B, L, H, D]; k, v: [B, L, KV, D] -> [B, L, H, D]."""
     from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (
         SegmentIds,
@@ -156,7 +169,7 @@ def splash_attention(q, k, v, key_mask, segment_ids, *, interpret: bool = False)
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
     def local(qt, kt, vt, seg):
-        kernel = _splash_kernel(qt.shape[1], padded_length, block, interpret)
+        kernel = _splash_kernel(qt.shape[1], padded_length, block, interpret, pattern, length)
 
         def per_example(q1, k1, v1, s1):
             return kernel(q1, k1, v1, segment_ids=SegmentIds(s1, s1))
@@ -235,14 +248,15 @@ class Attention(nnx.Module):
             out = out + self.o_bias[...].astype(cd)
         return constrain(out, ("batch", "length", "embed"))
 
-    def attend(self, q, k, v, key_mask=None, segment_ids=None):
-        """The configured kernel on projected q [B, L, H, D], k/v [B, L, KV, D] -> [B, L, H, D]."""
+    def attend(self, q, k, v, key_mask=None, segment_ids=None, pattern=BIDIRECTIONAL):
+        """The configured kernel on projected q [B, L, H, D], k/v [B, L, KV, D] -> [B, L, H, D];
+        `pattern`: the static attention pattern (`model/masks.py`)."""
         if self.impl == "splash":
-            return splash_attention(q, k, v, key_mask, segment_ids)
-        mask = attention_mask(key_mask, segment_ids)
+            return splash_attention(q, k, v, key_mask, segment_ids, pattern=pattern)
+        mask = attention_mask(key_mask, segment_ids, pattern, length=q.shape[1])
         kernel = cudnn_attention if self.impl == "cudnn" else xla_attention
         return kernel(q, k, v, mask)
 
-    def __call__(self, x, cos, sin, key_mask=None, segment_ids=None):
+    def __call__(self, x, cos, sin, key_mask=None, segment_ids=None, pattern=BIDIRECTIONAL):
         q, k, v = self.project_qkv(x, cos, sin)
-        return self.project_out(self.attend(q, k, v, key_mask, segment_ids))
+        return self.project_out(self.attend(q, k, v, key_mask, segment_ids, pattern))

@@ -1,5 +1,5 @@
-"""The LLaDA / iLLaDA network: a plain pre-norm transformer without a causal mask
-(docs/models.md#the-block).
+"""The LLaDA / iLLaDA network: a plain pre-norm transformer, bidirectional unless the objective
+passes another attention pattern (`model/masks.py`; docs/models.md#the-block).
 
     h = x + Attn(RMSNorm(x));  y = h + SwiGLU(RMSNorm(h));  logits = Head(RMSNorm(y_L))
 
@@ -32,6 +32,7 @@ from illada_jax.model.layers import (
     residual_out_std,
     rope_angles,
 )
+from illada_jax.model.masks import BIDIRECTIONAL
 from illada_jax.parallel.rules import constrain
 
 REMAT_POLICIES = {
@@ -65,9 +66,10 @@ class Block(nnx.Module):
             fused=cfg.fused_projections,
         )
 
-    def __call__(self, x, cos, sin, key_mask=None, segment_ids=None):
+    def __call__(self, x, cos, sin, key_mask=None, segment_ids=None, pattern=BIDIRECTIONAL):
         """x: [batch, length, d_model] (compute dtype) -> same."""
-        h = x + self.attn(self.attn_norm(x), cos, sin, key_mask, segment_ids).astype(x.dtype)
+        attn = self.attn(self.attn_norm(x), cos, sin, key_mask, segment_ids, pattern)
+        h = x + attn.astype(x.dtype)
         return h + self.mlp(self.mlp_norm(h)).astype(x.dtype)
 
     def _finish(self, x, attn):
@@ -133,11 +135,13 @@ class Transformer(nnx.Module):
                 rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std, pd
             )
 
-    def hidden_states(self, tokens, positions=None, key_mask=None, segment_ids=None):
+    def hidden_states(self, tokens, positions=None, key_mask=None, segment_ids=None,
+                      pattern=BIDIRECTIONAL):  # fmt: skip
         """Final-normed hidden states.
 
         tokens: [batch, length] int; positions: [batch, length] int (default 0..length-1);
-        key_mask: [batch, length] bool (True = real token); segment_ids: [batch, length] int.
+        key_mask: [batch, length] bool (True = real token); segment_ids: [batch, length] int;
+        pattern: the static attention pattern (`model/masks.py`; default bidirectional).
         Returns [batch, length, d_model] in the compute dtype.
         """
         cfg = self.cfg
@@ -151,7 +155,7 @@ class Transformer(nnx.Module):
 
         def layer(x, layer_params):
             x = constrain(x, ("batch", "length", "embed"))  # the residual stream, rows split
-            return nnx.merge(graphdef, layer_params)(x, cos, sin, key_mask, segment_ids)
+            return nnx.merge(graphdef, layer_params)(x, cos, sin, key_mask, segment_ids, pattern)
 
         policy = REMAT_POLICIES[cfg.remat_policy]
         if cfg.remat_policy != "none":
@@ -222,10 +226,11 @@ class Transformer(nnx.Module):
         x, kv = self._scan_layers(layer, x, kv)
         return self.final_norm(x), kv
 
-    def __call__(self, tokens, positions=None, key_mask=None, segment_ids=None):
+    def __call__(self, tokens, positions=None, key_mask=None, segment_ids=None,
+                 pattern=BIDIRECTIONAL):  # fmt: skip
         """tokens: [batch, length] -> logits [batch, length, vocab] fp32 (inference helper;
         training uses `hidden_states` + chunked cross-entropy)."""
-        return self.project(self.hidden_states(tokens, positions, key_mask, segment_ids))
+        return self.project(self.hidden_states(tokens, positions, key_mask, segment_ids, pattern))
 
 
 def abstract_model(cfg: ModelConfig) -> Transformer:

@@ -118,9 +118,16 @@ def train_step_work(experiment) -> tuple[int, float]:
     pair runs 2 answers × `vrpo.samples` masked copies through the policy (forward and backward)
     and the reference (forward), so positions count those copies and each adds a forward; for
     online RL (grpo) each row also carries its share of the rollout, made once every μ steps:
-    `grpo.steps` sampler forwards and μ forwards each of the old policy and the reference."""
+    `grpo.steps` sampler forwards and μ forwards each of the old policy and the reference; for
+    block diffusion with blocks shorter than the sequence, every token runs twice (the noisy and
+    the clean copy of the 2·seq_len canvas, attention over 2·seq_len keys) and the output head
+    once."""
     tcfg, cfg = experiment.train, experiment.model
     tokens, per_token = tcfg.batch_size * tcfg.seq_len, train_flops_per_token(cfg, tcfg.seq_len)
+    diffusion = experiment.diffusion
+    if diffusion.objective == "block_diffusion" and diffusion.block_size < tcfg.seq_len:
+        head = cfg.vocab_size * cfg.d_model
+        per_token = 2 * train_flops_per_token(cfg, 2 * tcfg.seq_len) - 6 * head
     if experiment.diffusion.objective == "vrpo":
         tokens *= 2 * experiment.vrpo.samples
         per_token += forward_flops_per_token(cfg, tcfg.seq_len)

@@ -337,6 +337,7 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
         vrpo=experiment.vrpo if preference else None,
         chunk_size=experiment.diffusion.loss_chunk_size,
         batch_keys=keys if preference else None,
+        diffusion=experiment.diffusion,
     )
     return Run(
         experiment=experiment,

@@ -21,16 +21,18 @@ def eval_key(index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(EVAL_SEED), index)
 
 
-def heldout_bound(eval_step: Callable, params, pipeline, batches: int, put: Callable) -> dict:
-    """{"eval_nll_bound": nats/token, "eval_tokens": n} over batches 0..`batches`-1 of
-    `pipeline` (built with seed `EVAL_SEED`); `put` turns a process's numpy batch into the
-    step's input arrays; `eval_step(params, batch, key) -> (bound_sum, n_tokens)`."""
+def heldout_bound(eval_step: Callable, params, pipeline, batches: int, put: Callable,
+                  name: str = "eval_nll_bound") -> dict:  # fmt: skip
+    """{name: nats/token, "eval_tokens": n} over batches 0..`batches`-1 of `pipeline` (built
+    with seed `EVAL_SEED`); `put` turns a process's numpy batch into the step's input arrays;
+    `eval_step(params, batch, key) -> (nats_sum, n_tokens)`; `name`: `eval_nll_bound` (the
+    diffusion bound) or `eval_ar_nll` (an autoregressive run's exact NLL)."""
     total, tokens = 0.0, 0.0
     for index in range(batches):
         bound, n = eval_step(params, put(pipeline.process_batch(index)), eval_key(index))
         total += float(bound)
         tokens += float(n)
-    return {"eval_nll_bound": total / max(tokens, 1.0), "eval_tokens": tokens}
+    return {name: total / max(tokens, 1.0), "eval_tokens": tokens}
 
 
 def heldout_preference(eval_step: Callable, params, pipeline, batches: int, put: Callable) -> dict:

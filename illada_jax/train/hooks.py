@@ -32,6 +32,7 @@ from illada_jax.ckpt.manager import CheckpointSaveError
 from illada_jax.obs import flops
 from illada_jax.train.builder import Run
 from illada_jax.train.evaluate import EVAL_SEED, heldout_bound, heldout_preference
+from illada_jax.train.objective import heldout_name
 
 
 @dataclasses.dataclass
@@ -246,9 +247,13 @@ class HeldOutEval(Hook):
                                             run.experiment.train.eval_batches)  # fmt: skip
             loop.record({"step": loop.step, **record}, line=f"step {loop.step}: held-out {record}")
             return
-        measure = heldout_preference if run.preference else heldout_bound
-        record = measure(run.eval_step, run.eval_params(loop.state), pipeline,
-                         run.experiment.train.eval_batches, put=run.eval_batch)  # fmt: skip
+        args = (run.eval_step, run.eval_params(loop.state), pipeline,
+                run.experiment.train.eval_batches)  # fmt: skip
+        if run.preference:
+            record = heldout_preference(*args, put=run.eval_batch)
+        else:
+            name = heldout_name(run.experiment.diffusion.objective)
+            record = heldout_bound(*args, put=run.eval_batch, name=name)
         loop.record({"step": loop.step, **record}, line=f"step {loop.step}: held-out {record}")
 
 

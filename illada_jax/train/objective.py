@@ -7,6 +7,10 @@ This is the only place where diffusion meets the model. A batch is a dict of arr
   separate documents, see `illada_jax.data.pipeline.packing`);
 - `prompt_lengths [batch] int32` (objective `sft_llada` only).
 
+`diffusion_loss` serves the masked-diffusion objectives and block diffusion (`block_size` < L:
+one time per block, the noisy+clean canvas of `diffusion/blocks.py`); `ar_loss` is the
+autoregressive baseline (causal attention, next-token cross-entropy) on the same batches.
+
 A preference batch (objective `vrpo`, `preference_loss`) instead holds `chosen`, `rejected
 [batch, length] int32` (`[prompt, answer, pad...]` rows sharing the prompt) with `prompt_lengths`,
 `chosen_lengths`, `rejected_lengths [batch] int32`.
@@ -25,20 +29,14 @@ import jax.numpy as jnp
 
 from illada_jax.config.post_training import VrpoConfig
 from illada_jax.config.schema import DiffusionConfig
-from illada_jax.diffusion import grpo, losses, masking, preference
+from illada_jax.diffusion import blocks, grpo, losses, masking, preference
+from illada_jax.model.masks import CAUSAL, AttentionPattern
 
 
-def diffusion_loss(
-    model, batch: dict, key: jax.Array, cfg: DiffusionConfig
-) -> tuple[jax.Array, dict]:
-    """Sample t, mask, run the network, return (loss, metrics). `model` is a `Transformer`."""
-    tokens = batch["tokens"]
-    batch_size, length = tokens.shape
-    time_key, mask_key, length_key = jax.random.split(key, 3)
-    mask_prob = masking.mask_probability(
-        masking.sample_times(time_key, batch_size, cfg.time_sampling), cfg.mask_eps
-    )
-
+def _random_length(batch: dict, length_key: jax.Array, cfg: DiffusionConfig):
+    """The batch's (valid [B, L] bool | None, segment_ids, positions [B, L] int32 | None) after
+    the configured random-length mode (docs/algorithms.md#random-length)."""
+    batch_size, length = batch["tokens"].shape
     segment_ids, positions = batch.get("segment_ids"), batch.get("positions")
     # Segment id 0 marks padding: outside attention, masking and the loss normaliser.
     valid = None if segment_ids is None else segment_ids != 0
@@ -55,6 +53,39 @@ def diffusion_loss(
         segment_ids, positions = masking.two_segment_split(
             length_key, segment_ids, positions, cfg.two_segment_prob
         )
+    return valid, segment_ids, positions
+
+
+def noisy_hidden(model, noisy, tokens, positions, valid, segment_ids, block_size: int):
+    """Final hidden states [B, L, d] of the noisy canvas `noisy [B, L]`: bidirectional over the
+    whole sequence (block_size = L), else the noisy half of block diffusion's [x_t ; x] canvas."""
+    length = tokens.shape[1]
+    if block_size >= length:
+        return model.hidden_states(noisy, positions, key_mask=valid, segment_ids=segment_ids)
+    canvas = blocks.noisy_clean_canvas(noisy, tokens, positions, valid, segment_ids)
+    pattern = AttentionPattern("noisy_clean", block_size, length)
+    return model.hidden_states(*canvas, pattern=pattern)[:, :length]
+
+
+def _block_size(cfg: DiffusionConfig, length: int) -> int:
+    return cfg.block_size if cfg.objective == "block_diffusion" else length
+
+
+def diffusion_loss(
+    model, batch: dict, key: jax.Array, cfg: DiffusionConfig
+) -> tuple[jax.Array, dict]:
+    """Sample t (one per row, or per block for block diffusion), mask, run the network, return
+    (loss, metrics). `model` is a `Transformer`."""
+    tokens = batch["tokens"]
+    batch_size, length = tokens.shape
+    block_size = _block_size(cfg, length)
+    time_key, mask_key, length_key = jax.random.split(key, 3)
+    times = blocks.block_times(time_key, batch_size, length // block_size, cfg.time_sampling)
+    mask_prob = masking.mask_probability(times, cfg.mask_eps)  # [B, K]
+    # [B] for one block (masked diffusion's shapes), else each token's block's: [B, L].
+    one_block = block_size == length
+    mask_prob = mask_prob[:, 0] if one_block else blocks.per_token(mask_prob, block_size)
+    valid, segment_ids, positions = _random_length(batch, length_key, cfg)
 
     maskable = valid
     if cfg.objective == "sft_llada":
@@ -66,7 +97,7 @@ def diffusion_loss(
     noisy, is_masked = masking.apply_mask(
         mask_key, tokens, mask_prob, model.cfg.mask_token_id, maskable
     )
-    hidden = model.hidden_states(noisy, positions, key_mask=valid, segment_ids=segment_ids)
+    hidden = noisy_hidden(model, noisy, tokens, positions, valid, segment_ids, block_size)
     ce = losses.token_cross_entropy(hidden, tokens, model.project, cfg.loss_chunk_size)
     if cfg.objective == "sft_llada":
         out = losses.sft_llada_loss(ce, is_masked, mask_prob, batch["prompt_lengths"])
@@ -81,22 +112,82 @@ def diffusion_loss(
     return out.loss, metrics
 
 
-def elbo_bound(model, batch: dict, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _next_token_pairs(tokens, valid, segment_ids):
+    """[B, L-1] bool: position i predicts token i+1 (both real, one segment)."""
+    pairs = jnp.ones((tokens.shape[0], tokens.shape[1] - 1), bool)
+    if valid is not None:
+        pairs = valid[:, :-1] & valid[:, 1:]
+    if segment_ids is not None:
+        pairs = pairs & (segment_ids[:, :-1] == segment_ids[:, 1:])
+    return pairs
+
+
+def _next_token_ce(model, tokens, positions, valid, segment_ids, chunk_size: int):
+    """(ce [B, L-1] of token i+1 from the causal prefix 0..i, the pairs that count [B, L-1])."""
+    hidden = model.hidden_states(tokens, positions, key_mask=valid, segment_ids=segment_ids,
+                                 pattern=CAUSAL)  # fmt: skip
+    ce = losses.token_cross_entropy(hidden[:, :-1], tokens[:, 1:], model.project, chunk_size)
+    return ce, _next_token_pairs(tokens, valid, segment_ids)
+
+
+def ar_loss(model, batch: dict, key: jax.Array, cfg: DiffusionConfig) -> tuple[jax.Array, dict]:
+    """The autoregressive baseline (docs/algorithms.md#the-autoregressive-baseline): causal
+    attention, the mean next-token cross-entropy over the pairs inside a segment (the key only
+    drives the random-length mode). Returns (loss, metrics) with the diffusion losses' keys:
+    `masked_ce` is the loss itself, `num_masked` the number of predicted tokens."""
+    valid, segment_ids, positions = _random_length(batch, jax.random.split(key, 3)[2], cfg)
+    ce, pairs = _next_token_ce(model, batch["tokens"], positions, valid, segment_ids,
+                               cfg.loss_chunk_size)  # fmt: skip
+    num = jnp.sum(pairs, dtype=jnp.int32)
+    loss = jnp.sum(jnp.where(pairs, ce, 0.0)) / jnp.maximum(num, 1)
+    return loss, {"loss": loss, "masked_ce": loss, "num_masked": num}
+
+
+def ar_nll(model, batch: dict, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Held-out autoregressive NLL: (Σ next-token CE in nats, number of predicted tokens); the
+    first token of each segment has no prefix and is not scored. `key` is unused (the NLL is
+    exact), kept for the eval step's signature."""
+    del key
+    tokens, segment_ids = batch["tokens"], batch.get("segment_ids")
+    valid = None if segment_ids is None else segment_ids != 0
+    ce, pairs = _next_token_ce(model, tokens, batch.get("positions"), valid, segment_ids, 512)
+    return jnp.sum(jnp.where(pairs, ce, 0.0)), jnp.sum(pairs)
+
+
+def elbo_bound(model, batch: dict, key: jax.Array,
+               block_size: int | None = None) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """Held-out negative ELBO (an upper bound on the NLL), summed over the batch.
 
     Uses the `l`-form (exactly l of n real tokens masked, weight n/l) with the caller's fixed key,
-    so numbers are comparable across runs and checkpoints. Returns (sum of the bound in nats,
-    number of real tokens); their ratio is nats per token.
+    so numbers are comparable across runs and checkpoints; with `block_size` (block diffusion)
+    the l-form inside every block, each block given the clean blocks before it. Returns (sum of
+    the bound in nats, number of real tokens); their ratio is nats per token.
     """
     tokens = batch["tokens"]
+    block_size = block_size or tokens.shape[1]
     segment_ids, positions = batch.get("segment_ids"), batch.get("positions")
     valid = None if segment_ids is None else segment_ids != 0
-    noisy, is_masked, weight = masking.mask_exact_count(key, tokens, model.cfg.mask_token_id, valid)
-    hidden = model.hidden_states(noisy, positions, key_mask=valid, segment_ids=segment_ids)
+    noisy, is_masked, weight = blocks.mask_exact_count_per_block(
+        key, tokens, model.cfg.mask_token_id, block_size, valid
+    )
+    hidden = noisy_hidden(model, noisy, tokens, positions, valid, segment_ids, block_size)
     ce = losses.token_cross_entropy(hidden, tokens, model.project, chunk_size=512)
-    per_row = jnp.sum(jnp.where(is_masked, ce, 0.0), axis=1) * weight
     n_tokens = tokens.size if valid is None else jnp.sum(valid)
-    return jnp.sum(per_row), n_tokens
+    return jnp.sum(jnp.where(is_masked, ce * weight, 0.0)), n_tokens
+
+
+def heldout_nll(model, batch: dict, key: jax.Array,
+                cfg: DiffusionConfig) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    """The objective's held-out measure, (Σ nats, tokens scored): the exact next-token NLL for
+    objective=ar, else the negative ELBO bound (inside blocks for block diffusion)."""
+    if cfg.objective == "ar":
+        return ar_nll(model, batch, key)
+    return elbo_bound(model, batch, key, _block_size(cfg, batch["tokens"].shape[1]))
+
+
+def heldout_name(objective: str) -> str:
+    """The record key of `heldout_nll`'s ratio: `eval_ar_nll` (exact) or `eval_nll_bound`."""
+    return "eval_ar_nll" if objective == "ar" else "eval_nll_bound"
 
 
 PREFERENCE_SIDES = ("chosen", "rejected")

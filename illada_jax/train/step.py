@@ -20,7 +20,8 @@ through the cast into fp32, the optimiser state and the master weights stay fp32
 SwiGLU gating, softmax and the cross-entropy compute in fp32 inside the model whatever the
 weights' dtype.
 
-`eval_step(params, batch, key) -> (bound_sum, n_tokens)`: the held-out ELBO bound.
+`eval_step(params, batch, key) -> (bound_sum, n_tokens)`: the held-out ELBO bound (objective
+`ar`: the exact next-token NLL; `block_diffusion`: the bound inside blocks).
 
 Objective `vrpo` (docs/algorithms.md#preference-optimisation-vrpo): the state also holds the
 frozen reference `ref_params`, which the step reads (cast like the parameters) and returns
@@ -46,9 +47,10 @@ from illada_jax.config.post_training import GrpoConfig, VrpoConfig
 from illada_jax.config.schema import DiffusionConfig
 from illada_jax.parallel.rules import batch_spec
 from illada_jax.train.objective import (
+    ar_loss,
     diffusion_loss,
-    elbo_bound,
     grpo_loss,
+    heldout_nll,
     preference_eval,
     preference_loss,
 )
@@ -126,6 +128,8 @@ def make_train_step(
             reference = nnx.merge(graphdef, cast_params(ref_params, compute_dtype))
             return preference_loss(model, reference, batch, key, vrpo or VrpoConfig(),
                                    diffusion.loss_chunk_size)  # fmt: skip
+        if diffusion.objective == "ar":
+            return ar_loss(model, batch, key, diffusion)
         return diffusion_loss(model, batch, key, diffusion)
 
     def loss_and_grads(params, batch, key, data_step, ref_params=None, inner=None):
@@ -222,15 +226,17 @@ def make_train_step(
 def make_eval_step(
     graphdef, *, param_shardings=None, mesh=None, rules="fsdp", global_batch: int | None = None,
     vrpo: VrpoConfig | None = None, chunk_size: int = 512, batch_keys=None,
+    diffusion: DiffusionConfig | None = None,
 ):  # fmt: skip
-    """Jitted held-out step: the ELBO bound, or with `vrpo` the held-out preference accuracy
-    (then `params` is `(params, ref_params)` and `param_shardings` theirs)."""
+    """Jitted held-out step: the objective's held-out NLL measure (`objective.heldout_nll` of
+    `diffusion`, default masked diffusion's ELBO bound), or with `vrpo` the held-out preference
+    accuracy (then `params` is `(params, ref_params)` and `param_shardings` theirs)."""
 
     def eval_step(params, batch, key):
         if vrpo is not None:
             policy, reference = (nnx.merge(graphdef, p) for p in params)
             return preference_eval(policy, reference, batch, key, vrpo, chunk_size)
-        return elbo_bound(nnx.merge(graphdef, params), batch, key)
+        return heldout_nll(nnx.merge(graphdef, params), batch, key, diffusion or DiffusionConfig())
 
     if mesh is None:
         return jax.jit(eval_step)

@@ -1,6 +1,6 @@
 """One train step on an 8-device CPU mesh equals the single-device step (rule tables `fsdp` and
-`fsdp_tp`, gradient accumulation; the pre-training, preference (vrpo) and online RL (grpo)
-objectives; for grpo also the rollout: the sampled completions, rewards and log-probabilities), and
+`fsdp_tp`, gradient accumulation; the pre-training, autoregressive (ar), block-diffusion,
+preference (vrpo) and online RL (grpo) objectives; for grpo also the rollout: the sampled completions, rewards and log-probabilities), and
 parameters are really sharded as the rule tables say.
 
 Every step goes through the runner's own path: `build_run`, `Run.init_state`, `Run.global_batch`
@@ -217,6 +217,12 @@ SCRIPT = textwrap.dedent(
     results["vrpo_single"] = run(MeshConfig(fsdp=1), "fsdp", one, vrpo, 8)
     results["vrpo_fsdp"] = run(MeshConfig(fsdp=8), "fsdp", None, vrpo, 8)
     results["vrpo_fsdp_tp"] = run(MeshConfig(fsdp=4, tensor=2), "fsdp_tp", None, vrpo, 8)
+    # The autoregressive baseline and block diffusion (blocks of 8: the noisy+clean canvas).
+    for name, diffusion in (("ar", DiffusionConfig(objective="ar")),
+                            ("bd", DiffusionConfig(objective="block_diffusion", block_size=8))):
+        results[f"{name}_single"] = run(MeshConfig(fsdp=1), "fsdp", one, diffusion, 8)
+        results[f"{name}_fsdp"] = run(MeshConfig(fsdp=8), "fsdp", None, diffusion, 8)
+        results[f"{name}_fsdp_tp"] = run(MeshConfig(fsdp=4, tensor=2), "fsdp_tp", None, diffusion, 8)
     results["grpo_single"] = grpo_run(MeshConfig(fsdp=1), "fsdp", one)
     results["grpo_fsdp"] = grpo_run(MeshConfig(fsdp=8), "fsdp", None)
     results["grpo_fsdp_tp"] = grpo_run(MeshConfig(fsdp=4, tensor=2), "fsdp_tp", None)
@@ -276,6 +282,16 @@ def test_sharded_step_equals_single_device_step(results, run):
         np.testing.assert_allclose(results[run]["init"][name], value, rtol=0, atol=0)
     # ... and the same update.
     _assert_same_update(results["single"], results[run])
+
+
+@pytest.mark.parametrize("run", ["ar_fsdp", "ar_fsdp_tp", "bd_fsdp", "bd_fsdp_tp"])
+def test_sharded_ar_and_block_diffusion_steps_equal_single_device_steps(results, run):
+    single = results[run.split("_")[0] + "_single"]
+    assert np.isfinite(single["metrics"]["loss"]) and single["metrics"]["grad_norm"] > 0
+    assert single["metrics"]["num_masked"] > 0
+    for name, value in single["init"].items():
+        np.testing.assert_allclose(results[run]["init"][name], value, rtol=0, atol=0)
+    _assert_same_update(single, results[run])
 
 
 @pytest.mark.parametrize("run", ["vrpo_fsdp", "vrpo_fsdp_tp"])

@@ -131,9 +131,11 @@ def ref_silu(x):
     return x / (1.0 + np.exp(-x))
 
 
-def ref_forward(p, cfg: ModelConfig, tokens, positions=None, key_mask=None, segment_ids=None):
+def ref_forward(p, cfg: ModelConfig, tokens, positions=None, key_mask=None, segment_ids=None,
+                allowed=None):  # fmt: skip
     """tokens: [B, L] int -> logits [B, L, V] float64 (pre-norm blocks,
-    docs/models.md#the-block)."""
+    docs/models.md#the-block). allowed: [L, L] bool, which keys each query may see on top of
+    padding and segments (None: all, bidirectional)."""
     tokens = np.asarray(tokens)
     batch, length = tokens.shape
     if positions is None:
@@ -144,6 +146,8 @@ def ref_forward(p, cfg: ModelConfig, tokens, positions=None, key_mask=None, segm
         segment_ids = np.zeros((batch, length), np.int64)
     positions, key_mask, segment_ids = map(np.asarray, (positions, key_mask, segment_ids))
     visible = ref_visible(key_mask.astype(bool), segment_ids)  # [B, L, L]
+    if allowed is not None:
+        visible = visible & np.asarray(allowed, bool)[None]
 
     x = p["embed"][tokens]  # [B, L, d]
     for i in range(cfg.n_layers):

@@ -48,6 +48,25 @@ def test_sampler_forward_flops_counts_the_head_on_the_block_only():
     )
 
 
+def test_block_diffusion_step_runs_every_token_twice_and_the_head_once():
+    from illada_jax.config.schema import DiffusionConfig, Experiment, TrainConfig
+
+    cfg = ModelConfig(**MODEL_PRESETS["illada_8b"])
+    n_matmul = ILLADA_NON_EMBEDDING + 155_136 * 4096
+
+    def work(block_size):
+        return flops.train_step_work(Experiment(
+            model=cfg, train=TrainConfig(seq_len=8192, batch_size=2),
+            diffusion=DiffusionConfig(objective="block_diffusion", block_size=block_size)))  # fmt: skip
+
+    # Per token: the noisy and the clean copy through the layers, attention over 2·8192 keys,
+    # the output head on the noisy copy only.
+    layers_twice = 2 * (6 * ILLADA_NON_EMBEDDING + 12 * 32 * 4096 * 16384)
+    assert work(32) == (2 * 8192, layers_twice + 6 * 155_136 * 4096)
+    # One block is masked diffusion: no clean copy.
+    assert work(8192) == (2 * 8192, 6 * n_matmul + 12 * 32 * 4096 * 8192)
+
+
 def test_train_flops_llada_8b_at_4096():
     cfg = ModelConfig(**MODEL_PRESETS["llada_8b"])
     n_matmul = LLADA_NON_EMBEDDING + 126_464 * 4096  # untied: the head once, the embedding never
