@@ -23,6 +23,7 @@ from flax import nnx
 from illada_jax.ckpt.rundir import LoadError
 from illada_jax.config.schema import ModelConfig
 from illada_jax.diffusion import likelihood
+from illada_jax.sampling.blockwise import Decoding, generate_ar, generate_blocks
 from illada_jax.sampling.generate import (
     SamplingOptions,
     SpecialIds,
@@ -68,6 +69,12 @@ class Model:
         """Wrap an in-memory `Transformer` (e.g. freshly initialised, or in a notebook)."""
         graphdef, params = nnx.split(module)
         return cls(module.cfg, graphdef, params, tokenizer)
+
+    @property
+    def decoding(self) -> Decoding:
+        """How this model generates, from its run's objective (`sampling/blockwise.py`):
+        masked diffusion, block diffusion (cached blocks) or autoregressive."""
+        return Decoding.of(self.experiment)
 
     def __repr__(self) -> str:
         tok = "with tokenizer" if self.tokenizer else "no tokenizer"
@@ -137,6 +144,9 @@ class Model:
         padding, or a list of id lists of any lengths). Returns int32 [B, P + G].
 
         steps / block_length default to gen_length (one token per step, pure diffusion).
+        A model trained with block diffusion or autoregressively (`decoding`) generates block by
+        block (steps per block, its own block size) or token by token from an exact K/V cache and
+        always stops as `variable_length` does.
         `variable_length=True` runs docs/algorithms.md#variable-length-decoding (steps per block)
         and returns the canvas as far as it was opened, with everything after each row's first stop
         set to EOS; stop ids default to EOS and EoT; a stop string keeps the tokens through the one
@@ -158,6 +168,15 @@ class Model:
                                  temperature=temperature, remasking=remasking,
                                  cfg_scale=cfg_scale, **options)  # fmt: skip
         cut = ids.shape[1] - width  # the bucket padding added on the left
+        decoding = self.decoding
+        if decoding.kind != "diffusion":  # block-causal models always stop at a stop id
+            variable_length = True
+        if decoding.kind == "block_diffusion" and block_length not in (None, decoding.block_size):
+            raise SamplingError(
+                f"block_length={block_length}: this model was trained with blocks of "
+                f"{decoding.block_size} (diffusion.block_size) and decodes blocks of that size; "
+                "leave block_length out"
+            )
         if not variable_length:
             out = generate(self.graphdef, self.params, self.special_ids, ids, opts,
                            prompt_mask=mask, seed=seed)  # fmt: skip
@@ -166,10 +185,18 @@ class Model:
         if stop_ids is None:
             stop_ids = tuple(t for t in (special.eos, special.eot) if t is not None)
         stop_fn = self._stop_string_fn(stop_strings) if stop_strings else None
-        result: VariableResult = generate_variable(
-            self.graphdef, self.params, special, ids, opts, max_seq_len=self.config.max_seq_len,
-            prompt_mask=mask, stop_ids=stop_ids, stop_fn=stop_fn, seed=seed,
-        )  # fmt: skip
+        common = dict(max_seq_len=self.config.max_seq_len, prompt_mask=mask, stop_ids=stop_ids,
+                      stop_fn=stop_fn, seed=seed)  # fmt: skip
+        if decoding.kind == "block_diffusion":
+            opts = dataclasses.replace(opts, steps=steps or decoding.block_size)
+            result: VariableResult = generate_blocks(
+                self.graphdef, self.params, special, ids, opts, block_size=decoding.block_size,
+                **common)  # fmt: skip
+        elif decoding.kind == "ar":  # stop checks every 16 tokens unless block_length says
+            opts = dataclasses.replace(opts, block_length=block_length or min(gen_length, 16))
+            result = generate_ar(self.graphdef, self.params, special, ids, opts, **common)
+        else:
+            result = generate_variable(self.graphdef, self.params, special, ids, opts, **common)
         out = result.ids.copy()
         for row, length in enumerate(result.lengths):
             out[row, result.prompt_length + length :] = special.eos

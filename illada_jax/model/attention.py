@@ -11,8 +11,9 @@ Kernels (`ModelConfig.attention_impl`):
 - `xla`: einsum + fp32 softmax, the CPU default and the numerical reference;
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on NVIDIA GPUs);
 - `splash`: the Pallas TPU splash kernel with the pattern as its block-sparse mask (tiles the
-  pattern hides are skipped); padding and segments are expressed as segment ids. Under a mesh it runs inside `shard_map`, the batch split over the data
-  axes (`dcn_data`, `data`, `fsdp`) and the heads over `tensor` (the mesh axis names of parallel/mesh.py).
+  pattern hides are skipped); padding and segments are expressed as segment ids. Under a mesh
+  it runs inside `shard_map`, the batch split over the data axes (`dcn_data`, `data`, `fsdp`)
+  and the heads over `tensor` (the mesh axis names of parallel/mesh.py).
 """
 
 from __future__ import annotations

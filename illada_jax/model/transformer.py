@@ -76,10 +76,10 @@ class Block(nnx.Module):
         h = x + self.attn.project_out(attn).astype(x.dtype)
         return h + self.mlp(self.mlp_norm(h)).astype(x.dtype)
 
-    def with_kv(self, x, cos, sin, key_mask=None):
+    def with_kv(self, x, cos, sin, key_mask=None, pattern=BIDIRECTIONAL):
         """Inference forward that also returns this layer's (k, v), each [B, L, KV, D]."""
         q, k, v = self.attn.project_qkv(self.attn_norm(x), cos, sin)
-        return self._finish(x, self.attn.attend(q, k, v, key_mask)), (k, v)
+        return self._finish(x, self.attn.attend(q, k, v, key_mask, pattern=pattern)), (k, v)
 
     def cached(self, x, cos, sin, kv, start, fresh_from, key_mask=None):
         """Forward of a window of queries against a K/V cache of the whole canvas.
@@ -194,17 +194,21 @@ class Transformer(nnx.Module):
 
         return jax.lax.scan(body, x, (stacked, per_layer))
 
-    def hidden_with_kv(self, tokens, key_mask=None):
+    def hidden_with_kv(self, tokens, key_mask=None, pattern=BIDIRECTIONAL):
         """Inference forward over the whole canvas that also returns every layer's K/V.
 
-        tokens: [B, L] (positions 0..L-1); key_mask: [B, L] bool. Returns (final-normed hidden
+        tokens: [B, L] (positions 0..L-1); key_mask: [B, L] bool; pattern: the attention
+        pattern (`model/masks.py`; block-causal or causal for the block and AR samplers).
+        Returns (final-normed hidden
         [B, L, d_model], kv = (k, v) each [layers, B, L, KV, D]); `project` gives logits. The
         training path is untouched.
         """
         batch, length = tokens.shape
         cos, sin = self._positions(batch, 0, length)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.compute_dtype)
-        x, kv = self._scan_layers(lambda blk, h, _: blk.with_kv(h, cos, sin, key_mask), x, None)
+        x, kv = self._scan_layers(
+            lambda blk, h, _: blk.with_kv(h, cos, sin, key_mask, pattern), x, None
+        )
         return self.final_norm(x), kv
 
     def hidden_cached(self, tokens, start, kv, fresh_from, key_mask=None, *,
