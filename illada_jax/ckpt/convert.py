@@ -134,7 +134,12 @@ def load_hf(path: storage.PathLike, *, param_dtype: str | None = None):
 
 
 def default_layout(cfg: ModelConfig) -> str:
-    """llada for untied heads with head_dim * n_heads == d_model, else illada."""
+    """qwen2 for q/k/v biases, llama for RoPE scaling (models converted from those), llada for
+    untied heads with head_dim * n_heads == d_model, else illada."""
+    if cfg.qkv_bias:
+        return "qwen2"
+    if cfg.rope_scaling != "none":
+        return "llama"
     llada_ok = cfg.head_dim * cfg.n_heads == cfg.d_model
     return "llada" if llada_ok and not cfg.tie_embeddings else "illada"
 

@@ -51,6 +51,7 @@ import numpy as np
 
 from illada_jax import storage
 from illada_jax.ckpt.hf_config import (  # noqa: F401  (re-exported: the converter's public names)
+    AR_LAYOUTS,
     LAYOUTS,
     HfFormatError,
     check_layout,
@@ -95,7 +96,16 @@ _LAYER_NAMES = {
     "up": ("up_proj", "mlp.up_proj", ("mlp", "up")),
     "down": ("ff_out", "mlp.down_proj", ("mlp", "down")),
 }
-_LAYER_PREFIX = {"llada": "model.transformer.blocks.{i}.", "illada": "model.layers.{i}."}
+_LAYER_PREFIX = {"llada": "model.transformer.blocks.{i}.", "illada": "model.layers.{i}.",
+                 "llama": "model.layers.{i}.", "qwen2": "model.layers.{i}."}  # fmt: skip
+_BIASES = {"q": ("q_bias", "heads"), "k": ("k_bias", "kv_heads"), "v": ("v_bias", "kv_heads")}
+VOCAB_MULTIPLE = 128  # an added mask token grows the vocabulary to a multiple of this
+
+
+def _column(layout: str) -> int:
+    """Which name column of `_GLOBAL_NAMES` / `_LAYER_NAMES`: LLaDA's or the Llama-style one."""
+    check_layout(layout)
+    return 0 if layout == "llada" else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,9 +122,12 @@ class TensorSpec:
     shape: tuple[int, ...]
     in_axes: int
     per_layer: bool
+    flat: bool = False  # a bias: HF [out] = native [heads, head_dim] flattened
 
     @property
     def hf_shape(self) -> tuple[int, ...]:
+        if self.flat:
+            return (math.prod(self.shape),)
         if not self.in_axes:
             return self.shape
         return (math.prod(self.shape[self.in_axes :]), math.prod(self.shape[: self.in_axes]))
@@ -125,13 +138,13 @@ class TensorSpec:
         return [self.hf_name.format(i=i) for i in range(n_layers)]
 
 
-def tensor_specs(cfg: ModelConfig, layout: str) -> list[TensorSpec]:
+def tensor_specs(cfg: ModelConfig, layout: str, vocab_size: int | None = None) -> list[TensorSpec]:
     """The native parameters of `cfg` with their HF names in `layout`, in HF order (embedding,
-    layers, final norm, head). The head is listed for untied configs only."""
-    check_layout(layout)
-    col = LAYOUTS.index(layout)
-    d, h, kv, hd, f, v = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim,
-                          cfg.vocab_size)  # fmt: skip
+    layers, final norm, head). The head is listed for untied configs only; Qwen2's q/k/v biases
+    when `cfg.qkv_bias`. `vocab_size`: the checkpoint's, when it differs from `cfg`'s."""
+    col = _column(layout)
+    d, h, kv, hd, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim
+    v = vocab_size or cfg.vocab_size
     layer_shapes = {
         "attn_norm": ((d,), 0), "q": ((d, h, hd), 1), "k": ((d, kv, hd), 1),
         "v": ((d, kv, hd), 1), "o": ((h, hd, d), 2), "mlp_norm": ((d,), 0),
@@ -142,6 +155,11 @@ def tensor_specs(cfg: ModelConfig, layout: str) -> list[TensorSpec]:
         names = _LAYER_NAMES[role]
         hf_name = f"{_LAYER_PREFIX[layout]}{names[col]}.weight"
         specs.append(TensorSpec(("blocks", *names[2]), hf_name, shape, in_axes, True))
+        if cfg.qkv_bias and role in _BIASES:
+            bias, heads = _BIASES[role]
+            shape = (h if heads == "heads" else kv, hd)
+            bias_name = f"{_LAYER_PREFIX[layout]}{names[col]}.bias"
+            specs.append(TensorSpec(("blocks", "attn", bias), bias_name, shape, 0, True, True))
     norm = _GLOBAL_NAMES["final_norm"]
     specs.append(TensorSpec(norm[2], norm[col], (d,), 0, False))
     if not cfg.tie_embeddings:
@@ -152,7 +170,7 @@ def tensor_specs(cfg: ModelConfig, layout: str) -> list[TensorSpec]:
 
 def head_name(layout: str) -> str:
     """HF name of the output head in `layout` (optional when embeddings are tied)."""
-    return _GLOBAL_NAMES["lm_head"][LAYOUTS.index(layout)]
+    return _GLOBAL_NAMES["lm_head"][_column(layout)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,10 +293,10 @@ def _read_raw(file: pathlib.Path, name: str, header: tuple[int, dict] | None = N
 
 
 def _validate(entries: dict[str, _Entry], specs: list[TensorSpec], cfg: ModelConfig,
-              layout: str) -> None:  # fmt: skip
+              layout: str, vocab_size: int) -> None:  # fmt: skip
     """Missing / unexpected / wrongly shaped tensors -> HfFormatError naming them."""
     expected = {name: spec.hf_shape for spec in specs for name in spec.hf_names(cfg.n_layers)}
-    optional = {} if not cfg.tie_embeddings else {head_name(layout): (cfg.vocab_size, cfg.d_model)}
+    optional = {} if not cfg.tie_embeddings else {head_name(layout): (vocab_size, cfg.d_model)}
     missing = [name for name in expected if name not in entries]
     if missing:
         raise HfFormatError(
@@ -330,15 +348,62 @@ def _get_path(tree: dict, path: tuple[str, ...]):
 
 def _place(array: np.ndarray, spec: TensorSpec, dest: np.ndarray) -> None:
     """Write one HF tensor into its native slot (`dest`: the whole parameter or one layer)."""
-    dest[...] = array.T.reshape(spec.shape) if spec.in_axes else array
+    if spec.flat:
+        dest[...] = array.reshape(spec.shape)
+    else:
+        dest[...] = array.T.reshape(spec.shape) if spec.in_axes else array
 
 
-def hf_to_native(src_dir: str | pathlib.Path, *,
-                 param_dtype: str | None = None) -> tuple[ModelConfig, dict]:  # fmt: skip
-    """Read an HF LLaDA / iLLaDA checkpoint directory (config.json + safetensors).
+def _tokenizer_size(src: pathlib.Path) -> int | None:
+    """Ids the checkpoint's tokenizer.json can produce (added tokens included), or None."""
+    if not (src / "tokenizer.json").is_file():
+        return None
+    from tokenizers import Tokenizer as HfTokenizer
+
+    return HfTokenizer.from_file(str(src / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+
+
+def _ar_mask(src: pathlib.Path, config_json: dict, mask_token_id, add_mask_token: bool):
+    """(mask id, vocabulary size of the native model) of an autoregressive checkpoint: the
+    given id; else config.json's; else a new row (`add_mask_token`); else the first embedding
+    row the tokenizer never produces (Qwen2's padded vocabulary); else None (config_from_hf then
+    names the fix)."""
+    vocab = config_json.get("vocab_size")
+    if add_mask_token:
+        if mask_token_id is not None:
+            raise HfFormatError("give --mask-token-id or --add-mask-token, not both")
+        return vocab, -(-(vocab + 1) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    if mask_token_id is None and config_json.get("mask_token_id") is None:
+        used = _tokenizer_size(src)
+        if used is not None and used < vocab:
+            log.info("%s: mask token = first unused embedding row %d", src, used)
+            mask_token_id = used
+    return mask_token_id, vocab
+
+
+def _grow_vocabulary(params: dict, vocab_size: int) -> None:
+    """Extend `embed` (rows) and an untied `lm_head` (columns) to `vocab_size`; the new entries
+    are the mean of the existing ones (the added mask token starts as an average token)."""
+    embed = params["embed"]
+    extra = vocab_size - embed.shape[0]
+    params["embed"] = np.concatenate([embed, np.repeat(embed.mean(0, keepdims=True).astype(
+        embed.dtype), extra, axis=0)])  # fmt: skip
+    if "lm_head" in params:
+        head = params["lm_head"]
+        params["lm_head"] = np.concatenate([head, np.repeat(head.mean(1, keepdims=True).astype(
+            head.dtype), extra, axis=1)], axis=1)  # fmt: skip
+
+
+def hf_to_native(src_dir: str | pathlib.Path, *, param_dtype: str | None = None,
+                 mask_token_id: int | None = None,
+                 add_mask_token: bool = False) -> tuple[ModelConfig, dict]:  # fmt: skip
+    """Read an HF checkpoint directory (config.json + safetensors) of any layout.
 
     Returns (ModelConfig, params): params is the native pure dict of numpy arrays in
-    `param_dtype` (None: the checkpoint's, see the module docstring). Raises `HfFormatError`.
+    `param_dtype` (None: the checkpoint's, see the module docstring). An autoregressive (llama /
+    qwen2) checkpoint needs a mask id: `mask_token_id`, or `add_mask_token` (a new embedding row,
+    the vocabulary rounded up to a multiple of 128), or one found by `_ar_mask`. Raises
+    `HfFormatError`.
     """
     src = storage.path(src_dir)
     config_path = src / "config.json"
@@ -346,10 +411,19 @@ def hf_to_native(src_dir: str | pathlib.Path, *,
         raise HfFormatError(f"{src}: no config.json; give an HF checkpoint directory")
     config_json = _read_json(config_path)
     layout = detect_layout(config_json)
-    cfg = config_from_hf(config_json, name=src.absolute().name or None)
-    specs = tensor_specs(cfg, layout)
+    hf_vocab = config_json.get("vocab_size")
+    if layout in AR_LAYOUTS:
+        mask_token_id, vocab = _ar_mask(src, config_json, mask_token_id, add_mask_token)
+        config_json = {**config_json, "vocab_size": vocab}
+    elif mask_token_id is not None or add_mask_token:
+        raise HfFormatError(f"the {layout} layout has its own mask token: drop --mask-token-id / "
+                            "--add-mask-token (they are for llama and qwen2 checkpoints)")  # fmt: skip
+    cfg = config_from_hf(config_json, name=src.absolute().name or None,
+                         mask_token_id=mask_token_id)  # fmt: skip
+    hf_vocab = hf_vocab if layout in AR_LAYOUTS else cfg.vocab_size
+    specs = tensor_specs(cfg, layout, vocab_size=hf_vocab)
     entries = _scan_headers(src)
-    _validate(entries, specs, cfg, layout)
+    _validate(entries, specs, cfg, layout, hf_vocab)
     names = [n for spec in specs for n in spec.hf_names(cfg.n_layers)]
     dtype_name = param_dtype or _checkpoint_dtype(entries, names)
     if dtype_name not in _NUMPY_DTYPE:
@@ -372,6 +446,8 @@ def hf_to_native(src_dir: str | pathlib.Path, *,
     head = head_name(layout)
     if cfg.tie_embeddings and head in entries:
         _check_tied_head(entries[head], head, params["embed"])
+    if cfg.vocab_size != hf_vocab:
+        _grow_vocabulary(params, cfg.vocab_size)
     return cfg, params
 
 
@@ -402,7 +478,9 @@ def _hf_tensors(cfg: ModelConfig, params: dict, specs: list[TensorSpec]) -> Iter
             )
         for i, name in enumerate(spec.hf_names(cfg.n_layers)):
             value = full[i] if spec.per_layer else full
-            if spec.in_axes:
+            if spec.flat:
+                value = value.reshape(-1)
+            elif spec.in_axes:
                 out_dim, in_dim = spec.hf_shape
                 value = value.reshape(in_dim, out_dim).T
             yield name, np.ascontiguousarray(value)

@@ -17,6 +17,13 @@ config.json fields read (anything else is ignored):
 - special ids: mask/pad/bos/eos_token_id (eos may be a list: its first entry) and our own
   eot_token_id; absent ones take the released model's ids (presets LLADA_SPECIAL_IDS /
   ILLADA_SPECIAL_IDS). Dropout fields are ignored (inference and fine-tuning run without dropout).
+- llama / qwen2 (autoregressive checkpoints to adapt, docs/models.md#autoregressive-checkpoints):
+  `model_type` llama or qwen2, the Llama-style fields above plus RoPE scaling (`rope_scaling` or
+  `rope_parameters` of type linear or llama3; others refused), Qwen2's q/k/v biases (always
+  there), tied or untied heads (default untied, as transformers). An AR vocabulary has no mask
+  token: the caller names one (`mask_token_id`: an id the tokenizer never produces, e.g. a
+  reserved special token or an unused embedding row); a `mask_token_id` field in config.json (one
+  this converter wrote) is used otherwise. pad defaults to eos, bos to eos when absent.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from illada_jax.config.presets import ILLADA_SPECIAL_IDS, LLADA_SPECIAL_IDS
 from illada_jax.config.schema import ConfigError, ModelConfig
 from illada_jax.errors import IlladaError
 
-LAYOUTS = ("llada", "illada")
+LAYOUTS = ("llada", "illada", "llama", "qwen2")
+AR_LAYOUTS = ("llama", "qwen2")  # autoregressive checkpoints (no mask token of their own)
+_AR_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
 class HfFormatError(IlladaError, ValueError):
@@ -46,10 +55,19 @@ def check_layout(layout: str) -> None:
 
 
 def detect_layout(config_json: dict) -> str:
-    """`llada` for OLMo-style LLaDA configs (`model_type: llada` or a `d_model` field), `illada`
-    for HF Llama-style ones (`hidden_size`)."""
-    if config_json.get("model_type") == "llada" or "d_model" in config_json:
+    """`llada` for OLMo-style LLaDA configs (`model_type: llada` or a `d_model` field), `llama` /
+    `qwen2` for those autoregressive model types, `illada` for other HF Llama-style ones
+    (`hidden_size`)."""
+    model_type = config_json.get("model_type")
+    if model_type == "llada" or "d_model" in config_json:
         return "llada"
+    if model_type in AR_LAYOUTS:
+        return model_type
+    if model_type not in (None, "illada") and "hidden_size" in config_json:
+        raise HfFormatError(
+            f"config.json: model_type {model_type!r} is not supported; supported: llada, illada "
+            "(diffusion models) and llama, qwen2 (autoregressive checkpoints to adapt)"
+        )
     if "hidden_size" in config_json:
         return "illada"
     raise HfFormatError(
@@ -128,6 +146,54 @@ def _llada_fields(c: dict) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _ar_rope_scaling(c: dict) -> dict[str, Any]:
+    """ModelConfig's rope_* fields of an AR checkpoint's `rope_scaling` / `rope_parameters`."""
+    params = c.get("rope_scaling") or c.get("rope_parameters") or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return {}
+    if kind not in ("linear", "llama3"):
+        raise HfFormatError(f"config.json: RoPE scaling of type {kind!r} is not supported; "
+                            "supported: linear, llama3 (or none)")  # fmt: skip
+    fields = dict(rope_scaling=kind, rope_scaling_factor=float(params["factor"]))
+    if kind == "llama3":
+        fields.update(rope_low_freq_factor=float(params["low_freq_factor"]),
+                      rope_high_freq_factor=float(params["high_freq_factor"]),
+                      rope_original_max_len=int(params["original_max_position_embeddings"]))  # fmt: skip
+    return fields
+
+
+def _ar_fields(c: dict, layout: str, mask_token_id: int | None) -> dict[str, Any]:
+    """The Llama-style fields of a llama / qwen2 checkpoint, its biases, RoPE scaling and
+    special ids (module docstring)."""
+    _refuse(c, "use_sliding_window", (False, None), "attention over the whole sequence only")
+    if layout == "llama":
+        _refuse(c, "attention_bias", (False, None), "Llama checkpoints without biases only")
+    stripped = {k: v for k, v in c.items() if k not in ("rope_scaling", "rope_parameters",
+                                                         "use_sliding_window")}  # fmt: skip
+    stripped.setdefault("tie_word_embeddings", False)
+    fields = _llama_fields(stripped, defaults=False)
+    fields["rope_theta"] = float((c.get("rope_parameters") or {}).get(
+        "rope_theta", c.get("rope_theta", 10_000.0)))  # fmt: skip
+    eos = c.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    if not isinstance(eos, int):
+        raise HfFormatError("config.json: eos_token_id is missing; an AR checkpoint needs one")
+    mask = mask_token_id if mask_token_id is not None else c.get("mask_token_id")
+    if mask is None:
+        raise HfFormatError(
+            f"the {layout} checkpoint has no mask token: pass --mask-token-id ID (an id its "
+            "tokenizer never produces, e.g. a reserved special token or an unused embedding row) "
+            "or --add-mask-token (adds a row initialised to the mean embedding)"
+        )
+    pad = c.get("pad_token_id")
+    bos = c.get("bos_token_id")
+    fields.update(mask_token_id=mask, eos_token_id=eos, pad_token_id=eos if pad is None else pad,
+                  bos_token_id=eos if bos is None else bos, eot_token_id=None,
+                  qkv_bias=layout == "qwen2", **_ar_rope_scaling(c))  # fmt: skip
+    return fields
+
+
 def _rope_theta_llama(c: dict) -> float:
     _refuse(c, "rope_scaling", None, "RoPE scaling is not implemented (iLLaDA raises on it too)")
     params = c.get("rope_parameters")
@@ -142,7 +208,8 @@ def _rope_theta_llama(c: dict) -> float:
     return float(_get(c, "rope_theta", (int, float), 10_000.0))
 
 
-def _llama_fields(c: dict) -> dict[str, Any]:
+def _llama_fields(c: dict, defaults: bool = True) -> dict[str, Any]:
+    """Llama-style fields; `defaults`: absent special ids take iLLaDA's (else left out)."""
     _refuse(c, "hidden_act", ("silu", "swish"), "the MLP is down(silu(gate x) * up x)")
     for field in ("attention_bias", "mlp_bias"):
         _refuse(c, field, (False, None), "the native model has no biases here")
@@ -166,16 +233,22 @@ def _llama_fields(c: dict) -> dict[str, Any]:
         norm_eps=float(_get(c, "rms_norm_eps", (int, float), 1e-6)),
         tie_embeddings=bool(_get(c, "tie_word_embeddings", bool, True)),
         init_std=float(_get(c, "initializer_range", (int, float), 0.02)),
-        **_special_ids(c, {**ILLADA_SPECIAL_IDS}, vocab),
+        **(_special_ids(c, {**ILLADA_SPECIAL_IDS}, vocab) if defaults else {}),
     )  # fmt: skip
 
 
-def config_from_hf(config_json: dict, *, param_dtype: str = "float32",
-                   name: str | None = None) -> ModelConfig:  # fmt: skip
-    """A `ModelConfig` from an HF `config.json` dict of either layout (see the module docstring
-    for the fields read). `compute_dtype` follows `param_dtype`. Raises `HfFormatError`."""
+def config_from_hf(config_json: dict, *, param_dtype: str = "float32", name: str | None = None,
+                   mask_token_id: int | None = None) -> ModelConfig:  # fmt: skip
+    """A `ModelConfig` from an HF `config.json` dict of any layout (see the module docstring
+    for the fields read). `compute_dtype` follows `param_dtype`; `mask_token_id`: the mask id
+    of an autoregressive (llama / qwen2) checkpoint. Raises `HfFormatError`."""
     layout = detect_layout(config_json)
-    fields = _llada_fields(config_json) if layout == "llada" else _llama_fields(config_json)
+    if layout == "llada":
+        fields = _llada_fields(config_json)
+    elif layout in AR_LAYOUTS:
+        fields = _ar_fields(config_json, layout, mask_token_id)
+    else:
+        fields = _llama_fields(config_json)
     name = name or str(config_json.get("model_type") or layout)
     try:
         return ModelConfig(name=name, param_dtype=param_dtype, compute_dtype=param_dtype, **fields)
@@ -192,10 +265,18 @@ def config_to_hf(cfg: ModelConfig, layout: str) -> dict[str, Any]:
     check_layout(layout)
     if cfg.use_bias:
         raise HfFormatError("model.use_bias=True: the LLaDA / iLLaDA layouts have no biases")
+    if cfg.qkv_bias != (layout == "qwen2"):
+        raise HfFormatError(f"model.qkv_bias={cfg.qkv_bias}: only the qwen2 layout has (and "
+                            "needs) q/k/v biases; choose --layout qwen2 or another")  # fmt: skip
+    if cfg.rope_scaling != "none" and layout not in AR_LAYOUTS:
+        raise HfFormatError(f"model.rope_scaling={cfg.rope_scaling}: only the llama and qwen2 "
+                            "layouts carry RoPE scaling")  # fmt: skip
     ids = dict(mask_token_id=cfg.mask_token_id, pad_token_id=cfg.pad_token_id,
                bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id)  # fmt: skip
     if cfg.eot_token_id is not None:
         ids["eot_token_id"] = cfg.eot_token_id
+    if layout in AR_LAYOUTS:
+        return _ar_config(cfg, layout, ids)
     if layout == "llada":
         if cfg.head_dim * cfg.n_heads != cfg.d_model:
             raise HfFormatError(
@@ -225,4 +306,27 @@ def config_to_hf(cfg: ModelConfig, layout: str) -> dict[str, Any]:
         tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu", attention_bias=False,
         mlp_bias=False, attention_dropout=0.0, initializer_range=cfg.init_std, use_cache=False,
         torch_dtype=cfg.param_dtype, **ids,
+    )  # fmt: skip
+
+
+def _ar_config(cfg: ModelConfig, layout: str, ids: dict) -> dict[str, Any]:
+    """config.json of a llama / qwen2 checkpoint (transformers loads it; `mask_token_id` is
+    kept for the way back)."""
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling != "none":
+        rope.update(rope_type=cfg.rope_scaling, factor=cfg.rope_scaling_factor)
+    if cfg.rope_scaling == "llama3":
+        rope.update(low_freq_factor=cfg.rope_low_freq_factor,
+                    high_freq_factor=cfg.rope_high_freq_factor,
+                    original_max_position_embeddings=cfg.rope_original_max_len)  # fmt: skip
+    extra = dict(use_sliding_window=False) if layout == "qwen2" else dict(attention_bias=False)
+    return dict(
+        architectures=[_AR_ARCHITECTURES[layout]], model_type=layout, hidden_size=cfg.d_model,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+        num_hidden_layers=cfg.n_layers, head_dim=cfg.head_dim, intermediate_size=cfg.mlp_dim,
+        vocab_size=cfg.vocab_size, max_position_embeddings=cfg.max_seq_len,
+        rope_theta=cfg.rope_theta, rope_parameters=rope, rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu", mlp_bias=False,
+        initializer_range=cfg.init_std, use_cache=True, torch_dtype=cfg.param_dtype,
+        **extra, **ids,
     )  # fmt: skip

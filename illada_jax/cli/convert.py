@@ -1,4 +1,5 @@
-"""`illada convert`: HF LLaDA / iLLaDA safetensors <-> native checkpoints (`illada_jax.ckpt`)."""
+"""`illada convert`: HF LLaDA / iLLaDA safetensors <-> native checkpoints, and Llama / Qwen2
+autoregressive checkpoints in and out (`illada_jax.ckpt`; docs/models.md#autoregressive-checkpoints)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
 
     parser = sub.add_parser(
         "convert",
-        help="HF LLaDA / iLLaDA safetensors <-> native checkpoints",
+        help="HF LLaDA / iLLaDA / Llama / Qwen2 safetensors <-> native checkpoints",
         description="Convert weights. Example: illada convert --from hf --to native --src "
         "HF_DIR --dst runs/llada8b",
     )
@@ -39,7 +40,14 @@ def add_parser(sub) -> None:
         "--dst", type=output_dir, required=True, help="output directory (new or empty)"
     )
     parser.add_argument("--layout", choices=list(LAYOUTS), default=None,
-                        help="HF layout to write (default: llada for untied heads, else illada)")  # fmt: skip
+                        help="HF layout to write (default: llada for untied heads, else illada; "
+                        "llama / qwen2 for a model converted from one)")  # fmt: skip
+    parser.add_argument("--mask-token-id", type=int, default=None,
+                        help="hf -> native, llama / qwen2: the id used as the mask token (one the "
+                        "tokenizer never produces; default: the first unused embedding row)")  # fmt: skip
+    parser.add_argument("--add-mask-token", action="store_true",
+                        help="hf -> native, llama / qwen2: add a mask token row (the mean "
+                        "embedding), growing the vocabulary to a multiple of 128")  # fmt: skip
     parser.add_argument("--param-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="hf -> native: parameter dtype (auto: the checkpoint's)")  # fmt: skip
     parser.add_argument("--shard-size", type=parse_size, default=DEFAULT_SHARD_BYTES,
@@ -67,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     # checkpoint that would load): written in a staging directory, renamed at the end.
     if direction == ("hf", "native"):
         dtype = None if args.param_dtype == "auto" else args.param_dtype
-        cfg, params = hf_to_native(src, param_dtype=dtype)
+        cfg, params = hf_to_native(src, param_dtype=dtype, mask_token_id=args.mask_token_id,
+                                   add_mask_token=args.add_mask_token)  # fmt: skip
         with storage.atomic_directory(dst) as staging:
             save_native(cfg, params, staging, tokenizer_dir=src, final_dir=dst)
         layout = detect_layout(json.loads((src / "config.json").read_text()))

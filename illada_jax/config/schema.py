@@ -25,6 +25,7 @@ from illada_jax.config.objectives import check_objective
 from illada_jax.config.post_training import GrpoConfig, VrpoConfig
 
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
 DTYPES = ("float32", "bfloat16")
 TIME_SAMPLINGS = ("uniform", "antithetic")
@@ -41,8 +42,9 @@ WANDB_MODES = ("online", "offline", "disabled")
 PATH_FIELDS = frozenset({"cache_dir", "tokenizer", "seqio_module", "tfds_data_dir", "init_from",
                          "eval_dataset", "compilation_cache"})  # fmt: skip
 CHOICE_FIELDS = {
-    "attention_impl": ATTENTION_IMPLS, "remat_policy": REMAT_POLICIES, "param_dtype": DTYPES,
-    "compute_dtype": DTYPES, "objective": OBJECTIVES, "time_sampling": TIME_SAMPLINGS,
+    "attention_impl": ATTENTION_IMPLS, "rope_scaling": ROPE_SCALINGS,
+    "remat_policy": REMAT_POLICIES, "param_dtype": DTYPES, "compute_dtype": DTYPES,
+    "objective": OBJECTIVES, "time_sampling": TIME_SAMPLINGS,
     "random_length_mode": RANDOM_LENGTH_MODES, "raw_text_unit": ("file", "block"),
     "schedule": SCHEDULES, "decay_exclude": DECAY_EXCLUDES, "rules": RULE_TABLES,
     "health_policy": HEALTH_POLICIES, "wandb_mode": WANDB_MODES,
@@ -75,6 +77,16 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     use_bias: bool = False
+    qkv_bias: bool = (
+        False  # q/k/v projection biases only (Qwen2; docs/models.md#autoregressive-checkpoints)
+    )
+    # RoPE scaling of imported AR models (docs/models.md#rope-scaling): none, linear (positions
+    # / factor) or llama3 (low frequencies / factor, smooth between the low and high bands).
+    rope_scaling: str = "none"
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
     # Initialisation (docs/models.md#the-block, iLLaDA `_init_weights`): N(0, init_std) for linears,
     # init_std / sqrt(2 n_layers) for the residual output projections, N(0, sqrt(1/(2 d)))
     # for the embedding.
@@ -121,6 +133,13 @@ class ModelConfig:
             _fail("head_dim", self.head_dim, "must be even (rotate-half RoPE pairs the two halves)")
         if not self.rope_theta > 0:
             _fail("rope_theta", self.rope_theta, "must be > 0")
+        _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+        _check_int("rope_original_max_len", self.rope_original_max_len, 1)
+        if not self.rope_scaling_factor >= 1 or not (
+            0 < self.rope_low_freq_factor < self.rope_high_freq_factor
+        ):
+            _fail("rope_scaling_factor", self.rope_scaling_factor, "must be >= 1, with "
+                  "0 < rope_low_freq_factor < rope_high_freq_factor")  # fmt: skip
         if not 0 < self.norm_eps < 1:
             _fail("norm_eps", self.norm_eps, "must lie in (0, 1)")
         if not self.init_std > 0:
@@ -160,6 +179,14 @@ class ModelConfig:
                     self.mask_token_id,
                     f"must differ from {field}={getattr(self, field)}",
                 )
+
+    @property
+    def rope_scaling_params(self) -> tuple | None:
+        """(kind, factor, low_freq_factor, high_freq_factor, original_max_len), or None."""
+        if self.rope_scaling == "none":
+            return None
+        return (self.rope_scaling, self.rope_scaling_factor, self.rope_low_freq_factor,
+                self.rope_high_freq_factor, self.rope_original_max_len)  # fmt: skip
 
     @property
     def q_per_kv(self) -> int:

@@ -210,10 +210,13 @@ class Attention(nnx.Module):
         self.k_proj = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, param_dtype)
         self.v_proj = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, param_dtype)
         self.o_proj = param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), out_std, param_dtype)
-        if cfg.use_bias:
+        # q/k/v biases: `use_bias` (every linear) or `qkv_bias` alone (Qwen2); o only with use_bias.
+        self.qkv_bias = cfg.use_bias or cfg.qkv_bias
+        if self.qkv_bias:
             self.q_bias = zeros_param((h, hd), ("heads", "head_dim"), param_dtype)
             self.k_bias = zeros_param((kv, hd), ("kv_heads", "head_dim"), param_dtype)
             self.v_bias = zeros_param((kv, hd), ("kv_heads", "head_dim"), param_dtype)
+        if cfg.use_bias:
             self.o_bias = zeros_param((d,), ("embed",), param_dtype)
 
     def project_qkv(self, x, cos, sin):
@@ -232,7 +235,7 @@ class Attention(nnx.Module):
             q = jnp.einsum("bld,dhk->blhk", x, wq.astype(cd))
             k = jnp.einsum("bld,dhk->blhk", x, wk.astype(cd))
             v = jnp.einsum("bld,dhk->blhk", x, wv.astype(cd))
-        if self.use_bias:
+        if self.qkv_bias:
             q = q + self.q_bias[...].astype(cd)
             k = k + self.k_bias[...].astype(cd)
             v = v + self.v_bias[...].astype(cd)

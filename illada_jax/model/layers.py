@@ -98,14 +98,35 @@ class RMSNorm(nnx.Module):
         return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
 
 
-def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+def scaled_inv_freq(inv_freq: jax.Array, scaling: tuple) -> jax.Array:
+    """RoPE scaling of imported autoregressive models (docs/models.md#rope-scaling), as
+    `transformers` computes it: `("linear", factor, ...)` divides every frequency by the factor;
+    `("llama3", factor, low_freq_factor, high_freq_factor, original_max_len)` divides the low
+    frequencies (wavelength > original_max_len / low_freq_factor) by the factor, keeps the high
+    ones (wavelength < original_max_len / high_freq_factor) and interpolates in between."""
+    kind, factor, low, high, original = scaling
+    if kind == "linear":
+        return inv_freq / factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float,
+                scaling: tuple | None = None) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """cos/sin tables for rotate-half RoPE (docs/models.md#the-block), in fp32.
 
     positions: [batch, length] int -> cos, sin: [batch, length, 1, head_dim]
-    (inv_freq_j = theta^(-2j/head_dim); angles duplicated as cat(freqs, freqs)).
+    (inv_freq_j = theta^(-2j/head_dim); angles duplicated as cat(freqs, freqs)); `scaling`:
+    `ModelConfig.rope_scaling_params` (None: plain RoPE).
     """
     exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
     inv_freq = 1.0 / (theta**exponent)
+    if scaling is not None:
+        inv_freq = scaled_inv_freq(inv_freq, scaling)
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, head_dim/2]
     angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
     return jnp.cos(angles), jnp.sin(angles)

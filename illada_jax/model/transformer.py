@@ -148,7 +148,7 @@ class Transformer(nnx.Module):
         batch, length = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        cos, sin = rope_angles(positions, cfg.head_dim, cfg.rope_theta)
+        cos, sin = rope_angles(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_params)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.compute_dtype)
 
         graphdef, stacked = nnx.split(self.blocks)
@@ -182,7 +182,7 @@ class Transformer(nnx.Module):
     def _positions(self, batch: int, start, width: int):
         positions = start + jnp.arange(width, dtype=jnp.int32)
         return rope_angles(jnp.broadcast_to(positions, (batch, width)), self.cfg.head_dim,
-                           self.cfg.rope_theta)  # fmt: skip
+                           self.cfg.rope_theta, self.cfg.rope_scaling_params)  # fmt: skip
 
     def _scan_layers(self, fn, x, per_layer):
         """Run `fn(block, x, per_layer_slice) -> (x, out)` over the stacked layers (inference)."""

@@ -25,7 +25,7 @@ from illada_jax.cli import main
 # Bytes that are neither text nor any format read here: NUL bytes, invalid UTF-8.
 GARBAGE = bytes(range(256)) * 16
 HF_CONFIG = {  # a small, valid iLLaDA-layout config.json (the weights are what is damaged)
-    "model_type": "llama",
+    "model_type": "illada",
     "hidden_size": 64,
     "num_attention_heads": 2,
     "num_key_value_heads": 2,
