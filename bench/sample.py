@@ -27,6 +27,16 @@ embedded corpus (random tokens with `--random`).
 
 Final line `RESULT tokens_per_s=<float> forward_efficiency=<float> overhead=<float>
 cache_speedup=<float> agreement=<float>`.
+
+`--block-diffusion` (random weights of `--preset`: speeds only) instead times the sampler of a
+block-diffusion model (docs/algorithms.md#sampling-a-block-diffusion-model) against the masked-
+diffusion baseline at the same setting: `--gen-length` tokens after a `--prompt-len` prompt, in
+blocks of `--block`, one token committed per step. The baseline runs the whole canvas at every
+step (semi-autoregressive blocks, `sampling/generate.py`); block diffusion runs only the block
+against its exact K/V cache of the committed blocks; `recompute` is the same block sampler with
+the cache off (the whole canvas under the block-causal mask at every step). Final line
+`RESULT block_tokens_per_s=<float> baseline_tokens_per_s=<float> block_speedup=<float>
+recompute_tokens_per_s=<float>`.
 """
 
 from __future__ import annotations
@@ -113,6 +123,46 @@ def load_model(args):
     return model, prompt, truth, f"checkpoint {checkpoint} (step {model.step})"
 
 
+def block_diffusion_bench(args) -> None:
+    """`--block-diffusion`: tokens/s of cached block sampling, recomputation and the baseline."""
+    import numpy as np
+
+    from illada_jax.sampling.blockwise import generate_blocks
+    from illada_jax.sampling.generate import SamplingOptions, generate
+
+    model, prompt, _, source_text = load_model(args)
+    prompts = np.tile(prompt, (args.batch, 1))
+    ids, g, k = model.special_ids, args.gen_length, args.block
+    baseline_opts = SamplingOptions(gen_length=g, steps=g, block_length=k)
+    block_opts = SamplingOptions(gen_length=g, steps=k, block_length=k)
+
+    def baseline():
+        return generate(model.graphdef, model.params, ids, prompts, baseline_opts)
+
+    def blocks(cached: bool):
+        result = generate_blocks(model.graphdef, model.params, ids, prompts, block_opts,
+                                 block_size=k, max_seq_len=args.prompt_len + g, cached=cached)  # fmt: skip
+        assert result.ids.shape[1] == args.prompt_len + g  # no stop ids: every block decoded
+        return result
+
+    tokens = args.batch * g
+    seconds = {
+        "baseline": _time(baseline, args.repeats),
+        "block": _time(lambda: blocks(True), args.repeats),
+        "recompute": _time(lambda: blocks(False), args.repeats),
+    }
+    results = {f"{name}_tokens_per_s": tokens / s for name, s in seconds.items()}
+    results["block_speedup"] = seconds["baseline"] / seconds["block"]
+    results.update(model=source_text, gen_length=g, block=k, prompt_len=args.prompt_len,
+                   batch=args.batch, seconds=seconds)  # fmt: skip
+    print(json.dumps(results, indent=2))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
+    print("RESULT " + " ".join(f"{name}={results[name]:.4g}" for name in (
+        "block_tokens_per_s", "baseline_tokens_per_s", "block_speedup",
+        "recompute_tokens_per_s")))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
@@ -130,9 +180,16 @@ def main() -> None:
     parser.add_argument("--mc", type=int, default=32, help="MC samples of each ELBO")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--block-diffusion", action="store_true",
+                        help="time block-diffusion sampling against the baseline (random weights)")  # fmt: skip
     args = parser.parse_args()
     if args.gen_length % args.block:
         parser.error(f"--gen-length {args.gen_length} must be a multiple of --block {args.block}")
+    if args.block_diffusion:
+        if args.prompt_len % args.block:
+            parser.error(f"--prompt-len {args.prompt_len} must be a multiple of --block")
+        args.random = True
+        return block_diffusion_bench(args)
 
     model, prompt, truth, source_text = load_model(args)
 

@@ -1,6 +1,7 @@
 """Training throughput and MFU through the runner: the `small` recipe at sequence 512, batch 16.
 
     python bench/train.py [--preset small] [--config DIRECTIVE ...] [--batch 16] [--seq 512]
+                          [--objective pretrain|ar|block_diffusion] [--block-size 32]
                           [--rules auto] [--compute-dtype float32] [--compare] [--devices 0]
                           [--steps 4] [--loop-steps 6] [--rounds 2] [--remat POLICY]
                           [--loss-chunk N] [--no-scan] [--no-fuse] [--profile DIR] [--json FILE]
@@ -24,7 +25,12 @@ interleaved in `--rounds` rounds (A B C D A B C D ...), so a change in the machi
 them alike; the figures are medians over the rounds (the JSON keeps every round). Before the
 rounds each variant runs 2 bare and 3 loop steps untimed (compilation, first runs).
 
-MFU = model FLOPs (docs/architecture.md#flops: 6N + 12·n_layers·d·S per token) / the peak: on CPU
+`--objective` trains another objective on the same model and data (docs/algorithms.md): `ar`
+(causal attention, next-token loss) or `block_diffusion` with blocks of `--block-size` (the
+noisy + clean canvas of 2·seq positions); bench/objectives.py compares the three in one run.
+
+MFU = model FLOPs (docs/architecture.md#flops: 6N + 12·n_layers·d·S per token; block diffusion
+counts both halves of its canvas, `obs.flops.train_step_work`) / the peak: on CPU
 the same process's measured dense-matmul FLOP/s in the variant's compute dtype, on GPU/TPU the
 bf16 peak table. `tokens_per_s` and `mfu` are the loop's (what `illada train` logs);
 `step_tokens_per_s` and `step_mfu` the bare step's. Ratios of seconds per step (> 1: the first
@@ -71,6 +77,9 @@ def main() -> None:
         metavar="DIRECTIVE",
         help="an extra --config directive of `illada train` (set:model.d_model=256, fiddler:...)",
     )
+    parser.add_argument("--objective", default=None, choices=["pretrain", "ar", "block_diffusion"],
+                        help="train this objective (default: the recipe's)")  # fmt: skip
+    parser.add_argument("--block-size", type=int, default=32, help="block_diffusion's blocks")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--rules", default="auto")
@@ -160,6 +169,10 @@ def experiment_directives(args, rules: str, compute_dtype: str, log_every: int) 
         "set:checkpoint.every=1000000",
         "set:optim.warmup_steps=1",
     ]
+    if args.objective:
+        directives.append(f"set:diffusion.objective={args.objective!r}")
+    if args.objective == "block_diffusion":
+        directives.append(f"set:diffusion.block_size={args.block_size}")
     if args.remat:
         directives.append(f"set:model.remat_policy={args.remat!r}")
     if args.loss_chunk:
@@ -322,7 +335,7 @@ def summarise(args, variants: dict, main_key: tuple[str, str]) -> dict:
 
     main = variants[main_key]
     experiment = main.run.experiment
-    flops_per_token = flops.train_flops_per_token(experiment.model, args.seq)
+    flops_per_token = flops.train_step_work(experiment)[1]
     rows = {key: v.figures(args.batch * args.seq, flops_per_token) for key, v in variants.items()}
     figures = rows[main_key]
     results = {

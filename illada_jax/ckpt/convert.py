@@ -14,6 +14,7 @@ RUN_OR_CKPT_DIR --dst HF_DIR [--layout llada|illada]` (`native_dir_to_hf`).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 
 import numpy as np
@@ -43,6 +44,44 @@ def copy_tokenizer(src_dir: storage.PathLike, dst_dir: storage.PathLike) -> bool
     for path in present:
         storage.atomic_write(dst_dir / path.name, path.read_bytes())
     return True
+
+
+MASK_PIECE = (
+    "<|mdm_mask|>"  # the piece an added mask token gets (a name the tokenizer loader knows)
+)
+
+
+def align_tokenizer(tokenizer_dir: storage.PathLike, cfg: ModelConfig) -> None:
+    """Make a copied HF tokenizer (tokenizer.json) name the model's special ids: a converted
+    autoregressive checkpoint's tokenizer has no mask token, and its roles may be unnamed (Qwen2.5
+    has no bos). Embedding rows past the tokenizer's last id get special pieces, so the two
+    vocabularies match (prepared data checks that): the mask id's is `MASK_PIECE`, the others
+    reserved `<|unused_k|>`; tokenizer_config.json then names the pieces of the model's mask /
+    pad / bos / eos ids, which the loader reads first. A SentencePiece tokenizer or one that
+    already matches is left as it is."""
+    from tokenizers import Tokenizer as HfTokenizer
+
+    from illada_jax.data.tokenizers.tokenizer import Tokenizer, TokenizerError
+
+    directory = storage.path(tokenizer_dir)
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return
+    with contextlib.suppress(TokenizerError, ValueError):
+        Tokenizer.load(path).check_model_config(cfg, allow_larger_model_vocab=True)
+        return  # already names every special id
+    tok = HfTokenizer.from_str(path.read_text(encoding="utf-8"))
+    size = tok.get_vocab_size(with_added_tokens=True)
+    if size < cfg.vocab_size:  # one piece per embedding row: the mask and reserved ones
+        pieces = [MASK_PIECE if i == cfg.mask_token_id else f"<|unused_{i}|>"
+                  for i in range(size, cfg.vocab_size)]  # fmt: skip
+        tok.add_special_tokens(pieces)
+        storage.atomic_write(path, tok.to_str().encode("utf-8"))
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    for role in ("mask", "pad", "bos", "eos"):
+        config[f"{role}_token"] = tok.id_to_token(getattr(cfg, f"{role}_token_id"))
+    storage.atomic_write(config_path, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
 
 
 @contextlib.contextmanager
@@ -84,6 +123,7 @@ def save_native(cfg: ModelConfig, params: dict, dst_dir: storage.PathLike, *,
     dst.mkdir(parents=True, exist_ok=True)
     tokenizer = ""
     if tokenizer_dir is not None and copy_tokenizer(tokenizer_dir, dst / "tokenizer"):
+        align_tokenizer(dst / "tokenizer", cfg)
         tokenizer = str(storage.path(final_dir or dst) / "tokenizer")
     train = TrainConfig(seq_len=min(TrainConfig.seq_len, cfg.max_seq_len))
     experiment = Experiment(model=cfg, data=DataConfig(tokenizer=tokenizer), train=train)

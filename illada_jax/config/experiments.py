@@ -11,6 +11,7 @@ point recipes build on.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import fiddle as fdl
 
@@ -149,6 +150,8 @@ def rehearsal(cfg: fdl.Config) -> None:
     - 24 steps of 8 x 64 tokens; warmup and the schedule's decay points scaled from the
       recipe's steps to 24; a checkpoint every 8 steps (a permanent one every 16 when the recipe
       keeps some); the held-out bound once, at the end, on 2 batches; a log line per step;
+    - block diffusion: block sizes that divide the 64-token windows (their gcd with 64), a
+      block-size schedule's phase starts scaled to the 24 steps;
     - online RL (grpo): completions of 16 tokens in one block of 16 steps, groups of 4 when the
       recipe's do not divide the batch.
 
@@ -191,10 +194,25 @@ def rehearsal(cfg: fdl.Config) -> None:
     cfg.checkpoint.every = REHEARSAL_CHECKPOINT_EVERY
     if cfg.checkpoint.keep_every:
         cfg.checkpoint.keep_every = 2 * REHEARSAL_CHECKPOINT_EVERY
+    if cfg.diffusion.objective == "block_diffusion":
+        _rehearse_blocks(cfg.diffusion, steps)
     if cfg.diffusion.objective == "grpo":  # completions of 16 tokens, groups that fill a batch
         if REHEARSAL_BATCH % cfg.grpo.group_size:
             cfg.grpo.group_size = 4
         cfg.grpo.gen_length = cfg.grpo.steps = cfg.grpo.block_length = 16
+
+
+def _rehearse_blocks(diffusion, steps: int) -> None:
+    """Block sizes that tile the rehearsal's windows (at most REHEARSAL_SEQ_LEN), and a
+    block-size schedule's phase starts scaled from the recipe's steps (each phase keeps a step)."""
+    size = lambda s: math.gcd(s, REHEARSAL_SEQ_LEN)  # noqa: E731
+    diffusion.block_size = size(diffusion.block_size)
+    starts = []
+    for start in diffusion.block_schedule_steps:
+        scaled = round(start * REHEARSAL_STEPS / steps)
+        starts.append(max(scaled, starts[-1] + 1) if starts else 0)
+    diffusion.block_schedule_steps = tuple(starts)
+    diffusion.block_schedule_sizes = tuple(size(s) for s in diffusion.block_schedule_sizes)
 
 
 FIDDLERS = {

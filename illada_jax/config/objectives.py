@@ -36,17 +36,34 @@ def check_objective(experiment) -> None:
 
 
 def _check_block_size(experiment) -> None:
-    size, seq_len = experiment.diffusion.block_size, experiment.train.seq_len
-    if experiment.diffusion.objective != "block_diffusion":
-        if size:
-            fail("diffusion.block_size", size, "is only used with "
-                 "diffusion.objective=block_diffusion: remove it or set the objective")  # fmt: skip
+    diffusion, seq_len = experiment.diffusion, experiment.train.seq_len
+    size, steps, sizes = (
+        diffusion.block_size,
+        diffusion.block_schedule_steps,
+        diffusion.block_schedule_sizes,
+    )
+    if diffusion.objective != "block_diffusion":
+        for field, value in (("block_size", size), ("block_schedule_steps", steps),
+                             ("block_schedule_sizes", sizes)):  # fmt: skip
+            if value:
+                fail(f"diffusion.{field}", value, "is only used with "
+                     "diffusion.objective=block_diffusion: remove it or set the objective")  # fmt: skip
         return
-    if size < 1 or seq_len % size:
-        divisors = [d for d in range(1, seq_len + 1) if seq_len % d == 0]
-        shown = ", ".join(map(str, divisors[:12])) + (", ..." if len(divisors) > 12 else "")
-        fail("diffusion.block_size", size, f"must divide train.seq_len={seq_len} (blocks tile "
-             f"the sequence): pick one of {shown}; block_size={seq_len} is masked diffusion")  # fmt: skip
+    for field, value in [("block_size", size)] + [("block_schedule_sizes", s) for s in sizes]:
+        if value < 1 or seq_len % value:
+            divisors = [d for d in range(1, seq_len + 1) if seq_len % d == 0]
+            shown = ", ".join(map(str, divisors[:12])) + (", ..." if len(divisors) > 12 else "")
+            fail(f"diffusion.{field}", value, f"must divide train.seq_len={seq_len} (blocks tile "
+                 f"the sequence): pick one of {shown}; {seq_len} is masked diffusion")  # fmt: skip
+    if len(steps) != len(sizes):
+        fail("diffusion.block_schedule_steps", steps, f"needs one start step per size in "
+             f"block_schedule_sizes={sizes}")  # fmt: skip
+    if steps and (steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:]))):
+        fail("diffusion.block_schedule_steps", steps, "must start at 0 and increase (the step "
+             "each phase starts at)")  # fmt: skip
+    if sizes and sizes[-1] != size:
+        fail("diffusion.block_schedule_sizes", sizes, f"must end with block_size={size}, the "
+             "block size the model samples with")  # fmt: skip
 
 
 def _check_grpo(experiment) -> None:
@@ -59,3 +76,11 @@ def _check_grpo(experiment) -> None:
         fail("grpo.gen_length", experiment.grpo.gen_length, f"must be < train.seq_len="
              f"{seq_len}: a row is the prompt (seq_len - gen_length tokens, left-padded) and its "
              "completion")  # fmt: skip
+
+
+def block_size_at(diffusion, step: int) -> int:
+    """The block size a block-diffusion run trains at optimizer step `step` (0-based): its
+    schedule's phase (`block_schedule_steps` / `_sizes`), or `block_size`."""
+    phases = zip(diffusion.block_schedule_steps, diffusion.block_schedule_sizes)
+    started = [size for start, size in phases if start <= step]
+    return started[-1] if started else diffusion.block_size

@@ -25,6 +25,14 @@ def _shape(layers: int, d_model: int, heads: int, kv_heads: int, head_dim: int, 
                 tie_embeddings=tied)  # fmt: skip
 
 
+# Autoregressive models to adapt (docs/models.md#autoregressive-checkpoints), as `illada convert`
+# reads them: Qwen2.5's tokenizer produces ids below 151665, so the first unused embedding row
+# is the mask; Llama 3.1's mask is its first reserved special token.
+QWEN2_5_SPECIAL_IDS = dict(mask_token_id=151665, pad_token_id=151643, bos_token_id=151643,
+                           eos_token_id=151643, eot_token_id=None)  # fmt: skip
+LLAMA3_SPECIAL_IDS = dict(mask_token_id=128002, pad_token_id=128001, bos_token_id=128000,
+                          eos_token_id=128001, eot_token_id=None)  # fmt: skip
+
 # Keyword arguments for `ModelConfig`, one dict per preset.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # 0.98M non-embedding + 0.13M tied embedding, with the shipped 1024-piece tokenizer
@@ -62,5 +70,27 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         rope_theta=500_000.0,
         norm_eps=1e-6,
         **ILLADA_SPECIAL_IDS,
+    ),
+    # Qwen2.5-7B (autoregressive): GQA with 4 kv heads, q/k/v biases, untied head, 7.62B total.
+    "qwen2_5_7b": dict(
+        name="qwen2_5_7b",
+        **_shape(28, 3584, 28, 4, 128, 18944, 152064, 131072, False),
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+        qkv_bias=True,
+        **QWEN2_5_SPECIAL_IDS,
+    ),
+    # Llama-3.1-8B (autoregressive): GQA with 8 kv heads, untied head, llama3 RoPE scaling.
+    "llama3_8b": dict(
+        name="llama3_8b",
+        **_shape(32, 4096, 32, 8, 128, 14336, 128256, 131072, False),
+        rope_theta=500_000.0,
+        norm_eps=1e-5,
+        rope_scaling="llama3",
+        rope_scaling_factor=8.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_len=8192,
+        **LLAMA3_SPECIAL_IDS,
     ),
 }

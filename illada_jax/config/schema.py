@@ -111,16 +111,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        for field in (
-            "vocab_size",
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "n_kv_heads",
-            "head_dim",
-            "mlp_dim",
-            "max_seq_len",
-        ):
+        for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                      "mlp_dim", "max_seq_len"):  # fmt: skip
             _check_int(field, getattr(self, field), 1)
         if self.n_heads % self.n_kv_heads:
             divisors = [d for d in range(1, self.n_heads + 1) if self.n_heads % d == 0]
@@ -154,13 +146,8 @@ class ModelConfig:
                 self.attention_impl,
                 "cuDNN flash attention runs in bf16: set compute_dtype=bfloat16 (or use xla)",
             )
-        for field in (
-            "mask_token_id",
-            "pad_token_id",
-            "bos_token_id",
-            "eos_token_id",
-            "eot_token_id",
-        ):
+        for field in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id",
+                      "eot_token_id"):  # fmt: skip
             value = getattr(self, field)
             if value is None and field == "eot_token_id":
                 continue
@@ -213,8 +200,12 @@ class DiffusionConfig:
     # Sequence positions per cross-entropy chunk: [batch, chunk, vocab] fp32 logits at most.
     loss_chunk_size: int = 512
     # objective=block_diffusion: tokens per block; must divide train.seq_len (= seq_len is masked
-    # diffusion exactly). 0 (unset) for the other objectives.
+    # diffusion exactly). 0 (unset) for the other objectives. With a block-size schedule, phase k
+    # trains blocks of block_schedule_sizes[k] from step block_schedule_steps[k] on (the first
+    # phase starts at 0; the last size is block_size, the one the model samples with).
     block_size: int = 0
+    block_schedule_steps: tuple[int, ...] = ()
+    block_schedule_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from illada_jax.config.objectives import block_size_at
 from illada_jax.config.post_training import REFERENCE_OBJECTIVES
 from illada_jax.config.schema import Experiment
 from illada_jax.data.pipeline.batches import LladaSftPipeline, Pipeline, PipelineSpec
@@ -74,6 +75,9 @@ class Run:
     jitted_eval_step: Callable  # (eval_params(state), batch, key) -> (bound_sum, n_tokens)
     # Set when the schedule's phases were scaled to fit train.steps (`optim.fit_schedule`).
     schedule_note: str | None = None
+    # A block-size schedule's other phases: block size -> jitted train step (the last phase,
+    # `diffusion.block_size`, is `jitted_train_step`); compiled when their phase starts.
+    jitted_phase_steps: dict = dataclasses.field(default_factory=dict, compare=False)
     _compiled: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     # ------------------------------------------------------------------ the compiled steps
@@ -106,11 +110,26 @@ class Run:
         """The held-out step's first argument: the parameters, or (params, ref_params)."""
         return (state["params"], state["ref_params"]) if self.preference else state["params"]
 
-    def compile_train_step(self) -> jax.stages.Compiled:
-        """`lower_train_step().compile()`, once per run: what `illada compile` compiles too."""
-        if "train" not in self._compiled:
-            self._compiled["train"] = _timed_compile(self.lower_train_step())
-        return self._compiled["train"][0]
+    def compile_train_step(self, block_size: int | None = None) -> jax.stages.Compiled:
+        """`lower_train_step().compile()`, once per run: what `illada compile` compiles too;
+        with `block_size`, the train step of that phase of a block-size schedule."""
+        name = "train" if block_size not in self.jitted_phase_steps else f"train_block{block_size}"
+        if name not in self._compiled:
+            jitted = self.jitted_phase_steps.get(block_size, self.jitted_train_step)
+            with jax.set_mesh(self.mesh):
+                lowered = jitted.lower(*self.abstract_step_inputs())
+            self._compiled[name] = _timed_compile(lowered)
+        return self._compiled[name][0]
+
+    def block_size_at(self, step: int) -> int | None:
+        """The block size of optimizer step `step` under a block-size schedule (else None)."""
+        if not self.jitted_phase_steps:
+            return None
+        return block_size_at(self.experiment.diffusion, step)
+
+    def train_step_at(self, step: int) -> jax.stages.Compiled:
+        """The compiled train step of optimizer step `step` (its schedule phase's)."""
+        return self.compile_train_step(self.block_size_at(step))
 
     def compile_eval_step(self) -> jax.stages.Compiled:
         """`lower_eval_step().compile()`, once per run."""
@@ -309,22 +328,31 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
     shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
     # grpo's train step reads its rows from the state's rollout: its batch is empty.
     keys = () if grpo else pipeline_class(experiment).output_keys
+
     # Jitted only: traced by `Run.lower_*` under the mesh, never at a call (module doc).
-    train_step = make_train_step(
-        graphdef,
-        experiment.diffusion,
-        optimizer,
-        grad_accum=tcfg.grad_accum,
-        inject_nan_step=tcfg.inject_nan_step,
-        state_shardings=shardings,
-        mesh=mesh,
-        rules=rules,
-        global_batch=tcfg.batch_size,
-        batch_keys=keys,
-        compute_dtype=weights_compute_dtype(experiment.model),
-        vrpo=experiment.vrpo,
-        grpo=experiment.grpo,
-    )
+    def train_step_of(diffusion):
+        return make_train_step(
+            graphdef,
+            diffusion,
+            optimizer,
+            grad_accum=tcfg.grad_accum,
+            inject_nan_step=tcfg.inject_nan_step,
+            state_shardings=shardings,
+            mesh=mesh,
+            rules=rules,
+            global_batch=tcfg.batch_size,
+            batch_keys=keys,
+            compute_dtype=weights_compute_dtype(experiment.model),
+            vrpo=experiment.vrpo,
+            grpo=experiment.grpo,
+        )
+
+    train_step = train_step_of(experiment.diffusion)
+    phase_steps = {
+        size: train_step_of(dataclasses.replace(experiment.diffusion, block_size=size))
+        for size in set(experiment.diffusion.block_schedule_sizes)
+        if size != experiment.diffusion.block_size
+    }
     preference = experiment.diffusion.objective == "vrpo"
     eval_step = make_eval_step(
         graphdef,
@@ -353,6 +381,7 @@ def build_run(experiment: Experiment, devices: Sequence[Any] | None = None) -> R
         jitted_train_step=train_step,
         jitted_eval_step=eval_step,
         schedule_note=schedule_note,
+        jitted_phase_steps=phase_steps,
     )
 
 

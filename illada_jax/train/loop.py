@@ -256,7 +256,11 @@ def advance(loop: LoopState, hooks: list[Hook]) -> None:
         batch = {}
     else:
         batch = run.global_batch(local)
-    loop.state, metrics = run.train_step(loop.state, batch, run.step_key(loop.step), controls)
+    size = run.block_size_at(loop.step)
+    if size is not None and (loop.step == 0 or size != run.block_size_at(loop.step - 1)):
+        loop.progress.write(f"step {loop.step}: block-size schedule phase, blocks of {size}")
+    train_step = run.train_step_at(loop.step)
+    loop.state, metrics = train_step(loop.state, batch, run.step_key(loop.step), controls)
     if loop.rollouts is not None:  # every step logs the rollout's seconds (0 between rollouts)
         metrics = {**metrics, "sample_s": timings.get("sample_s", 0.0),
                    "rollout_s": timings.get("rollout_s", 0.0)}  # fmt: skip

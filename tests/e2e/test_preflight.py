@@ -248,6 +248,11 @@ def test_every_recipe_runs_two_steps(recipe, sft_data, pref_data, rl_data, tmp_p
                            "set:grpo.reward='format_regex'"]  # fmt: skip
     else:
         directives.append("set:data.datasets=('embedded',)")
+    if objective == "block_diffusion":  # blocks that tile 64 tokens; a schedule: two phases
+        directives.append("set:diffusion.block_size=16")
+        if own.diffusion.block_schedule_steps:
+            directives += ["set:diffusion.block_schedule_steps=(0, 1)",
+                           "set:diffusion.block_schedule_sizes=(4, 16)"]  # fmt: skip
     experiment = flags.experiment_from_flags(directives)
     printed = []
     history = train(experiment, tmp_path / "run", print_fn=printed.append)

@@ -155,6 +155,11 @@ OUTPUT_FLAGS = ("--output", "--dst", "--workdir")
 
 # command (a regex on the joined words) -> the test that exercises it ("path::function").
 COVERED = {
+    # docs/models.md, README: autoregressive checkpoints (needs transformers' models: the hf extra)
+    r"^illada convert --from hf --to native --src (Qwen2\.5-7B|Llama-3\.1-8B) --dst runs/": (
+        "tests/unit/test_hf_autoregressive.py::"
+        "test_an_hf_checkpoint_becomes_a_run_that_trains_as_ar_and_block_diffusion"
+    ),
     r"^illada prepare --runner beam .*--beam-option=--runner=DataflowRunner": (
         "tests/unit/test_beam_prepare.py::test_pipeline_options_defaults_and_pass_through"
     ),

@@ -292,3 +292,57 @@ def test_block_size_must_divide_the_sequence():
     with pytest.raises(ConfigError, match="only used with diffusion.objective=block_diffusion"):
         _experiment(objective="pretrain", block_size=8)
     assert _experiment(objective="block_diffusion", block_size=16).diffusion.block_size == 16
+
+
+def test_block_schedule_phases_and_their_errors():
+    from illada_jax.config.objectives import block_size_at
+
+    experiment = _experiment(objective="block_diffusion", block_size=8,
+                             block_schedule_steps=(0, 10, 30), block_schedule_sizes=(1, 48, 8))  # fmt: skip
+    sizes = [block_size_at(experiment.diffusion, s) for s in (0, 9, 10, 29, 30, 10_000)]
+    assert sizes == [1, 1, 48, 48, 8, 8]
+    bad = {
+        "must end with block_size=8": dict(block_schedule_steps=(0, 5), block_schedule_sizes=(1, 4)),
+        "must start at 0 and increase": dict(block_schedule_steps=(0, 5, 5),
+                                              block_schedule_sizes=(1, 4, 8)),
+        "needs one start step per size": dict(block_schedule_steps=(0,),
+                                              block_schedule_sizes=(1, 8)),
+        "block_schedule_sizes=5 is invalid: must divide": dict(block_schedule_steps=(0, 5),
+                                                               block_schedule_sizes=(5, 8)),
+    }  # fmt: skip
+    for message, fields in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            _experiment(objective="block_diffusion", block_size=8, **fields)
+
+
+def test_a_scheduled_run_trains_each_phase_with_its_block_size():
+    # The runner's compiled step at a phase equals a run that trains that block size throughout.
+    from illada_jax.config.schema import OptimConfig
+    from illada_jax.train.builder import build_run
+
+    def run_of(**diffusion):
+        return build_run(Experiment(
+            model=tiny_config(max_seq_len=16), train=TrainConfig(seq_len=16, batch_size=2),
+            optim=OptimConfig(warmup_steps=0),
+            diffusion=DiffusionConfig(objective="block_diffusion", random_length_mode="none",
+                                      **diffusion)), jax.devices()[:1])  # fmt: skip
+
+    scheduled = run_of(block_size=4, block_schedule_steps=(0, 3), block_schedule_sizes=(2, 4))
+    assert [scheduled.block_size_at(s) for s in (0, 2, 3)] == [2, 2, 4]
+    batch = scheduled.global_batch(
+        {
+            "tokens": np.asarray(random_tokens(2, 2, 16)),
+            "segment_ids": np.ones((2, 16), np.int32),
+            "positions": np.tile(np.arange(16, dtype=np.int32), (2, 1)),
+        }
+    )
+    controls = scheduled.controls(lr_scale=1.0, loss_ceiling=np.inf, data_step=0)
+    for step, size in ((0, 2), (3, 4)):
+        fixed = run_of(block_size=size)
+        losses = []
+        for run in (scheduled, fixed):
+            state = run.init_state()
+            _, metrics = run.train_step_at(step)(state, batch, run.step_key(step), controls)
+            losses.append(float(metrics["loss"]))
+        assert losses[0] == losses[1], (step, size)
+    assert scheduled.train_step_at(0) is not scheduled.train_step_at(3)  # one program per phase

@@ -39,6 +39,7 @@ CASES = {
 
 
 def hf_model(kind: str, seed: int = 0, **overrides):
+    """A random transformers Llama / Qwen2 of SHAPE (with `overrides`) in eval mode."""
     torch.manual_seed(seed)
     make = (transformers.LlamaConfig, transformers.LlamaForCausalLM) if kind == "llama" else (
         transformers.Qwen2Config, transformers.Qwen2ForCausalLM)  # fmt: skip
@@ -134,13 +135,72 @@ def test_mask_token_from_an_unused_row_or_an_added_one(tmp_path):
     assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
 
 
-def test_cli_converts_into_a_native_run_that_trains_as_ar(tmp_path, capsys):
-    hf_model("llama", tie_word_embeddings=False).save_pretrained(tmp_path / "hf")
-    assert main(["convert", "--from", "hf", "--to", "native", "--src", str(tmp_path / "hf"),
-                 "--dst", str(tmp_path / "native"), "--add-mask-token"]) == 0  # fmt: skip
-    assert "llama layout" in capsys.readouterr().out
-    config = json.loads((tmp_path / "native" / "config.json").read_text())
-    assert config["model"]["mask_token_id"] == VOCAB
+def _hf_dir_with_tokenizer(path, text: str):
+    """A Qwen2 checkpoint whose tokenizer.json (a byte-level BPE trained here on `text`, with
+    <s> = 1 and </s> = 2) produces 300 ids: rows 300..319 of its 320-row embedding are unused."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([text], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    assert tok.get_vocab_size() == 300
+    hf_model("qwen2", vocab_size=320, max_position_embeddings=128).save_pretrained(path)
+    tok.save(str(path / "tokenizer.json"))
+
+
+def test_an_hf_checkpoint_becomes_a_run_that_trains_as_ar_and_block_diffusion(tmp_path, capsys,
+                                                                            monkeypatch):  # fmt: skip
+    # The user's path, by the command line: convert (the mask: the first unused row), prepare
+    # text with the converted tokenizer, train from the converted weights.
+    from illada_jax.data.sources.corpus import embedded_documents
+
+    monkeypatch.chdir(tmp_path)
+    docs = [d.text for d in embedded_documents("heldout")][:40]
+    _hf_dir_with_tokenizer(tmp_path / "Qwen2.5-7B", "\n".join(docs))
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    assert main(["convert", "--from", "hf", "--to", "native", "--src", "Qwen2.5-7B",
+                 "--dst", "runs/qwen2_5_7b-native"]) == 0  # fmt: skip
+    assert "qwen2 layout" in capsys.readouterr().out
+    config = json.loads((tmp_path / "runs/qwen2_5_7b-native/config.json").read_text())
+    assert config["model"]["mask_token_id"] == 300 and config["model"]["qkv_bias"]
+    assert (
+        main(
+            [
+                "prepare",
+                "--format",
+                "jsonl",
+                "--input",
+                "docs.jsonl",
+                "--tokenizer",
+                "runs/qwen2_5_7b-native/tokenizer/tokenizer.json",
+                "--output",
+                "data/qwen",
+            ]
+        )
+        == 0
+    )
+    from illada_jax.inference import load
+    from illada_jax.sampling.blockwise import Decoding
+
+    for objective, extra in (
+        ("ar", []),
+        ("block_diffusion", ["--config=set:diffusion.block_size=16"]),
+    ):
+        workdir = f"runs/qwen-{objective}"
+        assert main(["train", "--config=file:runs/qwen2_5_7b-native/config.json",
+                     "--config=set:checkpoint.init_from=runs/qwen2_5_7b-native",
+                     f"--config=set:diffusion.objective={objective}", *extra,
+                     "--config=set:data.datasets=('data/qwen',)", "--config=set:train.steps=2",
+                     "--config=set:train.seq_len=64", "--config=set:train.batch_size=2",
+                     "--config=set:train.eval_every=0", "--config=set:train.sample_length=0",
+                     f"--workdir={workdir}"]) == 0  # fmt: skip
+        model = load(workdir)
+        assert model.decoding.kind == objective and model.tokenizer.mask_id == 300
+        assert isinstance(model.generate_text("the", gen_length=16), str)
+    assert Decoding.of(load("runs/qwen-block_diffusion").experiment).block_size == 16
 
 
 UNSUPPORTED = {

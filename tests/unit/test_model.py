@@ -327,6 +327,8 @@ def expected_counts(cfg: ModelConfig) -> tuple[int, int]:
     d, hd, mlp = cfg.d_model, cfg.head_dim, cfg.mlp_dim
     attn = 2 * d * cfg.n_heads * hd + 2 * d * cfg.n_kv_heads * hd  # q, o + k, v
     per_layer = attn + 3 * d * mlp + 2 * d  # + gate, up, down + two norm scales
+    if cfg.qkv_bias:  # Qwen2: biases on q, k, v
+        per_layer += (cfg.n_heads + 2 * cfg.n_kv_heads) * hd
     non_embedding = cfg.n_layers * per_layer + d  # + final norm
     embedding = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
     return non_embedding + embedding, non_embedding
@@ -354,6 +356,8 @@ def _sig3(x: int) -> float:
         ("illada_8b", 7.62e9, 6.98e9),
         ("llada_8b", 8.02e9, 6.98e9),
         ("llada_1b", 1.49e9, 0.969e9),
+        ("qwen2_5_7b", 7.62e9, 6.53e9),  # Qwen2.5 model card: 7.61B (truncated), 6.53B
+        ("llama3_8b", 8.03e9, 6.98e9),
     ],
 )
 def test_published_sizes(name, total, non_embedding):
