@@ -27,8 +27,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, gen_length: int,
     )  # fmt: skip
     parser.add_argument(
         "--block-length", type=positive_int, default=block_length,
-        help="semi-autoregressive block (default: gen length = pure diffusion)",
+        help="semi-autoregressive block (default: gen length = pure diffusion; a block-diffusion "
+        "model decodes its own blocks)",
     )  # fmt: skip
+    parser.set_defaults(default_block_length=block_length)
     parser.add_argument("--temperature", type=non_negative_number, default=0.0)
     parser.add_argument("--remasking", choices=["low_confidence", "random"],
                         default="low_confidence")  # fmt: skip
@@ -73,8 +75,11 @@ def check_sampling_arguments(args: argparse.Namespace) -> None:
 
 def sampling_kwargs(args: argparse.Namespace, model) -> dict:
     """Keyword arguments for `Model.generate_text` / `Model.chat` from the parsed flags."""
+    block_length = args.block_length
+    if model.decoding.kind != "diffusion" and block_length == args.default_block_length:
+        block_length = None  # the command's default is masked diffusion's; the model has its own
     kwargs = dict(
-        steps=args.steps, block_length=args.block_length, temperature=args.temperature,
+        steps=args.steps, block_length=block_length, temperature=args.temperature,
         remasking=args.remasking, cfg_scale=args.cfg_scale,
         variable_length=args.variable_length, threshold=args.threshold, cache=args.cache,
         logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,

@@ -170,8 +170,20 @@ def _run_tasks(args: argparse.Namespace) -> int:
     model_args = dict(loglikelihood_method=args.method, mc_num=args.mc_num,
                       gen_length=args.gen_length, steps=args.steps,
                       block_length=args.block_length)  # fmt: skip
+
+    def diffusion_model():
+        model = load_model(args.checkpoint)
+        if model.decoding.kind != "diffusion":  # lm-eval scores with masked-diffusion ELBOs
+            raise IlladaError(
+                f"{args.checkpoint} was trained with objective={model.experiment.diffusion.objective}"
+                ": --tasks scores answers with masked-diffusion likelihoods, which this model does "
+                "not define; evaluate it with its held-out measure (illada eval without --tasks) "
+                "or --rl-data"
+            )
+        return model
+
     # The checkpoint loads only after run_tasks has checked the task names.
-    results = run_tasks(lambda: load_model(args.checkpoint), tasks, limit=args.limit,
+    results = run_tasks(diffusion_model, tasks, limit=args.limit,
                         include_path=args.include_path, num_fewshot=args.num_fewshot,
                         task_data=task_data, **model_args)  # fmt: skip
     for task, metrics in results["results"].items():

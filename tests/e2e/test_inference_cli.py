@@ -147,3 +147,34 @@ def test_python_api_round_trip(run_dir):
     assert np.isfinite(elbo) and elbo < 0
     scores = model.score_confidence("In the beginning", [" God", " the heaven and the earth"])
     assert scores.shape == (2,) and (scores < 0).all()
+
+
+def test_a_block_diffusion_run_generates_chats_and_refuses_lm_eval_tasks(tmp_path):
+    # The commands read the run's objective: blocks of 8 from an exact cache, stopping at EOS.
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "blocks"
+    result = illada("train", *FAST_TRAIN, "--config=set:diffusion.objective=block_diffusion",
+                    "--config=set:diffusion.block_size=8", "--config=set:train.sample_length=8",
+                    f"--workdir={workdir}")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model = illada_jax.load(workdir)
+    assert (model.decoding.kind, model.decoding.block_size) == ("block_diffusion", 8)
+    result = illada("generate", f"--checkpoint={workdir}", "--prompt", "In the beginning",
+                    "--gen-length", "16")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("In the beginning")
+    chat = subprocess.run(  # chat's default --block-length (32) gives way to the model's blocks
+        [sys.executable, "-m", "illada_jax.cli", "chat", f"--checkpoint={workdir}",
+         "--gen-length", "32"],
+        input="hello\n", capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert chat.returncode == 0, chat.stderr
+    assert sum(line.startswith("model> ") for line in chat.stdout.splitlines()) == 1
+    result = illada("generate", f"--checkpoint={workdir}", "--prompt", "Amen",
+                    "--block-length", "4")  # fmt: skip
+    assert result.returncode != 0 and "trained with blocks of 8" in result.stderr
+    result = illada("eval", f"--checkpoint={workdir}", "--tasks", "kjv_next_word", "--limit", "2")
+    assert result.returncode != 0
+    assert "objective=block_diffusion: --tasks scores answers" in result.stderr

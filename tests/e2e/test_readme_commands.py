@@ -61,6 +61,11 @@ TINY_ARGS = {
         "--config=set:grpo.gen_length=8",
         "--config=set:grpo.steps=8",
     ],
+    # After TINY_TRAIN: blocks that tile its 32-token windows.
+    ("illada", "train", "--config=config:tiny_ar_to_dlm"): [
+        "--config=set:diffusion.block_size=32",
+        "--config=set:diffusion.block_schedule_sizes=(1, 4, 16, 32)",
+    ],
     ("illada", "sweep"): TINY_TRAIN,
     ("illada", "compile"): ["--no-probes"],
     ("illada", "compile", "--config=config:tiny", "--topology=v5p-8", "--search"): [
@@ -108,6 +113,34 @@ TINY_ARGS = {
         "2",
     ],  # fmt: skip
     ("python", "bench/convert.py"): ["--preset", "tiny"],
+    ("python", "bench/objectives.py"): [
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--block-size",
+        "8",
+        "--steps",
+        "1",
+        "--loop-steps",
+        "1",
+        "--rounds",
+        "1",
+    ],  # fmt: skip
+    ("python", "bench/adaptation.py"): [
+        "--config",
+        "set:train.steps=4",
+        "--config",
+        "set:train.eval_every=2",
+        "--config",
+        "set:train.batch_size=2",
+        "--config",
+        "set:train.eval_batches=1",
+        "--config",
+        "set:train.sample_length=0",
+    ],  # fmt: skip
     ("python", "bench/quickstart.py"): TINY_TRAIN,
     ("python", "bench/post_train.py"): [
         *TINY_TRAIN,
@@ -156,7 +189,9 @@ OUTPUT_FLAGS = ("--output", "--dst", "--workdir")
 # command (a regex on the joined words) -> the test that exercises it ("path::function").
 COVERED = {
     # docs/models.md, README: autoregressive checkpoints (needs transformers' models: the hf extra)
-    r"^illada convert --from hf --to native --src (Qwen2\.5-7B|Llama-3\.1-8B) --dst runs/": (
+    r"^illada (convert --from hf --to native --src (Qwen2\.5-7B|Llama-3\.1-8B) --dst runs/|"
+    r"prepare .*--tokenizer runs/qwen2_5_7b-native/|"
+    r"train --config=file:runs/qwen2_5_7b-native/config\.json )": (
         "tests/unit/test_hf_autoregressive.py::"
         "test_an_hf_checkpoint_becomes_a_run_that_trains_as_ar_and_block_diffusion"
     ),
