@@ -92,3 +92,18 @@ def test_splash_attention_compiles_for_tpu_v5p_through_the_runner():
     assert result["memory"] > 0
     # ... and traced outside the mesh it cannot be partitioned (what the runner used to run).
     assert "cannot be automatically partitioned" in result["lazy"], result["lazy"]
+
+
+@pytest.mark.tpu_compile
+def test_block_diffusion_splash_kernel_compiles_for_tpu_v5p_through_the_runner():
+    # The noisy + clean canvas (2 x 512 positions) with its block-sparse mask (blocks of 128),
+    # in the train step and in the per-block held-out bound.
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    blocks = [*SPLASH, "set:diffusion.objective=block_diffusion", "set:diffusion.block_size=128"]
+    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(blocks)],
+                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    assert result["splash_calls"] >= 2 and result["manual_regions"] >= 1, result
+    assert result["train_step_program"] and result["eval_step_program"]

@@ -346,3 +346,31 @@ def test_a_scheduled_run_trains_each_phase_with_its_block_size():
             losses.append(float(metrics["loss"]))
         assert losses[0] == losses[1], (step, size)
     assert scheduled.train_step_at(0) is not scheduled.train_step_at(3)  # one program per phase
+
+
+def test_splash_skips_the_tiles_the_noisy_clean_pattern_hides():
+    # Splash's own mask processing: of the 8 x 8 tiles of 256 over a 2 x 1024 canvas with blocks
+    # of 128, it visits 24 (12 full, 12 partial) where a bidirectional mask visits all 64.
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as splash_mask,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask_info as mask_info,
+    )
+
+    from illada_jax.model.masks import splash_pattern_mask
+
+    def visited(mask):
+        info, _ = mask_info.process_mask(splash_mask.MultiHeadMask([mask]), (256, 256))
+        block_mask = np.asarray(info.block_mask)
+        return int((block_mask == 1).sum()), int((block_mask == 2).sum())
+
+    pattern = AttentionPattern("noisy_clean", 128, 1024)
+    assert visited(splash_pattern_mask(pattern, 2048, 2048)) == (12, 12)
+    assert visited(splash_mask.FullMask((2048, 2048))) == (0, 64)
+    # Tile by tile, those counts are the pattern's: noisy tiles of one block row see their own
+    # block (partial: 128 of 256) and earlier clean ones; clean tiles the clean ones up to theirs.
+    allowed = AttentionPattern("noisy_clean", 128, 1024).allows(
+        np.arange(2048)[:, None], np.arange(2048)[None, :])  # fmt: skip
+    tiles = allowed.reshape(8, 256, 8, 256).transpose(0, 2, 1, 3).reshape(64, -1)
+    assert (int((tiles.any(1) & ~tiles.all(1)).sum()), int(tiles.all(1).sum())) == (12, 12)
