@@ -190,7 +190,8 @@ def _ar_fields(c: dict, layout: str, mask_token_id: int | None) -> dict[str, Any
     bos = c.get("bos_token_id")
     fields.update(mask_token_id=mask, eos_token_id=eos, pad_token_id=eos if pad is None else pad,
                   bos_token_id=eos if bos is None else bos, eot_token_id=None,
-                  qkv_bias=layout == "qwen2", **_ar_rope_scaling(c))  # fmt: skip
+                  qkv_bias=layout == "qwen2", shifted_logits=bool(c.get("shifted_logits")),
+                  **_ar_rope_scaling(c))  # fmt: skip
     return fields
 
 
@@ -268,6 +269,9 @@ def config_to_hf(cfg: ModelConfig, layout: str) -> dict[str, Any]:
     if cfg.qkv_bias != (layout == "qwen2"):
         raise HfFormatError(f"model.qkv_bias={cfg.qkv_bias}: only the qwen2 layout has (and "
                             "needs) q/k/v biases; choose --layout qwen2 or another")  # fmt: skip
+    if cfg.shifted_logits and layout not in AR_LAYOUTS:
+        raise HfFormatError("model.shifted_logits=True: only the llama and qwen2 layouts record "
+                            "it (config.json's shifted_logits); choose one of them")  # fmt: skip
     if cfg.rope_scaling != "none" and layout not in AR_LAYOUTS:
         raise HfFormatError(f"model.rope_scaling={cfg.rope_scaling}: only the llama and qwen2 "
                             "layouts carry RoPE scaling")  # fmt: skip
@@ -320,6 +324,8 @@ def _ar_config(cfg: ModelConfig, layout: str, ids: dict) -> dict[str, Any]:
                     high_freq_factor=cfg.rope_high_freq_factor,
                     original_max_position_embeddings=cfg.rope_original_max_len)  # fmt: skip
     extra = dict(use_sliding_window=False) if layout == "qwen2" else dict(attention_bias=False)
+    if cfg.shifted_logits:  # ours: transformers ignores it, `config_from_hf` reads it back
+        extra["shifted_logits"] = True
     return dict(
         architectures=[_AR_ARCHITECTURES[layout]], model_type=layout, hidden_size=cfg.d_model,
         num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,

@@ -77,9 +77,12 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     use_bias: bool = False
-    qkv_bias: bool = (
-        False  # q/k/v projection biases only (Qwen2; docs/models.md#autoregressive-checkpoints)
-    )
+    # q/k/v projection biases only (Qwen2's attention; docs/models.md#autoregressive-checkpoints).
+    qkv_bias: bool = False
+    # The logits at position i-1 predict the token at position i, as an autoregressive head
+    # does (Dream, Fast-dLLM v2: an adapted AR model keeps its head's meaning); position 0 then
+    # reads its own hidden state and is never masked in training (docs/models.md#shifted-logits).
+    shifted_logits: bool = False
     # RoPE scaling of imported AR models (docs/models.md#rope-scaling): none, linear (positions
     # / factor) or llama3 (low frequencies / factor, smooth between the low and high bands).
     rope_scaling: str = "none"

@@ -4,7 +4,7 @@ passes another attention pattern (`model/masks.py`; docs/models.md#the-block).
     h = x + Attn(RMSNorm(x));  y = h + SwiGLU(RMSNorm(h));  logits = Head(RMSNorm(y_L))
 
 No time input, no logit or embedding scaling. The network knows nothing of diffusion: it maps
-token ids to logits. For the loss, `hidden_states` and `project` are exposed separately so the
+token ids to logits (with `shifted_logits`, position i's from the hidden state of i-1). For the loss, `hidden_states` and `project` are exposed separately so the
 caller can compute cross-entropy chunk by chunk without materialising [batch, length, vocab] logits.
 
 The layers are created stacked (every block parameter has a leading `layers` axis) and run with
@@ -81,13 +81,14 @@ class Block(nnx.Module):
         q, k, v = self.attn.project_qkv(self.attn_norm(x), cos, sin)
         return self._finish(x, self.attn.attend(q, k, v, key_mask, pattern=pattern)), (k, v)
 
-    def cached(self, x, cos, sin, kv, start, fresh_from, key_mask=None):
+    def cached(self, x, cos, sin, kv, start, fresh_from, key_mask=None, pattern=BIDIRECTIONAL):
         """Forward of a window of queries against a K/V cache of the whole canvas.
 
         x: [B, W, d] holds canvas positions start..start+W-1; kv: (k, v) [B, L, KV, D]. Window
         positions >= `fresh_from` use their freshly computed K/V, earlier ones keep the cached K/V
         (Fast-dLLM's prefix / dual cache, docs/algorithms.md#caches-and-parallel-decoding).
-        key_mask: [B, L]. Returns ([B, W, d], kv with the window's slots updated).
+        key_mask: [B, L]; pattern: applied to the window's queries at their canvas positions.
+        Returns ([B, W, d], kv with the window's slots updated).
         """
         q, k, v = self.attn.project_qkv(self.attn_norm(x), cos, sin)
         width = x.shape[1]
@@ -102,6 +103,9 @@ class Block(nnx.Module):
             mask = jnp.broadcast_to(
                 key_mask.astype(bool)[:, None, None, :], (x.shape[0], 1, width, k_cache.shape[1])
             )
+        allowed = pattern.dense(width, k_cache.shape[1], q_offset=start)
+        if allowed is not None:
+            mask = allowed[None, None] if mask is None else mask & allowed[None, None]
         # Queries and keys differ in length here: the einsum kernel serves every configuration.
         attn = xla_attention(q, k_cache, v_cache, mask)
         return self._finish(x, attn), (k_cache, v_cache)
@@ -165,7 +169,14 @@ class Transformer(nnx.Module):
         else:
             for i in range(cfg.n_layers):
                 x = layer(x, jax.tree.map(lambda a, i=i: a[i], stacked))
-        return self.final_norm(x)
+        return self._shifted(self.final_norm(x))
+
+    def _shifted(self, hidden):
+        """With `shifted_logits`, position i gets the final hidden state of position i-1
+        (position 0 keeps its own): [B, L, d] -> [B, L, d]."""
+        if not self.cfg.shifted_logits:
+            return hidden
+        return jnp.concatenate([hidden[:, :1], hidden[:, :-1]], axis=1)
 
     def project(self, hidden):
         """Output head: hidden [..., d_model] -> logits [..., vocab] in fp32 (fp32 accumulation)."""
@@ -209,22 +220,24 @@ class Transformer(nnx.Module):
         x, kv = self._scan_layers(
             lambda blk, h, _: blk.with_kv(h, cos, sin, key_mask, pattern), x, None
         )
-        return self.final_norm(x), kv
+        return self._shifted(self.final_norm(x)), kv
 
     def hidden_cached(self, tokens, start, kv, fresh_from, key_mask=None, *,
-                      return_kv: bool = True):  # fmt: skip
+                      return_kv: bool = True, pattern=BIDIRECTIONAL):  # fmt: skip
         """Hidden states of a window of the canvas from a K/V cache (see `Block.cached`).
 
         tokens: [B, W] = canvas[start:start+W]; kv: as returned by `hidden_with_kv`; start and
         fresh_from may be traced. Returns (final-normed hidden [B, W, d_model], updated kv, or
         None with return_kv=False: the sampler overwrites the window's K/V at every step anyway).
+        The hidden states are the window's own, never shifted (`shifted_logits`): a caller
+        predicting position i reads row i-1.
         """
         batch, width = tokens.shape
         cos, sin = self._positions(batch, start, width)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.compute_dtype)
 
         def layer(blk, h, layer_kv):
-            h, new_kv = blk.cached(h, cos, sin, layer_kv, start, fresh_from, key_mask)
+            h, new_kv = blk.cached(h, cos, sin, layer_kv, start, fresh_from, key_mask, pattern)
             return h, (new_kv if return_kv else None)
 
         x, kv = self._scan_layers(layer, x, kv)

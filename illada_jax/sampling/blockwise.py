@@ -98,15 +98,28 @@ def _prefill(graphdef, block_size: int, params, x, key_mask, first_block):
 
 def _block_logits(model, x, key_mask, kv, start, block_size: int):
     """Logits [B, block_size, V] of the block at `start`: its positions against the cache (kv)
-    or, with kv None, the whole canvas recomputed under the block-causal pattern."""
+    or, with kv None, the whole canvas recomputed under the block-causal pattern. A
+    `shifted_logits` model predicts position i from the hidden state of i-1: its cached window
+    starts one position early, on the committed (cached) token before the block."""
     visible = _opened(key_mask, start + block_size)
     if kv is None:
         pattern = AttentionPattern("block_causal", block_size)
         hidden = model.hidden_states(x, key_mask=visible, pattern=pattern)
         return model.project(jax.lax.dynamic_slice_in_dim(hidden, start, block_size, axis=1))
-    window = jax.lax.dynamic_slice_in_dim(x, start, block_size, axis=1)
-    hidden, _ = model.hidden_cached(window, start, kv, start, key_mask=visible, return_kv=False)
-    return model.project(hidden)
+    if not model.cfg.shifted_logits:
+        window = jax.lax.dynamic_slice_in_dim(x, start, block_size, axis=1)
+        hidden, _ = model.hidden_cached(window, start, kv, start, key_mask=visible,
+                                        return_kv=False)  # fmt: skip
+        return model.project(hidden)
+    width = min(block_size + 1, x.shape[1])
+    first = jnp.clip(start - 1, 0, x.shape[1] - width)  # the window's first canvas position
+    window = jax.lax.dynamic_slice_in_dim(x, first, width, axis=1)
+    # Block-causal per query: the committed position before the block does not see the block.
+    pattern = AttentionPattern("block_causal", block_size)
+    hidden, _ = model.hidden_cached(window, first, kv, start, key_mask=visible, return_kv=False,
+                                    pattern=pattern)  # fmt: skip
+    rows = jnp.maximum(start + jnp.arange(block_size) - 1, 0) - first  # position i: row of i-1
+    return model.project(jnp.take(hidden, rows, axis=1))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -226,10 +239,11 @@ def _next_token(opts: SamplingOptions, ids: SpecialIds, logits, key):
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _ar_prefill(graphdef, params, x, key_mask, prompt_len: int):
-    """(K/V of the canvas under causal attention, logits [B, V] at the last prompt position)."""
+    """(K/V of the canvas under causal attention, the logits [B, V] of the first position after
+    the prompt: the last prompt position's hidden state, at P - 1, or at P when shifted)."""
     model = nnx.merge(graphdef, params)
     hidden, kv = model.hidden_with_kv(x, key_mask=_opened(key_mask, prompt_len), pattern=CAUSAL)
-    return kv, model.project(hidden[:, prompt_len - 1])
+    return kv, model.project(hidden[:, prompt_len if model.cfg.shifted_logits else prompt_len - 1])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

@@ -220,6 +220,10 @@ def _decode_block(model, opts: SamplingOptions, ids: SpecialIds, prompt_len: int
     length = x.shape[1]
     start = prompt_len + block * k_len
     visible_run = _visible_keys(opts, key_mask, start, variable)
+    if opts.cache != "none" and model.cfg.shifted_logits:
+        raise SamplingError(f"cache={opts.cache!r}: the Fast-dLLM caches run windows whose first "
+                            "position a shifted-logits model predicts from outside them; use "
+                            "cache='none'")  # fmt: skip
 
     def block_head(hidden, offset):
         return _block_head(model, hidden, offset, k_len)

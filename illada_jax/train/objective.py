@@ -88,6 +88,9 @@ def diffusion_loss(
     valid, segment_ids, positions = _random_length(batch, length_key, cfg)
 
     maskable = valid
+    if model.cfg.shifted_logits:  # a first token has no previous position to be predicted from
+        first = _segment_starts(segment_ids, batch_size, length)
+        maskable = ~first if maskable is None else maskable & ~first
     if cfg.objective == "sft_llada":
         if "prompt_lengths" not in batch:
             raise ValueError("objective=sft_llada needs batch['prompt_lengths'] [batch] int32")
@@ -112,6 +115,14 @@ def diffusion_loss(
     return out.loss, metrics
 
 
+def _segment_starts(segment_ids, batch_size: int, length: int):
+    """[B, L] bool: position 0 and every position whose segment differs from the previous."""
+    starts = jnp.zeros((batch_size, length), bool).at[:, 0].set(True)
+    if segment_ids is not None:
+        starts = starts.at[:, 1:].set(segment_ids[:, 1:] != segment_ids[:, :-1])
+    return starts
+
+
 def _next_token_pairs(tokens, valid, segment_ids):
     """[B, L-1] bool: position i predicts token i+1 (both real, one segment)."""
     pairs = jnp.ones((tokens.shape[0], tokens.shape[1] - 1), bool)
@@ -123,10 +134,12 @@ def _next_token_pairs(tokens, valid, segment_ids):
 
 
 def _next_token_ce(model, tokens, positions, valid, segment_ids, chunk_size: int):
-    """(ce [B, L-1] of token i+1 from the causal prefix 0..i, the pairs that count [B, L-1])."""
+    """(ce [B, L-1] of token i+1 from the causal prefix 0..i, the pairs that count [B, L-1]).
+    With `shifted_logits` the hidden state of position i+1 is already position i's."""
     hidden = model.hidden_states(tokens, positions, key_mask=valid, segment_ids=segment_ids,
                                  pattern=CAUSAL)  # fmt: skip
-    ce = losses.token_cross_entropy(hidden[:, :-1], tokens[:, 1:], model.project, chunk_size)
+    hidden = hidden[:, 1:] if model.cfg.shifted_logits else hidden[:, :-1]
+    ce = losses.token_cross_entropy(hidden, tokens[:, 1:], model.project, chunk_size)
     return ce, _next_token_pairs(tokens, valid, segment_ids)
 
 

@@ -374,3 +374,32 @@ def test_splash_skips_the_tiles_the_noisy_clean_pattern_hides():
         np.arange(2048)[:, None], np.arange(2048)[None, :])  # fmt: skip
     tiles = allowed.reshape(8, 256, 8, 256).transpose(0, 2, 1, 3).reshape(64, -1)
     assert (int((tiles.any(1) & ~tiles.all(1)).sum()), int(tiles.all(1).sum())) == (12, 12)
+
+
+def test_shifted_logits_predict_each_position_from_the_previous_one():
+    # Dream / Fast-dLLM v2's head: the same parameters, logits moved one position right.
+    import dataclasses
+
+    from flax import nnx
+
+    from illada_jax.model import Transformer
+
+    cfg = tiny_config()
+    plain = make_model(cfg, seed=8)
+    shifted = Transformer(dataclasses.replace(cfg, shifted_logits=True), rngs=nnx.Rngs(0))
+    nnx.update(shifted, nnx.state(plain, nnx.Param))
+    tokens = random_tokens(14)
+    base, moved = np.asarray(plain(tokens)), np.asarray(shifted(tokens))
+    np.testing.assert_array_equal(moved[:, 1:], base[:, :-1])
+    np.testing.assert_array_equal(moved[:, 0], base[:, 0])
+    # The autoregressive loss is the same computation (an AR head is already shifted) ...
+    batch = {"tokens": tokens}
+    ar = DiffusionConfig(objective="ar", random_length_mode="none")
+    key = jax.random.key(0)
+    assert float(ar_loss(shifted, batch, key, ar)[0]) == float(ar_loss(plain, batch, key, ar)[0])
+    # ... and diffusion never masks a first position (position 0, a segment's first token).
+    segments = jnp.asarray(np.array([[1] * 5 + [2] * 7, [1] * 12]))
+    every = DiffusionConfig(random_length_mode="none", mask_eps=0.999999)
+    full = {"tokens": tokens, "segment_ids": segments}
+    assert int(diffusion_loss(plain, full, key, every)[1]["num_masked"]) == 24
+    assert int(diffusion_loss(shifted, full, key, every)[1]["num_masked"]) == 24 - 3

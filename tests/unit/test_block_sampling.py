@@ -36,8 +36,9 @@ def cycle_rows(seed: int, batch: int) -> np.ndarray:
     return np.array([[period[(p + i) % len(period)] for i in range(SEQ)] for p in phases], np.int32)
 
 
-def train(objective: str, steps: int = 300):
-    cfg = tiny_config(max_seq_len=64, n_kv_heads=2)  # room for Model.generate's prompt bucket
+def train(objective: str, steps: int = 300, shifted: bool = False):
+    # max_seq_len 64: room for Model.generate's prompt bucket
+    cfg = tiny_config(max_seq_len=64, n_kv_heads=2, shifted_logits=shifted)
     model = make_model(cfg, seed=0)
     diffusion = DiffusionConfig(objective=objective, random_length_mode="none",
                                 block_size=BLOCK if objective == "block_diffusion" else 0)  # fmt: skip
@@ -72,6 +73,11 @@ def block_model():
 @pytest.fixture(scope="module")
 def ar_model():
     return train("ar")
+
+
+@pytest.fixture(scope="module")
+def shifted_block_model():
+    return train("block_diffusion", shifted=True)
 
 
 def _prompts():
@@ -157,3 +163,45 @@ def test_ar_cache_equals_stepwise_full_causal_forward(ar_model, temperature):
     np.testing.assert_array_equal(result.ids, canvas)
     if temperature == 0.0:
         assert canvas[0, 6:10].tolist() == [18, 19, EOS, 10]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_shifted_logits_cached_blocks_equal_recomputing(shifted_block_model, temperature):
+    # Position i is predicted from position i-1: the cached window starts on the committed
+    # token before the block (row 1's prompt ends inside a block, row 0's on a boundary).
+    model, final_loss = shifted_block_model
+    assert final_loss < 0.5
+    ids, mask = _prompts()
+    opts = SamplingOptions(gen_length=18, steps=BLOCK, temperature=temperature)
+    special = SpecialIds.from_config(model.config)
+    common = dict(block_size=BLOCK, max_seq_len=SEQ, prompt_mask=mask, seed=7)
+    cached = generate_blocks(model.graphdef, model.params, special, ids, opts, **common)
+    again = generate_blocks(model.graphdef, model.params, special, ids, opts, cached=False,
+                            **common)  # fmt: skip
+    np.testing.assert_array_equal(cached.ids, again.ids)
+    if temperature == 0.0:  # and it has learnt the cycle through the shifted head
+        assert cached.ids[0, 6:9].tolist() == [18, 19, EOS]
+    # The masked-diffusion sampler's Fast-dLLM caches cannot serve a shifted head: refused.
+    from illada_jax.sampling.generate import generate
+
+    with pytest.raises(SamplingError, match="shifted-logits model"):
+        generate(model.graphdef, model.params, special, ids, SamplingOptions(
+            gen_length=8, steps=8, block_length=4, cache="dual"), prompt_mask=mask)  # fmt: skip
+
+
+def test_a_shifted_head_generates_autoregressively_as_the_plain_one(ar_model):
+    # An AR head is a shifted head: the same parameters read either way give the same tokens.
+    model, _ = ar_model
+    shifted = nnx.merge(model.graphdef, model.params)
+    shifted_module = type(shifted)(dataclasses.replace(model.config, shifted_logits=True),
+                                   rngs=nnx.Rngs(0))  # fmt: skip
+    nnx.update(shifted_module, nnx.state(shifted, nnx.Param))
+    graphdef, params = nnx.split(shifted_module)
+    ids, mask = _prompts()
+    special = SpecialIds.from_config(model.config)
+    opts = SamplingOptions(gen_length=8, block_length=4, temperature=0.9)
+    plain = generate_ar(model.graphdef, model.params, special, ids, opts, max_seq_len=SEQ,
+                        prompt_mask=mask, seed=3)  # fmt: skip
+    moved = generate_ar(graphdef, params, special, ids, opts, max_seq_len=SEQ, prompt_mask=mask,
+                        seed=3)  # fmt: skip
+    np.testing.assert_array_equal(moved.ids, plain.ids)
