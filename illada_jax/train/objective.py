@@ -58,13 +58,21 @@ def _random_length(batch: dict, length_key: jax.Array, cfg: DiffusionConfig):
 
 def noisy_hidden(model, noisy, tokens, positions, valid, segment_ids, block_size: int):
     """Final hidden states [B, L, d] of the noisy canvas `noisy [B, L]`: bidirectional over the
-    whole sequence (block_size = L), else the noisy half of block diffusion's [x_t ; x] canvas."""
+    whole sequence (block_size = L), else the noisy half of block diffusion's [x_t ; x] canvas.
+    With `shifted_logits`, a block's first position reads the *clean* copy of the position
+    before it (the committed token the sampler predicts it from), the others their noisy
+    neighbour."""
     length = tokens.shape[1]
     if block_size >= length:
         return model.hidden_states(noisy, positions, key_mask=valid, segment_ids=segment_ids)
     canvas = blocks.noisy_clean_canvas(noisy, tokens, positions, valid, segment_ids)
     pattern = AttentionPattern("noisy_clean", block_size, length)
-    return model.hidden_states(*canvas, pattern=pattern)[:, :length]
+    hidden = model.hidden_states(*canvas, pattern=pattern)  # [B, 2L, d]
+    if not model.cfg.shifted_logits:
+        return hidden[:, :length]
+    index = jnp.arange(length)
+    block_start = ((index % block_size == 0) & (index > 0))[None, :, None]
+    return jnp.where(block_start, hidden[:, length:], hidden[:, :length])
 
 
 def _block_size(cfg: DiffusionConfig, length: int) -> int:

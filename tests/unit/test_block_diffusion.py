@@ -403,3 +403,28 @@ def test_shifted_logits_predict_each_position_from_the_previous_one():
     full = {"tokens": tokens, "segment_ids": segments}
     assert int(diffusion_loss(plain, full, key, every)[1]["num_masked"]) == 24
     assert int(diffusion_loss(shifted, full, key, every)[1]["num_masked"]) == 24 - 3
+
+
+def test_shifted_block_diffusion_predicts_a_block_start_from_the_clean_token_before_it():
+    # Position i reads position i-1: inside a block its noisy neighbour; at a block's start the
+    # clean previous token, as the sampler has it (the unshifted model with the same parameters
+    # is the reference: per-block canvases under block-causal attention).
+    import dataclasses
+
+    from flax import nnx
+
+    from illada_jax.model import Transformer
+
+    cfg = tiny_config()
+    plain = make_model(cfg, seed=9)
+    shifted = Transformer(dataclasses.replace(cfg, shifted_logits=True), rngs=nnx.Rngs(0))
+    nnx.update(shifted, nnx.state(plain, nnx.Param))
+    tokens = random_tokens(15)
+    noisy = _noisy(tokens, 16)
+    got = np.asarray(noisy_hidden(shifted, noisy, tokens, None, None, None, 4))
+    for b in range(3):
+        canvas = jnp.concatenate([tokens[:, : 4 * b], noisy[:, 4 * b : 4 * b + 4]], axis=1)
+        ref = np.asarray(plain.hidden_states(canvas, pattern=AttentionPattern("block_causal", 4)))
+        for i in range(4 * b, 4 * b + 4):
+            want = ref[:, max(i - 1, 0)]  # the row of position i-1 (position 0: its own)
+            np.testing.assert_allclose(got[:, i], want, rtol=2e-5, atol=2e-5, err_msg=str(i))
