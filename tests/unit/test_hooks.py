@@ -261,6 +261,8 @@ def _stepping_run(loop, losses: list[float], fetched: list[int]):
         global_batch=lambda local: local,
         step_key=lambda step: step,
         train_step=train_step,
+        train_step_at=lambda step: train_step,  # no block-size schedule: one program
+        block_size_at=lambda step: None,
         abstract_state=None,
         schedule=lambda s: 1e-3,
     )
