@@ -369,6 +369,8 @@ def _ar_mask(src: pathlib.Path, config_json: dict, mask_token_id, add_mask_token
     row the tokenizer never produces (Qwen2's padded vocabulary); else None (config_from_hf then
     names the fix)."""
     vocab = config_json.get("vocab_size")
+    if isinstance(vocab, bool) or not isinstance(vocab, int):
+        raise HfFormatError(f"config.json: vocab_size={vocab!r} must be an integer")
     if add_mask_token:
         if mask_token_id is not None:
             raise HfFormatError("give --mask-token-id or --add-mask-token, not both")

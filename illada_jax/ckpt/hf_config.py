@@ -155,11 +155,19 @@ def _ar_rope_scaling(c: dict) -> dict[str, Any]:
     if kind not in ("linear", "llama3"):
         raise HfFormatError(f"config.json: RoPE scaling of type {kind!r} is not supported; "
                             "supported: linear, llama3 (or none)")  # fmt: skip
-    fields = dict(rope_scaling=kind, rope_scaling_factor=float(params["factor"]))
+
+    def number(field: str) -> float:
+        value = params.get(field)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise HfFormatError(f"config.json: RoPE scaling of type {kind} needs a number "
+                                f"{field!r}, got {value!r}")  # fmt: skip
+        return value
+
+    fields = dict(rope_scaling=kind, rope_scaling_factor=float(number("factor")))
     if kind == "llama3":
-        fields.update(rope_low_freq_factor=float(params["low_freq_factor"]),
-                      rope_high_freq_factor=float(params["high_freq_factor"]),
-                      rope_original_max_len=int(params["original_max_position_embeddings"]))  # fmt: skip
+        fields.update(rope_low_freq_factor=float(number("low_freq_factor")),
+                      rope_high_freq_factor=float(number("high_freq_factor")),
+                      rope_original_max_len=int(number("original_max_position_embeddings")))  # fmt: skip
     return fields
 
 

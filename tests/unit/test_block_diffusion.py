@@ -376,8 +376,8 @@ def test_splash_skips_the_tiles_the_noisy_clean_pattern_hides():
     assert (int((tiles.any(1) & ~tiles.all(1)).sum()), int(tiles.all(1).sum())) == (12, 12)
 
 
-def test_shifted_logits_predict_each_position_from_the_previous_one():
-    # Dream / Fast-dLLM v2's head: the same parameters, logits moved one position right.
+def _plain_and_shifted(seed: int):
+    """A random tiny model and the same parameters with `shifted_logits`."""
     import dataclasses
 
     from flax import nnx
@@ -385,9 +385,15 @@ def test_shifted_logits_predict_each_position_from_the_previous_one():
     from illada_jax.model import Transformer
 
     cfg = tiny_config()
-    plain = make_model(cfg, seed=8)
+    plain = make_model(cfg, seed=seed)
     shifted = Transformer(dataclasses.replace(cfg, shifted_logits=True), rngs=nnx.Rngs(0))
     nnx.update(shifted, nnx.state(plain, nnx.Param))
+    return plain, shifted
+
+
+def test_shifted_logits_predict_each_position_from_the_previous_one():
+    # Dream / Fast-dLLM v2's head: the same parameters, logits moved one position right.
+    plain, shifted = _plain_and_shifted(seed=8)
     tokens = random_tokens(14)
     base, moved = np.asarray(plain(tokens)), np.asarray(shifted(tokens))
     np.testing.assert_array_equal(moved[:, 1:], base[:, :-1])
@@ -409,16 +415,7 @@ def test_shifted_block_diffusion_predicts_a_block_start_from_the_clean_token_bef
     # Position i reads position i-1: inside a block its noisy neighbour; at a block's start the
     # clean previous token, as the sampler has it (the unshifted model with the same parameters
     # is the reference: per-block canvases under block-causal attention).
-    import dataclasses
-
-    from flax import nnx
-
-    from illada_jax.model import Transformer
-
-    cfg = tiny_config()
-    plain = make_model(cfg, seed=9)
-    shifted = Transformer(dataclasses.replace(cfg, shifted_logits=True), rngs=nnx.Rngs(0))
-    nnx.update(shifted, nnx.state(plain, nnx.Param))
+    plain, shifted = _plain_and_shifted(seed=9)
     tokens = random_tokens(15)
     noisy = _noisy(tokens, 16)
     got = np.asarray(noisy_hidden(shifted, noisy, tokens, None, None, None, 4))

@@ -214,6 +214,11 @@ UNSUPPORTED = {
     "rope_yarn": ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, {"mask_token_id": 5},
                   r"RoPE scaling of type 'yarn' is not supported; supported: linear, llama3"),
     "mask_is_eos": ({}, {"mask_token_id": 2}, r"mask_token_id=2 is invalid: must differ from"),
+    "rope_llama3_incomplete": ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+                               {"mask_token_id": 5},
+                               r"type llama3 needs a number 'low_freq_factor', got None"),
+    "no_vocab_size": ({"vocab_size": None}, {"add_mask_token": True},
+                      r"vocab_size=None must be an integer"),
 }  # fmt: skip
 
 
